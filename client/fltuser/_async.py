@@ -1,0 +1,190 @@
+"""``AsyncPort``: the asyncio flavour of the fltuser client.
+
+An ``asyncio.BufferedProtocol`` feeds the shared core; each request's waiter is an
+``asyncio.Future``. Not here: fltlib's rules (``_base``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from types import TracebackType
+
+from fltemu.wire import resolve_address
+
+from ._base import READ_BUFFER_BYTES, Completion, Message, PortCore, PortState, connect_error
+
+__all__ = ["AsyncPort", "aconnect"]
+
+
+class _Protocol(asyncio.BufferedProtocol):
+    def __init__(self, core: PortCore) -> None:
+        self.core = core
+        self.transport: asyncio.Transport | None = None
+        self._view = memoryview(bytearray(READ_BUFFER_BYTES))
+        self._resume: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        done, out = self.core.receive(self._view[:nbytes])
+        if out and self.transport is not None:
+            self.transport.write(out)
+        _complete(done)
+
+    def eof_received(self) -> bool:
+        done, _ = self.core.receive(b"")
+        _complete(done)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = f"the connection to the daemon broke: {exc}" if exc else "the daemon closed the connection"
+        _complete(self.core.connection_lost(reason))
+        if self._resume is not None and not self._resume.done():
+            self._resume.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._resume = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._resume is not None and not self._resume.done():
+            self._resume.set_result(None)
+        self._resume = None
+
+    async def drain(self) -> None:
+        if self._resume is not None:
+            await self._resume
+
+
+def _complete(done: list[Completion]) -> None:
+    for waiter, value, error in done:
+        assert isinstance(waiter, asyncio.Future)
+        if waiter.done():
+            continue  # its caller was cancelled; a late answer is dropped quietly
+        if error is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(value)
+
+
+class AsyncPort:
+    """A connected communication port handle (asyncio). Create it with ``aconnect``.
+
+    The same methods as ``Port``, awaited. Every method raises ``fltuser.HResultError`` with
+    the HRESULT fltlib would return.
+    """
+
+    def __init__(self, protocol: _Protocol) -> None:
+        self._protocol = protocol
+        self._core = protocol.core
+
+    def __repr__(self) -> str:
+        return f"<fltuser.AsyncPort {self._core.port_name!r} {self._core.state.value}>"
+
+    @property
+    def port_name(self) -> str:
+        """The server port this handle is connected to."""
+        return self._core.port_name
+
+    @property
+    def is_connected(self) -> bool:
+        """False once the daemon or the filter disconnected it, or it was closed."""
+        return self._core.state is PortState.CONNECTED
+
+    async def __aenter__(self) -> AsyncPort:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _write(self, frame: bytes) -> None:
+        transport = self._protocol.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(frame)
+
+    async def send(self, data: bytes, out_size: int = 0) -> bytes:
+        """FilterSendMessage; see ``Port.send`` for the results and HRESULTs."""
+        await self._protocol.drain()
+        waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._write(self._core.send_request(data, out_size, waiter))
+        return await waiter
+
+    async def get_message(self, buffer_size: int, timeout: float | None = None) -> Message:
+        """FilterGetMessage; see ``Port.get_message``.
+
+        Cancelling the task, like a timeout, withdraws the getter; a message already on its
+        way goes to the next reader.
+        """
+        stashed = self._core.take_stashed(buffer_size)
+        if stashed is not None:
+            return stashed
+        await self._protocol.drain()
+        waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        rid, frame = self._core.get_request(buffer_size, waiter)
+        self._write(frame)
+        try:
+            if timeout is None:
+                return await waiter
+            async with asyncio.timeout(timeout):
+                return await waiter
+        except (asyncio.CancelledError, TimeoutError):
+            if not waiter.done() or waiter.cancelled():
+                self._write(self._core.abandon_get(rid))
+            elif waiter.exception() is None:
+                # The message came just as we gave up: it goes to the next reader.
+                done, out = self._core.requeue(waiter.result())
+                if out:
+                    self._write(out)
+                _complete(done)
+            raise
+
+    async def reply(self, message_id: int, data: bytes = b"", status: int = 0) -> None:
+        """FilterReplyMessage; see ``Port.reply``."""
+        await self._protocol.drain()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._write(self._core.reply_request(message_id, status, data, waiter))
+        await waiter
+
+    async def aclose(self) -> None:
+        """CloseHandle: disconnect; the filter's DisconnectNotify runs. Closing twice is fine."""
+        if self._core.state is PortState.CLOSED:
+            return
+        _complete(self._core.close())
+        transport = self._protocol.transport
+        if transport is not None:
+            transport.close()
+
+
+async def aconnect(
+    port_name: str,
+    context: bytes = b"",
+    options: int = 0,
+    address: str | os.PathLike[str] | None = None,
+) -> AsyncPort:
+    """FilterConnectCommunicationPort (asyncio); see ``fltuser.connect`` for the HRESULTs."""
+    path = resolve_address(address)
+    core = PortCore(port_name, context, options, path)
+    loop = asyncio.get_running_loop()
+    try:
+        _, protocol = await loop.create_unix_connection(lambda: _Protocol(core), path)
+    except OSError as exc:
+        raise connect_error(path, exc) from exc
+    waiter: asyncio.Future[None] = loop.create_future()
+    assert protocol.transport is not None
+    protocol.transport.write(core.connect_request(waiter))
+    try:
+        await waiter
+    except BaseException:
+        protocol.transport.close()
+        raise
+    return AsyncPort(protocol)

@@ -1,0 +1,455 @@
+"""The I/O-free core shared by ``Port`` (sync) and ``AsyncPort``: fltlib's rules, no waiting.
+
+It builds request frames, tracks every outstanding request with an opaque waiter object
+supplied by the flavour (a future of its kind), turns answers into values or ``HResultError``s
+with fltlib's NTSTATUS → HRESULT translation (§3.6), and routes messages that arrive for a
+get that was cancelled or timed out to the next reader, so that none is ever lost.
+Not here: sockets and waiting (``_sync``, ``_async``), the frame format (``fltemu.wire``).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass
+from typing import Final
+
+from fltemu.errors import (
+    FileNotFoundHResultError,
+    HResultError,
+    InsufficientBufferError,
+    InvalidArgumentError,
+    InvalidHandleError,
+    PortClosedError,
+    RemoteProtocolError,
+    hresult_error_for,
+    hresult_error_from_ntstatus,
+)
+from fltemu.status import HResult, NtStatus, Win32Error, hresult_from_win32
+from fltemu.wire import (
+    EOF,
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    Connect,
+    ConnectResult,
+    GetCancel,
+    GetRequest,
+    GetResult,
+    Goodbye,
+    ReplyRequest,
+    ReplyResult,
+    Role,
+    SendRequest,
+    SendResult,
+    State,
+    WireConnection,
+)
+
+__all__ = [
+    "FILTER_HEADER_BYTES",
+    "FLT_PORT_FLAG_SYNC_HANDLE",
+    "Completion",
+    "Message",
+    "PortCore",
+    "PortState",
+]
+
+#: sizeof(FILTER_MESSAGE_HEADER) and sizeof(FILTER_REPLY_HEADER) (§4).
+FILTER_HEADER_BYTES: Final = 16
+#: FilterConnectCommunicationPort option: a synchronous handle (§3.1).
+FLT_PORT_FLAG_SYNC_HANDLE: Final = 0x00000001
+#: The context size is a WORD (§3.1).
+MAX_CONTEXT_BYTES: Final = 0xFFFF
+#: Bytes read per recv: 64 pipelined 1 KiB answers in one system call.
+READ_BUFFER_BYTES: Final = 64 * 1024
+
+_SUCCESS: Final = int(NtStatus.STATUS_SUCCESS)
+_TOO_SMALL: Final = int(NtStatus.STATUS_BUFFER_TOO_SMALL)
+_NO_RESOURCES: Final = hresult_from_win32(Win32Error.ERROR_NO_SYSTEM_RESOURCES)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message FilterGetMessage returned.
+
+    Attributes:
+        message_id: FILTER_MESSAGE_HEADER.MessageId: 0 when no reply is expected, else the
+            id to pass to ``reply``.
+        reply_length: FILTER_MESSAGE_HEADER.ReplyLength: the kernel's reply buffer size plus
+            16 (the reply header), or 0 when no reply is expected.
+        data: the message, after the 16-byte header.
+    """
+
+    message_id: int
+    reply_length: int
+    data: bytes
+
+    @property
+    def size(self) -> int:
+        """Bytes transferred, header included (OVERLAPPED.InternalHigh, §3.3)."""
+        return len(self.data) + FILTER_HEADER_BYTES
+
+
+class PortState(enum.Enum):
+    """A port handle's life on the user side."""
+
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"  # the daemon or the filter ended the connection
+    CLOSED = "closed"  # we closed it
+
+
+#: (waiter, value, error): what the flavour must do to one of its futures.
+Completion = tuple[object, object, BaseException | None]
+
+
+class _Pending:
+    __slots__ = ("abandoned", "buffer_size", "kind", "waiter")
+
+    def __init__(self, kind: type, waiter: object, buffer_size: int = 0) -> None:
+        self.kind = kind
+        self.waiter = waiter
+        self.buffer_size = buffer_size
+        self.abandoned = False
+
+
+def _invalid_arg(text: str) -> InvalidArgumentError:
+    return InvalidArgumentError(HResult.E_INVALIDARG, text)
+
+
+class PortCore:
+    """The user end of one port connection, without I/O. Not thread-safe: callers lock.
+
+    Args:
+        port_name: the server port name, e.g. ``"\\\\ScannerPort"``.
+        context: bytes given to ConnectNotify (at most 65535).
+        options: 0 or FLT_PORT_FLAG_SYNC_HANDLE.
+        address: the daemon's socket path, for messages.
+
+    Raises:
+        HResultError: E_INVALIDARG for a bad context or options (§3.1, §9.6).
+    """
+
+    def __init__(self, port_name: str, context: bytes, options: int, address: str) -> None:
+        if not isinstance(port_name, str):
+            raise _invalid_arg("the port name must be a str")
+        if not isinstance(context, bytes | bytearray | memoryview):
+            raise _invalid_arg("context must be bytes")
+        if len(context) > MAX_CONTEXT_BYTES:
+            raise _invalid_arg(f"context of {len(context)} bytes; the limit is 65535 (a WORD)")
+        if options not in (0, FLT_PORT_FLAG_SYNC_HANDLE):
+            raise _invalid_arg(f"options 0x{options:X}: only 0 and FLT_PORT_FLAG_SYNC_HANDLE exist")
+        self.port_name = port_name
+        self.context = bytes(context)
+        self.options = options
+        self.address = address
+        self.wire = WireConnection(Role.USER)
+        self.state = PortState.CONNECTING
+        self._pending: dict[int, _Pending] = {}
+        self._stash: deque[Message] = deque()
+        self._connect_waiter: object = None
+        self._out = bytearray()
+        #: Why the connection ended, for later calls' messages.
+        self.end_reason = ""
+
+    def __repr__(self) -> str:
+        return (
+            f"<PortCore {self.port_name!r} {self.state.value} pending={len(self._pending)} "
+            f"stashed={len(self._stash)}>"
+        )
+
+    # --- requests ---------------------------------------------------------------------------
+
+    def connect_request(self, waiter: object) -> bytes:
+        """The handshake frame (FilterConnectCommunicationPort)."""
+        self._connect_waiter = waiter
+        return self.wire.send(Connect(PROTOCOL_VERSION, self.port_name, self.context, self.options))
+
+    def check_usable(self) -> None:
+        """Raise what a call on this handle fails with, if it cannot be used now.
+
+        Raises:
+            PortClosedError: we closed it (E_HANDLE).
+            InvalidHandleError: the connection is gone (0x80070006, §6.6).
+        """
+        state = self.state
+        if state is PortState.CONNECTED:
+            return
+        if state is PortState.CLOSED:
+            raise PortClosedError(HResult.E_HANDLE, "the port was closed")
+        raise InvalidHandleError(
+            HResult.E_HANDLE,
+            f"the port is disconnected{': ' + self.end_reason if self.end_reason else ''}",
+            ntstatus=NtStatus.STATUS_PORT_DISCONNECTED,
+        )
+
+    def send_request(self, data: bytes, out_size: int, waiter: object) -> bytes:
+        """FilterSendMessage's frame.
+
+        Raises:
+            HResultError: E_INVALIDARG for empty input or a negative size (§3.2);
+                0x800705AA for input over the daemon's size limit; E_HANDLE when unusable.
+        """
+        self.check_usable()
+        if not data:
+            raise _invalid_arg("FilterSendMessage needs a non-empty input buffer")
+        if out_size < 0:
+            raise _invalid_arg("out_size must be >= 0")
+        self._check_size(len(data))
+        rid = self.wire.next_request_id()
+        frame = self.wire.send(SendRequest(rid, bytes(data), out_size))
+        self._pending[rid] = _Pending(SendRequest, waiter)
+        return frame
+
+    def take_stashed(self, buffer_size: int) -> Message | None:
+        """A message kept for the next reader, if any (see ``_route_orphan``).
+
+        Raises:
+            HResultError: E_INVALIDARG for buffer_size <= 0; InsufficientBufferError when the
+                stashed message does not fit (it stays stashed, §3.3).
+        """
+        self.check_usable()
+        if buffer_size <= 0:
+            raise _invalid_arg("FilterGetMessage needs a buffer of at least one byte")
+        if not self._stash:
+            return None
+        message = self._stash[0]
+        if message.size > buffer_size:
+            raise _buffer_too_small(message.size)
+        return self._stash.popleft()
+
+    def get_request(self, buffer_size: int, waiter: object) -> tuple[int, bytes]:
+        """FilterGetMessage's frame and its request id (to cancel it with ``abandon_get``)."""
+        self.check_usable()
+        rid = self.wire.next_request_id()
+        frame = self.wire.send(GetRequest(rid, buffer_size))
+        self._pending[rid] = _Pending(GetRequest, waiter, buffer_size)
+        return rid, frame
+
+    def reply_request(self, message_id: int, status: int, data: bytes, waiter: object) -> bytes:
+        """FilterReplyMessage's frame (``data`` is what follows FILTER_REPLY_HEADER)."""
+        self.check_usable()
+        if not 0 <= message_id <= 0xFFFFFFFFFFFFFFFF:
+            raise _invalid_arg("message_id is a ULONGLONG")
+        self._check_size(len(data))
+        rid = self.wire.next_request_id()
+        frame = self.wire.send(ReplyRequest(rid, message_id, int(status) & 0xFFFFFFFF, bytes(data)))
+        self._pending[rid] = _Pending(ReplyRequest, waiter)
+        return frame
+
+    def abandon_get(self, rid: int) -> bytes:
+        """A get's caller gave up (cancelled, timed out): withdraw its getter.
+
+        Returns the GetCancel frame to write (empty if the get is already answered). A
+        message that was already on its way is routed to the next reader.
+        """
+        pending = self._pending.get(rid)
+        if pending is None or pending.abandoned:
+            return b""
+        pending.abandoned = True
+        if self.wire.state is not State.OPEN:
+            return b""
+        return self.wire.send(GetCancel(rid))
+
+    def requeue(self, message: Message) -> tuple[list[Completion], bytes]:
+        """A message was handed to a get whose caller gave up at that very moment: route it
+        to the next reader. Returns completions and bytes to write, as ``receive`` does."""
+        done: list[Completion] = []
+        self._route_orphan(message, done)
+        out = bytes(self._out)
+        self._out.clear()
+        return done, out
+
+    def _check_size(self, size: int) -> None:
+        if size > self.wire.max_message_bytes:
+            raise hresult_error_for(
+                _NO_RESOURCES,
+                f"{size} bytes is over the daemon's message limit of "
+                f"{self.wire.max_message_bytes} (fltemu serve --max-message-bytes)",
+                ntstatus=NtStatus.STATUS_INSUFFICIENT_RESOURCES,
+            )
+
+    # --- answers ----------------------------------------------------------------------------
+
+    def receive(self, data: bytes | bytearray | memoryview) -> tuple[list[Completion], bytes]:
+        """Feed bytes from the socket (``b""`` at EOF).
+
+        Returns:
+            The completions to apply to the flavour's futures, and bytes to write (cancels of
+            gets whose message went to another reader).
+        """
+        wire = self.wire
+        wire.receive_data(data)
+        done: list[Completion] = []
+        while True:
+            try:
+                event = wire.next_event()
+            except RemoteProtocolError as exc:
+                self._end(done, f"the daemon broke the protocol: {exc}")
+                break
+            if event is NEED_DATA:
+                break
+            cls = type(event)
+            if cls is SendResult:
+                self._on_send(event, done)  # type: ignore[arg-type]
+            elif cls is GetResult:
+                self._on_get(event, done)  # type: ignore[arg-type]
+            elif cls is ReplyResult:
+                pending = self._pending.pop(event.rid)  # type: ignore[attr-defined]
+                status = event.status  # type: ignore[attr-defined]
+                if status == _SUCCESS:
+                    done.append((pending.waiter, None, None))
+                else:
+                    done.append((pending.waiter, None, hresult_error_from_ntstatus(status)))
+            elif cls is ConnectResult:
+                self._on_connect(event, done)  # type: ignore[arg-type]
+            elif cls is Goodbye:
+                status = NtStatus(event.status)  # type: ignore[attr-defined]
+                reason = event.reason or str(status)  # type: ignore[attr-defined]
+                self._end(done, f"the daemon said goodbye: {reason}", status)
+            elif event is EOF:
+                self._end(done, "the daemon closed the connection")
+                break
+        out = bytes(self._out)
+        self._out.clear()
+        return done, out
+
+    def connection_lost(self, reason: str) -> list[Completion]:
+        """The socket failed or closed: every outstanding request fails with E_HANDLE."""
+        done: list[Completion] = []
+        self._end(done, reason)
+        return done
+
+    def close(self) -> list[Completion]:
+        """CloseHandle: outstanding requests fail with E_HANDLE; later calls too."""
+        done: list[Completion] = []
+        self._end(done, "the port was closed", closing=True)
+        return done
+
+    def _on_connect(self, event: ConnectResult, done: list[Completion]) -> None:
+        waiter, self._connect_waiter = self._connect_waiter, None
+        if event.status == _SUCCESS:
+            self.state = PortState.CONNECTED
+            if event.max_message_bytes:
+                self.wire.set_max_message_bytes(event.max_message_bytes)
+            done.append((waiter, None, None))
+            return
+        self.state = PortState.DISCONNECTED
+        self.end_reason = "the connect failed"
+        status = NtStatus(event.status)
+        if status == NtStatus.STATUS_OBJECT_NAME_NOT_FOUND:
+            error: HResultError = FileNotFoundHResultError(
+                message=f"no port named {self.port_name!r} (0x80070002)", ntstatus=status
+            )
+        elif status == NtStatus.STATUS_REVISION_MISMATCH:
+            error = hresult_error_from_ntstatus(
+                status,
+                f"the daemon speaks wire protocol version {event.version}, "
+                f"this fltuser speaks {PROTOCOL_VERSION}: upgrade one of them",
+            )
+        else:
+            error = hresult_error_from_ntstatus(status)
+        done.append((waiter, None, error))
+
+    def _on_send(self, event: SendResult, done: list[Completion]) -> None:
+        pending = self._pending.pop(event.rid)
+        if event.status == _SUCCESS:
+            done.append((pending.waiter, event.data, None))
+        else:
+            # S_OK only for exactly STATUS_SUCCESS; warnings and other success codes fail,
+            # with their output attached (§3.2).
+            done.append((pending.waiter, None, hresult_error_from_ntstatus(event.status, data=event.data)))
+
+    def _on_get(self, event: GetResult, done: list[Completion]) -> None:
+        pending = self._pending.pop(event.rid)
+        status = event.status
+        if status == _SUCCESS:
+            message = Message(event.message_id, event.reply_length, event.data)
+            if pending.abandoned:
+                self._route_orphan(message, done)
+            else:
+                done.append((pending.waiter, message, None))
+        elif pending.abandoned:
+            return  # the caller is gone; a bounce leaves the message with its kernel sender
+        elif status == _TOO_SMALL:
+            done.append((pending.waiter, None, _buffer_too_small(event.required_size)))
+        else:
+            done.append((pending.waiter, None, hresult_error_from_ntstatus(status)))
+
+    def _route_orphan(self, message: Message, done: list[Completion]) -> None:
+        # A message reached a get whose caller gave up. It goes to the live get that
+        # FilterGetMessage's rule would pick (first big enough, else the oldest, which is
+        # bounced); with no live get it waits in the stash for the next reader.
+        live = [(rid, p) for rid, p in self._pending.items() if p.kind is GetRequest and not p.abandoned]
+        if not live:
+            self._stash.append(message)
+            return
+        for rid, pending in live:
+            if pending.buffer_size >= message.size:
+                done.append((pending.waiter, message, None))
+                break
+        else:
+            rid, pending = live[0]
+            done.append((pending.waiter, None, _buffer_too_small(message.size)))
+            self._stash.append(message)
+        # Its own getter in the daemon is withdrawn; what it brings is routed again.
+        self._out += self.abandon_get(rid)
+
+    def _end(
+        self,
+        done: list[Completion],
+        reason: str,
+        status: NtStatus = NtStatus.STATUS_PORT_DISCONNECTED,
+        *,
+        closing: bool = False,
+    ) -> None:
+        if self.state is PortState.CLOSED:
+            return
+        self.state = PortState.CLOSED if closing else PortState.DISCONNECTED
+        if not self.end_reason:
+            self.end_reason = reason
+        self._stash.clear()
+        if self._connect_waiter is not None:
+            waiter, self._connect_waiter = self._connect_waiter, None
+            done.append((waiter, None, _connect_failed(self.address, reason)))
+        pending, self._pending = self._pending, {}
+        for p in pending.values():
+            if p.abandoned:
+                continue
+            if closing:
+                error: HResultError = PortClosedError(HResult.E_HANDLE, "the port was closed")
+            else:
+                error = hresult_error_from_ntstatus(status, f"{reason} ({status})")
+            done.append((p.waiter, None, error))
+
+
+def _buffer_too_small(required: int) -> InsufficientBufferError:
+    return InsufficientBufferError(
+        hresult_from_win32(Win32Error.ERROR_INSUFFICIENT_BUFFER),
+        f"the message needs a {required}-byte buffer (header included); it is kept for the "
+        "next get_message",
+        ntstatus=NtStatus.STATUS_BUFFER_TOO_SMALL,
+        required_size=required,
+    )
+
+
+def _connect_failed(address: str, reason: str) -> HResultError:
+    return hresult_error_for(
+        HResult.E_HANDLE, f"the connection to the daemon at {address} ended: {reason}"
+    )
+
+
+def connect_error(address: str, exc: OSError) -> HResultError:
+    """The HRESULT for a socket that cannot reach the daemon (as a driver that is not loaded)."""
+    if isinstance(exc, PermissionError):
+        return hresult_error_for(
+            HResult.E_ACCESSDENIED,
+            f"no permission to reach the fltemu daemon at {address} ({exc.strerror})",
+            ntstatus=NtStatus.STATUS_ACCESS_DENIED,
+        )
+    return hresult_error_for(
+        hresult_from_win32(Win32Error.ERROR_FILE_NOT_FOUND),
+        f"no fltemu daemon is listening on {address} ({exc.strerror or exc}); start one with "
+        "'fltemu serve' or set FLTEMU_SOCKET",
+        ntstatus=NtStatus.STATUS_OBJECT_NAME_NOT_FOUND,
+    )

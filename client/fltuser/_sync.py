@@ -1,0 +1,319 @@
+"""``Port``: the blocking flavour of the fltuser client, over a blocking AF_UNIX socket.
+
+There is no reader thread. A caller that waits for an answer reads the socket itself unless
+another caller already does; that caller (the "leader") completes everybody's answers and,
+when its own has come, hands the reading over. A lone thread therefore pays no thread
+hand-off per call: it writes its request and reads its answer, as a blocking socket program
+would. Several threads may use one ``Port`` at once, as on a Windows handle.
+Not here: fltlib's rules (``_base``).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import threading
+import time
+from types import TracebackType
+
+from fltemu.wire import resolve_address
+
+from ._base import READ_BUFFER_BYTES, Completion, Message, PortCore, PortState, connect_error
+
+__all__ = ["Port", "connect"]
+
+
+class _Waiter:
+    """A one-shot result slot; guarded by the port's condition variable."""
+
+    __slots__ = ("done", "error", "value")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.value: object = None
+        self.error: BaseException | None = None
+
+    def result(self) -> object:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class Port:
+    """A connected communication port handle (blocking). Create it with ``connect``.
+
+    Every method raises ``fltuser.HResultError`` with the HRESULT fltlib would return.
+    """
+
+    def __init__(self, sock: socket.socket, core: PortCore) -> None:
+        self._sock = sock
+        self._core = core
+        self._lock = threading.Lock()  # the core's state
+        self._wlock = threading.Lock()  # whole frames onto the socket
+        self._read_lock = threading.Lock()  # who reads the socket (the leader)
+        self._cv = threading.Condition(threading.Lock())  # answers arrived / leader left
+        self._rbuf = memoryview(bytearray(READ_BUFFER_BYTES))
+        self._backlog = bytearray()  # frames the leader could not write itself
+
+    def __repr__(self) -> str:
+        return f"<fltuser.Port {self._core.port_name!r} {self._core.state.value}>"
+
+    @property
+    def port_name(self) -> str:
+        """The server port this handle is connected to."""
+        return self._core.port_name
+
+    @property
+    def is_connected(self) -> bool:
+        """False once the daemon or the filter disconnected it, or it was closed."""
+        return self._core.state is PortState.CONNECTED
+
+    def __enter__(self) -> Port:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- fltlib ------------------------------------------------------------------------------
+
+    def send(self, data: bytes, out_size: int = 0) -> bytes:
+        """FilterSendMessage: run the filter's MessageNotify and return its output.
+
+        Args:
+            data: the input buffer (must not be empty).
+            out_size: the output buffer size (``dwOutBufferSize``).
+
+        Returns:
+            Exactly the bytes returned (``*lpBytesReturned`` of them).
+
+        Raises:
+            HResultError: S_OK only for STATUS_SUCCESS; otherwise fltlib's translation of the
+                MessageNotify status (warnings too: ``.data`` holds their output), E_INVALIDARG
+                (empty input), 0x80070001 (port without MessageNotify), 0x80070006
+                (disconnected), 0x800705AA (over the daemon's size limit).
+        """
+        waiter = _Waiter()
+        self._request(lambda: self._core.send_request(data, out_size, waiter))
+        return self._wait(waiter, None)  # type: ignore[return-value]
+
+    def get_message(self, buffer_size: int, timeout: float | None = None) -> Message:
+        """FilterGetMessage (synchronous): wait for a kernel message.
+
+        Args:
+            buffer_size: the buffer size, the 16-byte FILTER_MESSAGE_HEADER included.
+            timeout: seconds to wait, or ``None`` for ever.
+
+        Returns:
+            The message: ``message_id``, ``reply_length`` and ``data``.
+
+        Raises:
+            HResultError: 0x8007007A (``InsufficientBufferError``, ``.required_size``) when
+                the message does not fit; it is kept for a later reader. 0x80070006 once the
+                port is disconnected; E_INVALIDARG for buffer_size <= 0.
+            TimeoutError: nothing came in time; the getter was withdrawn, and a message
+                already on its way goes to the next reader.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        waiter = _Waiter()
+        with self._lock:
+            stashed = self._core.take_stashed(buffer_size)
+            if stashed is not None:
+                return stashed
+            rid, frame = self._core.get_request(buffer_size, waiter)
+        self._write(frame)
+        try:
+            return self._wait(waiter, deadline)  # type: ignore[return-value]
+        except TimeoutError:
+            with self._lock:
+                cancel = self._core.abandon_get(rid)
+            if cancel:
+                self._write(cancel)
+            raise
+
+    def reply(self, message_id: int, data: bytes = b"", status: int = 0) -> None:
+        """FilterReplyMessage: answer the kernel message ``message_id``.
+
+        Args:
+            message_id: ``Message.message_id``.
+            data: the reply payload (what follows FILTER_REPLY_HEADER).
+            status: FILTER_REPLY_HEADER.Status: what the kernel's FltSendMessage returns.
+
+        Raises:
+            HResultError: 0x801F0020 (nobody waits for that id: unknown, already answered or
+                timed out), 0x800700EA (the data was cut to the kernel's reply buffer),
+                0x80070006 (disconnected).
+        """
+        waiter = _Waiter()
+        self._request(lambda: self._core.reply_request(message_id, status, data, waiter))
+        self._wait(waiter, None)
+
+    def close(self) -> None:
+        """CloseHandle: disconnect; the filter's DisconnectNotify runs. Closing twice is fine."""
+        with self._lock:
+            if self._core.state is PortState.CLOSED:
+                return
+            done = self._core.close()
+        self._complete(done)
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        # The leader, if any, wakes with EOF; it no longer touches the socket after that.
+        with self._read_lock:
+            self._sock.close()
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    def _request(self, build: object) -> None:
+        with self._lock:
+            frame = build()  # type: ignore[operator]
+        self._write(frame)
+
+    def _write(self, frame: bytes) -> None:
+        try:
+            with self._wlock:
+                self._sock.sendall(frame)
+                self._drain_backlog()
+        except OSError as exc:
+            self._lost(f"writing to the daemon failed: {exc}")
+        self._flush_backlog()
+
+    def _drain_backlog(self) -> None:
+        # Holding _wlock. Frames queued by a reader that could not take _wlock itself.
+        while True:
+            with self._lock:
+                if not self._backlog:
+                    return
+                data = bytes(self._backlog)
+                self._backlog.clear()
+            self._sock.sendall(data)
+
+    def _flush_backlog(self) -> None:
+        # After releasing _wlock: a reader may have queued frames while we held it.
+        while self._backlog and self._wlock.acquire(blocking=False):
+            try:
+                self._drain_backlog()
+            except OSError as exc:
+                self._lost(f"writing to the daemon failed: {exc}")
+            finally:
+                self._wlock.release()
+
+    def _wait(self, waiter: _Waiter, deadline: float | None) -> object:
+        while not waiter.done:
+            if self._read_lock.acquire(blocking=False):
+                try:
+                    while not waiter.done:
+                        if not self._read_once(deadline):
+                            break
+                finally:
+                    with self._cv:
+                        self._read_lock.release()
+                        self._cv.notify_all()
+            else:
+                with self._cv:
+                    while not waiter.done and self._read_lock.locked():
+                        remaining = None if deadline is None else deadline - time.monotonic()
+                        if remaining is not None and remaining <= 0:
+                            break
+                        self._cv.wait(remaining)
+            if not waiter.done and deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError("no message arrived in time")
+        return waiter.result()
+
+    def _read_once(self, deadline: float | None) -> bool:
+        """Read once and complete what came; False on timeout."""
+        if self._core.state is PortState.CLOSED:
+            return self._closed_under_reader()
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                ready, _, _ = select.select([self._sock], [], [], remaining)
+            except (OSError, ValueError):
+                ready = [self._sock]
+            if not ready:
+                return False
+        try:
+            n = self._sock.recv_into(self._rbuf)
+        except OSError as exc:
+            self._lost(f"reading from the daemon failed: {exc}")
+            return True
+        with self._lock:
+            if self._core.state is PortState.CLOSED:
+                return self._closed_under_reader()
+            done, out = self._core.receive(self._rbuf[:n] if n else b"")
+            if out:
+                self._backlog += out
+        self._complete(done)
+        if out:
+            self._flush_backlog()
+        return True
+
+    def _closed_under_reader(self) -> bool:
+        # close() ran while we were reading; everyone's waiter already failed.
+        return True
+
+    def _lost(self, reason: str) -> None:
+        with self._lock:
+            done = self._core.connection_lost(reason)
+        self._complete(done)
+
+    def _complete(self, done: list[Completion]) -> None:
+        if not done:
+            return
+        with self._cv:
+            for waiter, value, error in done:
+                assert isinstance(waiter, _Waiter)
+                waiter.value = value
+                waiter.error = error
+                waiter.done = True
+            self._cv.notify_all()
+
+
+def connect(
+    port_name: str,
+    context: bytes = b"",
+    options: int = 0,
+    address: str | os.PathLike[str] | None = None,
+) -> Port:
+    """FilterConnectCommunicationPort: connect to a server port (blocking).
+
+    Returns once the filter's ConnectNotify has accepted the connection.
+
+    Args:
+        port_name: the server port name, e.g. ``"\\\\ScannerPort"`` (exact, case-sensitive).
+        context: bytes handed to ConnectNotify (at most 65535).
+        options: 0 or ``FLT_PORT_FLAG_SYNC_HANDLE``.
+        address: the daemon's socket; default as API.md §2 says.
+
+    Raises:
+        HResultError: 0x80070002 (no such port, or no daemon), E_ACCESSDENIED (the port's
+            security refuses this user), 0x800704D6 (max_connections reached), E_INVALIDARG
+            (bad context or options), 0x801F000B (the filter is unloading), or fltlib's
+            translation of the failure status ConnectNotify returned.
+    """
+    path = resolve_address(address)
+    core = PortCore(port_name, context, options, path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        raise connect_error(path, exc) from exc
+    port = Port(sock, core)
+    waiter = _Waiter()
+    try:
+        port._write(core.connect_request(waiter))
+        port._wait(waiter, None)
+    except BaseException:
+        sock.close()
+        raise
+    return port
+

@@ -1,0 +1,10 @@
+"""``python -m fltemu``: the same program as the ``fltemu`` console script."""
+
+from __future__ import annotations
+
+import sys
+
+from .daemon.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

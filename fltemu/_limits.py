@@ -1,0 +1,16 @@
+"""Limits shared by the wire protocol and the kernel model (stdlib only, so both may import it)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "MAX_CONTEXT_BYTES"]
+
+#: Default limit on one message's payload (data of a send, get or reply). Windows has no
+#: limit but 32-bit lengths (§6.5); a daemon has to bound what one peer can make it buffer.
+#: 16 MiB covers every real minifilter protocol by orders of magnitude (scanner: 1 KiB,
+#: minispy: 4 KiB pages); ``--max-message-bytes`` raises it.
+DEFAULT_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
+
+#: FilterConnectCommunicationPort's context size is a WORD (§3.1).
+MAX_CONTEXT_BYTES: Final = 0xFFFF

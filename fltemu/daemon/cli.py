@@ -1,0 +1,139 @@
+"""The ``fltemu`` command line: argument parsing only; the work is in ``runner``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from .._limits import DEFAULT_MAX_MESSAGE_BYTES
+from ..errors import FltEmuError
+from .loader import BUILTIN_FILTERS
+from .runner import DaemonConfig, LoopChoiceError, run
+
+__all__ = ["build_parser", "main"]
+
+_SERVE_EPILOG = """\
+examples:
+  fltemu serve                                  # built-in sample filters, default socket
+  fltemu serve --filter echo --address /tmp/f.sock
+  fltemu serve --filter mypkg.myfilter          # awaits mypkg.myfilter.setup(flt)
+  fltemu serve --filter mypkg.myfilter:start    # awaits mypkg.myfilter.start(flt)
+
+The socket is --address, else $FLTEMU_SOCKET, else $XDG_RUNTIME_DIR/fltemu.sock, else
+/tmp/fltemu-<uid>.sock. One line "fltemu: listening on PATH ..." is printed once clients can
+connect. SIGINT or SIGTERM shuts down cleanly: every connection is disconnected and each
+DisconnectNotify runs.
+"""
+
+
+def _octal(text: str) -> int:
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode such as 600") from None
+    if not 0 <= value <= 0o777:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a permission mode (000-777)")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``fltemu``."""
+    parser = argparse.ArgumentParser(
+        prog="fltemu",
+        description="Windows Filter Manager communication ports, emulated: a daemon that plays "
+        "the kernel side (FltCreateCommunicationPort, FltSendMessage) for user-mode agents "
+        "that use fltlib's FilterConnectCommunicationPort and friends.",
+    )
+    parser.add_argument("--version", action="version", version=f"fltemu {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the daemon in the foreground",
+        description="Run the daemon in the foreground with the given filter modules.",
+        epilog=_SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("--address", metavar="PATH", help="Unix socket path to listen on")
+    serve.add_argument(
+        "--filter",
+        dest="filters",
+        action="append",
+        default=[],
+        metavar="NAME|MODULE[:FUNC]",
+        help="a built-in sample (%s) or a module whose setup(flt) creates ports; repeatable. "
+        "Default: every built-in sample" % ", ".join(sorted(BUILTIN_FILTERS)),
+    )
+    serve.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop: auto uses uvloop where it imports, else asyncio (default: auto); "
+        "uvloop fails if uvloop is not installed",
+    )
+    serve.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="log level (default: INFO)",
+    )
+    serve.add_argument(
+        "--max-message-bytes",
+        type=_positive_int,
+        default=DEFAULT_MAX_MESSAGE_BYTES,
+        metavar="N",
+        help="largest message payload carried (default: %(default)s = 16 MiB); larger ones "
+        "fail with STATUS_INSUFFICIENT_RESOURCES / 0x800705AA",
+    )
+    serve.add_argument(
+        "--socket-mode",
+        type=_octal,
+        default=0o600,
+        metavar="MODE",
+        help="permission bits of the socket file, octal (default: 600, only the daemon's "
+        "user can connect; ports still check their own security)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fltemu`` console script and ``python -m fltemu``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    filters = tuple(args.filters) or tuple(sorted(BUILTIN_FILTERS))
+    config = DaemonConfig(
+        address=args.address,
+        filters=filters,
+        loop=args.loop,
+        max_message_bytes=args.max_message_bytes,
+        socket_mode=args.socket_mode,
+        announce=lambda line: print(line, flush=True),
+    )
+    try:
+        run(config)
+    except (FltEmuError, LoopChoiceError, OSError) as exc:
+        print(f"fltemu: error: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,94 @@
+"""Imports the filter modules named on the command line and runs their setup and teardown.
+
+A filter module has ``async def setup(flt: fltemu.Filter) -> None`` and optionally
+``async def teardown(flt)``; ``module:function`` names another entry point. Built-in samples
+have short names. Not here: the daemon itself (``server``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from ..errors import FltEmuError
+from ..kernel import Filter
+from .server import Daemon
+
+__all__ = ["BUILTIN_FILTERS", "FilterLoadError", "LoadedFilter", "load_filter", "unload_filters"]
+
+log = logging.getLogger(__name__)
+
+#: Short names of the filters that ship with fltemu, and their modules.
+BUILTIN_FILTERS: Final[dict[str, str]] = {
+    "echo": "fltemu.samples.echo",
+}
+
+
+class FilterLoadError(FltEmuError):
+    """A ``--filter`` could not be imported or set up."""
+
+
+@dataclass
+class LoadedFilter:
+    """A filter module that was set up, with what to call at shutdown."""
+
+    spec: str
+    filter: Filter
+    teardown: Callable[[Filter], Awaitable[None] | None] | None
+
+
+def _resolve(spec: str) -> tuple[str, str, str]:
+    """(filter name, module path, entry function) for a ``--filter`` value."""
+    module_part, _, func = spec.partition(":")
+    if not module_part:
+        raise FilterLoadError(f"--filter {spec!r}: no module named")
+    name = module_part
+    module_path = BUILTIN_FILTERS.get(module_part, module_part)
+    return name, module_path, func or "setup"
+
+
+async def load_filter(daemon: Daemon, spec: str) -> LoadedFilter:
+    """Import ``spec``, register its filter and await its entry point.
+
+    Raises:
+        FilterLoadError: the module or function cannot be found, or setup raised.
+    """
+    name, module_path, func_name = _resolve(spec)
+    try:
+        module = importlib.import_module(module_path)
+    except ImportError as exc:
+        known = ", ".join(sorted(BUILTIN_FILTERS))
+        raise FilterLoadError(
+            f"--filter {spec!r}: cannot import {module_path!r} ({exc}); built-in filters: {known}"
+        ) from exc
+    entry: Any = getattr(module, func_name, None)
+    if not callable(entry):
+        raise FilterLoadError(f"--filter {spec!r}: {module_path} has no function {func_name}()")
+    flt = daemon.register_filter(name)
+    try:
+        result = entry(flt)
+        if inspect.isawaitable(result):
+            await result
+    except Exception as exc:
+        await flt.unload()
+        raise FilterLoadError(f"--filter {spec!r}: {func_name}() raised {exc!r}") from exc
+    teardown = getattr(module, "teardown", None) if func_name == "setup" else None
+    log.info("loaded filter %r (%s)", name, module_path)
+    return LoadedFilter(spec, flt, teardown if callable(teardown) else None)
+
+
+async def unload_filters(loaded: list[LoadedFilter]) -> None:
+    """Run each module's teardown, then unload its filter; errors are logged, not raised."""
+    for item in reversed(loaded):
+        if item.teardown is not None:
+            try:
+                result = item.teardown(item.filter)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("teardown of filter %r raised", item.spec)
+        await item.filter.unload()

@@ -1,0 +1,93 @@
+"""Runs the daemon as a process: the loop choice, signals, filter modules, graceful shutdown.
+
+Not here: argument parsing (``cli``), the daemon object (``server``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .._limits import DEFAULT_MAX_MESSAGE_BYTES
+from .loader import LoadedFilter, load_filter, unload_filters
+from .server import Daemon
+
+__all__ = ["DaemonConfig", "LoopChoiceError", "loop_factory", "run"]
+
+log = logging.getLogger(__name__)
+
+
+class LoopChoiceError(RuntimeError):
+    """``--loop uvloop`` was asked for where uvloop does not import."""
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Everything ``fltemu serve`` needs."""
+
+    address: str | None = None
+    filters: tuple[str, ...] = ()
+    loop: str = "auto"
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    socket_mode: int = 0o600
+    announce: Callable[[str], None] = field(default=print)
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The event-loop factory for ``--loop``: ``auto`` prefers uvloop where it imports.
+
+    Raises:
+        LoopChoiceError: ``uvloop`` was asked for and cannot be imported.
+    """
+    if choice == "asyncio":
+        return asyncio.new_event_loop
+    try:
+        import uvloop
+    except ImportError as exc:
+        if choice == "uvloop":
+            raise LoopChoiceError(
+                "--loop uvloop: uvloop is not installed (pip install uvloop)"
+            ) from exc
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop  # type: ignore[no-any-return]
+
+
+async def serve(config: DaemonConfig) -> None:
+    """Run the daemon until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    loaded: list[LoadedFilter] = []
+    async with Daemon(
+        config.address,
+        max_message_bytes=config.max_message_bytes,
+        socket_mode=config.socket_mode,
+    ) as daemon:
+        try:
+            for spec in config.filters:
+                loaded.append(await load_filter(daemon, spec))
+            ports = [p.name for f in daemon.manager.filters.values() for p in f.server_ports]
+            loop_name = type(loop).__module__.split(".")[0]
+            config.announce(
+                f"fltemu: listening on {daemon.address} "
+                f"(loop: {loop_name}; ports: {', '.join(ports) or 'none'})"
+            )
+            await stop.wait()
+            log.info("shutting down")
+        finally:
+            await unload_filters(loaded)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(sig)
+
+
+def run(config: DaemonConfig) -> None:
+    """Run ``serve(config)`` on the chosen loop (blocking)."""
+    factory = loop_factory(config.loop)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(config))
+
+

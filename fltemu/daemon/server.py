@@ -1,0 +1,198 @@
+"""The daemon: the Filter Manager plus its message device, listening on a Unix socket.
+
+``async with Daemon(address=path) as daemon`` returns once the socket accepts connections;
+leaving the block shuts down: no new connections, every filter unloaded (each connection's
+DisconnectNotify runs), every session closed, the socket file removed.
+Not here: per-connection I/O (``session``), process-level concerns such as signals and the
+loop choice (``runner``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import itertools
+import logging
+import os
+import socket
+import stat
+from collections.abc import Coroutine
+from types import TracebackType
+from typing import Any, Final
+
+from .._limits import DEFAULT_MAX_MESSAGE_BYTES
+from ..errors import FltEmuError
+from ..kernel import Filter, FilterManager
+from ..wire import resolve_address
+from .session import Session
+
+__all__ = ["DEFAULT_SHUTDOWN_GRACE", "Daemon", "DaemonAddressInUseError"]
+
+log = logging.getLogger(__name__)
+
+#: How long shutdown waits for in-flight MessageNotify calls before cancelling them. Windows
+#: waits forever; a daemon asked to stop must stop.
+DEFAULT_SHUTDOWN_GRACE: Final = 5.0
+
+#: listen(2) backlog: load tests open hundreds of connections at once.
+LISTEN_BACKLOG: Final = 1024
+
+
+class DaemonAddressInUseError(FltEmuError, OSError):
+    """Another daemon is already listening on the address."""
+
+
+class Daemon:
+    """The Filter Manager and its message device, served on a Unix socket.
+
+    Args:
+        address: the socket path; ``None`` resolves it as API.md §2 says.
+        max_message_bytes: the largest message payload carried (at least 16 MiB by default).
+        socket_mode: permission bits of the socket file (0600: only the daemon's user can even
+            reach it; ports then check their own security).
+        shutdown_grace: seconds that shutdown waits for in-flight MessageNotify calls.
+    """
+
+    def __init__(
+        self,
+        address: str | os.PathLike[str] | None = None,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        socket_mode: int = 0o600,
+        shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
+    ) -> None:
+        if max_message_bytes <= 0:
+            raise ValueError("max_message_bytes must be positive")
+        self.address = resolve_address(address)
+        self.max_message_bytes = max_message_bytes
+        self.socket_mode = socket_mode
+        self.shutdown_grace = shutdown_grace
+        self.manager = FilterManager(max_message_bytes=max_message_bytes)
+        self._server: asyncio.AbstractServer | None = None
+        self._sessions: set[Session] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._session_ids = itertools.count(1)
+        self._inode: int | None = None
+
+    def __repr__(self) -> str:
+        state = "listening" if self._server is not None else "stopped"
+        return f"<Daemon {self.address!r} {state} sessions={len(self._sessions)}>"
+
+    def register_filter(self, name: str) -> Filter:
+        """FltRegisterFilter: a filter that can create communication ports.
+
+        Raises:
+            StatusError: STATUS_OBJECT_NAME_COLLISION when a filter of that name is loaded.
+        """
+        return self.manager.register_filter(name)
+
+    @property
+    def sessions(self) -> frozenset[Session]:
+        """The open user connections."""
+        return frozenset(self._sessions)
+
+    async def __aenter__(self) -> Daemon:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()
+
+    async def start(self) -> None:
+        """Listen; returns once the socket accepts connections.
+
+        Raises:
+            DaemonAddressInUseError: a daemon already listens there.
+            OSError: the path cannot be used (not a socket, no permission, ...).
+        """
+        path = self.address
+        _remove_stale_socket(path)
+        loop = asyncio.get_running_loop()
+        # The socket file is created with the umask's bits; narrow them first so there is no
+        # window in which it is wider than socket_mode.
+        old_umask = os.umask(0o777 & ~self.socket_mode)
+        try:
+            self._server = await loop.create_unix_server(
+                lambda: Session(self), path, backlog=LISTEN_BACKLOG
+            )
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, self.socket_mode)
+        self._inode = os.stat(path).st_ino
+        log.info("listening on %s", path)
+
+    async def shutdown(self) -> None:
+        """Stop accepting, unload every filter (DisconnectNotify for each connection), close."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        self.manager.rundown_timeout = self.shutdown_grace
+        for flt in list(self.manager.filters.values()):
+            await flt.unload()
+        for session in list(self._sessions):
+            session.close()
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        # Sessions close asynchronously; give their connection_lost a chance to run.
+        for _ in range(100):
+            if not self._sessions:
+                break
+            await asyncio.sleep(0.01)
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), 1.0)
+        self._unlink_socket()
+        log.info("stopped")
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _next_session_id(self) -> int:
+        return next(self._session_ids)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    def _unlink_socket(self) -> None:
+        # Remove the file only if it is still the one we created.
+        with contextlib.suppress(OSError):
+            if self._inode is not None and os.stat(self.address).st_ino == self._inode:
+                os.unlink(self.address)
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a socket file that nothing listens on; refuse one that is alive."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        log.info("removing stale socket %s", path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot probe {path}: {exc.strerror}") from exc
+    finally:
+        probe.close()
+    raise DaemonAddressInUseError(errno.EADDRINUSE, f"a daemon is already listening on {path}")

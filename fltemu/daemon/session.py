@@ -1,0 +1,281 @@
+"""One user-mode connection: bytes from the socket into the wire core, events into the kernel.
+
+A thin asyncio ``BufferedProtocol``: it reads into one reused buffer, feeds the sans-IO
+``WireConnection``, dispatches every complete request of a read to the kernel model
+synchronously where it can, and writes all the answers a read produced in one ``write``.
+Not here: protocol rules (``fltemu.wire``), port rules (``fltemu.kernel``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import sys
+from typing import TYPE_CHECKING, Final
+
+from ..errors import LocalProtocolError, RemoteProtocolError, StatusError
+from ..kernel import ClientPort, ProcessInfo
+from ..status import NtStatus
+from ..wire import (
+    EOF,
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    Connect,
+    ConnectResult,
+    GetCancel,
+    GetRequest,
+    GetResult,
+    Goodbye,
+    ReplyRequest,
+    ReplyResult,
+    Role,
+    SendRequest,
+    SendResult,
+    WireConnection,
+)
+
+if TYPE_CHECKING:
+    from .server import Daemon
+
+__all__ = ["READ_BUFFER_BYTES", "Session"]
+
+log = logging.getLogger(__name__)
+
+#: Bytes read per ``recv_into``: big enough that a burst of 64 pipelined 4 KiB requests
+#: arrives in one read, small enough to keep 1,000 idle sessions cheap (it is allocated
+#: lazily, on the first read).
+READ_BUFFER_BYTES: Final = 64 * 1024
+
+_PEERCRED: Final = struct.Struct("3i")
+_SUCCESS: Final = int(NtStatus.STATUS_SUCCESS)
+
+
+def peer_process(transport: asyncio.BaseTransport) -> ProcessInfo:
+    """The connecting process's pid, uid and gid, from SO_PEERCRED where the OS has it."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sys.platform.startswith("linux"):
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+            pid, uid, gid = _PEERCRED.unpack(raw)
+            return ProcessInfo(pid, uid, gid)
+        except OSError:
+            pass
+    return ProcessInfo(None, None, None)
+
+
+class Session(asyncio.BufferedProtocol):
+    """The daemon's end of one connection; implements the kernel's ``Channel``."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+        self._wire = WireConnection(Role.KERNEL, max_message_bytes=daemon.max_message_bytes)
+        self._view: memoryview | None = None
+        self._out = bytearray()
+        self._in_batch = False
+        self._flush_handle: asyncio.Handle | None = None
+        self._transport: asyncio.Transport | None = None
+        self._closed = False
+        self._closing = False
+        self.port: ClientPort | None = None
+        self.process = ProcessInfo(None, None, None)
+        self.sid = daemon._next_session_id()
+
+    def __repr__(self) -> str:
+        return f"<Session #{self.sid} pid={self.process.pid} port={self.port!r}>"
+
+    def _peer(self) -> str:
+        p = self.process
+        return f"session #{self.sid} (pid {p.pid}, uid {p.uid})"
+
+    # --- asyncio.BufferedProtocol ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self.process = peer_process(transport)
+        self._daemon._sessions.add(self)
+        log.debug("%s: connected", self._peer())
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._view is None:
+            self._view = memoryview(bytearray(READ_BUFFER_BYTES))
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        assert self._view is not None
+        self._wire.receive_data(self._view[:nbytes])
+        self._process_events()
+
+    def eof_received(self) -> bool:
+        self._wire.receive_data(b"")
+        self._process_events()
+        return False  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._daemon._sessions.discard(self)
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        port = self.port
+        if port is not None:
+            # CloseHandle: the teardown runs in the background; the daemon waits for it at
+            # shutdown.
+            self._daemon._spawn(port.user_close())
+        log.debug("%s: closed", self._peer())
+
+    def pause_writing(self) -> None:
+        # The peer is not reading its answers: stop reading its requests until it does.
+        if self._transport is not None and not self._closed:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None and not self._closed:
+            self._transport.resume_reading()
+
+    # --- kernel Channel -----------------------------------------------------------------------
+
+    def complete_get(
+        self,
+        token: object,
+        status: NtStatus,
+        message_id: int = 0,
+        reply_length: int = 0,
+        data: bytes = b"",
+        required_size: int = 0,
+    ) -> None:
+        """Send the completion of pending get ``token`` (its request id)."""
+        if self._closed:
+            return
+        self._send(GetResult(token, int(status), message_id, reply_length, data, required_size))  # type: ignore[arg-type]
+
+    # --- dispatch -----------------------------------------------------------------------------
+
+    def _process_events(self) -> None:
+        wire = self._wire
+        self._in_batch = True
+        try:
+            while True:
+                try:
+                    event = wire.next_event()
+                except RemoteProtocolError as exc:
+                    self._fail(exc)
+                    return
+                if event is NEED_DATA:
+                    break
+                cls = type(event)
+                port = self.port
+                if cls is SendRequest:
+                    self._on_send(event)  # type: ignore[arg-type]
+                elif cls is GetRequest:
+                    assert port is not None
+                    status = port.user_get(event.rid, event.buffer_size)  # type: ignore[attr-defined]
+                    if status is not None:
+                        self._send(GetResult(event.rid, int(status)))  # type: ignore[attr-defined]
+                elif cls is ReplyRequest:
+                    assert port is not None
+                    status = port.user_reply(event.message_id, event.status, event.data)  # type: ignore[attr-defined]
+                    self._send(ReplyResult(event.rid, int(status)))  # type: ignore[attr-defined]
+                elif cls is GetCancel:
+                    assert port is not None
+                    port.user_cancel_get(event.rid)  # type: ignore[attr-defined]
+                elif cls is Connect:
+                    self._on_connect(event)  # type: ignore[arg-type]
+                elif event is EOF:
+                    break
+        finally:
+            self._in_batch = False
+            if self._out and not self._closed and not self._closing:
+                self._flush()
+
+    def _on_send(self, request: SendRequest) -> None:
+        assert self.port is not None
+        outcome = self.port.user_send(request.data, request.out_size)
+        if isinstance(outcome, tuple):
+            status, out = outcome
+            self._send(SendResult(request.rid, int(status), out))
+            return
+        rid = request.rid
+
+        def done(task: asyncio.Task[tuple[NtStatus, bytes]]) -> None:
+            if task.cancelled() or self._closed:
+                return
+            status, out = task.result()
+            self._send(SendResult(rid, int(status), out))
+
+        outcome.add_done_callback(done)
+
+    def _on_connect(self, request: Connect) -> None:
+        if request.version != PROTOCOL_VERSION:
+            log.info(
+                "%s: refused: it speaks protocol version %d, the daemon speaks %d",
+                self._peer(),
+                request.version,
+                PROTOCOL_VERSION,
+            )
+            self._send(ConnectResult(PROTOCOL_VERSION, int(NtStatus.STATUS_REVISION_MISMATCH)))
+            self._close_after_flush()
+            return
+        self._daemon._spawn(self._connect(request))
+
+    async def _connect(self, request: Connect) -> None:
+        daemon = self._daemon
+        try:
+            port = await daemon.manager.connect(
+                request.port_name, request.context, self.process, self
+            )
+        except StatusError as exc:
+            log.info("%s: connect to %r failed: %s", self._peer(), request.port_name, exc.status)
+            if not self._closed:
+                self._send(ConnectResult(PROTOCOL_VERSION, int(exc.status)))
+                self._close_after_flush()
+            return
+        if self._closed:
+            # The peer left while ConnectNotify ran: it never saw its handle; close it.
+            await port.user_close()
+            return
+        self.port = port
+        log.debug("%s: connected to %r as #%d", self._peer(), request.port_name, port.id)
+        self._send(ConnectResult(PROTOCOL_VERSION, _SUCCESS, daemon.max_message_bytes))
+
+    # --- output -------------------------------------------------------------------------------
+
+    def _send(self, message: object) -> None:
+        if self._closing:
+            return
+        try:
+            self._wire.send_into(message, self._out)
+        except LocalProtocolError as exc:
+            # Only reachable through a bug: the kernel answering something never asked.
+            log.error("%s: not sent: %s", self._peer(), exc)
+            return
+        if not self._in_batch and self._flush_handle is None and not self._closed:
+            # Completions from kernel tasks: coalesce everything this loop iteration produces.
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        if self._closed or not self._out or self._transport is None:
+            return
+        out = self._out
+        self._out = bytearray()  # hand the buffer over: the transport may keep it
+        self._transport.write(out)
+
+    def _close_after_flush(self) -> None:
+        if self._transport is not None and not self._closed and not self._closing:
+            self._flush()
+            self._closing = True
+            self._transport.close()
+
+    def _fail(self, exc: RemoteProtocolError) -> None:
+        log.warning("%s: protocol error, disconnecting: %s", self._peer(), exc)
+        self._send(Goodbye(int(exc.status_hint), str(exc)))
+        self._close_after_flush()
+
+    def close(self) -> None:
+        """Disconnect this session (daemon shutdown)."""
+        if self._transport is not None and not self._closed and not self._closing:
+            self._send(Goodbye(int(NtStatus.STATUS_PORT_DISCONNECTED), "the daemon is shutting down"))
+            self._close_after_flush()

@@ -1,0 +1,89 @@
+"""The three port callbacks (connect, disconnect, message notify): their types and invocation.
+
+Callbacks may be plain functions or coroutine functions. They are classified once, when the
+port is created, so the hot path does not inspect them again: a plain MessageNotify runs
+inline, with no Task; a coroutine one runs in a Task of its own (it really awaits).
+Not here: when they are called (``ports``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, TypeAlias
+
+if TYPE_CHECKING:
+    from .ports import ClientPort
+
+__all__ = [
+    "ConnectNotify",
+    "ConnectResult",
+    "DisconnectNotify",
+    "MessageNotify",
+    "MessageResult",
+    "ProcessInfo",
+    "is_async_callable",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """Who is on the other end of a connection, from the socket's peer credentials.
+
+    Attributes:
+        pid: process id, or ``None`` when the platform cannot tell.
+        uid: user id, or ``None``.
+        gid: group id, or ``None``.
+    """
+
+    pid: int | None
+    uid: int | None
+    gid: int | None
+
+
+#: What ConnectNotify returns: a status, or a status and the ConnectionPortCookie.
+ConnectResult: TypeAlias = "int | tuple[int, object]"
+#: What MessageNotify returns: a status, or a status and the output bytes.
+MessageResult: TypeAlias = "int | tuple[int, bytes | bytearray | memoryview | None]"
+
+
+class ConnectNotify(Protocol):
+    """PFLT_CONNECT_NOTIFY (§2.3): accept or refuse a connection.
+
+    Return STATUS_SUCCESS, or ``(status, connection_port_cookie)``; a failure status refuses the
+    connection and is what the client sees (translated by fltlib's rules). Raising
+    ``StatusError`` refuses it with that status.
+    """
+
+    def __call__(
+        self, client_port: ClientPort, server_port_cookie: object, connection_context: bytes
+    ) -> ConnectResult | Awaitable[ConnectResult]: ...
+
+
+class DisconnectNotify(Protocol):
+    """PFLT_DISCONNECT_NOTIFY (§2.4): the connection is gone; call close_client_port here."""
+
+    def __call__(self, connection_port_cookie: object) -> None | Awaitable[None]: ...
+
+
+class MessageNotify(Protocol):
+    """PFLT_MESSAGE_NOTIFY (§2.5): answer a FilterSendMessage.
+
+    Return STATUS_SUCCESS or ``(status, output)``; ``len(output)`` is ReturnOutputBufferLength.
+    Raising ``StatusError`` fails the send with its status; any other exception is logged and
+    fails it with STATUS_UNSUCCESSFUL.
+    """
+
+    def __call__(
+        self, port_cookie: object, input_buffer: bytes, output_buffer_length: int
+    ) -> MessageResult | Awaitable[MessageResult]: ...
+
+
+def is_async_callable(func: object) -> bool:
+    """Whether calling ``func`` returns an awaitable (coroutine functions, async ``__call__``)."""
+    if inspect.iscoroutinefunction(func):
+        return True
+    call = getattr(func, "__call__", None)  # noqa: B004 - we want the bound method
+    return inspect.iscoroutinefunction(call)
+

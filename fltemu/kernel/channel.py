@@ -1,0 +1,34 @@
+"""The one interface through which the kernel model reaches a connected user-mode process.
+
+The daemon's session implements it over a socket; tests plug in a fake.
+Not here: the socket itself (``fltemu.daemon.session``).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..status import NtStatus
+
+__all__ = ["Channel"]
+
+
+class Channel(Protocol):
+    """What a connection's kernel half needs from its user half."""
+
+    def complete_get(
+        self,
+        token: object,
+        status: NtStatus,
+        message_id: int = 0,
+        reply_length: int = 0,
+        data: bytes = b"",
+        required_size: int = 0,
+    ) -> None:
+        """Complete the pending FilterGetMessage identified by ``token``.
+
+        On STATUS_SUCCESS, ``message_id`` and ``reply_length`` are the FILTER_MESSAGE_HEADER
+        fields and ``data`` the message; on STATUS_BUFFER_TOO_SMALL, ``required_size`` is the
+        buffer size needed. Must not block and must not call back into the kernel model.
+        """
+        ...

@@ -1,0 +1,350 @@
+"""Server ports and client ports (connections): their states, callbacks and teardown.
+
+Not here: the name table (``namespace``), message matching (``messaging``), sockets
+(``fltemu.daemon``).
+
+Theory of operation
+-------------------
+A ``ServerPort`` is FltCreateCommunicationPort's object: a name, three callbacks, a cookie,
+``max_connections`` and a live connection count. Closing it removes the name at once; its
+connections live on (§2.7).
+
+A ``ClientPort`` is one connection. Its states::
+
+    CONNECTING --ConnectNotify succeeded--> CONNECTED --+--> DISCONNECTING --> DISCONNECTED
+        |                                               |    (user close or unload: run down,
+        +--ConnectNotify failed: freed, slot returned,  |     then DisconnectNotify)
+           no DisconnectNotify (§2.3)                   +--> DISCONNECTED (close_client_port)
+
+Teardown, as the lifecycle matrix of §6.6 has it:
+
+* **User close** (CloseHandle: the socket closed). Blocked senders and pending getters get
+  STATUS_PORT_DISCONNECTED, later sends are refused with it, in-flight MessageNotify calls
+  are allowed to finish (rundown), then DisconnectNotify(cookie) runs, then the connection
+  slot is released if the filter has not already released it with close_client_port.
+* **close_client_port** (FltCloseClientPort). Senders and getters get
+  STATUS_PORT_DISCONNECTED at once; later user calls on the still open handle get it too
+  (0x80070006); later ``send_message`` on the port returns it immediately; the slot is
+  released now. DisconnectNotify still runs once, when the user closes its handle (§9.1
+  policy: once per connection, the cookie tells connections apart). Calling it again, or
+  from DisconnectNotify, does nothing more.
+* **Filter unload**. Every connection: as a user close (senders, getters, rundown,
+  DisconnectNotify); the user's handle stays open and answers 0x80070006.
+* DisconnectNotify runs at most once per connection, after every in-flight MessageNotify of
+  that connection has returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import inspect
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from ..errors import StatusError
+from ..status import NtStatus, nt_error
+from .callbacks import ProcessInfo, is_async_callable
+from .channel import Channel
+from .messaging import MessageQueues
+from .security import SecurityDescriptor
+
+if TYPE_CHECKING:
+    from . import Filter
+
+__all__ = ["ClientPort", "ClientPortState", "ServerPort", "ServerPortState"]
+
+log = logging.getLogger(__name__)
+
+_SUCCESS: Final = NtStatus.STATUS_SUCCESS
+_DISCONNECTED: Final = NtStatus.STATUS_PORT_DISCONNECTED
+_UNSUCCESSFUL: Final = NtStatus.STATUS_UNSUCCESSFUL
+
+SendOutcome = tuple[NtStatus, bytes]
+
+
+class ServerPortState(enum.Enum):
+    """A server port's life: open until FltCloseCommunicationPort or unload."""
+
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class ServerPort:
+    """FltCreateCommunicationPort's object. Create it with ``Filter.create_communication_port``.
+
+    Attributes:
+        name: the port name, as created.
+        max_connections: the connection limit.
+        connection_count: live connections (slots taken, including connects in progress).
+    """
+
+    def __init__(
+        self,
+        filter: Filter,
+        name: str,
+        *,
+        connect_notify: Callable[..., Any],
+        disconnect_notify: Callable[..., Any],
+        message_notify: Callable[..., Any] | None,
+        max_connections: int,
+        server_port_cookie: object,
+        case_insensitive: bool,
+        security: SecurityDescriptor,
+    ) -> None:
+        self.filter = filter
+        self.name = name
+        self.connect_notify = connect_notify
+        self.disconnect_notify = disconnect_notify
+        self.message_notify = message_notify
+        self.max_connections = max_connections
+        self.server_port_cookie = server_port_cookie
+        self.case_insensitive = case_insensitive
+        self.security = security
+        self.state = ServerPortState.OPEN
+        self.connection_count = 0
+        self.connections: set[ClientPort] = set()
+        # Classified once here so the hot path never inspects the callback again.
+        self.message_notify_is_async = message_notify is not None and is_async_callable(
+            message_notify
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<ServerPort {self.name!r} {self.state.value} "
+            f"connections={self.connection_count}/{self.max_connections}>"
+        )
+
+
+class ClientPortState(enum.Enum):
+    """A connection's life; see the module docstring."""
+
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTING = "disconnecting"
+    DISCONNECTED = "disconnected"
+
+
+_connection_ids = itertools.count(1)
+
+
+class ClientPort:
+    """One connection to a server port: the ``PFLT_PORT ClientPort`` of ConnectNotify.
+
+    The filter keeps it to call ``send_message`` and ``close_client_port``. The daemon's
+    session drives its user half (``user_*`` methods).
+
+    Attributes:
+        id: a daemon-wide connection number, for logs and control commands.
+        server_port: the server port it was made through.
+        process: who connected (peer credentials).
+        cookie: the ConnectionPortCookie ConnectNotify returned (``None`` by default).
+        state: see ``ClientPortState``.
+    """
+
+    def __init__(self, server_port: ServerPort, process: ProcessInfo, channel: Channel) -> None:
+        self.id = next(_connection_ids)
+        self.server_port = server_port
+        self.process = process
+        self.cookie: object = None
+        self.state = ClientPortState.CONNECTING
+        self.queues = MessageQueues(channel, self._count)
+        #: FltCloseClientPort has been called (the driver's variable is NULL).
+        self.is_kernel_closed = False
+        self.has_slot = True
+        self.sends_from_user = 0
+        self.messages_delivered = 0
+        self.messages_timed_out = 0
+        self._inflight: set[asyncio.Task[SendOutcome]] = set()
+        self._notified = False
+        self._teardown: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<ClientPort #{self.id} to {self.server_port.name!r} {self.state.value} "
+            f"pid={self.process.pid} {self.queues!r}>"
+        )
+
+    @property
+    def is_connected(self) -> bool:
+        """True while messages can flow."""
+        return self.state is ClientPortState.CONNECTED
+
+    # --- the user half (driven by the daemon's session) -------------------------------------
+
+    def user_get(self, token: object, buffer_size: int) -> NtStatus | None:
+        """FilterGetMessage: queue a getter; ``None`` means pending (§3.3)."""
+        if self.state is not ClientPortState.CONNECTED:
+            return _DISCONNECTED
+        if buffer_size <= 0:
+            return NtStatus.STATUS_INVALID_PARAMETER
+        return self.queues.add_getter(token, buffer_size)
+
+    def user_cancel_get(self, token: object) -> None:
+        """CancelIoEx on one pending get: it completes with STATUS_CANCELLED (§3.5)."""
+        self.queues.cancel_getter(token)
+
+    def user_reply(self, message_id: int, status: int, data: bytes) -> NtStatus:
+        """FilterReplyMessage (§3.4); see ``MessageQueues.reply`` for the statuses."""
+        if self.state is not ClientPortState.CONNECTED:
+            return _DISCONNECTED
+        return self.queues.reply(message_id, status, data)
+
+    def user_send(self, data: bytes, out_size: int) -> SendOutcome | asyncio.Task[SendOutcome]:
+        """FilterSendMessage: run MessageNotify and return its status and output (§2.5, §3.2).
+
+        A plain MessageNotify runs inline and its outcome is returned; a coroutine one runs in
+        a Task, which is returned. Pre-checks fail without calling it: STATUS_PORT_DISCONNECTED
+        (connection gone or running down), STATUS_INVALID_PARAMETER (empty input),
+        STATUS_INVALID_DEVICE_REQUEST (the port has no MessageNotify).
+        """
+        if self.state is not ClientPortState.CONNECTED:
+            return _DISCONNECTED, b""
+        if not data:
+            return NtStatus.STATUS_INVALID_PARAMETER, b""
+        server_port = self.server_port
+        notify = server_port.message_notify
+        if notify is None:
+            return NtStatus.STATUS_INVALID_DEVICE_REQUEST, b""
+        self.sends_from_user += 1
+        if server_port.message_notify_is_async:
+            return self._start_task(self._await_message_notify(notify(self.cookie, data, out_size), out_size))
+        try:
+            result = notify(self.cookie, data, out_size)
+        except StatusError as exc:
+            return exc.status, b""
+        except Exception:
+            log.exception("MessageNotify of port %r raised", server_port.name)
+            return _UNSUCCESSFUL, b""
+        if inspect.isawaitable(result):
+            return self._start_task(self._await_message_notify(result, out_size))
+        return self._message_outcome(result, out_size)
+
+    async def user_close(self) -> None:
+        """CloseHandle on the user's handle: the teardown of §2.4, once."""
+        await self._run_down()
+
+    # --- the kernel half (called through Filter) --------------------------------------------
+
+    def kernel_close(self) -> None:
+        """FltCloseClientPort: disconnect now, release the slot, keep the user handle (§2.6)."""
+        if self.is_kernel_closed:
+            return
+        self.is_kernel_closed = True
+        if self.state is ClientPortState.CONNECTED:
+            self.state = ClientPortState.DISCONNECTED
+            self.queues.fail_all()
+        elif self.state is ClientPortState.CONNECTING:
+            self.queues.fail_all()
+        self._release_slot()
+
+    async def unload(self) -> None:
+        """The filter is unloading: disconnect, run down, DisconnectNotify (§6.6)."""
+        await self._run_down()
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _count(self, event: str) -> None:
+        if event == "deliver":
+            self.messages_delivered += 1
+        elif event == "timeout":
+            self.messages_timed_out += 1
+
+    def _start_task(self, coro: Awaitable[SendOutcome]) -> asyncio.Task[SendOutcome]:
+        task: asyncio.Task[SendOutcome] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        return task
+
+    async def _await_message_notify(self, awaitable: Awaitable[Any], out_size: int) -> SendOutcome:
+        try:
+            result = await awaitable
+        except StatusError as exc:
+            return exc.status, b""
+        except Exception:
+            log.exception("MessageNotify of port %r raised", self.server_port.name)
+            return _UNSUCCESSFUL, b""
+        return self._message_outcome(result, out_size)
+
+    def _message_outcome(self, result: Any, out_size: int) -> SendOutcome:
+        name = self.server_port.name
+        try:
+            if isinstance(result, tuple):
+                raw_status, output = result
+            else:
+                raw_status, output = result, None
+            status = NtStatus(int(raw_status))
+            out = bytes(output) if output else b""
+        except (TypeError, ValueError):
+            log.error(
+                "MessageNotify of port %r returned %r, not a status or (status, bytes)",
+                name,
+                type(result).__name__,
+            )
+            return _UNSUCCESSFUL, b""
+        if status == NtStatus.STATUS_PENDING:
+            # On Windows the client would hang forever (§2.5); an emulator must not.
+            log.error("MessageNotify of port %r returned STATUS_PENDING; failing the send", name)
+            return _UNSUCCESSFUL, b""
+        if status == NtStatus.STATUS_BUFFER_TOO_SMALL:
+            status = NtStatus.STATUS_FLT_BUFFER_TOO_SMALL  # fltmgr's rewrite (§2.5)
+        if nt_error(status):
+            return status, b""  # lpBytesReturned is 0 on errors (§3.2)
+        if len(out) > out_size:
+            log.warning(
+                "MessageNotify of port %r returned %d bytes for a %d-byte output buffer; cut",
+                name,
+                len(out),
+                out_size,
+            )
+            out = out[:out_size]
+        return status, out
+
+    def _release_slot(self) -> None:
+        if self.has_slot:
+            self.has_slot = False
+            self.server_port.connection_count -= 1
+
+    def _run_down(self) -> Awaitable[None]:
+        if self._teardown is None:
+            self._teardown = asyncio.get_running_loop().create_task(self._teardown_steps())
+        # Shielded: a caller that is cancelled must not abort the teardown for others.
+        return asyncio.shield(self._teardown)
+
+    async def _wait_inflight(self) -> None:
+        # Rundown: in-flight MessageNotify calls finish before DisconnectNotify (§2.4).
+        grace = self.server_port.filter.manager.rundown_timeout
+        while self._inflight:
+            _, pending = await asyncio.wait(list(self._inflight), timeout=grace)
+            if pending and grace is not None:
+                log.warning(
+                    "port %r: cancelling %d MessageNotify call(s) still running after %.1f s",
+                    self.server_port.name,
+                    len(pending),
+                    grace,
+                )
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending)
+
+    async def _teardown_steps(self) -> None:
+        if self.state is ClientPortState.CONNECTED:
+            self.state = ClientPortState.DISCONNECTING
+        self.queues.fail_all()
+        if self._inflight:
+            await self._wait_inflight()
+        if not self._notified and self.state is not ClientPortState.CONNECTING:
+            self._notified = True
+            await self.server_port.filter._notify_disconnect(self)
+        self.state = ClientPortState.DISCONNECTED
+        self.server_port.connections.discard(self)
+        if self.has_slot and not self.is_kernel_closed:
+            log.debug(
+                "port %r: DisconnectNotify of connection #%d did not call close_client_port; "
+                "the slot is released anyway",
+                self.server_port.name,
+                self.id,
+            )
+        self._release_slot()

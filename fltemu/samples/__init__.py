@@ -1,0 +1,1 @@
+"""Built-in sample filters, loadable by short name with ``fltemu serve --filter NAME``."""

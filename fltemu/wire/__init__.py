@@ -1,0 +1,63 @@
+"""The fltemu wire protocol, sans-IO: framing, messages and the connection state machine.
+
+Shared by the daemon and both client flavours. Imports neither asyncio nor socket nor
+threading. Not here: ports and their semantics (``fltemu.kernel``), sockets (``fltemu.daemon``,
+``fltuser``).
+"""
+
+from __future__ import annotations
+
+from .address import ENV_SOCKET, resolve_address
+from .connection import EOF, NEED_DATA, Role, State, WireConnection
+from .framing import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    FRAME_HEADER_BYTES,
+    FRAME_OVERHEAD_BYTES,
+    FrameReader,
+    max_frame_bytes,
+    write_frame,
+)
+from .messages import (
+    PROTOCOL_VERSION,
+    Connect,
+    ConnectResult,
+    GetCancel,
+    GetRequest,
+    GetResult,
+    Goodbye,
+    KernelMessage,
+    ReplyRequest,
+    ReplyResult,
+    SendRequest,
+    SendResult,
+    UserMessage,
+)
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "ENV_SOCKET",
+    "EOF",
+    "FRAME_HEADER_BYTES",
+    "FRAME_OVERHEAD_BYTES",
+    "NEED_DATA",
+    "PROTOCOL_VERSION",
+    "Connect",
+    "ConnectResult",
+    "FrameReader",
+    "GetCancel",
+    "GetRequest",
+    "GetResult",
+    "Goodbye",
+    "KernelMessage",
+    "ReplyRequest",
+    "ReplyResult",
+    "Role",
+    "SendRequest",
+    "SendResult",
+    "State",
+    "UserMessage",
+    "WireConnection",
+    "max_frame_bytes",
+    "resolve_address",
+    "write_frame",
+]

@@ -1,0 +1,136 @@
+"""The messages of the fltemu wire protocol, as msgspec Structs.
+
+Every message is a msgpack array whose first element is an integer tag; fields follow in
+declaration order. New fields are only ever appended, with defaults, so an older decoder
+ignores them and a newer one fills them in. ``docs/protocol.md`` is the prose version.
+Not here: framing (``framing``) and who may send what when (``connection``).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Connect",
+    "ConnectResult",
+    "GetCancel",
+    "GetRequest",
+    "GetResult",
+    "Goodbye",
+    "KernelMessage",
+    "ReplyRequest",
+    "ReplyResult",
+    "SendRequest",
+    "SendResult",
+    "UserMessage",
+]
+
+#: The protocol version this code speaks. The daemon accepts exactly this version; a client
+#: that offers another gets STATUS_REVISION_MISMATCH and the connection is closed.
+PROTOCOL_VERSION: Final = 1
+
+
+class _Message(msgspec.Struct, frozen=True, array_like=True):
+    pass
+
+
+# --- user → kernel ----------------------------------------------------------------------------
+
+
+class Connect(_Message, tag=1):
+    """FilterConnectCommunicationPort: the first frame of a port connection (the handshake)."""
+
+    version: int
+    port_name: str
+    context: bytes = b""
+    options: int = 0
+
+
+class SendRequest(_Message, tag=2):
+    """FilterSendMessage: ``data`` is the input buffer, ``out_size`` the output buffer size."""
+
+    rid: int
+    data: bytes
+    out_size: int
+
+
+class GetRequest(_Message, tag=3):
+    """FilterGetMessage: parks a getter with a buffer of ``buffer_size`` bytes (header included)."""
+
+    rid: int
+    buffer_size: int
+
+
+class ReplyRequest(_Message, tag=4):
+    """FilterReplyMessage: ``status`` and ``message_id`` of the FILTER_REPLY_HEADER, then data."""
+
+    rid: int
+    message_id: int
+    status: int
+    data: bytes
+
+
+class GetCancel(_Message, tag=5):
+    """CancelIoEx for one pending get: withdraw getter ``rid`` if it is still pending.
+
+    It has no answer of its own: the getter's GetResult says what happened (STATUS_CANCELLED,
+    or the message if one was already on its way).
+    """
+
+    rid: int
+
+
+# --- kernel → user ----------------------------------------------------------------------------
+
+
+class ConnectResult(_Message, tag=16):
+    """The answer to Connect. Anything but success is followed by the daemon closing."""
+
+    version: int
+    status: int
+    max_message_bytes: int = 0
+
+
+class SendResult(_Message, tag=17):
+    """The answer to SendRequest: the MessageNotify status and ``lpBytesReturned`` bytes."""
+
+    rid: int
+    status: int
+    data: bytes = b""
+
+
+class GetResult(_Message, tag=18):
+    """The completion of a GetRequest.
+
+    On success ``message_id`` and ``reply_length`` are the FILTER_MESSAGE_HEADER fields and
+    ``data`` the message. On STATUS_BUFFER_TOO_SMALL ``required_size`` is the buffer size the
+    message needs (its length + 16).
+    """
+
+    rid: int
+    status: int
+    message_id: int = 0
+    reply_length: int = 0
+    data: bytes = b""
+    required_size: int = 0
+
+
+class ReplyResult(_Message, tag=19):
+    """The answer to ReplyRequest."""
+
+    rid: int
+    status: int
+
+
+class Goodbye(_Message, tag=20):
+    """The daemon's last frame before it closes a connection it cannot continue."""
+
+    status: int
+    reason: str = ""
+
+
+UserMessage = Connect | SendRequest | GetRequest | ReplyRequest | GetCancel
+KernelMessage = ConnectResult | SendResult | GetResult | ReplyResult | Goodbye
