@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 from types import TracebackType
+from typing import cast
 
 from fltemu.wire import resolve_address
 
@@ -25,8 +26,8 @@ class _Protocol(asyncio.BufferedProtocol):
         self._resume: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement the interface without subclassing asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._view

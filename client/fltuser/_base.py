@@ -64,6 +64,7 @@ MAX_CONTEXT_BYTES: Final = 0xFFFF
 READ_BUFFER_BYTES: Final = 64 * 1024
 
 _SUCCESS: Final = int(NtStatus.STATUS_SUCCESS)
+_DISCONNECTED: Final = int(NtStatus.STATUS_PORT_DISCONNECTED)
 _TOO_SMALL: Final = int(NtStatus.STATUS_BUFFER_TOO_SMALL)
 _NO_RESOURCES: Final = hresult_from_win32(Win32Error.ERROR_NO_SYSTEM_RESOURCES)
 
@@ -290,6 +291,10 @@ class PortCore:
             if event is NEED_DATA:
                 break
             cls = type(event)
+            if getattr(event, "status", _SUCCESS) == _DISCONNECTED and cls is not Goodbye:
+                # The kernel side is gone (close_client_port, unload): the handle stays
+                # open but every later call fails with 0x80070006 (§6.6).
+                self._kernel_disconnected()
             if cls is SendResult:
                 self._on_send(event, done)  # type: ignore[arg-type]
             elif cls is GetResult:
@@ -325,6 +330,11 @@ class PortCore:
         done: list[Completion] = []
         self._end(done, "the port was closed", closing=True)
         return done
+
+    def _kernel_disconnected(self) -> None:
+        if self.state is PortState.CONNECTED:
+            self.state = PortState.DISCONNECTED
+            self.end_reason = "the filter closed the connection or unloaded"
 
     def _on_connect(self, event: ConnectResult, done: list[Completion]) -> None:
         waiter, self._connect_waiter = self._connect_waiter, None

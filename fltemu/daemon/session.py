@@ -13,7 +13,7 @@ import logging
 import socket
 import struct
 import sys
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
 from ..errors import LocalProtocolError, RemoteProtocolError, StatusError
 from ..kernel import ClientPort, ProcessInfo
@@ -92,8 +92,8 @@ class Session(asyncio.BufferedProtocol):
     # --- asyncio.BufferedProtocol ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports implement the interface without subclassing asyncio.Transport.
+        self._transport = cast(asyncio.Transport, transport)
         self.process = peer_process(transport)
         self._daemon._sessions.add(self)
         log.debug("%s: connected", self._peer())
