@@ -141,6 +141,7 @@ class FilterManager:
         except BaseException:
             client_port._release_slot()
             client_port.state = ClientPortState.DISCONNECTED
+            client_port.queues.fail_all()  # a send started from ConnectNotify must not hang
             raise
         if nt_success(status) and flt.state is not FilterState.REGISTERED:
             status = NtStatus.STATUS_FLT_DELETING_OBJECT
@@ -148,6 +149,7 @@ class FilterManager:
             # Refused: freed, slot given back, no DisconnectNotify (§2.3).
             client_port._release_slot()
             client_port.state = ClientPortState.DISCONNECTED
+            client_port.queues.fail_all()  # sends on the freed port: STATUS_PORT_DISCONNECTED
             raise error_for(status, f"ConnectNotify of {port_name!r} refused: {status}")
         client_port.cookie = cookie
         if client_port.is_kernel_closed:

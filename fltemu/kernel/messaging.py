@@ -206,14 +206,20 @@ class MessageQueues:
             buffer (the sender gets the same status); STATUS_FLT_NO_WAITER_FOR_REPLY when
             nobody waits for that id; STATUS_PORT_DISCONNECTED once the connection is gone.
         """
-        waiter = self._replies.pop(message_id, None)
-        if waiter is None:
+        waiter = self._replies.get(message_id)
+        if waiter is None or waiter.future.done():
+            # A done future here was cancelled: its task has not run ``withdraw`` yet, but the
+            # sender is gone all the same (API §5a: a later reply finds no waiter).
             return _DISCONNECTED if self.is_failed else _NO_WAITER
+        # Converted before the waiter is unlinked: a value that is no 32-bit NTSTATUS raises
+        # ValueError and leaves the sender waiting for a valid reply, not orphaned forever.
+        reply_status = NtStatus(status)
+        del self._replies[message_id]
         limit = waiter.reply_length or 0
         if len(data) > limit:
             waiter.resolve(_OVERFLOW, data[:limit])
             return _OVERFLOW
-        waiter.resolve(NtStatus(status), data)
+        waiter.resolve(reply_status, data)
         return _SUCCESS
 
     # --- the kernel side --------------------------------------------------------------------
@@ -283,6 +289,8 @@ class MessageQueues:
         senders = self._senders
         while getters and senders:
             for pending in senders:
+                if pending.future.done():
+                    continue  # cancelled, not yet withdrawn by its task: never deliver it
                 if not pending.bounced or self._has_getter_for(pending.need):
                     break
             else:

@@ -276,7 +276,12 @@ class ClientPort:
             else:
                 raw_status, output = result, None
             status = NtStatus(int(raw_status))
-            out = bytes(output) if output else b""
+            if output is None:
+                out = b""
+            elif isinstance(output, (bytes, bytearray, memoryview)):
+                out = bytes(output)
+            else:  # e.g. an int, which bytes() would turn into that many NULs
+                raise TypeError(type(output).__name__)
         except (TypeError, ValueError):
             log.error(
                 "MessageNotify of port %r returned %r, not a status or (status, bytes)",
