@@ -37,6 +37,8 @@ class _Code(enum.IntEnum):
         if not isinstance(value, int) or isinstance(value, bool):
             return None
         if value < 0:
+            if value < -0x8000_0000:
+                return None  # not a signed 32-bit value: do not wrap it into one
             value &= _U32  # accept the signed spelling of a negative code
             try:
                 return cls(value)
@@ -62,7 +64,7 @@ class _Code(enum.IntEnum):
     @classmethod
     def from_signed(cls, value: int) -> _Code:
         """Build a code from its signed 32-bit spelling (``-1073741771`` for ``0xC0000035``)."""
-        return cls(value & _U32)
+        return cls(value)  # _missing_ maps the negative half; out-of-range values raise
 
     @property
     def facility(self) -> int:

@@ -219,6 +219,9 @@ class WireConnection:
             except LocalProtocolError as exc:
                 # Raised internally as local, converted here at the one inbound entry point.
                 self.state = State.ERROR
+                # Drop what was queued behind it (a queued EOF would turn ERROR into CLOSED),
+                # as receive_data drops everything that arrives after the failure.
+                self._events.clear()
                 raise RemoteProtocolError(str(exc), status_hint=exc.status_hint) from None
             return event
         if self._pending_error is not None:

@@ -58,7 +58,7 @@ class FrameReader:
 
     ``feed`` decodes every complete frame it can and hands each message to ``emit``; a
     decoding failure is raised after the messages before it were emitted. Bytes after the
-    last complete frame stay buffered for the next ``feed``.
+    last complete frame stay buffered for the next ``feed``; after a failure nothing does.
     """
 
     __slots__ = ("_buf", "_decode", "max_frame_bytes")
@@ -108,6 +108,11 @@ class FrameReader:
                         raise RemoteProtocolError(f"malformed frame: {exc}") from exc
                     pos = end
                     emit(message)
+        except RemoteProtocolError:
+            # The stream cannot be resynchronised: keep none of the refused frame (an
+            # oversize one could otherwise pin a whole read's worth of memory).
+            pos = len(source)
+            raise
         finally:
             if buf:
                 del buf[:pos]
