@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 _SUCCESS: Final = NtStatus.STATUS_SUCCESS
 _DISCONNECTED: Final = NtStatus.STATUS_PORT_DISCONNECTED
 _UNSUCCESSFUL: Final = NtStatus.STATUS_UNSUCCESSFUL
+_NO_RESOURCES: Final = NtStatus.STATUS_INSUFFICIENT_RESOURCES
 
 SendOutcome = tuple[NtStatus, bytes]
 
@@ -190,6 +191,9 @@ class ClientPort:
         """FilterReplyMessage (§3.4); see ``MessageQueues.reply`` for the statuses."""
         if self.state is not ClientPortState.CONNECTED:
             return _DISCONNECTED
+        if len(data) > self.server_port.filter.manager.max_message_bytes:
+            # The daemon's limit, not Windows': the sender keeps waiting for a reply that fits.
+            return _NO_RESOURCES
         return self.queues.reply(message_id, status, data)
 
     def user_send(self, data: bytes, out_size: int) -> SendOutcome | asyncio.Task[SendOutcome]:
@@ -198,7 +202,9 @@ class ClientPort:
         A plain MessageNotify runs inline and its outcome is returned; a coroutine one runs in
         a Task, which is returned. Pre-checks fail without calling it: STATUS_PORT_DISCONNECTED
         (connection gone or running down), STATUS_INVALID_PARAMETER (empty input),
-        STATUS_INVALID_DEVICE_REQUEST (the port has no MessageNotify).
+        STATUS_INVALID_DEVICE_REQUEST (the port has no MessageNotify),
+        STATUS_INSUFFICIENT_RESOURCES (input over the daemon's message limit). Output over
+        that limit fails the call with STATUS_INSUFFICIENT_RESOURCES too.
         """
         if self.state is not ClientPortState.CONNECTED:
             return _DISCONNECTED, b""
@@ -208,9 +214,12 @@ class ClientPort:
         notify = server_port.message_notify
         if notify is None:
             return NtStatus.STATUS_INVALID_DEVICE_REQUEST, b""
+        if len(data) > server_port.filter.manager.max_message_bytes:
+            return _NO_RESOURCES, b""
         self.sends_from_user += 1
         if server_port.message_notify_is_async:
-            return self._start_task(self._await_message_notify(notify(self.cookie, data, out_size), out_size))
+            coro = self._await_message_notify(notify(self.cookie, data, out_size), out_size)
+            return self._start_task(coro)
         try:
             result = notify(self.cookie, data, out_size)
         except StatusError as exc:
@@ -305,6 +314,16 @@ class ClientPort:
                 out_size,
             )
             out = out[:out_size]
+        limit = self.server_port.filter.manager.max_message_bytes
+        if len(out) > limit:
+            log.warning(
+                "MessageNotify of port %r returned %d bytes, over the daemon's %d-byte message "
+                "limit (--max-message-bytes); failing the send",
+                name,
+                len(out),
+                limit,
+            )
+            return _NO_RESOURCES, b""
         return status, out
 
     def _release_slot(self) -> None:

@@ -104,7 +104,9 @@ class FrameReader:
                         break
                     try:
                         message = decode(view[start:end])
-                    except msgspec.DecodeError as exc:  # ValidationError is a subclass
+                    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                        # DecodeError covers ValidationError (types, ranges, unknown tags);
+                        # a str field with invalid UTF-8 raises UnicodeDecodeError instead.
                         raise RemoteProtocolError(f"malformed frame: {exc}") from exc
                     pos = end
                     emit(message)

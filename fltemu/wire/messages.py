@@ -8,7 +8,7 @@ Not here: framing (``framing``) and who may send what when (``connection``).
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Annotated, Final
 
 import msgspec
 
@@ -33,6 +33,13 @@ __all__ = [
 PROTOCOL_VERSION: Final = 1
 
 
+#: An unsigned 32-bit integer: statuses (NTSTATUS values are sent unsigned), ULONG sizes.
+U32 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFF_FFFF)]
+#: An unsigned 64-bit integer: request ids and message ids (ULONGLONG). msgpack integers
+#: end at 2**64 - 1 and msgspec bounds must fit an int64, so only the sign is checked.
+U64 = Annotated[int, msgspec.Meta(ge=0)]
+
+
 class _Message(msgspec.Struct, frozen=True, array_like=True):
     pass
 
@@ -43,33 +50,33 @@ class _Message(msgspec.Struct, frozen=True, array_like=True):
 class Connect(_Message, tag=1):
     """FilterConnectCommunicationPort: the first frame of a port connection (the handshake)."""
 
-    version: int
+    version: U32
     port_name: str
     context: bytes = b""
-    options: int = 0
+    options: U32 = 0
 
 
 class SendRequest(_Message, tag=2):
     """FilterSendMessage: ``data`` is the input buffer, ``out_size`` the output buffer size."""
 
-    rid: int
+    rid: U64
     data: bytes
-    out_size: int
+    out_size: U32
 
 
 class GetRequest(_Message, tag=3):
     """FilterGetMessage: parks a getter with a buffer of ``buffer_size`` bytes (header included)."""
 
-    rid: int
-    buffer_size: int
+    rid: U64
+    buffer_size: U32
 
 
 class ReplyRequest(_Message, tag=4):
     """FilterReplyMessage: ``status`` and ``message_id`` of the FILTER_REPLY_HEADER, then data."""
 
-    rid: int
-    message_id: int
-    status: int
+    rid: U64
+    message_id: U64
+    status: U32
     data: bytes
 
 
@@ -80,7 +87,7 @@ class GetCancel(_Message, tag=5):
     or the message if one was already on its way).
     """
 
-    rid: int
+    rid: U64
 
 
 # --- kernel → user ----------------------------------------------------------------------------
@@ -89,16 +96,16 @@ class GetCancel(_Message, tag=5):
 class ConnectResult(_Message, tag=16):
     """The answer to Connect. Anything but success is followed by the daemon closing."""
 
-    version: int
-    status: int
-    max_message_bytes: int = 0
+    version: U32
+    status: U32
+    max_message_bytes: U64 = 0
 
 
 class SendResult(_Message, tag=17):
     """The answer to SendRequest: the MessageNotify status and ``lpBytesReturned`` bytes."""
 
-    rid: int
-    status: int
+    rid: U64
+    status: U32
     data: bytes = b""
 
 
@@ -110,25 +117,25 @@ class GetResult(_Message, tag=18):
     message needs (its length + 16).
     """
 
-    rid: int
-    status: int
-    message_id: int = 0
-    reply_length: int = 0
+    rid: U64
+    status: U32
+    message_id: U64 = 0
+    reply_length: U32 = 0
     data: bytes = b""
-    required_size: int = 0
+    required_size: U64 = 0
 
 
 class ReplyResult(_Message, tag=19):
     """The answer to ReplyRequest."""
 
-    rid: int
-    status: int
+    rid: U64
+    status: U32
 
 
 class Goodbye(_Message, tag=20):
     """The daemon's last frame before it closes a connection it cannot continue."""
 
-    status: int
+    status: U32
     reason: str = ""
 
 
