@@ -5,17 +5,18 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import fltuser
 import pytest
 
 import fltemu
 import fltemu.kernel
 import fltemu.wire
-import fltuser
 
 
 @pytest.mark.parametrize("module", [fltemu, fltemu.wire, fltemu.kernel, fltuser])
 def test_all_is_sorted_and_resolves(module: object) -> None:
     names = module.__all__  # type: ignore[attr-defined]
+
     # isort style (ruff RUF022): CONSTANTS, then Classes, then functions, each alphabetical.
     def key(name: str) -> tuple[int, str]:
         return (0 if name.isupper() else 1 if name[0].isupper() else 2, name)
@@ -46,7 +47,10 @@ def _modules_after(statement: str) -> set[str]:
 @pytest.mark.parametrize(
     ("statement", "forbidden"),
     [
-        ("import fltemu.wire", {"asyncio", "socket", "threading", "fltemu.kernel", "fltemu.daemon"}),
+        (
+            "import fltemu.wire",
+            {"asyncio", "socket", "threading", "fltemu.kernel", "fltemu.daemon"},
+        ),
         ("import fltemu.status, fltemu.errors", {"asyncio", "socket", "msgspec"}),
         ("import fltemu", {"asyncio", "socket", "fltemu.kernel", "fltemu.daemon", "uvloop"}),
         ("import fltemu.kernel", {"msgspec", "fltemu.wire", "fltemu.daemon", "uvloop"}),

@@ -44,7 +44,11 @@ class _Protocol(asyncio.BufferedProtocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        reason = f"the connection to the daemon broke: {exc}" if exc else "the daemon closed the connection"
+        reason = (
+            f"the connection to the daemon broke: {exc}"
+            if exc
+            else "the daemon closed the connection"
+        )
         _complete(self.core.connection_lost(reason))
         if self._resume is not None and not self._resume.done():
             self._resume.set_result(None)

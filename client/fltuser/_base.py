@@ -368,7 +368,9 @@ class PortCore:
         else:
             # S_OK only for exactly STATUS_SUCCESS; warnings and other success codes fail,
             # with their output attached (§3.2).
-            done.append((pending.waiter, None, hresult_error_from_ntstatus(event.status, data=event.data)))
+            done.append(
+                (pending.waiter, None, hresult_error_from_ntstatus(event.status, data=event.data))
+            )
 
     def _on_get(self, event: GetResult, done: list[Completion]) -> None:
         pending = self._pending.pop(event.rid)
@@ -390,20 +392,21 @@ class PortCore:
         # A message reached a get whose caller gave up. It goes to the live get that
         # FilterGetMessage's rule would pick (first big enough, else the oldest, which is
         # bounced); with no live get it waits in the stash for the next reader.
-        live = [(rid, p) for rid, p in self._pending.items() if p.kind is GetRequest and not p.abandoned]
+        live = [
+            (rid, p) for rid, p in self._pending.items() if p.kind is GetRequest and not p.abandoned
+        ]
         if not live:
             self._stash.append(message)
             return
-        for rid, pending in live:
-            if pending.buffer_size >= message.size:
-                done.append((pending.waiter, message, None))
-                break
+        chosen = next((item for item in live if item[1].buffer_size >= message.size), None)
+        if chosen is not None:
+            done.append((chosen[1].waiter, message, None))
         else:
-            rid, pending = live[0]
-            done.append((pending.waiter, None, _buffer_too_small(message.size)))
+            chosen = live[0]
+            done.append((chosen[1].waiter, None, _buffer_too_small(message.size)))
             self._stash.append(message)
         # Its own getter in the daemon is withdrawn; what it brings is routed again.
-        self._out += self.abandon_get(rid)
+        self._out += self.abandon_get(chosen[0])
 
     def _end(
         self,

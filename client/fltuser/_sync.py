@@ -228,8 +228,8 @@ class Port:
 
     def _read_once(self, deadline: float | None) -> bool:
         """Read once and complete what came; False on timeout."""
-        if self._core.state is PortState.CLOSED:
-            return self._closed_under_reader()
+        if self._is_closed:
+            return True  # close() ran while we were reading; every waiter already failed
         if deadline is not None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -246,8 +246,8 @@ class Port:
             self._lost(f"reading from the daemon failed: {exc}")
             return True
         with self._lock:
-            if self._core.state is PortState.CLOSED:
-                return self._closed_under_reader()
+            if self._is_closed:
+                return True
             done, out = self._core.receive(self._rbuf[:n] if n else b"")
             if out:
                 self._backlog += out
@@ -256,9 +256,9 @@ class Port:
             self._flush_backlog()
         return True
 
-    def _closed_under_reader(self) -> bool:
-        # close() ran while we were reading; everyone's waiter already failed.
-        return True
+    @property
+    def _is_closed(self) -> bool:
+        return self._core.state is PortState.CLOSED
 
     def _lost(self, reason: str) -> None:
         with self._lock:
@@ -316,4 +316,3 @@ def connect(
         sock.close()
         raise
     return port
-

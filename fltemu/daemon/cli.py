@@ -74,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME|MODULE[:FUNC]",
-        help="a built-in sample (%s) or a module whose setup(flt) creates ports; repeatable. "
-        "Default: every built-in sample" % ", ".join(sorted(BUILTIN_FILTERS)),
+        help="a built-in sample ({}) or a module whose setup(flt) creates ports; repeatable. "
+        "Default: every built-in sample".format(", ".join(sorted(BUILTIN_FILTERS))),
     )
     serve.add_argument(
         "--loop",

@@ -52,7 +52,7 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
                 "--loop uvloop: uvloop is not installed (pip install uvloop)"
             ) from exc
         return asyncio.new_event_loop
-    return uvloop.new_event_loop  # type: ignore[no-any-return]
+    return uvloop.new_event_loop
 
 
 async def serve(config: DaemonConfig) -> None:
@@ -89,5 +89,3 @@ def run(config: DaemonConfig) -> None:
     factory = loop_factory(config.loop)
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(serve(config))
-
-

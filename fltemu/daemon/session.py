@@ -277,5 +277,7 @@ class Session(asyncio.BufferedProtocol):
     def close(self) -> None:
         """Disconnect this session (daemon shutdown)."""
         if self._transport is not None and not self._closed and not self._closing:
-            self._send(Goodbye(int(NtStatus.STATUS_PORT_DISCONNECTED), "the daemon is shutting down"))
+            self._send(
+                Goodbye(int(NtStatus.STATUS_PORT_DISCONNECTED), "the daemon is shutting down")
+            )
             self._close_after_flush()

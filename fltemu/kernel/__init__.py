@@ -307,9 +307,7 @@ class Filter:
             )
             return SendMessageResult(NtStatus.STATUS_INSUFFICIENT_RESOURCES)
         queues = client_port.queues
-        pending = queues.start_send(
-            bytes(data), reply_length, timeout, asyncio.get_running_loop()
-        )
+        pending = queues.start_send(bytes(data), reply_length, timeout, asyncio.get_running_loop())
         try:
             return await pending.future
         except asyncio.CancelledError:
@@ -385,7 +383,4 @@ class Filter:
             if inspect.isawaitable(result):
                 await result
         except Exception:
-            log.exception(
-                "DisconnectNotify of port %r raised", client_port.server_port.name
-            )
-
+            log.exception("DisconnectNotify of port %r raised", client_port.server_port.name)

@@ -86,4 +86,3 @@ def is_async_callable(func: object) -> bool:
         return True
     call = getattr(func, "__call__", None)  # noqa: B004 - we want the bound method
     return inspect.iscoroutinefunction(call)
-

@@ -284,8 +284,7 @@ class WireConnection:
             if state is State.ERROR or state is State.CLOSED:
                 raise LocalProtocolError(f"{cls.__name__} on a {state.value} connection")
             raise LocalProtocolError(
-                f"{sender.value} may not send {cls.__name__} while the connection is "
-                f"{state.value}"
+                f"{sender.value} may not send {cls.__name__} while the connection is {state.value}"
             )
         result_type = _RESULT_FOR.get(cls)
         if result_type is not None:

@@ -47,7 +47,7 @@ class _Message(msgspec.Struct, frozen=True, array_like=True):
 # --- user → kernel ----------------------------------------------------------------------------
 
 
-class Connect(_Message, tag=1):
+class Connect(_Message, frozen=True, tag=1):
     """FilterConnectCommunicationPort: the first frame of a port connection (the handshake)."""
 
     version: U32
@@ -56,7 +56,7 @@ class Connect(_Message, tag=1):
     options: U32 = 0
 
 
-class SendRequest(_Message, tag=2):
+class SendRequest(_Message, frozen=True, tag=2):
     """FilterSendMessage: ``data`` is the input buffer, ``out_size`` the output buffer size."""
 
     rid: U64
@@ -64,14 +64,14 @@ class SendRequest(_Message, tag=2):
     out_size: U32
 
 
-class GetRequest(_Message, tag=3):
+class GetRequest(_Message, frozen=True, tag=3):
     """FilterGetMessage: parks a getter with a buffer of ``buffer_size`` bytes (header included)."""
 
     rid: U64
     buffer_size: U32
 
 
-class ReplyRequest(_Message, tag=4):
+class ReplyRequest(_Message, frozen=True, tag=4):
     """FilterReplyMessage: ``status`` and ``message_id`` of the FILTER_REPLY_HEADER, then data."""
 
     rid: U64
@@ -80,7 +80,7 @@ class ReplyRequest(_Message, tag=4):
     data: bytes
 
 
-class GetCancel(_Message, tag=5):
+class GetCancel(_Message, frozen=True, tag=5):
     """CancelIoEx for one pending get: withdraw getter ``rid`` if it is still pending.
 
     It has no answer of its own: the getter's GetResult says what happened (STATUS_CANCELLED,
@@ -93,7 +93,7 @@ class GetCancel(_Message, tag=5):
 # --- kernel → user ----------------------------------------------------------------------------
 
 
-class ConnectResult(_Message, tag=16):
+class ConnectResult(_Message, frozen=True, tag=16):
     """The answer to Connect. Anything but success is followed by the daemon closing."""
 
     version: U32
@@ -101,7 +101,7 @@ class ConnectResult(_Message, tag=16):
     max_message_bytes: U64 = 0
 
 
-class SendResult(_Message, tag=17):
+class SendResult(_Message, frozen=True, tag=17):
     """The answer to SendRequest: the MessageNotify status and ``lpBytesReturned`` bytes."""
 
     rid: U64
@@ -109,7 +109,7 @@ class SendResult(_Message, tag=17):
     data: bytes = b""
 
 
-class GetResult(_Message, tag=18):
+class GetResult(_Message, frozen=True, tag=18):
     """The completion of a GetRequest.
 
     On success ``message_id`` and ``reply_length`` are the FILTER_MESSAGE_HEADER fields and
@@ -125,14 +125,14 @@ class GetResult(_Message, tag=18):
     required_size: U64 = 0
 
 
-class ReplyResult(_Message, tag=19):
+class ReplyResult(_Message, frozen=True, tag=19):
     """The answer to ReplyRequest."""
 
     rid: U64
     status: U32
 
 
-class Goodbye(_Message, tag=20):
+class Goodbye(_Message, frozen=True, tag=20):
     """The daemon's last frame before it closes a connection it cannot continue."""
 
     status: U32

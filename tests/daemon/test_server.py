@@ -17,10 +17,10 @@ import sys
 import textwrap
 from typing import Any
 
+import fltuser
 import msgspec
 import pytest
 
-import fltuser
 from fltemu import NtStatus
 from fltemu.daemon import Daemon, DaemonAddressInUseError
 from fltemu.kernel import ClientPort
@@ -136,7 +136,10 @@ async def assert_still_serving(daemon: Daemon) -> None:
     ],
 )
 async def test_malformed_frame_gets_goodbye_and_close(
-    daemon: Daemon, port_events: dict[str, list[Any]], garbage: bytes, status: NtStatus,
+    daemon: Daemon,
+    port_events: dict[str, list[Any]],
+    garbage: bytes,
+    status: NtStatus,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     client = await RawClient.open(daemon.address)
@@ -207,7 +210,9 @@ async def test_daemon_enforces_its_message_limit(socket_path: str) -> None:
         client = await RawClient.open(d.address)
         result = await client.connect()
         assert result.max_message_bytes == 100
-        await client.send(SendRequest(1, b"x" * 101, 0))  # under the frame limit, over the payload limit
+        await client.send(
+            SendRequest(1, b"x" * 101, 0)
+        )  # under the frame limit, over the payload limit
         answer = await client.read()
         assert isinstance(answer, SendResult)
         assert answer.status == NtStatus.STATUS_INSUFFICIENT_RESOURCES
@@ -255,9 +260,7 @@ async def test_killed_client_process_is_disconnected(
         port.get_message(64)
         """
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code, stdout=subprocess.PIPE
-    )
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, stdout=subprocess.PIPE)
     assert proc.stdout is not None
     async with asyncio.timeout(20):
         assert (await proc.stdout.readline()).strip() == b"connected"

@@ -10,9 +10,8 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 import fltuser
+import pytest
 
 
 class Served:

@@ -10,9 +10,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import fltuser
 import pytest
 
-import fltuser
 from fltemu import NtStatus, SecurityDescriptor, StatusError
 from fltemu.daemon import Daemon
 from fltemu.kernel import ClientPort, Filter, ServerPort
@@ -192,7 +192,12 @@ async def test_send_returns_exactly_the_bytes_returned_3_2(driver: Any, harness:
 
 async def test_send_passes_connection_cookie_2_5(driver: Any, harness: Harness) -> None:
     seen: list[object] = []
-    harness.message_result = lambda cookie, data, n: (seen.append(cookie), 0)[1]
+
+    def record(cookie: object, data: bytes, n: int) -> int:
+        seen.append(cookie)
+        return 0
+
+    harness.message_result = record
     port = await driver.connect(PORT)
     await port.send(b"x")
     assert seen == ["cookie-1"]
@@ -255,9 +260,7 @@ async def test_raising_message_notify_fails_the_send_not_the_daemon(
     assert await port.send(b"still", 8) == b"still"
 
 
-async def test_status_error_from_message_notify_is_returned(
-    driver: Any, harness: Harness
-) -> None:
+async def test_status_error_from_message_notify_is_returned(driver: Any, harness: Harness) -> None:
     def refuse(cookie: object, data: bytes, n: int) -> Any:
         raise StatusError(NtStatus.STATUS_INVALID_PARAMETER)
 
@@ -329,9 +332,7 @@ async def test_message_without_reply_has_id_zero_2_8(driver: Any, harness: Harne
     assert hr(exc) == 0x801F0020
 
 
-async def test_reply_status_is_what_send_message_returns_2_8(
-    driver: Any, harness: Harness
-) -> None:
+async def test_reply_status_is_what_send_message_returns_2_8(driver: Any, harness: Harness) -> None:
     port = await driver.connect(PORT)
     client = await harness.client()
     sent = asyncio.create_task(harness.flt.send_message(client, b"q", reply_length=4))
@@ -355,9 +356,7 @@ async def test_reply_twice_is_no_waiter_3_4(driver: Any, harness: Harness) -> No
     await sent
 
 
-async def test_reply_longer_than_kernel_buffer_overflows_3_4(
-    driver: Any, harness: Harness
-) -> None:
+async def test_reply_longer_than_kernel_buffer_overflows_3_4(driver: Any, harness: Harness) -> None:
     port = await driver.connect(PORT)
     client = await harness.client()
     sent = asyncio.create_task(harness.flt.send_message(client, b"q", reply_length=1))
@@ -434,9 +433,7 @@ async def test_messages_go_to_getters_in_fifo_order_6_1(driver: Any, harness: Ha
 # --- disconnects (§6.6) ------------------------------------------------------------------------
 
 
-async def test_close_client_port_disconnects_user_calls_2_6(
-    driver: Any, harness: Harness
-) -> None:
+async def test_close_client_port_disconnects_user_calls_2_6(driver: Any, harness: Harness) -> None:
     port = await driver.connect(PORT)
     client = await harness.client()
     pending = asyncio.create_task(port.get_message(64))
@@ -466,8 +463,9 @@ async def test_user_close_runs_disconnect_notify_and_fails_senders_2_4(
     result = await sent
     assert result.status == NtStatus.STATUS_PORT_DISCONNECTED
     await until(lambda: harness.disconnects == ["cookie-1"])
-    assert harness.server_port is not None
-    await until(lambda: harness.server_port.connection_count == 0)  # type: ignore[union-attr]
+    server_port = harness.server_port
+    assert server_port is not None
+    await until(lambda: server_port.connection_count == 0)
 
 
 async def test_use_after_close_is_closed_resource(driver: Any, harness: Harness) -> None:
@@ -518,7 +516,7 @@ async def test_daemon_shutdown_disconnects_clients(socket_path: str) -> None:
             drv = Driver(flavour, d.address)
             port = await drv.connect(PORT)
             pending = asyncio.create_task(port.get_message(64))
-            await until(lambda: bool(h.clients) and h.clients[0].queues.getter_count == 1)
+            await until(lambda h=h: bool(h.clients) and h.clients[0].queues.getter_count == 1)
         with pytest.raises(fltuser.HResultError) as exc:
             await pending
         assert hr(exc) == 0x80070006
