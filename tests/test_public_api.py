@@ -5,12 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import fltuser
 import pytest
 
 import fltemu
 import fltemu.kernel
 import fltemu.wire
+import fltuser
 
 
 @pytest.mark.parametrize("module", [fltemu, fltemu.wire, fltemu.kernel, fltuser])

@@ -17,10 +17,10 @@ import sys
 import textwrap
 from typing import Any
 
-import fltuser
 import msgspec
 import pytest
 
+import fltuser
 from fltemu import NtStatus
 from fltemu.daemon import Daemon, DaemonAddressInUseError
 from fltemu.kernel import ClientPort

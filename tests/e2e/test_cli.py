@@ -10,8 +10,9 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
-import fltuser
 import pytest
+
+import fltuser
 
 
 class Served:

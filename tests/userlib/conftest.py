@@ -10,9 +10,9 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import fltuser
 import pytest
 
+import fltuser
 from fltemu.daemon import Daemon
 
 

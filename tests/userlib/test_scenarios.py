@@ -10,9 +10,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import fltuser
 import pytest
 
+import fltuser
 from fltemu import NtStatus, SecurityDescriptor, StatusError
 from fltemu.daemon import Daemon
 from fltemu.kernel import ClientPort, Filter, ServerPort

@@ -1,0 +1,182 @@
+"""What only one flavour can show: asyncio cancellation races, threads sharing a sync Port."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import threading
+from typing import Any
+
+import pytest
+
+import fltuser
+from fltemu import NtStatus, SecurityDescriptor
+from fltemu.daemon import Daemon
+from fltemu.kernel import ClientPort
+
+from ..helpers import until
+
+PORT = "\\FlavourPort"
+
+
+@pytest.fixture
+async def port_clients(daemon: Daemon) -> tuple[Any, list[ClientPort]]:
+    flt = daemon.register_filter("flavours")
+    clients: list[ClientPort] = []
+
+    def on_connect(client_port: ClientPort, cookie: object, context: bytes) -> int:
+        clients.append(client_port)
+        return 0
+
+    await flt.create_communication_port(
+        PORT,
+        connect_notify=on_connect,
+        disconnect_notify=lambda cookie: None,
+        message_notify=lambda cookie, data, n: (0, data[:n]),
+        max_connections=8,
+    )
+    return flt, clients
+
+
+async def test_cancelled_get_hands_an_arriving_message_to_the_next_reader_5a(
+    daemon: Daemon, port_clients: tuple[Any, list[ClientPort]]
+) -> None:
+    flt, clients = port_clients
+    port = await fltuser.aconnect(PORT, address=daemon.address)
+    getter = asyncio.create_task(port.get_message(64))
+    await until(lambda: bool(clients) and clients[0].queues.getter_count == 1)
+    # Delivered to the pending getter synchronously; its answer is still in flight...
+    result = await flt.send_message(clients[0], b"on its way")
+    assert result.status == NtStatus.STATUS_SUCCESS
+    getter.cancel()  # ...when the caller gives up.
+    with pytest.raises(asyncio.CancelledError):
+        await getter
+    msg = await port.get_message(64, timeout=5)
+    assert msg.data == b"on its way"
+    await port.aclose()
+
+
+async def test_cancelled_get_is_withdrawn_from_the_daemon_5a(
+    daemon: Daemon, port_clients: tuple[Any, list[ClientPort]]
+) -> None:
+    flt, clients = port_clients
+    port = await fltuser.aconnect(PORT, address=daemon.address)
+    getter = asyncio.create_task(port.get_message(64))
+    await until(lambda: bool(clients) and clients[0].queues.getter_count == 1)
+    getter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await getter
+    await until(lambda: clients[0].queues.getter_count == 0)
+    # Nothing waits now: the kernel's poll finds no getter (nothing is buffered, §1).
+    result = await flt.send_message(clients[0], b"x", timeout=0)
+    assert result.status == NtStatus.STATUS_TIMEOUT
+    await port.aclose()
+
+
+async def test_threads_share_one_sync_port(
+    daemon: Daemon, port_clients: tuple[Any, list[ClientPort]]
+) -> None:
+    flt, clients = port_clients
+    port = await asyncio.to_thread(fltuser.connect, PORT, b"", 0, daemon.address)
+    await until(lambda: bool(clients))
+    errors: list[BaseException] = []
+    received: list[bytes] = []
+
+    def sender(n: int) -> None:
+        try:
+            for i in range(50):
+                data = b"%d-%d" % (n, i)
+                assert port.send(data, 64) == data
+        except BaseException as exc:
+            errors.append(exc)
+
+    def reader() -> None:
+        try:
+            for _ in range(10):
+                msg = port.get_message(64, timeout=20)
+                received.append(msg.data)
+                port.reply(msg.message_id, msg.data.upper())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=sender, args=(n,)) for n in range(6)]
+    threads += [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    results = await asyncio.gather(
+        *(flt.send_message(clients[0], b"k%d" % i, reply_length=8, timeout=20) for i in range(20))
+    )
+    for t in threads:
+        await asyncio.to_thread(t.join, 30)
+    assert not errors
+    assert sorted(received) == sorted(b"k%d" % i for i in range(20))
+    assert sorted(r.reply for r in results) == sorted(b"K%d" % i for i in range(20))
+    await asyncio.to_thread(port.close)
+
+
+async def test_close_wakes_a_thread_blocked_in_get_message(
+    daemon: Daemon, port_clients: tuple[Any, list[ClientPort]]
+) -> None:
+    _, clients = port_clients
+    port = await asyncio.to_thread(fltuser.connect, PORT, b"", 0, daemon.address)
+    blocked = asyncio.create_task(asyncio.to_thread(port.get_message, 64))
+    await until(lambda: bool(clients) and clients[0].queues.getter_count == 1)
+    await asyncio.to_thread(port.close)
+    with pytest.raises(fltuser.HResultError) as exc:
+        await blocked
+    assert exc.value.hresult == 0x80070006
+
+
+def _connect_as_nobody(port_name: str, address: str) -> str:
+    """Fork a child that drops to uid/gid 65534 and connects; return what it reports."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no asyncio, just the blocking client
+        try:
+            os.close(read_fd)
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                fltuser.connect(port_name, address=address).close()
+                report = "connected"
+            except fltuser.HResultError as exc:
+                report = f"{int(exc.hresult):#x} {exc.ntstatus!r} {exc}"
+            os.write(write_fd, report.encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        report = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return report
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user")
+async def test_default_security_refuses_other_users_2_2() -> None:
+    # The default descriptor admits root and the daemon's user only. The socket and its
+    # directory are opened up so that the port's own check is what refuses.
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        os.chmod(tmp, 0o755)
+        await _refuse_and_admit(os.path.join(tmp, "d.sock"))
+
+
+async def _refuse_and_admit(socket_path: str) -> None:
+    async with Daemon(address=socket_path, socket_mode=0o666) as d:
+        flt = d.register_filter("private")
+        for name, security in [
+            ("\\Private", None),
+            ("\\Open", SecurityDescriptor.allow(uids={65534})),
+        ]:
+            await flt.create_communication_port(
+                name,
+                connect_notify=lambda *a: 0,
+                disconnect_notify=lambda c: None,
+                max_connections=1,
+                security=security,
+            )
+        refused = await asyncio.to_thread(_connect_as_nobody, "\\Private", socket_path)
+        assert refused.startswith("0x80070005 <NtStatus.STATUS_ACCESS_DENIED"), refused
+        assert "no permission to reach" not in refused  # the port refused, not the file system
+        admitted = await asyncio.to_thread(_connect_as_nobody, "\\Open", socket_path)
+        assert admitted == "connected"
