@@ -25,7 +25,7 @@ from fltemu.errors import (
     hresult_error_for,
     hresult_error_from_ntstatus,
 )
-from fltemu.status import HResult, NtStatus, Win32Error, hresult_from_win32
+from fltemu.status import HResult, NtStatus, Win32Error, hresult_from_win32, nt_success
 from fltemu.wire import (
     EOF,
     NEED_DATA,
@@ -338,7 +338,7 @@ class PortCore:
 
     def _on_connect(self, event: ConnectResult, done: list[Completion]) -> None:
         waiter, self._connect_waiter = self._connect_waiter, None
-        if event.status == _SUCCESS:
+        if nt_success(event.status):  # as the wire state machine and fltmgr's "< 0" check
             self.state = PortState.CONNECTED
             if event.max_message_bytes:
                 self.wire.set_max_message_bytes(event.max_message_bytes)
