@@ -49,6 +49,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _setting(text: str) -> tuple[str, str, str]:
+    name_key, sep, value = text.partition("=")
+    name, dot, key = name_key.rpartition(".")
+    if not sep or not dot or not name or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not FILTER.KEY=VALUE")
+    return name, key, value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``fltemu``."""
     parser = argparse.ArgumentParser(
@@ -76,6 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME|MODULE[:FUNC]",
         help="a built-in sample ({}) or a module whose setup(flt) creates ports; repeatable. "
         "Default: every built-in sample".format(", ".join(sorted(BUILTIN_FILTERS))),
+    )
+    serve.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        type=_setting,
+        metavar="FILTER.KEY=VALUE",
+        help="a setting for a filter module (flt.settings), e.g. --set scanner.source=dir:/tmp/in; "
+        "repeatable",
     )
     serve.add_argument(
         "--loop",
@@ -123,9 +141,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     filters = tuple(args.filters) or tuple(sorted(BUILTIN_FILTERS))
+    settings: dict[str, dict[str, str]] = {}
+    for name, key, value in args.settings:
+        settings.setdefault(name, {})[key] = value
     config = DaemonConfig(
         address=args.address,
         filters=filters,
+        settings=settings,
         loop=args.loop,
         max_message_bytes=args.max_message_bytes,
         socket_mode=args.socket_mode,

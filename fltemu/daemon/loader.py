@@ -51,8 +51,15 @@ def _resolve(spec: str) -> tuple[str, str, str]:
     return name, module_path, func or "setup"
 
 
-async def load_filter(daemon: Daemon, spec: str) -> LoadedFilter:
+async def load_filter(
+    daemon: Daemon, spec: str, settings: dict[str, str] | None = None
+) -> LoadedFilter:
     """Import ``spec``, register its filter and await its entry point.
+
+    Args:
+        daemon: the daemon to register the filter with.
+        spec: ``NAME`` of a built-in sample, or ``MODULE[:FUNCTION]``.
+        settings: the filter's ``settings`` (``--set NAME.KEY=VALUE``).
 
     Raises:
         FilterLoadError: the module or function cannot be found, or setup raised.
@@ -69,6 +76,7 @@ async def load_filter(daemon: Daemon, spec: str) -> LoadedFilter:
     if not callable(entry):
         raise FilterLoadError(f"--filter {spec!r}: {module_path} has no function {func_name}()")
     flt = daemon.register_filter(name)
+    flt.settings = dict(settings or {})
     try:
         result = entry(flt)
         if inspect.isawaitable(result):

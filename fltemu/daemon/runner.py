@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .._limits import DEFAULT_MAX_MESSAGE_BYTES
-from .loader import LoadedFilter, load_filter, unload_filters
+from .loader import FilterLoadError, LoadedFilter, load_filter, unload_filters
 from .server import Daemon
 
 __all__ = ["DaemonConfig", "LoopChoiceError", "loop_factory", "run"]
@@ -33,6 +33,8 @@ class DaemonConfig:
     loop: str = "auto"
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     socket_mode: int = 0o600
+    #: filter name -> {key: value}, from ``--set NAME.KEY=VALUE``.
+    settings: dict[str, dict[str, str]] = field(default_factory=dict)
     announce: Callable[[str], None] = field(default=print)
 
 
@@ -69,7 +71,13 @@ async def serve(config: DaemonConfig) -> None:
     ) as daemon:
         try:
             for spec in config.filters:
-                loaded.append(await load_filter(daemon, spec))
+                name = spec.partition(":")[0]
+                loaded.append(await load_filter(daemon, spec, config.settings.get(name)))
+            unknown = set(config.settings) - {spec.partition(":")[0] for spec in config.filters}
+            if unknown:
+                raise FilterLoadError(
+                    f"--set names filters that are not loaded: {', '.join(sorted(unknown))}"
+                )
             ports = [p.name for f in daemon.manager.filters.values() for p in f.server_ports]
             loop_name = type(loop).__module__.split(".")[0]
             config.announce(

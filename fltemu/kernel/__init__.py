@@ -164,11 +164,17 @@ class Filter:
     """A registered minifilter: FltRegisterFilter's PFLT_FILTER.
 
     Get one from ``Daemon.register_filter`` (or ``FilterManager.register_filter``).
+
+    Attributes:
+        name: the filter's name.
+        settings: string settings for the filter module, from ``fltemu serve --set
+            NAME.KEY=VALUE`` (empty when none were given).
     """
 
     def __init__(self, manager: FilterManager, name: str) -> None:
         self.manager = manager
         self.name = name
+        self.settings: dict[str, str] = {}
         self.state = FilterState.REGISTERED
         self._ports: list[ServerPort] = []
         self._unload: asyncio.Task[None] | None = None

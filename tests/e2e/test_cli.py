@@ -187,3 +187,57 @@ def test_bad_arguments_exit_2(socket_path: str) -> None:
     )
     assert proc.returncode == 2
     assert "permission mode" in proc.stderr or "octal" in proc.stderr
+
+
+def test_settings_reach_the_filter_module(socket_path: str, tmp_path: Path) -> None:
+    (tmp_path / "setfilter.py").write_text(
+        textwrap.dedent(
+            """
+            async def setup(flt):
+                await flt.create_communication_port(
+                    flt.settings["port"],
+                    connect_notify=lambda cp, cookie, ctx: 0,
+                    disconnect_notify=lambda cookie: None,
+                    message_notify=lambda cookie, data, n: (0, flt.settings["answer"].encode()),
+                    max_connections=1,
+                )
+            """
+        )
+    )
+    s = start(
+        [
+            "--address",
+            socket_path,
+            "--filter",
+            "setfilter",
+            "--set",
+            "setfilter.port=\\FromSettings",
+            "--set",
+            "setfilter.answer=a=b",
+        ],
+        env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"},
+    )
+    try:
+        with fltuser.connect("\\FromSettings", address=socket_path) as port:
+            assert port.send(b"?", 8) == b"a=b"
+    finally:
+        assert s.stop()[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--filter", "echo", "--set", "nosuch.key=1"], "not loaded: nosuch"),
+        (["--set", "novalue"], "FILTER.KEY=VALUE"),
+    ],
+)
+def test_bad_settings_fail_clearly(socket_path: str, args: list[str], message: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "fltemu", "serve", "--address", socket_path, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode in (1, 2)
+    assert message in proc.stderr
+    assert not Path(socket_path).exists()
