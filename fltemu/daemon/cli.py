@@ -125,7 +125,107 @@ def build_parser() -> argparse.ArgumentParser:
         help="permission bits of the socket file, octal (default: 600, only the daemon's "
         "user can connect; ports still check their own security)",
     )
+    _add_control_commands(sub)
     return parser
+
+
+_CONTROL_NOTE = """
+Control commands talk to a running daemon over its socket (--address, else $FLTEMU_SOCKET,
+else the default path) and are allowed only to root and the daemon's own user. Exit status:
+0 on success, 1 when the daemon answers with a failure (or, for send, anything but
+STATUS_SUCCESS) or cannot be reached, 2 for bad arguments.
+"""
+
+
+def _add_control_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def add(name: str, help: str, epilog: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            help=help,
+            description=help[0].upper() + help[1:] + ".",
+            epilog="examples:\n" + epilog + _CONTROL_NOTE,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument("--address", metavar="PATH", help="the daemon's socket")
+        return p
+
+    ports = add(
+        "ports",
+        "list filters, server ports and connections (pid, uid, pending getters and senders)",
+        "  fltemu ports\n  fltemu ports --json | jq '.[].ports[].name'\n",
+    )
+    ports.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    send = add(
+        "send",
+        "send a kernel message (FltSendMessage) to a client connected to PORT",
+        "  fltemu send '\\ScannerPort' --hex 0400000000000000666f756c --reply-length 1\n"
+        "  fltemu send '\\MyPort' --data hello --timeout 5\n"
+        "  fltemu send '\\MyPort' --file message.bin --connection 3\n",
+    )
+    send.add_argument("port", metavar="PORT", help="server port name, e.g. '\\ScannerPort'")
+    data = send.add_mutually_exclusive_group()
+    data.add_argument("--data", metavar="TEXT", help="the message as UTF-8 text")
+    data.add_argument("--hex", metavar="HEX", help="the message as hex digits")
+    data.add_argument("--file", metavar="PATH", help="the message is this file's content")
+    send.add_argument(
+        "--reply-length",
+        type=_non_negative_int,
+        metavar="N",
+        help="expect a reply of up to N bytes (default: no reply)",
+    )
+    send.add_argument(
+        "--timeout",
+        type=_non_negative_float,
+        metavar="SECONDS",
+        help="give up after this long, delivery and reply together (default: wait forever; "
+        "0 polls)",
+    )
+    send.add_argument(
+        "--connection",
+        type=_non_negative_int,
+        metavar="ID",
+        help="connection id from 'fltemu ports' (default: the port's oldest connection)",
+    )
+    send.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    disconnect = add(
+        "disconnect",
+        "close a connection from the kernel side (FltCloseClientPort)",
+        "  fltemu disconnect '\\ScannerPort'        # every connection of the port\n"
+        "  fltemu disconnect '\\ScannerPort' 3      # connection #3 only\n",
+    )
+    disconnect.add_argument("port", metavar="PORT", help="server port name")
+    disconnect.add_argument(
+        "connection", metavar="CONNECTION", nargs="?", type=_non_negative_int, help="connection id"
+    )
+
+    unload = add(
+        "unload",
+        "unload a filter (FltUnregisterFilter): its ports close, its connections disconnect",
+        "  fltemu unload scanner\n",
+    )
+    unload.add_argument("filter", metavar="FILTER", help="filter name, as 'fltemu ports' shows")
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -135,6 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command != "serve":
+        from .ctl import run_command
+
+        return run_command(parser, args)
     logging.basicConfig(
         level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

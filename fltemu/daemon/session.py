@@ -24,6 +24,8 @@ from ..wire import (
     PROTOCOL_VERSION,
     Connect,
     ConnectResult,
+    Control,
+    ControlResult,
     GetCancel,
     GetRequest,
     GetResult,
@@ -35,6 +37,7 @@ from ..wire import (
     SendResult,
     WireConnection,
 )
+from .control import may_control, run_control
 
 if TYPE_CHECKING:
     from .server import Daemon
@@ -79,6 +82,7 @@ class Session(asyncio.BufferedProtocol):
         self._closed = False
         self._closing = False
         self.port: ClientPort | None = None
+        self._control_task: asyncio.Task[None] | None = None
         self.process = ProcessInfo(None, None, None)
         self.sid = daemon._next_session_id()
 
@@ -119,6 +123,9 @@ class Session(asyncio.BufferedProtocol):
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        if self._control_task is not None:
+            # The command's caller left (Ctrl-C on ``fltemu send``): withdraw its message.
+            self._control_task.cancel()
         port = self.port
         if port is not None:
             # CloseHandle: the teardown runs in the background; the daemon waits for it at
@@ -183,6 +190,8 @@ class Session(asyncio.BufferedProtocol):
                     port.user_cancel_get(event.rid)  # type: ignore[attr-defined]
                 elif cls is Connect:
                     self._on_connect(event)  # type: ignore[arg-type]
+                elif cls is Control:
+                    self._on_control(event)  # type: ignore[arg-type]
                 elif event is EOF:
                     break
         finally:
@@ -239,6 +248,31 @@ class Session(asyncio.BufferedProtocol):
         self.port = port
         log.debug("%s: connected to %r as #%d", self._peer(), request.port_name, port.id)
         self._send(ConnectResult(PROTOCOL_VERSION, _SUCCESS, daemon.max_message_bytes))
+
+    def _on_control(self, request: Control) -> None:
+        if request.version != PROTOCOL_VERSION:
+            status, text = NtStatus.STATUS_REVISION_MISMATCH, "protocol version mismatch"
+        elif not may_control(self.process):
+            status = NtStatus.STATUS_ACCESS_DENIED
+            text = "control commands are for root and the daemon's own user"
+        else:
+            task = asyncio.get_running_loop().create_task(self._control(request))
+            self._control_task = task
+            self._daemon._tasks.add(task)
+            task.add_done_callback(self._daemon._task_done)
+            return
+        log.info("%s: control command %r refused: %s", self._peer(), request.command, text)
+        self._send(ControlResult(PROTOCOL_VERSION, int(status), text))
+        self._close_after_flush()
+
+    async def _control(self, request: Control) -> None:
+        log.info("%s: control %s %s", self._peer(), request.command, request.target)
+        try:
+            result = await run_control(self._daemon, request)
+        finally:
+            self._control_task = None
+        self._send(result)
+        self._close_after_flush()
 
     # --- output -------------------------------------------------------------------------------
 

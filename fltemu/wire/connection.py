@@ -15,6 +15,7 @@ which plays fltlib) and ``Role.KERNEL`` (the daemon, which plays fltmgr). Both e
                                                     (failure status)  --> CLOSED
     OPEN: USER sends SendRequest / GetRequest / ReplyRequest / GetCancel,
           KERNEL sends SendResult / GetResult / ReplyResult.
+    IDLE --USER sends Control--> CONTROL --KERNEL sends ControlResult--> CLOSED
     any --KERNEL sends Goodbye--> CLOSED (ERROR stays ERROR)        any --EOF--> CLOSED
     any --illegal input--> ERROR
 
@@ -52,6 +53,8 @@ from .framing import (
 from .messages import (
     Connect,
     ConnectResult,
+    Control,
+    ControlResult,
     GetCancel,
     GetRequest,
     GetResult,
@@ -79,6 +82,7 @@ class State(enum.Enum):
 
     IDLE = "idle"
     CONNECTING = "connecting"
+    CONTROL = "control"
     OPEN = "open"
     CLOSED = "closed"
     ERROR = "error"
@@ -100,6 +104,8 @@ _K = Role.KERNEL
 # (state, sender, message type) -> next state. Absent pairs are illegal.
 _TRANSITIONS: Final[dict[tuple[State, Role, type], State]] = {
     (State.IDLE, _U, Connect): State.CONNECTING,
+    (State.IDLE, _U, Control): State.CONTROL,
+    (State.CONTROL, _K, ControlResult): State.CLOSED,
     (State.CONNECTING, _K, ConnectResult): State.OPEN,  # CLOSED when the status is a failure
     (State.OPEN, _U, SendRequest): State.OPEN,
     (State.OPEN, _U, GetRequest): State.OPEN,
@@ -305,7 +311,7 @@ class WireConnection:
         elif cls is ConnectResult:
             if not nt_success(message.status):  # type: ignore[attr-defined]
                 new_state = State.CLOSED
-        elif cls is Connect and message.version < 1:  # type: ignore[attr-defined]
+        elif (cls is Connect or cls is Control) and message.version < 1:  # type: ignore[attr-defined]
             raise LocalProtocolError("protocol versions start at 1")
         self.state = new_state
 

@@ -16,11 +16,16 @@ __all__ = [
     "PROTOCOL_VERSION",
     "Connect",
     "ConnectResult",
+    "ConnectionInfo",
+    "Control",
+    "ControlResult",
+    "FilterInfo",
     "GetCancel",
     "GetRequest",
     "GetResult",
     "Goodbye",
     "KernelMessage",
+    "PortInfo",
     "ReplyRequest",
     "ReplyResult",
     "SendRequest",
@@ -90,6 +95,25 @@ class GetCancel(_Message, frozen=True, tag=5):
     rid: U64
 
 
+class Control(_Message, frozen=True, tag=6):
+    """A control command: the first and only request of a control connection.
+
+    ``command`` is ``ports`` (list filters, ports and connections), ``send`` (FltSendMessage
+    of ``data`` to connection ``connection`` of port ``target``, or its oldest connection),
+    ``disconnect`` (FltCloseClientPort of that connection, or of all the port's connections)
+    or ``unload`` (FltUnregisterFilter of filter ``target``). Only root and the daemon's user
+    may send it.
+    """
+
+    version: U32
+    command: str
+    target: str = ""
+    connection: U64 | None = None
+    data: bytes = b""
+    reply_length: U32 | None = None
+    timeout: Annotated[float, msgspec.Meta(ge=0)] | None = None
+
+
 # --- kernel → user ----------------------------------------------------------------------------
 
 
@@ -139,5 +163,55 @@ class Goodbye(_Message, frozen=True, tag=20):
     reason: str = ""
 
 
-UserMessage = Connect | SendRequest | GetRequest | ReplyRequest | GetCancel
-KernelMessage = ConnectResult | SendResult | GetResult | ReplyResult | Goodbye
+class ConnectionInfo(msgspec.Struct, frozen=True):
+    """One connection in a ``ports`` listing (a map on the wire, for readable JSON)."""
+
+    id: int
+    pid: int | None
+    uid: int | None
+    gid: int | None
+    state: str
+    pending_getters: int
+    blocked_senders: int
+    awaiting_reply: int
+    sends_from_user: int
+    messages_delivered: int
+    messages_timed_out: int
+
+
+class PortInfo(msgspec.Struct, frozen=True):
+    """One server port in a ``ports`` listing."""
+
+    name: str
+    state: str
+    max_connections: int
+    connection_count: int
+    connections: list[ConnectionInfo] = []
+
+
+class FilterInfo(msgspec.Struct, frozen=True):
+    """One filter in a ``ports`` listing."""
+
+    name: str
+    state: str
+    ports: list[PortInfo] = []
+
+
+class ControlResult(_Message, frozen=True, tag=21):
+    """The answer to Control; the daemon closes the connection after it.
+
+    ``status`` is the command's NTSTATUS (for ``send``, what FltSendMessage returned),
+    ``message`` explains a failure, ``reply`` is ``send``'s reply bytes, ``filters`` the
+    ``ports`` listing and ``count`` how many connections ``disconnect`` closed.
+    """
+
+    version: U32
+    status: U32
+    message: str = ""
+    reply: bytes | None = None
+    filters: list[FilterInfo] = []
+    count: int = 0
+
+
+UserMessage = Connect | SendRequest | GetRequest | ReplyRequest | GetCancel | Control
+KernelMessage = ConnectResult | SendResult | GetResult | ReplyResult | Goodbye | ControlResult

@@ -22,6 +22,8 @@ from fltemu.wire import (
     NEED_DATA,
     Connect,
     ConnectResult,
+    Control,
+    ControlResult,
     GetCancel,
     GetRequest,
     GetResult,
@@ -38,8 +40,22 @@ from tests.helpers import WirePair, drain, frame
 
 SETTINGS = settings(max_examples=200, derandomize=True, deadline=None, database=None)
 
-USER_TYPES: tuple[type, ...] = (Connect, SendRequest, GetRequest, ReplyRequest, GetCancel)
-KERNEL_TYPES: tuple[type, ...] = (ConnectResult, SendResult, GetResult, ReplyResult, Goodbye)
+USER_TYPES: tuple[type, ...] = (
+    Connect,
+    SendRequest,
+    GetRequest,
+    ReplyRequest,
+    GetCancel,
+    Control,
+)
+KERNEL_TYPES: tuple[type, ...] = (
+    ConnectResult,
+    SendResult,
+    GetResult,
+    ReplyResult,
+    Goodbye,
+    ControlResult,
+)
 ALL_TYPES = USER_TYPES + KERNEL_TYPES
 REQUESTS: dict[type, type] = {
     SendRequest: SendResult,
@@ -70,7 +86,12 @@ def legal(state: State, sender: Role, message: Any, outstanding: dict[int, type]
     if state is State.IDLE:
         if cls is Connect and sender is Role.USER and message.version >= 1:
             return State.CONNECTING
+        if cls is Control and sender is Role.USER and message.version >= 1:
+            return State.CONTROL
         return None
+    if state is State.CONTROL:
+        # One command, one answer, then the connection is over.
+        return State.CLOSED if cls is ControlResult and sender is Role.KERNEL else None
     if state is State.CONNECTING:
         if cls is ConnectResult and sender is Role.KERNEL:
             return State.OPEN if message.status < 0x8000_0000 else State.CLOSED
@@ -123,6 +144,8 @@ def drive(role: Role, state: State, route: str = "") -> WireConnection:
 
     if state is State.CONNECTING:
         from_user(Connect(1, "\\P"))
+    elif state is State.CONTROL:
+        from_user(Control(1, "ports"))
     elif state is State.OPEN:
         to_open()
     elif state is State.CLOSED:
@@ -249,6 +272,8 @@ def representatives(cls: type) -> list[Any]:
         GetResult: [GetResult(2, 0), GetResult(3, 0), GetResult(99, 0)],
         ReplyResult: [ReplyResult(3, 0), ReplyResult(1, 0), ReplyResult(99, 0)],
         Goodbye: [Goodbye(0), Goodbye(0xC0000037, "x")],
+        Control: [Control(1, "ports"), Control(0, "send", "\\P", 3, b"x", 1, 0.5)],
+        ControlResult: [ControlResult(1, 0), ControlResult(1, 0xC0000034, "no port")],
     }
     return table[cls]
 
@@ -279,7 +304,7 @@ def test_every_state_role_and_message(state: State, role: Role, direction: str, 
 
 def test_the_model_allows_something_in_every_live_state() -> None:
     # Guard against a model that refuses everything (which the checks above would accept).
-    for state in (State.IDLE, State.CONNECTING, State.OPEN):
+    for state in (State.IDLE, State.CONNECTING, State.CONTROL, State.OPEN):
         allowed = [
             (role, m)
             for role in Role
@@ -311,6 +336,17 @@ MESSAGE_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     GetResult: st.builds(GetResult, rids, statuses, u32, u32, payloads, u32),
     ReplyResult: st.builds(ReplyResult, rids, statuses),
     Goodbye: st.builds(Goodbye, statuses, st.text(max_size=20)),
+    Control: st.builds(
+        Control,
+        st.integers(-2, 3),
+        st.sampled_from(["ports", "send", "disconnect", "unload", "bogus"]),
+        st.text(max_size=20),
+        st.one_of(st.none(), st.integers(0, 2**64 - 1)),
+        payloads,
+        st.one_of(st.none(), u32),
+        st.one_of(st.none(), st.floats(0, 10)),
+    ),
+    ControlResult: st.builds(ControlResult, st.integers(0, 3), statuses, st.text(max_size=20)),
 }
 messages = st.one_of(*MESSAGE_STRATEGIES.values())
 

@@ -1,0 +1,199 @@
+"""Control commands: what ``fltemu ports / send / disconnect / unload`` ask the daemon.
+
+The daemon side (``run_control``) answers one ``Control`` request with one ``ControlResult``;
+the client side (``call``) is a blocking one-shot exchange for the CLI and tests. Only root
+and the daemon's own user may send commands.
+Not here: argument parsing and printing (``cli``), port semantics (``fltemu.kernel``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import TYPE_CHECKING, Final
+
+from ..errors import FltEmuError, ProtocolError
+from ..kernel import ClientPort, Filter, ProcessInfo, ServerPort, ServerPortState
+from ..status import NtStatus
+from ..wire import (
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    ConnectionInfo,
+    Control,
+    ControlResult,
+    FilterInfo,
+    Goodbye,
+    PortInfo,
+    Role,
+    WireConnection,
+    resolve_address,
+)
+
+if TYPE_CHECKING:
+    from .server import Daemon
+
+__all__ = ["COMMANDS", "ControlError", "call", "may_control", "run_control", "snapshot"]
+
+#: The commands ``Control.command`` may name.
+COMMANDS: Final = ("ports", "send", "disconnect", "unload")
+
+
+def may_control(process: ProcessInfo) -> bool:
+    """Whether a peer may send control commands: root or the daemon's own user."""
+    return process.uid is not None and process.uid in (0, os.geteuid())
+
+
+def snapshot(daemon: Daemon) -> list[FilterInfo]:
+    """Every filter, its ports (closed ones too while they have connections) and connections."""
+    filters = []
+    for flt in daemon.manager.filters.values():
+        ports = [
+            _port_info(p) for p in flt._ports if p.state is ServerPortState.OPEN or p.connections
+        ]
+        filters.append(FilterInfo(flt.name, flt.state.value, ports))
+    return filters
+
+
+def _port_info(port: ServerPort) -> PortInfo:
+    connections = [
+        ConnectionInfo(
+            id=c.id,
+            pid=c.process.pid,
+            uid=c.process.uid,
+            gid=c.process.gid,
+            state=c.state.value,
+            pending_getters=c.queues.getter_count,
+            blocked_senders=c.queues.sender_count,
+            awaiting_reply=c.queues.reply_waiter_count,
+            sends_from_user=c.sends_from_user,
+            messages_delivered=c.messages_delivered,
+            messages_timed_out=c.messages_timed_out,
+        )
+        for c in sorted(port.connections, key=lambda c: c.id)
+    ]
+    return PortInfo(
+        port.name, port.state.value, port.max_connections, port.connection_count, connections
+    )
+
+
+def _find_ports(daemon: Daemon, name: str) -> list[ServerPort]:
+    # Open ports by their exact name, then closed ones that still have connections.
+    found = []
+    for flt in daemon.manager.filters.values():
+        for port in flt._ports:
+            if port.name == name and (port.state is ServerPortState.OPEN or port.connections):
+                found.append(port)
+    return found
+
+
+def _fail(status: NtStatus, message: str) -> ControlResult:
+    return ControlResult(PROTOCOL_VERSION, int(status), message)
+
+
+def _connections(daemon: Daemon, request: Control) -> list[ClientPort] | ControlResult:
+    ports = _find_ports(daemon, request.target)
+    if not ports:
+        return _fail(NtStatus.STATUS_OBJECT_NAME_NOT_FOUND, f"no port named {request.target!r}")
+    connections = sorted(
+        (c for p in ports for c in p.connections if c.is_connected), key=lambda c: c.id
+    )
+    if request.connection is not None:
+        chosen = [c for c in connections if c.id == request.connection]
+        if not chosen:
+            ids = ", ".join(f"#{c.id}" for c in connections) or "none"
+            return _fail(
+                NtStatus.STATUS_INVALID_PARAMETER,
+                f"port {request.target!r} has no connection #{request.connection} "
+                f"(connected: {ids})",
+            )
+        return chosen
+    if not connections:
+        return _fail(
+            NtStatus.STATUS_PORT_DISCONNECTED, f"port {request.target!r} has no connected client"
+        )
+    return connections
+
+
+async def run_control(daemon: Daemon, request: Control) -> ControlResult:
+    """Carry out one control command.
+
+    Returns:
+        The ControlResult: STATUS_SUCCESS, or for ``send`` whatever FltSendMessage returned;
+        STATUS_OBJECT_NAME_NOT_FOUND (no such port or filter), STATUS_INVALID_PARAMETER (no
+        such connection, unknown command), STATUS_PORT_DISCONNECTED (no client connected).
+    """
+    command = request.command
+    if command == "ports":
+        return ControlResult(PROTOCOL_VERSION, 0, filters=snapshot(daemon))
+    if command == "unload":
+        flt: Filter | None = daemon.manager.filters.get(request.target)
+        if flt is None:
+            known = ", ".join(sorted(daemon.manager.filters)) or "none"
+            return _fail(
+                NtStatus.STATUS_OBJECT_NAME_NOT_FOUND,
+                f"no filter named {request.target!r} (loaded: {known})",
+            )
+        await flt.unload()
+        return ControlResult(PROTOCOL_VERSION, 0, f"filter {flt.name!r} unloaded")
+    if command in ("send", "disconnect"):
+        found = _connections(daemon, request)
+        if isinstance(found, ControlResult):
+            return found
+        if command == "disconnect":
+            for client_port in found:
+                await client_port.server_port.filter.close_client_port(client_port)
+            return ControlResult(PROTOCOL_VERSION, 0, count=len(found))
+        client_port = found[0]
+        result = await client_port.server_port.filter.send_message(
+            client_port, request.data, request.reply_length, request.timeout
+        )
+        return ControlResult(
+            PROTOCOL_VERSION, int(result.status), f"connection #{client_port.id}", result.reply
+        )
+    return _fail(
+        NtStatus.STATUS_INVALID_PARAMETER,
+        f"unknown command {command!r}; known: {', '.join(COMMANDS)}",
+    )
+
+
+# --- the client side -----------------------------------------------------------------------
+
+
+class ControlError(FltEmuError):
+    """The daemon could not be reached or broke off the exchange."""
+
+
+def call(request: Control, address: str | None = None) -> ControlResult:
+    """Send one control command and wait for its answer (blocking).
+
+    Raises:
+        ControlError: no daemon listens at the address, or it closed without answering.
+    """
+    path = resolve_address(address)
+    wire = WireConnection(Role.USER)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            raise ControlError(
+                f"no fltemu daemon is listening on {path} ({exc.strerror or exc}); "
+                "start one with 'fltemu serve', or pass --address / set FLTEMU_SOCKET"
+            ) from exc
+        sock.sendall(wire.send(request))
+        while True:
+            data = sock.recv(65536)
+            wire.receive_data(data)
+            while (event := wire.next_event()) is not NEED_DATA:
+                if isinstance(event, ControlResult):
+                    return event
+                if isinstance(event, Goodbye):
+                    raise ControlError(f"the daemon refused: {event.reason}")
+            if not data:
+                raise ControlError("the daemon closed the connection without answering")
+    except ProtocolError as exc:
+        raise ControlError(f"the daemon at {path} answered nonsense: {exc}") from exc
+    except OSError as exc:
+        raise ControlError(f"talking to the daemon at {path} failed: {exc}") from exc
+    finally:
+        sock.close()

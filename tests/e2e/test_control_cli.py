@@ -1,0 +1,137 @@
+"""``fltemu ports / send / disconnect / unload`` as a user runs them, against a live daemon."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import fltuser
+
+from .test_cli import Served, start
+
+
+def fltemu(*args: str, address: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fltemu", *args, "--address", address],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def served(socket_path: str) -> Iterator[Served]:
+    s = start(["--address", socket_path, "--filter", "echo"])
+    yield s
+    if s.proc.poll() is None:
+        s.stop()
+
+
+def test_ports_table_and_json(served: Served, socket_path: str) -> None:
+    with fltuser.connect("\\EchoPort", address=socket_path):
+        table = fltemu("ports", address=socket_path)
+        assert table.returncode == 0, table.stderr
+        assert "filter echo (registered)" in table.stdout
+        assert "\\EchoPort  open  connections 1/64" in table.stdout
+        as_json = fltemu("ports", "--json", address=socket_path)
+        document = json.loads(as_json.stdout)
+        assert document[0]["ports"][0]["connections"][0]["uid"] is not None
+
+
+def test_send_hex_with_reply(served: Served, socket_path: str) -> None:
+    with fltuser.connect("\\EchoPort", address=socket_path) as port:
+        seen: list[fltuser.Message] = []
+
+        def agent() -> None:
+            msg = port.get_message(64, timeout=30)
+            seen.append(msg)
+            port.reply(msg.message_id, b"\x01")
+
+        thread = threading.Thread(target=agent)
+        thread.start()
+        proc = fltemu(
+            "send", "\\EchoPort", "--hex", "0400 0000", "--reply-length", "1", address=socket_path
+        )
+        thread.join(30)
+        assert proc.returncode == 0, proc.stderr
+        assert "STATUS_SUCCESS" in proc.stdout and "reply: 1 bytes: 01" in proc.stdout
+        assert seen[0].data == b"\x04\x00\x00\x00" and seen[0].reply_length == 17
+
+
+def test_send_file_and_json(served: Served, socket_path: str, tmp_path: Path) -> None:
+    payload = tmp_path / "msg.bin"
+    payload.write_bytes(b"\x00\xffdata")
+    with fltuser.connect("\\EchoPort", address=socket_path) as port:
+        got: list[bytes] = []
+        thread = threading.Thread(target=lambda: got.append(port.get_message(64, timeout=30).data))
+        thread.start()
+        proc = fltemu("send", "\\EchoPort", "--file", str(payload), "--json", address=socket_path)
+        thread.join(30)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["status_name"] == "STATUS_SUCCESS"
+        assert got == [b"\x00\xffdata"]
+
+
+def test_send_timeout_is_reported_and_fails(served: Served, socket_path: str) -> None:
+    with fltuser.connect("\\EchoPort", address=socket_path):
+        proc = fltemu("send", "\\EchoPort", "--data", "x", "--timeout", "0", address=socket_path)
+        assert proc.returncode == 1
+        assert "STATUS_TIMEOUT" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "text"),
+    [
+        (["send", "\\Nope", "--data", "x"], 1, "no port named"),
+        (["send", "\\EchoPort", "--data", "x"], 1, "no connected client"),
+        (["send", "\\EchoPort", "--file", "/nonexistent/file"], 2, "No such file"),
+        (["send", "\\EchoPort", "--hex", "zz"], 2, "--hex"),
+        (["disconnect", "\\EchoPort", "42"], 1, "no connection #42"),
+        (["unload", "nosuch"], 1, "no filter named 'nosuch'"),
+    ],
+)
+def test_mistakes_say_what_is_wrong(
+    served: Served, socket_path: str, args: list[str], code: int, text: str
+) -> None:
+    proc = fltemu(*args, address=socket_path)
+    assert proc.returncode == code
+    assert text in proc.stdout + proc.stderr
+
+
+def test_disconnect_and_unload(served: Served, socket_path: str) -> None:
+    port = fltuser.connect("\\EchoPort", address=socket_path)
+    proc = fltemu("disconnect", "\\EchoPort", address=socket_path)
+    assert proc.returncode == 0 and "disconnected 1 connection" in proc.stdout
+    with pytest.raises(fltuser.HResultError) as exc:
+        port.send(b"x", 1)
+    assert exc.value.hresult == 0x80070006
+    port.close()
+    proc = fltemu("unload", "echo", address=socket_path)
+    assert proc.returncode == 0, proc.stderr
+    with pytest.raises(fltuser.HResultError) as exc:
+        fltuser.connect("\\EchoPort", address=socket_path)
+    assert exc.value.hresult == 0x80070002
+
+
+def test_daemon_not_running(socket_path: str) -> None:
+    proc = fltemu("ports", address=socket_path)
+    assert proc.returncode == 1
+    assert "no fltemu daemon is listening" in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["ports", "send", "disconnect", "unload"])
+def test_every_command_has_help_with_examples(command: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "fltemu", command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0
+    assert "examples:" in proc.stdout and "root and the daemon's own user" in proc.stdout
