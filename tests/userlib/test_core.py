@@ -151,6 +151,7 @@ def test_daemon_breaking_the_protocol_ends_the_handle(kernel: Kernel) -> None:
     s = Waiter("s")
     kernel.requests(kernel.core.send_request(b"x", 0, s))
     done, _ = kernel.core.receive(b"\x03\x00\x00\x00\xc1\xc1\xc1")
-    assert done[0][0] is s and done[0][2].hresult == 0x80070006
-    assert "protocol" in str(done[0][2])
+    error = done[0][2]
+    assert done[0][0] is s and isinstance(error, fltuser.HResultError)
+    assert error.hresult == 0x80070006 and "protocol" in str(error)
     assert kernel.core.state is PortState.DISCONNECTED
