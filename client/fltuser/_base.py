@@ -60,6 +60,8 @@ FILTER_HEADER_BYTES: Final = 16
 FLT_PORT_FLAG_SYNC_HANDLE: Final = 0x00000001
 #: The context size is a WORD (§3.1).
 MAX_CONTEXT_BYTES: Final = 0xFFFF
+#: The largest DWORD / ULONG.
+_ULONG_MAX: Final = 0xFFFFFFFF
 #: Bytes read per recv: 64 pipelined 1 KiB answers in one system call.
 READ_BUFFER_BYTES: Final = 64 * 1024
 
@@ -194,8 +196,8 @@ class PortCore:
         self.check_usable()
         if not data:
             raise _invalid_arg("FilterSendMessage needs a non-empty input buffer")
-        if out_size < 0:
-            raise _invalid_arg("out_size must be >= 0")
+        if not 0 <= out_size <= _ULONG_MAX:
+            raise _invalid_arg("out_size is a DWORD: 0 to 0xFFFFFFFF")
         self._check_size(len(data))
         rid = self.wire.next_request_id()
         frame = self.wire.send(SendRequest(rid, bytes(data), out_size))
@@ -212,6 +214,8 @@ class PortCore:
         self.check_usable()
         if buffer_size <= 0:
             raise _invalid_arg("FilterGetMessage needs a buffer of at least one byte")
+        if buffer_size > _ULONG_MAX:
+            raise _invalid_arg("buffer_size is a DWORD: at most 0xFFFFFFFF")
         if not self._stash:
             return None
         message = self._stash[0]
@@ -232,9 +236,12 @@ class PortCore:
         self.check_usable()
         if not 0 <= message_id <= 0xFFFFFFFFFFFFFFFF:
             raise _invalid_arg("message_id is a ULONGLONG")
+        if not -0x80000000 <= int(status) <= _ULONG_MAX:
+            raise _invalid_arg("status is an NTSTATUS: 32 bits, signed or unsigned spelling")
+        status_u32 = int(status) & _ULONG_MAX
         self._check_size(len(data))
         rid = self.wire.next_request_id()
-        frame = self.wire.send(ReplyRequest(rid, message_id, int(status) & 0xFFFFFFFF, bytes(data)))
+        frame = self.wire.send(ReplyRequest(rid, message_id, status_u32, bytes(data)))
         self._pending[rid] = _Pending(ReplyRequest, waiter)
         return frame
 

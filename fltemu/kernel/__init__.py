@@ -51,6 +51,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_MAX_REPLY_LENGTH = 0xFFFFFFFF - 16
+
 
 class FilterState(enum.Enum):
     """A filter's life: registered until FltUnregisterFilter."""
@@ -296,12 +298,13 @@ class Filter:
             asyncio.CancelledError: the task was cancelled; the message is withdrawn
                 (undelivered) or its reply waiter is (delivered: a later reply gets
                 ERROR_FLT_NO_WAITER_FOR_REPLY).
-            ValueError: a negative timeout or reply_length.
+            ValueError: a negative timeout, or a reply_length outside 0 to 0xFFFFFFEF.
         """
         if timeout is not None and timeout < 0:
             raise ValueError("timeout is None (forever) or seconds >= 0")
-        if reply_length is not None and reply_length < 0:
-            raise ValueError("reply_length is None (no reply) or >= 0")
+        if reply_length is not None and not 0 <= reply_length <= _MAX_REPLY_LENGTH:
+            # FILTER_MESSAGE_HEADER.ReplyLength (a ULONG) is reply_length + 16.
+            raise ValueError("reply_length is None (no reply) or 0 to 0xFFFFFFEF")
         if client_port is None or client_port.is_kernel_closed:
             return SendMessageResult(NtStatus.STATUS_PORT_DISCONNECTED)
         if len(data) > self.manager.max_message_bytes:

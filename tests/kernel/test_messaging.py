@@ -734,3 +734,12 @@ async def test_user_send_counts_calls(mn_user: User, rec: Recorder) -> None:
     await outcome(mn_user.port.user_send(b"", 1))
     assert mn_user.port.sends_from_user == 1
     assert len(rec.messages) == 1
+
+
+@pytest.mark.parametrize("reply_length", [-1, 0xFFFFFFFF - 15])
+async def test_reply_length_must_fit_the_header_ulong_4(reply_length: int) -> None:
+    from fltemu.kernel import FilterManager
+
+    flt = FilterManager().register_filter("f")
+    with pytest.raises(ValueError, match="reply_length"):
+        await flt.send_message(None, b"x", reply_length=reply_length)

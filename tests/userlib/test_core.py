@@ -155,3 +155,26 @@ def test_daemon_breaking_the_protocol_ends_the_handle(kernel: Kernel) -> None:
     assert done[0][0] is s and isinstance(error, fltuser.HResultError)
     assert error.hresult == 0x80070006 and "protocol" in str(error)
     assert kernel.core.state is PortState.DISCONNECTED
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda core: core.send_request(b"x", 2**32, Waiter("s")),
+        lambda core: core.send_request(b"x", -1, Waiter("s")),
+        lambda core: core.take_stashed(2**32),
+        lambda core: core.reply_request(1, 2**32, b"", Waiter("r")),
+        lambda core: core.reply_request(1, -(2**31) - 1, b"", Waiter("r")),
+        lambda core: core.reply_request(-1, 0, b"", Waiter("r")),
+    ],
+)
+def test_out_of_range_arguments_are_invalidarg_locally(kernel: Kernel, call: Any) -> None:
+    with pytest.raises(fltuser.InvalidArgumentError):
+        call(kernel.core)
+    assert kernel.core.state is PortState.CONNECTED  # nothing reached the daemon
+
+
+def test_signed_reply_status_is_sent_unsigned(kernel: Kernel) -> None:
+    frame = kernel.core.reply_request(1, -1073741790, b"", Waiter("r"))
+    (request,) = kernel.requests(frame)
+    assert request.status == 0xC0000022
