@@ -15,6 +15,8 @@ import pytest
 import fltemu
 from fltemu.daemon import Daemon
 
+pytest_plugins = ["pytester"]
+
 
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
