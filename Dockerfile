@@ -1,24 +1,35 @@
-# fltemu daemon image: `fltemu serve` as a non-root user, the socket in a shared volume.
+# fltemu: `fltemu serve` as a non-root user, the socket in a volume that client containers
+# mount. Build and run:
 #   docker build -t fltemu .
 #   docker run -d --name fltemu -v fltemu-sock:/run/fltemu fltemu
-# Client containers mount the same volume and set FLTEMU_SOCKET=/run/fltemu/fltemu.sock.
+# Agent containers mount the same volume and set FLTEMU_SOCKET=/run/fltemu/fltemu.sock.
 FROM python:3.11-slim
 
-RUN useradd --create-home --uid 10001 fltemu \
-    && mkdir -p /run/fltemu && chown fltemu:fltemu /run/fltemu
+# A fixed uid/gid, so that client containers can be given the same group if you tighten
+# the socket mode below.
+RUN groupadd --gid 10001 fltemu \
+    && useradd --uid 10001 --gid 10001 --create-home fltemu \
+    && mkdir -p /run/fltemu \
+    && chown fltemu:fltemu /run/fltemu
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY fltemu ./fltemu
 COPY client ./client
+# uvloop is a dependency on Linux; wheels exist for this image, so no compiler is needed.
 RUN pip install --no-cache-dir . && rm -rf /src
 
 USER fltemu
+WORKDIR /home/fltemu
 ENV FLTEMU_SOCKET=/run/fltemu/fltemu.sock
 VOLUME ["/run/fltemu"]
 
-HEALTHCHECK --interval=10s --timeout=5s --start-period=5s --retries=3 \
+# Healthy once a client can connect to the echo sample's port.
+HEALTHCHECK --interval=5s --timeout=5s --start-period=5s --retries=5 \
     CMD ["python", "-c", "import fltuser; fltuser.connect('\\\\EchoPort').close()"]
 
-# The socket is 0660 so that client containers running as the same group can reach it.
-CMD ["fltemu", "serve", "--socket-mode", "660"]
+# Inside a CI network the shared volume is the trust boundary: anyone who can mount it may
+# connect, whatever uid its container runs as. To restrict, replace --socket-mode 666
+# --allow-everyone with, e.g., --socket-mode 660 --allow-gid 10001 and run the agent
+# containers with that group.
+CMD ["fltemu", "serve", "--socket-mode", "666", "--allow-everyone"]

@@ -118,6 +118,31 @@ def build_parser() -> argparse.ArgumentParser:
         "fail with STATUS_INSUFFICIENT_RESOURCES / 0x800705AA",
     )
     serve.add_argument(
+        "--allow-uid",
+        dest="allow_uids",
+        action="append",
+        default=[],
+        type=_non_negative_int,
+        metavar="UID",
+        help="also admit this user to ports created with the default security (root and "
+        "the daemon's user); repeatable",
+    )
+    serve.add_argument(
+        "--allow-gid",
+        dest="allow_gids",
+        action="append",
+        default=[],
+        type=_non_negative_int,
+        metavar="GID",
+        help="also admit processes of this primary group to such ports; repeatable",
+    )
+    serve.add_argument(
+        "--allow-everyone",
+        action="store_true",
+        help="admit any local process that can reach the socket to such ports (for containers "
+        "whose shared volume is the trust boundary)",
+    )
+    serve.add_argument(
         "--socket-mode",
         type=_octal,
         default=0o600,
@@ -255,6 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         loop=args.loop,
         max_message_bytes=args.max_message_bytes,
         socket_mode=args.socket_mode,
+        allow_uids=tuple(args.allow_uids),
+        allow_gids=tuple(args.allow_gids),
+        allow_everyone=args.allow_everyone,
         announce=lambda line: print(line, flush=True),
     )
     try:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .._limits import DEFAULT_MAX_MESSAGE_BYTES
+from ..kernel import SecurityDescriptor
 from .loader import FilterLoadError, LoadedFilter, load_filter, unload_filters
 from .server import Daemon
 
@@ -33,6 +34,10 @@ class DaemonConfig:
     loop: str = "auto"
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     socket_mode: int = 0o600
+    #: Widens what ports created with ``security=None`` admit (``--allow-*``).
+    allow_uids: tuple[int, ...] = ()
+    allow_gids: tuple[int, ...] = ()
+    allow_everyone: bool = False
     #: filter name -> {key: value}, from ``--set NAME.KEY=VALUE``.
     settings: dict[str, dict[str, str]] = field(default_factory=dict)
     announce: Callable[[str], None] = field(default=print)
@@ -68,6 +73,9 @@ async def serve(config: DaemonConfig) -> None:
         config.address,
         max_message_bytes=config.max_message_bytes,
         socket_mode=config.socket_mode,
+        default_security=SecurityDescriptor.allow(
+            config.allow_uids, config.allow_gids, everyone=config.allow_everyone
+        ),
     ) as daemon:
         try:
             for spec in config.filters:

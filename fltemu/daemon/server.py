@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from .._limits import DEFAULT_MAX_MESSAGE_BYTES
 from ..errors import FltEmuError
-from ..kernel import Filter, FilterManager
+from ..kernel import Filter, FilterManager, SecurityDescriptor
 from ..wire import resolve_address
 from .session import Session
 
@@ -52,6 +52,8 @@ class Daemon:
         socket_mode: permission bits of the socket file (0600: only the daemon's user can even
             reach it; ports then check their own security).
         shutdown_grace: seconds that shutdown waits for in-flight MessageNotify calls.
+        default_security: what ports created with ``security=None`` admit (default: root and
+            the daemon's user, like FltBuildDefaultSecurityDescriptor).
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class Daemon:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         socket_mode: int = 0o600,
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
+        default_security: SecurityDescriptor | None = None,
     ) -> None:
         if max_message_bytes <= 0:
             raise ValueError("max_message_bytes must be positive")
@@ -68,7 +71,9 @@ class Daemon:
         self.max_message_bytes = max_message_bytes
         self.socket_mode = socket_mode
         self.shutdown_grace = shutdown_grace
-        self.manager = FilterManager(max_message_bytes=max_message_bytes)
+        self.manager = FilterManager(
+            max_message_bytes=max_message_bytes, default_security=default_security
+        )
         self._server: asyncio.AbstractServer | None = None
         self._sessions: set[Session] = set()
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -68,6 +68,8 @@ class FilterManager:
     Args:
         max_message_bytes: the largest message payload the daemon carries; larger kernel
             messages fail with STATUS_INSUFFICIENT_RESOURCES.
+        default_security: what ports created with ``security=None`` admit (default: root and
+            the daemon's user).
 
     Attributes:
         rundown_timeout: how long a teardown waits for in-flight MessageNotify calls before
@@ -75,10 +77,18 @@ class FilterManager:
             daemon sets a grace period while it shuts down.
     """
 
-    def __init__(self, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+    def __init__(
+        self,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        default_security: SecurityDescriptor | None = None,
+    ) -> None:
         self.namespace = PortNamespace()
         self.filters: dict[str, Filter] = {}
         self.max_message_bytes = max_message_bytes
+        #: What ``security=None`` means for new ports: FltBuildDefaultSecurityDescriptor's
+        #: equivalent (root and the daemon's user) unless the daemon was told to widen it.
+        self.default_security = default_security or SecurityDescriptor.default()
         self.rundown_timeout: float | None = None
 
     def __repr__(self) -> str:
@@ -218,7 +228,7 @@ class Filter:
             case_insensitive: OBJ_CASE_INSENSITIVE: the collision check ignores case.
                 Connecting always needs the exact name.
             security: who may connect; ``None`` is the default descriptor (root and the
-                daemon's user).
+                daemon's user, plus whatever ``fltemu serve --allow-*`` added).
 
         Returns:
             The server port.
@@ -249,7 +259,7 @@ class Filter:
             max_connections=max_connections,
             server_port_cookie=server_port_cookie,
             case_insensitive=case_insensitive,
-            security=security if security is not None else SecurityDescriptor.default(),
+            security=security if security is not None else self.manager.default_security,
         )
         self.manager.namespace.insert(port)
         self._ports.append(port)

@@ -241,3 +241,28 @@ def test_bad_settings_fail_clearly(socket_path: str, args: list[str], message: s
     assert proc.returncode in (1, 2)
     assert message in proc.stderr
     assert not Path(socket_path).exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user")
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], "0x80070005"),
+        (["--allow-uid", "65534"], "connected"),
+        (["--allow-gid", "65534"], "connected"),
+        (["--allow-everyone"], "connected"),
+    ],
+)
+def test_allow_options_widen_the_default_security(args: list[str], expected: str) -> None:
+    import tempfile
+
+    from ..userlib.test_flavours import _connect_as_nobody
+
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        os.chmod(tmp, 0o755)
+        path = os.path.join(tmp, "d.sock")
+        s = start(["--address", path, "--filter", "echo", "--socket-mode", "666", *args])
+        try:
+            assert _connect_as_nobody("\\EchoPort", path).startswith(expected)
+        finally:
+            assert s.stop()[0] == 0
