@@ -151,7 +151,115 @@ def build_parser() -> argparse.ArgumentParser:
         "user can connect; ports still check their own security)",
     )
     _add_control_commands(sub)
+    _add_bench(sub)
     return parser
+
+
+def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = sub.add_parser(
+        "bench",
+        help="load-test an agent: kernel messages at a port fltemu hosts for it",
+        description="Host PORT on a daemon of its own, start AGENT (or wait for one to "
+        "connect), then send kernel messages (FltSendMessage) at it, closed loop (N in flight) "
+        "or open loop (a fixed rate), and report throughput, latency percentiles, timeouts and "
+        "statuses. Latency is from sending to the answer (open loop: from the scheduled time).",
+        epilog="""examples:
+  fltemu bench '\\ScannerPort' --size 1032 --reply-length 1 -- python examples/scanner_agent.py
+  fltemu bench '\\MyPort' --rate 2000 --duration 30 --reply-length 4 --plot latency.svg -- ./agent
+  fltemu bench '\\MyPort' --concurrency 64 --count 100000 --json --address /tmp/b.sock
+
+The agent is started with FLTEMU_SOCKET set to the bench's socket, its stdout discarded; its
+CPU time is reported. Without an agent command, start your agent yourself against the
+printed socket. Exit status: 0 when the run completed (whatever the statuses), 1 when no
+agent connected or it exited first, 2 for bad arguments.
+""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench.add_argument("port", metavar="PORT", help="the port name the agent connects to")
+    bench.add_argument("--address", metavar="PATH", help="socket to serve on (default: temporary)")
+    how = bench.add_mutually_exclusive_group()
+    how.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="closed loop: N messages in flight (default: 1)",
+    )
+    how.add_argument(
+        "--rate", type=_positive_float, metavar="MSGS", help="open loop: messages per second"
+    )
+    bench.add_argument(
+        "--duration",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="how long to send (default: 10 s, unless --count is given)",
+    )
+    bench.add_argument("--count", type=_positive_int, metavar="N", help="how many messages to send")
+    what = bench.add_mutually_exclusive_group()
+    what.add_argument(
+        "--size",
+        type=_non_negative_int,
+        default=64,
+        metavar="BYTES",
+        help="message size (default: 64), zero-filled unless --random",
+    )
+    what.add_argument("--file", metavar="PATH", help="send this file's content as the message")
+    what.add_argument("--hex", metavar="HEX", help="send these bytes as the message")
+    bench.add_argument("--random", action="store_true", help="random message bytes (with --size)")
+    bench.add_argument("--seed", type=int, default=1, help="seed for --random (default: 1)")
+    bench.add_argument(
+        "--reply-length",
+        type=_non_negative_int,
+        metavar="N",
+        help="the kernel reply buffer: the agent must reply (default: no reply)",
+    )
+    bench.add_argument(
+        "--timeout",
+        type=_non_negative_float,
+        default=5.0,
+        metavar="SECONDS",
+        help="FltSendMessage timeout per message (default: 5; 0 polls)",
+    )
+    bench.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="connections the port accepts; messages go round-robin (default: 1)",
+    )
+    bench.add_argument(
+        "--connect-timeout",
+        type=_positive_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for the agent to connect (default: 30)",
+    )
+    bench.add_argument(
+        "--allow-everyone",
+        action="store_true",
+        help="admit any local user to the port (default: root and your user)",
+    )
+    bench.add_argument("--json", action="store_true", help="print the report as JSON")
+    bench.add_argument("--plot", metavar="FILE.svg", help="write a latency percentile plot (SVG)")
+    bench.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a live progress line on stderr (default: when stderr is a terminal)",
+    )
+    bench.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop (default: auto)",
+    )
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
 
 
 _CONTROL_NOTE = """
@@ -256,10 +364,21 @@ def _non_negative_float(text: str) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fltemu`` console script and ``python -m fltemu``."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    agent: list[str] = []
+    if "--" in arguments:  # fltemu bench ... -- AGENT COMMAND
+        split = arguments.index("--")
+        arguments, agent = arguments[:split], arguments[split + 1 :]
+    args = parser.parse_args(arguments)
     if args.command is None:
         parser.print_help()
         return 2
+    if agent and args.command != "bench":
+        parser.error("'-- COMMAND' is only for fltemu bench")
+    if args.command == "bench":
+        from ..bench.command import run_command as run_bench_command
+
+        return run_bench_command(parser, args, agent)
     if args.command != "serve":
         from .ctl import run_command
 
