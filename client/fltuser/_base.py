@@ -322,6 +322,8 @@ class PortCore:
             elif event is EOF:
                 self._end(done, "the daemon closed the connection")
                 break
+        if not self._out:
+            return done, b""
         out = bytes(self._out)
         self._out.clear()
         return done, out

@@ -53,6 +53,7 @@ class Port:
         self._wlock = threading.Lock()  # whole frames onto the socket
         self._read_lock = threading.Lock()  # who reads the socket (the leader)
         self._cv = threading.Condition(threading.Lock())  # answers arrived / leader left
+        self._followers = 0  # threads waiting on _cv; notify only when there are any
         self._rbuf = memoryview(bytearray(READ_BUFFER_BYTES))
         self._backlog = bytearray()  # frames the leader could not write itself
 
@@ -179,7 +180,8 @@ class Port:
         try:
             with self._wlock:
                 self._sock.sendall(frame)
-                self._drain_backlog()
+                if self._backlog:
+                    self._drain_backlog()
         except OSError as exc:
             self._lost(f"writing to the daemon failed: {exc}")
         self._flush_backlog()
@@ -214,14 +216,19 @@ class Port:
                 finally:
                     with self._cv:
                         self._read_lock.release()
-                        self._cv.notify_all()
+                        if self._followers:
+                            self._cv.notify_all()  # one of them takes over the reading
             else:
                 with self._cv:
-                    while not waiter.done and self._read_lock.locked():
-                        remaining = None if deadline is None else deadline - time.monotonic()
-                        if remaining is not None and remaining <= 0:
-                            break
-                        self._cv.wait(remaining)
+                    self._followers += 1
+                    try:
+                        while not waiter.done and self._read_lock.locked():
+                            remaining = None if deadline is None else deadline - time.monotonic()
+                            if remaining is not None and remaining <= 0:
+                                break
+                            self._cv.wait(remaining)
+                    finally:
+                        self._followers -= 1
             if not waiter.done and deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError("no message arrived in time")
         return waiter.result()
@@ -274,7 +281,8 @@ class Port:
                 waiter.value = value
                 waiter.error = error
                 waiter.done = True
-            self._cv.notify_all()
+            if self._followers:
+                self._cv.notify_all()
 
 
 def connect(

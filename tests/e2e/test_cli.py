@@ -132,7 +132,7 @@ def test_unknown_filter_fails_clearly(socket_path: str) -> None:
         timeout=30,
     )
     assert proc.returncode == 1
-    assert "nosuch" in proc.stderr and "built-in filters: echo" in proc.stderr
+    assert "nosuch" in proc.stderr and "built-in filters:" in proc.stderr and "echo" in proc.stderr
     assert not Path(socket_path).exists()
 
 
