@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 #: Short names of the filters that ship with fltemu, and their modules.
 BUILTIN_FILTERS: Final[dict[str, str]] = {
     "echo": "fltemu.samples.echo",
+    "scanner": "fltemu.samples.scanner",
+    "minispy": "fltemu.samples.minispy",
+    "avscan": "fltemu.samples.avscan",
 }
 
 
