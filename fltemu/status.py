@@ -148,10 +148,14 @@ class NtStatus(_Code):
     STATUS_INVALID_PARAMETER_3 = 0xC00000F1
     #: A getter was withdrawn (CancelIo, §3.5).
     STATUS_CANCELLED = 0xC0000120
+    #: avscan: a command names a scan id that does not exist (§7.3).
+    STATUS_NOT_FOUND = 0xC0000225
     #: A ConnectNotify refused the connection.
     STATUS_CONNECTION_REFUSED = 0xC0000236
     #: The server port already has ``max_connections`` connections (§2.3).
     STATUS_CONNECTION_COUNT_LIMIT = 0xC0000246
+    #: avscan: the file is infected (its post-create fails the open with it, §7.3).
+    STATUS_VIRUS_INFECTED = 0xC0000906
     #: MessageNotify's STATUS_BUFFER_TOO_SMALL as fltmgr rewrites it (§2.5).
     STATUS_FLT_BUFFER_TOO_SMALL = 0x801C0001
     #: The filter is being unloaded (§2.1, §3.1).
@@ -178,6 +182,7 @@ class Win32Error(_Code):
     ERROR_INVALID_NAME = 123
     ERROR_BAD_PATHNAME = 161
     ERROR_ALREADY_EXISTS = 183
+    ERROR_VIRUS_INFECTED = 225
     ERROR_MORE_DATA = 234
     WAIT_TIMEOUT = 258
     ERROR_NO_MORE_ITEMS = 259
@@ -188,6 +193,7 @@ class Win32Error(_Code):
     ERROR_NOACCESS = 998
     ERROR_CONNECTION_REFUSED = 1225
     ERROR_CONNECTION_COUNT_LIMIT = 1238
+    ERROR_NOT_FOUND = 1168
     ERROR_REVISION_MISMATCH = 1306
     ERROR_NO_SYSTEM_RESOURCES = 1450
     ERROR_TIMEOUT = 1460
@@ -319,8 +325,10 @@ _NT_TO_DOS: Final[dict[int, int]] = {
     0xC00000BB: 50,  # STATUS_NOT_SUPPORTED -> ERROR_NOT_SUPPORTED
     0xC00000F1: 87,  # STATUS_INVALID_PARAMETER_3 -> ERROR_INVALID_PARAMETER
     0xC0000120: 995,  # STATUS_CANCELLED -> ERROR_OPERATION_ABORTED
+    0xC0000225: 1168,  # STATUS_NOT_FOUND -> ERROR_NOT_FOUND
     0xC0000236: 1225,  # STATUS_CONNECTION_REFUSED -> ERROR_CONNECTION_REFUSED
     0xC0000246: 1238,  # STATUS_CONNECTION_COUNT_LIMIT -> ERROR_CONNECTION_COUNT_LIMIT
+    0xC0000906: 225,  # STATUS_VIRUS_INFECTED -> ERROR_VIRUS_INFECTED
 }
 
 

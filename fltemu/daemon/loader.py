@@ -80,14 +80,15 @@ async def load_filter(
         raise FilterLoadError(f"--filter {spec!r}: {module_path} has no function {func_name}()")
     flt = daemon.register_filter(name)
     flt.settings = dict(settings or {})
+    teardown = getattr(module, "teardown", None) if func_name == "setup" else None
     try:
         result = entry(flt)
         if inspect.isawaitable(result):
             await result
     except Exception as exc:
-        await flt.unload()
+        # Whatever setup started before it failed is the teardown's to stop.
+        await unload_filters([LoadedFilter(spec, flt, teardown if callable(teardown) else None)])
         raise FilterLoadError(f"--filter {spec!r}: {func_name}() raised {exc!r}") from exc
-    teardown = getattr(module, "teardown", None) if func_name == "setup" else None
     log.info("loaded filter %r (%s)", name, module_path)
     return LoadedFilter(spec, flt, teardown if callable(teardown) else None)
 

@@ -181,12 +181,15 @@ class Filter:
         name: the filter's name.
         settings: string settings for the filter module, from ``fltemu serve --set
             NAME.KEY=VALUE`` (empty when none were given).
+        context: whatever the filter module keeps for itself, like a driver's global data
+            (the built-in samples keep their state there); fltemu never touches it.
     """
 
     def __init__(self, manager: FilterManager, name: str) -> None:
         self.manager = manager
         self.name = name
         self.settings: dict[str, str] = {}
+        self.context: object = None
         self.state = FilterState.REGISTERED
         self._ports: list[ServerPort] = []
         self._unload: asyncio.Task[None] | None = None

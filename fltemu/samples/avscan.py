@@ -70,7 +70,7 @@ Settings (``fltemu serve --filter avscan --set avscan.KEY=VALUE``):
 * ``interval``, ``seed``, ``history`` — as for the scanner (0.2 s, 0, 100 verdicts).
 
 Verdicts are logged at INFO and kept in ``AvScanState.verdicts``; the state is reachable as
-``flt.sample_state`` (or ``state_of(flt)``).
+``flt.context`` (or ``state_of(flt)``).
 Not here: the user half, the sources (``_sources``).
 """
 
@@ -162,7 +162,7 @@ MAX_SECTIONS_PER_SCAN: Final = 16
 ABORT_TIMEOUT: Final = 1.0
 
 #: The attribute of the Filter that holds the sample's state.
-STATE_ATTRIBUTE: Final = "sample_state"
+STATE_ATTRIBUTE: Final = "context"
 #: The settings this sample reads.
 SETTINGS: Final = (
     "source",
@@ -586,7 +586,7 @@ async def _wait(event: asyncio.Event, timeout: float) -> bool:
 
 
 def state_of(flt: Filter) -> AvScanState:
-    """The avscan state on ``flt`` (``flt.sample_state``).
+    """The avscan state on ``flt`` (``flt.context``).
 
     Raises:
         LookupError: ``flt`` is not running this sample.

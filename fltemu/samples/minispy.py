@@ -44,7 +44,7 @@ Settings (``fltemu serve --filter minispy --set minispy.KEY=VALUE``):
 * ``interval`` — seconds between two polls of ``dir:`` (default 0.2).
 * ``seed`` — the ``synthetic:`` generator's seed (default 0).
 
-The state is reachable as ``flt.sample_state`` (or ``state_of(flt)``).
+The state is reachable as ``flt.context`` (or ``state_of(flt)``).
 Not emulated: the Vista+ build's ECP text after a create's name, and FILETAG records.
 Not here: the user half, the sources (``_sources``).
 """
@@ -159,7 +159,7 @@ FILE_DISPOSITION_INFORMATION_CLASS: Final = 13
 FILE_DISPOSITION_INFORMATION_BYTES: Final = 1
 
 #: The attribute of the Filter that holds the sample's state.
-STATE_ATTRIBUTE: Final = "sample_state"
+STATE_ATTRIBUTE: Final = "context"
 #: The settings this sample reads.
 SETTINGS: Final = ("source", "max_records", "interval", "seed")
 DEFAULT_SOURCE: Final = "inject"
@@ -446,7 +446,7 @@ class MiniSpyState:
 
 
 def state_of(flt: Filter) -> MiniSpyState:
-    """The minispy state on ``flt`` (``flt.sample_state``).
+    """The minispy state on ``flt`` (``flt.context``).
 
     Raises:
         LookupError: ``flt`` is not running this sample.

@@ -18,7 +18,7 @@ empty file, nothing is sent and the file is allowed, as the sample does.
 
 Each verdict is logged at INFO (file, safe/unsafe, whether the I/O would be blocked) and kept
 in ``ScannerState.verdicts`` (the latest ``history``). The state is reachable as
-``flt.sample_state`` (or ``state_of(flt)``).
+``flt.context`` (or ``state_of(flt)``).
 
 Settings (``fltemu serve --filter scanner --set scanner.KEY=VALUE``):
 
@@ -97,7 +97,7 @@ SCANNER_REPLY: Final = struct.Struct("<B")
 #: What the sample's user program searches for (scanUser.c's FoulString).
 FOUL_STRING: Final = b"foul"
 #: The attribute of the Filter that holds the sample's state.
-STATE_ATTRIBUTE: Final = "sample_state"
+STATE_ATTRIBUTE: Final = "context"
 
 #: The settings this sample reads.
 SETTINGS: Final = ("source", "extensions", "interval", "seed", "history")
@@ -345,7 +345,7 @@ def parse_extensions(value: str) -> frozenset[str]:
 
 
 def state_of(flt: Filter) -> ScannerState:
-    """The scanner's state on ``flt`` (``flt.sample_state``).
+    """The scanner's state on ``flt`` (``flt.context``).
 
     Raises:
         LookupError: ``flt`` is not running this sample.

@@ -266,3 +266,41 @@ def test_allow_options_widen_the_default_security(args: list[str], expected: str
             assert _connect_as_nobody("\\EchoPort", path).startswith(expected)
         finally:
             assert s.stop()[0] == 0
+
+
+def test_failed_setup_still_runs_teardown(socket_path: str, tmp_path: Path) -> None:
+    marker = tmp_path / "teardown.txt"
+    (tmp_path / "badfilter.py").write_text(
+        textwrap.dedent(
+            f"""
+            async def setup(flt):
+                flt.context = "started something"
+                raise RuntimeError("setup failed halfway")
+
+            async def teardown(flt):
+                open({str(marker)!r}, "w").write(flt.context)
+            """
+        )
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fltemu",
+            "serve",
+            "--address",
+            socket_path,
+            "--filter",
+            "badfilter",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={
+            **os.environ,
+            "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        },
+    )
+    assert proc.returncode == 1
+    assert "setup failed halfway" in proc.stderr
+    assert marker.read_text() == "started something"
