@@ -382,7 +382,7 @@ class DaemonProcess:
         """Send one control command (see ``fltemu.wire.Control``)."""
         return call(Control(PROTOCOL_VERSION, command, *args), self.address)
 
-    def ports(self) -> list[FilterInfo]:
+    def ports(self) -> tuple[FilterInfo, ...]:
         """``fltemu ports``."""
         return self.control("ports").filters
 

@@ -43,19 +43,19 @@ def may_control(process: ProcessInfo) -> bool:
     return process.uid is not None and process.uid in (0, os.geteuid())
 
 
-def snapshot(daemon: Daemon) -> list[FilterInfo]:
+def snapshot(daemon: Daemon) -> tuple[FilterInfo, ...]:
     """Every filter, its ports (closed ones too while they have connections) and connections."""
     filters = []
     for flt in daemon.manager.filters.values():
         ports = [
             _port_info(p) for p in flt._ports if p.state is ServerPortState.OPEN or p.connections
         ]
-        filters.append(FilterInfo(flt.name, flt.state.value, ports))
-    return filters
+        filters.append(FilterInfo(flt.name, flt.state.value, tuple(ports)))
+    return tuple(filters)
 
 
 def _port_info(port: ServerPort) -> PortInfo:
-    connections = [
+    connections = tuple(
         ConnectionInfo(
             id=c.id,
             pid=c.process.pid,
@@ -70,7 +70,7 @@ def _port_info(port: ServerPort) -> PortInfo:
             messages_timed_out=c.messages_timed_out,
         )
         for c in sorted(port.connections, key=lambda c: c.id)
-    ]
+    )
     return PortInfo(
         port.name, port.state.value, port.max_connections, port.connection_count, connections
     )

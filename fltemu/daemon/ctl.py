@@ -55,7 +55,7 @@ def _request(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Contr
     return Control(PROTOCOL_VERSION, "unload", args.filter)
 
 
-def format_ports(filters: list[FilterInfo]) -> str:
+def format_ports(filters: tuple[FilterInfo, ...]) -> str:
     """The human table of ``fltemu ports``."""
     if not filters:
         return "no filters loaded\n"

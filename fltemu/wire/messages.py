@@ -186,7 +186,7 @@ class PortInfo(msgspec.Struct, frozen=True):
     state: str
     max_connections: int
     connection_count: int
-    connections: list[ConnectionInfo] = []
+    connections: tuple[ConnectionInfo, ...] = ()
 
 
 class FilterInfo(msgspec.Struct, frozen=True):
@@ -194,7 +194,7 @@ class FilterInfo(msgspec.Struct, frozen=True):
 
     name: str
     state: str
-    ports: list[PortInfo] = []
+    ports: tuple[PortInfo, ...] = ()
 
 
 class ControlResult(_Message, frozen=True, tag=21):
@@ -209,7 +209,7 @@ class ControlResult(_Message, frozen=True, tag=21):
     status: U32
     message: str = ""
     reply: bytes | None = None
-    filters: list[FilterInfo] = []
+    filters: tuple[FilterInfo, ...] = ()
     count: int = 0
 
 

@@ -131,7 +131,7 @@ async def test_unload_disconnects_and_removes_the_filter(
     with pytest.raises(fltuser.HResultError) as exc:
         await port.send(b"x", 1)
     assert exc.value.hresult == 0x80070006
-    assert (await control(daemon, "ports")).filters == []
+    assert (await control(daemon, "ports")).filters == ()
     await port.aclose()
 
 

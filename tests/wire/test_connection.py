@@ -23,6 +23,8 @@ from fltemu.wire import (
     NEED_DATA,
     Connect,
     ConnectResult,
+    Control,
+    ControlResult,
     GetCancel,
     GetRequest,
     GetResult,
@@ -117,9 +119,14 @@ _REQUEST_FOR: dict[type, Callable[[int], Any]] = {
 def receiver_for(message: Any) -> WireConnection:
     """A connection at the receiving end of ``message``, in a state where it is legal."""
     if isinstance(message, USER_TYPES):
-        return kernel_in(State.IDLE if isinstance(message, Connect) else State.OPEN)
+        first = isinstance(message, Connect | Control)
+        return kernel_in(State.IDLE if first else State.OPEN)
     if isinstance(message, ConnectResult):
         return user_in(State.CONNECTING)
+    if isinstance(message, ControlResult):
+        conn = WireConnection(Role.USER)
+        conn.send(Control(1, "ports"))
+        return conn
     conn = user_in(State.OPEN)
     if type(message) in _REQUEST_FOR:
         conn.send(_REQUEST_FOR[type(message)](message.rid))
@@ -129,9 +136,15 @@ def receiver_for(message: Any) -> WireConnection:
 def sender_for(message: Any) -> WireConnection:
     """A connection at the sending end of ``message``, in a state where it is legal."""
     if isinstance(message, USER_TYPES):
-        return user_in(State.IDLE if isinstance(message, Connect) else State.OPEN)
+        first = isinstance(message, Connect | Control)
+        return user_in(State.IDLE if first else State.OPEN)
     if isinstance(message, ConnectResult):
         return kernel_in(State.CONNECTING)
+    if isinstance(message, ControlResult):
+        conn = WireConnection(Role.KERNEL)
+        conn.receive_data(encode(Control(1, "ports")))
+        assert len(drain(conn)) == 1
+        return conn
     conn = kernel_in(State.OPEN)
     if type(message) in _REQUEST_FOR:
         conn.receive_data(encode(_REQUEST_FOR[type(message)](message.rid)))
@@ -142,6 +155,10 @@ def sender_for(message: Any) -> WireConnection:
 def expected_state_after(message: Any) -> State:
     if isinstance(message, Connect):
         return State.CONNECTING
+    if isinstance(message, Control):
+        return State.CONTROL
+    if isinstance(message, ControlResult):
+        return State.CLOSED
     if isinstance(message, ConnectResult):
         return State.OPEN if message.status < 0x80000000 else State.CLOSED
     if isinstance(message, Goodbye):

@@ -16,13 +16,18 @@ from fltemu.errors import RemoteProtocolError
 from fltemu.wire import (
     PROTOCOL_VERSION,
     Connect,
+    ConnectionInfo,
     ConnectResult,
+    Control,
+    ControlResult,
+    FilterInfo,
     FrameReader,
     GetCancel,
     GetRequest,
     GetResult,
     Goodbye,
     KernelMessage,
+    PortInfo,
     ReplyRequest,
     ReplyResult,
     SendRequest,
@@ -32,8 +37,8 @@ from fltemu.wire import (
 )
 from tests.helpers import frame, raw_frame
 
-USER_TYPES = (Connect, SendRequest, GetRequest, ReplyRequest, GetCancel)
-KERNEL_TYPES = (ConnectResult, SendResult, GetResult, ReplyResult, Goodbye)
+USER_TYPES = (Connect, SendRequest, GetRequest, ReplyRequest, GetCancel, Control)
+KERNEL_TYPES = (ConnectResult, SendResult, GetResult, ReplyResult, Goodbye, ControlResult)
 
 # (message, exact frame bytes). At least one case per message type.
 WIRE_CASES: list[tuple[Any, bytes]] = [
@@ -98,6 +103,47 @@ WIRE_CASES: list[tuple[Any, bytes]] = [
         Goodbye(status=0xC0000037, reason="bye"),
         bytes.fromhex("0b0000009314ce c0000037a3 627965"),
     ),
+    (
+        Control(1, "ports"),
+        b"\x0f\x00\x00\x00\x98\x06\x01\xa5ports\xa0\xc0\xc4\x00\xc0\xc0",
+    ),
+    (
+        Control(1, "send", "\\P", 3, b"hi", 1, 0.5),
+        b"\x1a\x00\x00\x00\x98\x06\x01\xa4send\xa2\\P\x03\xc4\x02hi\x01"
+        b"\xcb?\xe0\x00\x00\x00\x00\x00\x00",
+    ),
+    (ControlResult(1, 0), b"\x08\x00\x00\x00\x97\x15\x01\x00\xa0\xc0\x90\x00"),
+    (
+        # The listing inside is made of maps (readable JSON for `fltemu ports --json`).
+        ControlResult(
+            1,
+            0,
+            "",
+            b"ok",
+            (
+                FilterInfo(
+                    "f",
+                    "registered",
+                    (
+                        PortInfo(
+                            "\\P",
+                            "open",
+                            1,
+                            1,
+                            (ConnectionInfo(7, 100, 0, 0, "connected", 1, 0, 0, 2, 3, 0),),
+                        ),
+                    ),
+                ),
+            ),
+            2,
+        ),
+        b"\xfe\x00\x00\x00\x97\x15\x01\x00\xa0\xc4\x02ok\x91\x83\xa4name\xa1f\xa5state"
+        b"\xaaregistered\xa5ports\x91\x85\xa4name\xa2\\P\xa5state\xa4open\xafmax_connections"
+        b"\x01\xb0connection_count\x01\xabconnections\x91\x8b\xa2id\x07\xa3pidd\xa3uid\x00"
+        b"\xa3gid\x00\xa5state\xa9connected\xafpending_getters\x01\xafblocked_senders\x00"
+        b"\xaeawaiting_reply\x00\xafsends_from_user\x02\xb2messages_delivered\x03"
+        b"\xb2messages_timed_out\x00\x02",
+    ),
 ]
 
 
@@ -157,6 +203,8 @@ def test_tags_are_pinned_and_unique() -> None:
         GetResult: 18,
         ReplyResult: 19,
         Goodbye: 20,
+        Control: 6,
+        ControlResult: 21,
     }
 
 
@@ -261,12 +309,12 @@ def _reader(union: Any) -> FrameReader:
     ("union", "payload"),
     [
         (UserMessage, [0, 1]),
-        (UserMessage, [6, 1]),
+        (UserMessage, [7, 1]),
         (UserMessage, [15, 1]),
         (UserMessage, [16, 1, 0]),  # a kernel tag sent to the kernel
         (UserMessage, [-1, 1]),
         (UserMessage, [2**40, 1]),
-        (KernelMessage, [21, 1]),
+        (KernelMessage, [22, 1]),
         (KernelMessage, [1, 1, "\\P"]),  # a user tag sent to the user
         (KernelMessage, [255]),
     ],
