@@ -133,7 +133,7 @@ async def run_control(daemon: Daemon, request: Control) -> ControlResult:
                 NtStatus.STATUS_OBJECT_NAME_NOT_FOUND,
                 f"no filter named {request.target!r} (loaded: {known})",
             )
-        await flt.unload()
+        await flt.unload_requested()  # its module's teardown first, as FilterUnloadCallback
         return ControlResult(PROTOCOL_VERSION, 0, f"filter {flt.name!r} unloaded")
     if command in ("send", "disconnect"):
         found = _connections(daemon, request)

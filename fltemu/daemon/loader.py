@@ -81,26 +81,25 @@ async def load_filter(
     flt = daemon.register_filter(name)
     flt.settings = dict(settings or {})
     teardown = getattr(module, "teardown", None) if func_name == "setup" else None
+    # The module's teardown is the driver's FilterUnloadCallback: `fltemu unload` and the
+    # daemon's shutdown both run it before the filter is unregistered.
+    flt.unload_callback = teardown if callable(teardown) else None
     try:
         result = entry(flt)
         if inspect.isawaitable(result):
             await result
     except Exception as exc:
         # Whatever setup started before it failed is the teardown's to stop.
-        await unload_filters([LoadedFilter(spec, flt, teardown if callable(teardown) else None)])
+        await flt.unload_requested()
         raise FilterLoadError(f"--filter {spec!r}: {func_name}() raised {exc!r}") from exc
     log.info("loaded filter %r (%s)", name, module_path)
-    return LoadedFilter(spec, flt, teardown if callable(teardown) else None)
+    return LoadedFilter(spec, flt, flt.unload_callback)
 
 
 async def unload_filters(loaded: list[LoadedFilter]) -> None:
-    """Run each module's teardown, then unload its filter; errors are logged, not raised."""
+    """Unload each filter as the Filter Manager would: its teardown, then FltUnregisterFilter.
+
+    Filters already unloaded (``fltemu unload``) are skipped; errors are logged, not raised.
+    """
     for item in reversed(loaded):
-        if item.teardown is not None:
-            try:
-                result = item.teardown(item.filter)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                log.exception("teardown of filter %r raised", item.spec)
-        await item.filter.unload()
+        await item.filter.unload_requested()

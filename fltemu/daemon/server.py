@@ -140,7 +140,7 @@ class Daemon:
         server.close()
         self.manager.rundown_timeout = self.shutdown_grace
         for flt in list(self.manager.filters.values()):
-            await flt.unload()
+            await flt.unload_requested()
         for session in list(self._sessions):
             session.close()
         while self._tasks:

@@ -183,6 +183,8 @@ class Filter:
             NAME.KEY=VALUE`` (empty when none were given).
         context: whatever the filter module keeps for itself, like a driver's global data
             (the built-in samples keep their state there); fltemu never touches it.
+        unload_callback: the FilterUnloadCallback: run by ``unload_requested`` (``fltemu
+            unload``, daemon shutdown) before the filter is unregistered; ``None`` for none.
     """
 
     def __init__(self, manager: FilterManager, name: str) -> None:
@@ -190,6 +192,7 @@ class Filter:
         self.name = name
         self.settings: dict[str, str] = {}
         self.context: object = None
+        self.unload_callback: Callable[[Filter], Any] | None = None
         self.state = FilterState.REGISTERED
         self._ports: list[ServerPort] = []
         self._unload: asyncio.Task[None] | None = None
@@ -355,6 +358,23 @@ class Filter:
         if self._unload is None:
             self._unload = asyncio.get_running_loop().create_task(self._unload_steps())
         await asyncio.shield(self._unload)
+
+    async def unload_requested(self) -> None:
+        """The Filter Manager unloads the filter (``fltmc unload``): FilterUnloadCallback, then
+        FltUnregisterFilter.
+
+        The callback runs once, however often this is called; an exception from it is logged
+        and the filter is unloaded all the same (fltemu cannot refuse an unload).
+        """
+        callback, self.unload_callback = self.unload_callback, None
+        if callback is not None:
+            try:
+                result = callback(self)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("the unload callback of filter %r raised", self.name)
+        await self.unload()
 
     async def _unload_steps(self) -> None:
         self.state = FilterState.UNLOADING

@@ -135,3 +135,42 @@ def test_every_command_has_help_with_examples(command: str) -> None:
     )
     assert proc.returncode == 0
     assert "examples:" in proc.stdout and "root and the daemon's own user" in proc.stdout
+
+
+def test_unload_runs_the_module_teardown_first(socket_path: str, tmp_path: Path) -> None:
+    # `fltemu unload` is fltmc unload: FilterUnloadCallback (the module's teardown), then
+    # FltUnregisterFilter, while the daemon keeps running.
+    import os
+    import textwrap
+
+    from .test_cli import start
+
+    marker = tmp_path / "teardown.txt"
+    (tmp_path / "tdfilter.py").write_text(
+        textwrap.dedent(
+            f"""
+            async def setup(flt):
+                await flt.create_communication_port(
+                    "\\\\Td",
+                    connect_notify=lambda cp, cookie, ctx: 0,
+                    disconnect_notify=lambda cookie: None,
+                    max_connections=1,
+                )
+
+            async def teardown(flt):
+                ports = [p.name for p in flt.server_ports]
+                open({str(marker)!r}, "a").write(f"teardown with ports open: {{ports}}\\n")
+            """
+        )
+    )
+    s = start(
+        ["--address", socket_path, "--filter", "tdfilter"],
+        env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"},
+    )
+    try:
+        proc = fltemu("unload", "tdfilter", address=socket_path)
+        assert proc.returncode == 0, proc.stderr
+        assert marker.read_text() == "teardown with ports open: ['\\\\Td']\n"
+    finally:
+        assert s.stop()[0] == 0
+    assert marker.read_text().count("teardown") == 1  # not run again at shutdown
