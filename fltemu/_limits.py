@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "MAX_CONTEXT_BYTES"]
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "FILTER_HEADER_BYTES", "MAX_CONTEXT_BYTES"]
 
 #: Default limit on one message's payload (data of a send, get or reply). Windows has no
 #: limit but 32-bit lengths (§6.5); a daemon has to bound what one peer can make it buffer.
@@ -14,3 +14,7 @@ DEFAULT_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 
 #: FilterConnectCommunicationPort's context size is a WORD (§3.1).
 MAX_CONTEXT_BYTES: Final = 0xFFFF
+
+#: sizeof(FILTER_MESSAGE_HEADER) == sizeof(FILTER_REPLY_HEADER) (§4): a getter's buffer holds
+#: this header before the message, and the kernel's reply length is advertised plus this.
+FILTER_HEADER_BYTES: Final = 16

@@ -7,13 +7,24 @@ An ``asyncio.BufferedProtocol`` feeds the shared core; each request's waiter is 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import cast
+from typing import Any, TypeVar, cast
 
 from fltemu.wire import resolve_address
 
-from ._base import READ_BUFFER_BYTES, Completion, Message, PortCore, PortState, connect_error
+from ._base import (
+    CLOSE_WAIT_SECONDS,
+    FLT_PORT_FLAG_SYNC_HANDLE,
+    READ_BUFFER_BYTES,
+    Completion,
+    Message,
+    PortCore,
+    PortState,
+    connect_error,
+)
 
 __all__ = ["AsyncPort", "aconnect"]
 
@@ -24,6 +35,8 @@ class _Protocol(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self._view = memoryview(bytearray(READ_BUFFER_BYTES))
         self._resume: asyncio.Future[None] | None = None
+        #: Resolved when the connection is gone.
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing asyncio.Transport.
@@ -34,14 +47,35 @@ class _Protocol(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         done, out = self.core.receive(self._view[:nbytes])
-        if out and self.transport is not None:
-            self.transport.write(out)
-        _complete(done)
+        self.write(out)
+        self.complete(done)
 
     def eof_received(self) -> bool:
         done, _ = self.core.receive(b"")
-        _complete(done)
+        self.complete(done)
         return False
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if data and transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def complete(self, done: list[Completion]) -> None:
+        """Resolve the futures of answered requests."""
+        for waiter, value, error in done:
+            assert isinstance(waiter, asyncio.Future)
+            if not waiter.done():
+                if error is not None:
+                    waiter.set_exception(error)
+                else:
+                    waiter.set_result(value)
+            elif error is None and isinstance(value, Message):
+                # Its get was cancelled a moment before this message reached it (the task
+                # has not run its except block yet): the message goes to the next reader.
+                more, out = self.core.requeue(value)
+                self.write(out)
+                self.complete(more)
+            # Any other late answer for a cancelled request is dropped quietly.
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = (
@@ -49,7 +83,9 @@ class _Protocol(asyncio.BufferedProtocol):
             if exc
             else "the daemon closed the connection"
         )
-        _complete(self.core.connection_lost(reason))
+        self.complete(self.core.connection_lost(reason))
+        if not self.lost.done():
+            self.lost.set_result(None)
         if self._resume is not None and not self._resume.done():
             self._resume.set_result(None)
 
@@ -66,15 +102,21 @@ class _Protocol(asyncio.BufferedProtocol):
             await self._resume
 
 
-def _complete(done: list[Completion]) -> None:
-    for waiter, value, error in done:
-        assert isinstance(waiter, asyncio.Future)
-        if waiter.done():
-            continue  # its caller was cancelled; a late answer is dropped quietly
-        if error is not None:
-            waiter.set_exception(error)
-        else:
-            waiter.set_result(value)
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def _serialized(method: F) -> F:
+    """Calls on a FLT_PORT_FLAG_SYNC_HANDLE handle run one at a time (see ``Port``)."""
+
+    @functools.wraps(method)
+    async def wrapper(self: AsyncPort, *args: Any, **kwargs: Any) -> Any:
+        serial = self._serial
+        if serial is None:
+            return await method(self, *args, **kwargs)
+        async with serial:
+            return await method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 class AsyncPort:
@@ -87,6 +129,8 @@ class AsyncPort:
     def __init__(self, protocol: _Protocol) -> None:
         self._protocol = protocol
         self._core = protocol.core
+        sync_handle = self._core.options & FLT_PORT_FLAG_SYNC_HANDLE
+        self._serial = asyncio.Lock() if sync_handle else None
 
     def __repr__(self) -> str:
         return f"<fltuser.AsyncPort {self._core.port_name!r} {self._core.state.value}>"
@@ -113,10 +157,9 @@ class AsyncPort:
         await self.aclose()
 
     def _write(self, frame: bytes) -> None:
-        transport = self._protocol.transport
-        if transport is not None and not transport.is_closing():
-            transport.write(frame)
+        self._protocol.write(frame)
 
+    @_serialized
     async def send(self, data: bytes, out_size: int = 0) -> bytes:
         """FilterSendMessage; see ``Port.send`` for the results and HRESULTs."""
         await self._protocol.drain()
@@ -124,16 +167,17 @@ class AsyncPort:
         self._write(self._core.send_request(data, out_size, waiter))
         return await waiter
 
+    @_serialized
     async def get_message(self, buffer_size: int, timeout: float | None = None) -> Message:
         """FilterGetMessage; see ``Port.get_message``.
 
         Cancelling the task, like a timeout, withdraws the getter; a message already on its
         way goes to the next reader.
         """
+        await self._protocol.drain()  # first: a message may be stashed while we wait here
         stashed = self._core.take_stashed(buffer_size)
         if stashed is not None:
             return stashed
-        await self._protocol.drain()
         waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         rid, frame = self._core.get_request(buffer_size, waiter)
         self._write(frame)
@@ -143,16 +187,18 @@ class AsyncPort:
             async with asyncio.timeout(timeout):
                 return await waiter
         except (asyncio.CancelledError, TimeoutError):
-            if not waiter.done() or waiter.cancelled():
-                self._write(self._core.abandon_get(rid))
-            elif waiter.exception() is None:
-                # The message came just as we gave up: it goes to the next reader.
+            cancel = self._core.abandon_get(rid)
+            if cancel:
+                self._write(cancel)
+            elif cancel is None and not waiter.cancelled() and waiter.exception() is None:
+                # The message came just as we gave up: it goes to the next reader. (One that
+                # reached the cancelled future was requeued by the protocol already.)
                 done, out = self._core.requeue(waiter.result())
-                if out:
-                    self._write(out)
-                _complete(done)
+                self._protocol.write(out)
+                self._protocol.complete(done)
             raise
 
+    @_serialized
     async def reply(self, message_id: int, data: bytes = b"", status: int = 0) -> None:
         """FilterReplyMessage; see ``Port.reply``."""
         await self._protocol.drain()
@@ -161,12 +207,27 @@ class AsyncPort:
         await waiter
 
     async def aclose(self) -> None:
-        """CloseHandle: disconnect; the filter's DisconnectNotify runs. Closing twice is fine."""
+        """CloseHandle: disconnect, and return once the filter's DisconnectNotify has run.
+
+        Outstanding calls fail with E_HANDLE. Closing twice is fine.
+        """
         if self._core.state is PortState.CLOSED:
             return
-        _complete(self._core.close())
+        self._protocol.complete(self._core.close())
         transport = self._protocol.transport
-        if transport is not None:
+        if transport is None or transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        # Half-close: the daemon runs the teardown, then closes its end.
+        transport.write_eof()
+        try:
+            async with asyncio.timeout(CLOSE_WAIT_SECONDS):
+                await asyncio.shield(self._protocol.lost)
+        except TimeoutError:
+            pass
+        finally:
             transport.close()
 
 

@@ -28,6 +28,8 @@ from fltemu.errors import (
 from fltemu.status import HResult, NtStatus, Win32Error, hresult_from_win32, nt_success
 from fltemu.wire import (
     EOF,
+    FILTER_HEADER_BYTES,
+    MAX_CONTEXT_BYTES,
     NEED_DATA,
     PROTOCOL_VERSION,
     Connect,
@@ -54,12 +56,12 @@ __all__ = [
     "PortState",
 ]
 
-#: sizeof(FILTER_MESSAGE_HEADER) and sizeof(FILTER_REPLY_HEADER) (§4).
-FILTER_HEADER_BYTES: Final = 16
 #: FilterConnectCommunicationPort option: a synchronous handle (§3.1).
 FLT_PORT_FLAG_SYNC_HANDLE: Final = 0x00000001
-#: The context size is a WORD (§3.1).
-MAX_CONTEXT_BYTES: Final = 0xFFFF
+#: How long CloseHandle waits for the daemon to finish the connection's teardown (its
+#: DisconnectNotify). Windows waits as long as it takes; a client library must not hang on a
+#: daemon that is stuck, so it gives up and closes after this many seconds.
+CLOSE_WAIT_SECONDS: Final = 10.0
 #: The largest DWORD / ULONG.
 _ULONG_MAX: Final = 0xFFFFFFFF
 #: Bytes read per recv: 64 pipelined 1 KiB answers in one system call.
@@ -245,14 +247,18 @@ class PortCore:
         self._pending[rid] = _Pending(ReplyRequest, waiter)
         return frame
 
-    def abandon_get(self, rid: int) -> bytes:
+    def abandon_get(self, rid: int) -> bytes | None:
         """A get's caller gave up (cancelled, timed out): withdraw its getter.
 
-        Returns the GetCancel frame to write (empty if the get is already answered). A
-        message that was already on its way is routed to the next reader.
+        Returns the GetCancel frame to write (empty when none is needed), or ``None`` when the
+        get was answered already: its answer is on its way to the waiter, and the caller must
+        take it (or ``requeue`` a message) rather than lose it. A message that arrives later
+        for an abandoned get is routed to the next reader.
         """
         pending = self._pending.get(rid)
-        if pending is None or pending.abandoned:
+        if pending is None:
+            return None
+        if pending.abandoned:
             return b""
         pending.abandoned = True
         if self.wire.state is not State.OPEN:
@@ -286,6 +292,10 @@ class PortCore:
             The completions to apply to the flavour's futures, and bytes to write (cancels of
             gets whose message went to another reader).
         """
+        if self.state is PortState.CLOSED:
+            # CloseHandle failed every outstanding call already; late answers (the daemon
+            # still answers until its teardown ends) have nobody to go to.
+            return [], b""
         wire = self.wire
         wire.receive_data(data)
         done: list[Completion] = []
@@ -298,9 +308,10 @@ class PortCore:
             if event is NEED_DATA:
                 break
             cls = type(event)
-            if getattr(event, "status", _SUCCESS) == _DISCONNECTED and cls is not Goodbye:
+            if (cls is GetResult or cls is ReplyResult) and event.status == _DISCONNECTED:  # type: ignore[attr-defined]
                 # The kernel side is gone (close_client_port, unload): the handle stays
-                # open but every later call fails with 0x80070006 (§6.6).
+                # open but every later call fails with 0x80070006 (§6.6). (Not from a
+                # SendResult: a MessageNotify may return that status for one call.)
                 self._kernel_disconnected()
             if cls is SendResult:
                 self._on_send(event, done)  # type: ignore[arg-type]
@@ -415,7 +426,7 @@ class PortCore:
             done.append((chosen[1].waiter, None, _buffer_too_small(message.size)))
             self._stash.append(message)
         # Its own getter in the daemon is withdrawn; what it brings is routed again.
-        self._out += self.abandon_get(chosen[0])
+        self._out += self.abandon_get(chosen[0]) or b""
 
     def _end(
         self,

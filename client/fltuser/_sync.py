@@ -10,18 +10,53 @@ Not here: fltlib's rules (``_base``).
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import math
 import os
 import select
 import socket
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
+from typing import Any, TypeVar
 
 from fltemu.wire import resolve_address
 
-from ._base import READ_BUFFER_BYTES, Completion, Message, PortCore, PortState, connect_error
+from ._base import (
+    CLOSE_WAIT_SECONDS,
+    FLT_PORT_FLAG_SYNC_HANDLE,
+    READ_BUFFER_BYTES,
+    Completion,
+    Message,
+    PortCore,
+    PortState,
+    connect_error,
+)
 
 __all__ = ["Port", "connect"]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _serialized(method: F) -> F:
+    """Calls on a FLT_PORT_FLAG_SYNC_HANDLE handle run one at a time (§3.1, §9.7 policy).
+
+    On Windows the I/O manager serializes calls on a synchronous file object, so a thread
+    blocked in FilterGetMessage holds up the others' calls on that handle.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: Port, *args: Any, **kwargs: Any) -> Any:
+        serial = self._serial
+        if serial is None:
+            return method(self, *args, **kwargs)
+        with serial:
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 class _Waiter:
@@ -54,6 +89,9 @@ class Port:
         self._read_lock = threading.Lock()  # who reads the socket (the leader)
         self._cv = threading.Condition(threading.Lock())  # answers arrived / leader left
         self._followers = 0  # threads waiting on _cv; notify only when there are any
+        self._serial = threading.Lock() if core.options & FLT_PORT_FLAG_SYNC_HANDLE else None
+        self._poller = select.poll()
+        self._poller.register(sock, select.POLLIN)
         self._rbuf = memoryview(bytearray(READ_BUFFER_BYTES))
         self._backlog = bytearray()  # frames the leader could not write itself
 
@@ -83,6 +121,7 @@ class Port:
 
     # --- fltlib ------------------------------------------------------------------------------
 
+    @_serialized
     def send(self, data: bytes, out_size: int = 0) -> bytes:
         """FilterSendMessage: run the filter's MessageNotify and return its output.
 
@@ -103,6 +142,7 @@ class Port:
         self._request(lambda: self._core.send_request(data, out_size, waiter))
         return self._wait(waiter, None)  # type: ignore[return-value]
 
+    @_serialized
     def get_message(self, buffer_size: int, timeout: float | None = None) -> Message:
         """FilterGetMessage (synchronous): wait for a kernel message.
 
@@ -133,10 +173,15 @@ class Port:
         except TimeoutError:
             with self._lock:
                 cancel = self._core.abandon_get(rid)
+            if cancel is None:
+                # Answered just as we gave up: the reading thread is handing the answer over
+                # right now. Take it: a message must never be lost (API.md §5a).
+                return self._take_answer(waiter)  # type: ignore[return-value]
             if cancel:
                 self._write(cancel)
             raise
 
+    @_serialized
     def reply(self, message_id: int, data: bytes = b"", status: int = 0) -> None:
         """FilterReplyMessage: answer the kernel message ``message_id``.
 
@@ -155,19 +200,40 @@ class Port:
         self._wait(waiter, None)
 
     def close(self) -> None:
-        """CloseHandle: disconnect; the filter's DisconnectNotify runs. Closing twice is fine."""
+        """CloseHandle: disconnect, and return once the filter's DisconnectNotify has run.
+
+        Outstanding calls on other threads fail with E_HANDLE. Closing twice is fine.
+        """
         with self._lock:
             if self._core.state is PortState.CLOSED:
                 return
             done = self._core.close()
         self._complete(done)
+        # Half-close: the daemon runs the teardown, then closes its end (EOF for us).
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + CLOSE_WAIT_SECONDS
+        # A leader blocked in recv sees that EOF and leaves; if the daemon is stuck, kick it.
+        if not self._read_lock.acquire(timeout=CLOSE_WAIT_SECONDS):
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+            self._read_lock.acquire()
         try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        # The leader, if any, wakes with EOF; it no longer touches the socket after that.
-        with self._read_lock:
+            self._drain_until_eof(deadline)
             self._sock.close()
+        finally:
+            self._read_lock.release()
+
+    def _drain_until_eof(self, deadline: float) -> None:
+        # Holding _read_lock. Answers still in flight are for calls that already failed.
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                if not self._poller.poll(max(1, math.ceil(remaining * 1000))):
+                    return
+                if not self._sock.recv_into(self._rbuf):
+                    return
+            except OSError:
+                return
 
     # --- plumbing ----------------------------------------------------------------------------
 
@@ -233,6 +299,16 @@ class Port:
                 raise TimeoutError("no message arrived in time")
         return waiter.result()
 
+    def _take_answer(self, waiter: _Waiter) -> object:
+        with self._cv:
+            self._followers += 1
+            try:
+                while not waiter.done:
+                    self._cv.wait()
+            finally:
+                self._followers -= 1
+        return waiter.result()
+
     def _read_once(self, deadline: float | None) -> bool:
         """Read once and complete what came; False on timeout."""
         if self._is_closed:
@@ -241,11 +317,8 @@ class Port:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            try:
-                ready, _, _ = select.select([self._sock], [], [], remaining)
-            except (OSError, ValueError):
-                ready = [self._sock]
-            if not ready:
+            # poll, not select: select cannot watch descriptors >= FD_SETSIZE (1024).
+            if not self._poller.poll(max(1, math.ceil(remaining * 1000))):
                 return False
         try:
             n = self._sock.recv_into(self._rbuf)

@@ -133,25 +133,31 @@ class Daemon:
         log.info("listening on %s", path)
 
     async def shutdown(self) -> None:
-        """Stop accepting, unload every filter (DisconnectNotify for each connection), close."""
+        """Stop accepting, unload every filter (DisconnectNotify for each connection), close.
+
+        Every wait is bounded by ``shutdown_grace``: a filter callback that never returns is
+        cancelled (and logged) rather than keeping the daemon alive.
+        """
         server, self._server = self._server, None
         if server is None:
             return
         server.close()
         self.manager.rundown_timeout = self.shutdown_grace
         for flt in list(self.manager.filters.values()):
-            await flt.unload_requested()
+            try:
+                async with asyncio.timeout(self.shutdown_grace * 2):
+                    await flt.unload_requested()
+            except TimeoutError:
+                log.error("filter %r did not unload within %.1f s", flt.name, self.shutdown_grace)
         for session in list(self._sessions):
             session.close()
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._finish_tasks()
         # Sessions close asynchronously; give their connection_lost a chance to run.
         for _ in range(100):
             if not self._sessions:
                 break
             await asyncio.sleep(0.01)
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._finish_tasks()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(server.wait_closed(), 1.0)
         self._unlink_socket()
@@ -166,6 +172,19 @@ class Daemon:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+
+    async def _finish_tasks(self) -> None:
+        # Connects, teardowns and control commands still running: give them the grace, then
+        # cancel what is left (a DisconnectNotify that never returns, say).
+        while self._tasks:
+            tasks = list(self._tasks)
+            _, pending = await asyncio.wait(tasks, timeout=self.shutdown_grace)
+            if pending:
+                log.error("cancelling %d task(s) still running at shutdown", len(pending))
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending, timeout=self.shutdown_grace)
+                self._tasks.difference_update(pending)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

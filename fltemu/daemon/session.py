@@ -115,11 +115,29 @@ class Session(asyncio.BufferedProtocol):
     def eof_received(self) -> bool:
         self._wire.receive_data(b"")
         self._process_events()
-        return False  # let the transport close itself
+        port = self.port
+        if port is None or self._closing:
+            return False  # let the transport close itself
+        # CloseHandle returns only after DisconnectNotify (§2.4): the client half-closed and
+        # waits for our end to close, which happens once the teardown has run, so that a
+        # close followed by a reconnect finds the connection slot free (§6.4).
+        self._closing = True
+        port.user_closing()
+        self._daemon._spawn(self._close_after_teardown(port))
+        return True
+
+    async def _close_after_teardown(self, port: ClientPort) -> None:
+        try:
+            await port.user_close()
+        finally:
+            if self._transport is not None and not self._closed:
+                self._transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._daemon._sessions.discard(self)
+        if self.port is not None:
+            self.port.user_closing()
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
@@ -209,7 +227,12 @@ class Session(asyncio.BufferedProtocol):
         rid = request.rid
 
         def done(task: asyncio.Task[tuple[NtStatus, bytes]]) -> None:
-            if task.cancelled() or self._closed:
+            if self._closed:
+                return
+            if task.cancelled():
+                # Cancelled by the rundown: the connection is going, and its caller must
+                # not wait for ever.
+                self._send(SendResult(rid, int(NtStatus.STATUS_PORT_DISCONNECTED)))
                 return
             status, out = task.result()
             self._send(SendResult(rid, int(status), out))
@@ -282,8 +305,12 @@ class Session(asyncio.BufferedProtocol):
         try:
             self._wire.send_into(message, self._out)
         except LocalProtocolError as exc:
-            # Only reachable through a bug: the kernel answering something never asked.
-            log.error("%s: not sent: %s", self._peer(), exc)
+            # Only reachable through a bug: the kernel answering something never asked. The
+            # wire is now in ERROR and drops every later answer, so end the connection
+            # rather than leave the client waiting.
+            log.error("%s: not sent, disconnecting: %s", self._peer(), exc)
+            self._closing = False
+            self._close_after_flush()
             return
         if not self._in_batch and self._flush_handle is None and not self._closed:
             # Completions from kernel tasks: coalesce everything this loop iteration produces.
@@ -301,6 +328,8 @@ class Session(asyncio.BufferedProtocol):
         if self._transport is not None and not self._closed and not self._closing:
             self._flush()
             self._closing = True
+            if self.port is not None:
+                self.port.user_closing()
             self._transport.close()
 
     def _fail(self, exc: RemoteProtocolError) -> None:

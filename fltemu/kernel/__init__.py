@@ -151,17 +151,12 @@ class FilterManager:
         try:
             status, cookie = await flt._call_connect_notify(client_port, context)
         except BaseException:
-            client_port._release_slot()
-            client_port.state = ClientPortState.DISCONNECTED
-            client_port.queues.fail_all()  # a send started from ConnectNotify must not hang
+            client_port._refuse()
             raise
         if nt_success(status) and flt.state is not FilterState.REGISTERED:
             status = NtStatus.STATUS_FLT_DELETING_OBJECT
         if not nt_success(status):
-            # Refused: freed, slot given back, no DisconnectNotify (§2.3).
-            client_port._release_slot()
-            client_port.state = ClientPortState.DISCONNECTED
-            client_port.queues.fail_all()  # sends on the freed port: STATUS_PORT_DISCONNECTED
+            client_port._refuse()
             raise error_for(status, f"ConnectNotify of {port_name!r} refused: {status}")
         client_port.cookie = cookie
         if client_port.is_kernel_closed:
@@ -196,6 +191,7 @@ class Filter:
         self.state = FilterState.REGISTERED
         self._ports: list[ServerPort] = []
         self._unload: asyncio.Task[None] | None = None
+        self._unload_request: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<Filter {self.name!r} {self.state.value} ports={len(self.server_ports)}>"
@@ -220,6 +216,7 @@ class Filter:
         server_port_cookie: object = None,
         case_insensitive: bool = True,
         security: SecurityDescriptor | None = None,
+        notify_after_close_client_port: bool = True,
     ) -> ServerPort:
         """FltCreateCommunicationPort: create a named server port (§2.1).
 
@@ -235,6 +232,10 @@ class Filter:
                 Connecting always needs the exact name.
             security: who may connect; ``None`` is the default descriptor (root and the
                 daemon's user, plus whatever ``fltemu serve --allow-*`` added).
+            notify_after_close_client_port: whether DisconnectNotify still runs when the
+                user closes a handle whose connection the filter already closed with
+                ``close_client_port``. Windows' behaviour is unknown (§9.1); fltemu calls it
+                (once per connection) unless told not to.
 
         Returns:
             The server port.
@@ -266,6 +267,7 @@ class Filter:
             server_port_cookie=server_port_cookie,
             case_insensitive=case_insensitive,
             security=security if security is not None else self.manager.default_security,
+            notify_after_close_client_port=notify_after_close_client_port,
         )
         self.manager.namespace.insert(port)
         self._ports.append(port)
@@ -282,6 +284,16 @@ class Filter:
             raise error_for(NtStatus.STATUS_INVALID_HANDLE, f"{server_port!r} is not open")
         server_port.state = ServerPortState.CLOSED
         self.manager.namespace.remove(server_port)
+        self._forget_if_done(server_port)
+
+    def _forget_if_done(self, server_port: ServerPort) -> None:
+        # A closed port is kept only while it still has connections (they use its callbacks).
+        if (
+            server_port.state is ServerPortState.CLOSED
+            and not server_port.connections
+            and server_port in self._ports
+        ):
+            self._ports.remove(server_port)
 
     async def send_message(
         self,
@@ -366,6 +378,13 @@ class Filter:
         The callback runs once, however often this is called; an exception from it is logged
         and the filter is unloaded all the same (fltemu cannot refuse an unload).
         """
+        if self._unload_request is None:
+            # One task, shielded: a caller that goes away (Ctrl-C on `fltemu unload`) must not
+            # leave the filter half torn down, and a second caller waits for the same end.
+            self._unload_request = asyncio.get_running_loop().create_task(self._request_unload())
+        await asyncio.shield(self._unload_request)
+
+    async def _request_unload(self) -> None:
         callback, self.unload_callback = self.unload_callback, None
         if callback is not None:
             try:
@@ -420,9 +439,17 @@ class Filter:
 
     async def _notify_disconnect(self, client_port: ClientPort) -> None:
         notify: Callable[[object], Any] = client_port.server_port.disconnect_notify
+        grace = self.manager.rundown_timeout  # None (wait as Windows does) until shutdown
         try:
             result = notify(client_port.cookie)
             if inspect.isawaitable(result):
-                await result
+                async with asyncio.timeout(grace):
+                    await result
+        except TimeoutError:
+            log.error(
+                "DisconnectNotify of port %r did not return within %.1f s; abandoned",
+                client_port.server_port.name,
+                grace,
+            )
         except Exception:
             log.exception("DisconnectNotify of port %r raised", client_port.server_port.name)

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from .._limits import FILTER_HEADER_BYTES
 from ..status import NtStatus
 from .channel import Channel
 
@@ -42,8 +43,6 @@ __all__ = [
     "timeout_from_large_integer",
 ]
 
-#: sizeof(FILTER_MESSAGE_HEADER) == sizeof(FILTER_REPLY_HEADER) (§4).
-FILTER_HEADER_BYTES: Final = 16
 
 _SUCCESS: Final = NtStatus.STATUS_SUCCESS
 _TIMEOUT: Final = NtStatus.STATUS_TIMEOUT
@@ -136,7 +135,6 @@ class MessageQueues:
         "_replies",
         "_senders",
         "is_failed",
-        "min_waiter_len",
         "on_event",
     )
 
@@ -148,9 +146,6 @@ class MessageQueues:
         self._senders: dict[PendingSend, None] = {}
         self._replies: dict[int, PendingSend] = {}
         self._next_message_id = 1
-        #: The smallest size a bounced sender needs (fltmgr's MinWaiterLen, §6.1); shown in
-        #: diagnostics only, the matching below looks at each sender's own need.
-        self.min_waiter_len = 0xFFFFFFFF
         self.is_failed = False
         self.on_event = on_event
 
@@ -319,9 +314,9 @@ class MessageQueues:
         return token, getters.pop(token)
 
     def _bounce(self, token: object, pending: PendingSend) -> None:
+        # fltmgr keeps the smallest need of bounced senders (MinWaiterLen) to decide whom a
+        # new getter wakes; matching each bounced sender against its own need is the same.
         pending.bounced = True
-        if pending.need < self.min_waiter_len:
-            self.min_waiter_len = pending.need
         if self.on_event is not None:
             self.on_event("bounce")
         self._channel.complete_get(token, _TOO_SMALL, required_size=pending.need)

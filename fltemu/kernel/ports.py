@@ -26,8 +26,9 @@ Teardown, as the lifecycle matrix of §6.6 has it:
   STATUS_PORT_DISCONNECTED at once; later user calls on the still open handle get it too
   (0x80070006); later ``send_message`` on the port returns it immediately; the slot is
   released now. DisconnectNotify still runs once, when the user closes its handle (§9.1
-  policy: once per connection, the cookie tells connections apart). Calling it again, or
-  from DisconnectNotify, does nothing more.
+  policy: once per connection, the cookie tells connections apart; a port created with
+  ``notify_after_close_client_port=False`` skips it). Calling it again, or from
+  DisconnectNotify, does nothing more.
 * **Filter unload**. Every connection: as a user close (senders, getters, rundown,
   DisconnectNotify); the user's handle stays open and answers 0x80070006.
 * DisconnectNotify runs at most once per connection, after every in-flight MessageNotify of
@@ -95,6 +96,7 @@ class ServerPort:
         server_port_cookie: object,
         case_insensitive: bool,
         security: SecurityDescriptor,
+        notify_after_close_client_port: bool = True,
     ) -> None:
         self.filter = filter
         self.name = name
@@ -105,6 +107,7 @@ class ServerPort:
         self.server_port_cookie = server_port_cookie
         self.case_insensitive = case_insensitive
         self.security = security
+        self.notify_after_close_client_port = notify_after_close_client_port
         self.state = ServerPortState.OPEN
         self.connection_count = 0
         self.connections: set[ClientPort] = set()
@@ -237,8 +240,20 @@ class ClientPort:
             return self._start_task(self._await_message_notify(result, out_size))
         return self._message_outcome(result, out_size)
 
+    def user_closing(self) -> None:
+        """The synchronous start of CloseHandle's cleanup (§2.4 steps 1-3).
+
+        From now on blocked senders and pending getters have STATUS_PORT_DISCONNECTED and new
+        ones are refused, before any task runs: a message sent in the meantime must not count
+        as delivered to a process that is gone. ``user_close`` finishes the teardown.
+        """
+        if self.state is ClientPortState.CONNECTED:
+            self.state = ClientPortState.DISCONNECTING
+        self.queues.fail_all()
+
     async def user_close(self) -> None:
         """CloseHandle on the user's handle: the teardown of §2.4, once."""
+        self.user_closing()
         await self._run_down()
 
     # --- the kernel half (called through Filter) --------------------------------------------
@@ -278,6 +293,13 @@ class ClientPort:
             result = await awaitable
         except StatusError as exc:
             return exc.status, b""
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # we are being cancelled (rundown grace): let it through
+            # Something the callback awaited was cancelled under it: a callback failure.
+            log.error("MessageNotify of port %r was cancelled from inside", self.server_port.name)
+            return _UNSUCCESSFUL, b""
         except Exception:
             log.exception("MessageNotify of port %r raised", self.server_port.name)
             return _UNSUCCESSFUL, b""
@@ -335,6 +357,13 @@ class ClientPort:
             return _NO_RESOURCES, b""
         return status, out
 
+    def _refuse(self) -> None:
+        # ConnectNotify refused (or the connect was cancelled): freed, slot given back, no
+        # DisconnectNotify (§2.3); a send started from ConnectNotify must not hang.
+        self._release_slot()
+        self.state = ClientPortState.DISCONNECTED
+        self.queues.fail_all()
+
     def _release_slot(self) -> None:
         if self.has_slot:
             self.has_slot = False
@@ -360,19 +389,23 @@ class ClientPort:
                 )
                 for task in pending:
                     task.cancel()
-                await asyncio.wait(pending)
+                await asyncio.wait(pending, timeout=grace)
 
     async def _teardown_steps(self) -> None:
+        # Whether the filter ended this connection before the user closed it (§9.1).
+        kernel_closed_first = self.is_kernel_closed
         if self.state is ClientPortState.CONNECTED:
             self.state = ClientPortState.DISCONNECTING
         self.queues.fail_all()
         if self._inflight:
             await self._wait_inflight()
-        if not self._notified and self.state is not ClientPortState.CONNECTING:
+        skip = kernel_closed_first and not self.server_port.notify_after_close_client_port
+        if not self._notified and self.state is not ClientPortState.CONNECTING and not skip:
             self._notified = True
             await self.server_port.filter._notify_disconnect(self)
         self.state = ClientPortState.DISCONNECTED
         self.server_port.connections.discard(self)
+        self.server_port.filter._forget_if_done(self.server_port)
         if self.has_slot and not self.is_kernel_closed:
             log.debug(
                 "port %r: DisconnectNotify of connection #%d did not call close_client_port; "

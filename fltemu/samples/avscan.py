@@ -504,7 +504,13 @@ class AvScanState:
         """AvDisconnectNotifyCallback: FltCloseClientPort on the global for the cookie's type."""
         if not isinstance(cookie, AvConnectionType):
             return
-        port, self.client_ports[cookie] = self.client_ports[cookie], None
+        # A late DisconnectNotify (the user closed a handle whose connection was already
+        # closed with close_client_port, §9.1) must not close a newer, live connection
+        # that took the global since: the real sample has that hazard, fltemu's samples not.
+        current = self.client_ports[cookie]
+        if current is not None and current.is_connected:
+            return
+        port, self.client_ports[cookie] = current, None
         await self.flt.close_client_port(port)
         log.info("avscan: %s disconnected", cookie.name)
 

@@ -365,6 +365,11 @@ class MiniSpyState:
 
     async def disconnect_notify(self, cookie: object) -> None:
         """SpyDisconnect: FltCloseClientPort(&MiniSpyData.ClientPort)."""
+        # A late DisconnectNotify (the user closed a handle whose connection was already
+        # closed with close_client_port, §9.1) must not close a newer, live connection
+        # that took the global since: the real sample has that hazard, fltemu's samples not.
+        if self.client_port is not None and self.client_port.is_connected:
+            return
         port, self.client_port = self.client_port, None
         await self.flt.close_client_port(port)
 

@@ -7,6 +7,7 @@ threading. Not here: ports and their semantics (``fltemu.kernel``), sockets (``f
 
 from __future__ import annotations
 
+from .._limits import FILTER_HEADER_BYTES, MAX_CONTEXT_BYTES
 from .address import ENV_SOCKET, resolve_address
 from .connection import EOF, NEED_DATA, Role, State, WireConnection
 from .framing import (
@@ -42,8 +43,10 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "ENV_SOCKET",
     "EOF",
+    "FILTER_HEADER_BYTES",
     "FRAME_HEADER_BYTES",
     "FRAME_OVERHEAD_BYTES",
+    "MAX_CONTEXT_BYTES",
     "NEED_DATA",
     "PROTOCOL_VERSION",
     "Connect",

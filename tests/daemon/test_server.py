@@ -254,10 +254,11 @@ async def test_killed_client_process_is_disconnected(
     # A real process blocked in FilterGetMessage is killed (process exit = CloseHandle, §3.5).
     code = textwrap.dedent(
         f"""
-        import fltuser, sys
+        import fltuser, sys, time
         port = fltuser.connect({PORT!r}, address={daemon.address!r})
         print("connected", flush=True)
-        port.get_message(64)
+        port.get_message(64)  # takes the message and never replies
+        time.sleep(60)
         """
     )
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, stdout=subprocess.PIPE)
@@ -269,8 +270,8 @@ async def test_killed_client_process_is_disconnected(
     await until(lambda: kernel_port.queues.getter_count == 1)
     assert kernel_port.process.pid == proc.pid
     flt = port_events["filter"][0]
-    blocked = asyncio.create_task(flt.send_message(kernel_port, b"x" * 100, reply_length=1))
-    await until(lambda: kernel_port.queues.sender_count == 1)  # bounced, waits for a bigger getter
+    blocked = asyncio.create_task(flt.send_message(kernel_port, b"scan me", reply_length=1))
+    await until(lambda: kernel_port.queues.reply_waiter_count == 1)  # delivered, awaiting reply
     proc.send_signal(signal.SIGKILL)
     await proc.wait()
     assert (await blocked).status == NtStatus.STATUS_PORT_DISCONNECTED

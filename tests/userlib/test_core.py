@@ -68,7 +68,7 @@ def test_message_for_an_abandoned_get_goes_to_the_next_live_get_5a() -> None:
     k = Kernel(PortCore("\\P", b"", 0, "/nowhere"))
     rid1, _ = get(k, 64, "first")
     rid2, second = get(k, 64, "second")
-    assert k.requests(k.core.abandon_get(rid1)) == [GetCancel(rid1)]
+    assert k.requests(k.core.abandon_get(rid1) or b"") == [GetCancel(rid1)]
     # The message was already on its way to the first getter.
     done, sent = k.answer(GetResult(rid1, 0, 5, 17, b"hello"))
     assert done == [(second, Message(5, 17, b"hello"), None)]
@@ -178,3 +178,10 @@ def test_signed_reply_status_is_sent_unsigned(kernel: Kernel) -> None:
     frame = kernel.core.reply_request(1, -1073741790, b"", Waiter("r"))
     (request,) = kernel.requests(frame)
     assert request.status == 0xC0000022
+
+
+def test_abandoning_an_answered_get_says_so(kernel: Kernel) -> None:
+    # None tells the caller the answer is on its way to its waiter: take it, do not drop it.
+    rid, _ = get(kernel, 64, "g")
+    kernel.answer(GetResult(rid, 0, 0, 0, b"m"))
+    assert kernel.core.abandon_get(rid) is None

@@ -180,3 +180,42 @@ async def _refuse_and_admit(socket_path: str) -> None:
         assert "no permission to reach" not in refused  # the port refused, not the file system
         admitted = await asyncio.to_thread(_connect_as_nobody, "\\Open", socket_path)
         assert admitted == "connected"
+
+
+async def test_sync_handle_serializes_calls_9_7(
+    daemon: Daemon, port_clients: tuple[Any, list[ClientPort]]
+) -> None:
+    # On a FLT_PORT_FLAG_SYNC_HANDLE handle a thread blocked in FilterGetMessage holds up the
+    # other threads' calls, as the I/O manager serializes a synchronous file object.
+    flt, clients = port_clients
+    options = fltuser.FLT_PORT_FLAG_SYNC_HANDLE
+    port = await asyncio.to_thread(fltuser.connect, PORT, b"", options, daemon.address)
+    await until(lambda: bool(clients))
+    getter = asyncio.create_task(asyncio.to_thread(port.get_message, 64))
+    await until(lambda: clients[0].queues.getter_count == 1)
+    sender = asyncio.create_task(asyncio.to_thread(port.send, b"x", 1))
+    await asyncio.sleep(0.05)
+    assert not sender.done() and clients[0].sends_from_user == 0  # held up by the get
+    await flt.send_message(clients[0], b"release")
+    assert (await getter).data == b"release"
+    assert await sender == b"x"
+    await asyncio.to_thread(port.close)
+
+
+async def test_async_sync_handle_serializes_calls_9_7(
+    daemon: Daemon, port_clients: tuple[Any, list[ClientPort]]
+) -> None:
+    flt, clients = port_clients
+    port = await fltuser.aconnect(
+        PORT, options=fltuser.FLT_PORT_FLAG_SYNC_HANDLE, address=daemon.address
+    )
+    await until(lambda: bool(clients))
+    getter = asyncio.create_task(port.get_message(64))
+    await until(lambda: clients[0].queues.getter_count == 1)
+    sender = asyncio.create_task(port.send(b"x", 1))
+    await asyncio.sleep(0.05)
+    assert not sender.done() and clients[0].sends_from_user == 0
+    await flt.send_message(clients[0], b"release")
+    assert (await getter).data == b"release"
+    assert await sender == b"x"
+    await port.aclose()
