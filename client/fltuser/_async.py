@@ -55,7 +55,7 @@ class _Protocol(asyncio.BufferedProtocol):
         self.complete(done)
         return False
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         transport = self.transport
         if data and transport is not None and not transport.is_closing():
             transport.write(data)
@@ -156,7 +156,7 @@ class AsyncPort:
     ) -> None:
         await self.aclose()
 
-    def _write(self, frame: bytes) -> None:
+    def _write(self, frame: bytes | bytearray) -> None:
         self._protocol.write(frame)
 
     @_serialized

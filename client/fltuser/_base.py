@@ -104,6 +104,9 @@ class PortState(enum.Enum):
     CLOSED = "closed"  # we closed it
 
 
+#: The bytes of one or more frames, ready to write.
+Frame = bytes | bytearray
+
 #: (waiter, value, error): what the flavour must do to one of its futures.
 Completion = tuple[object, object, BaseException | None]
 
@@ -165,10 +168,10 @@ class PortCore:
 
     # --- requests ---------------------------------------------------------------------------
 
-    def connect_request(self, waiter: object) -> bytes:
+    def connect_request(self, waiter: object) -> Frame:
         """The handshake frame (FilterConnectCommunicationPort)."""
         self._connect_waiter = waiter
-        return self.wire.send(Connect(PROTOCOL_VERSION, self.port_name, self.context, self.options))
+        return self._frame(Connect(PROTOCOL_VERSION, self.port_name, self.context, self.options))
 
     def check_usable(self) -> None:
         """Raise what a call on this handle fails with, if it cannot be used now.
@@ -188,7 +191,7 @@ class PortCore:
             ntstatus=NtStatus.STATUS_PORT_DISCONNECTED,
         )
 
-    def send_request(self, data: bytes, out_size: int, waiter: object) -> bytes:
+    def send_request(self, data: bytes, out_size: int, waiter: object) -> Frame:
         """FilterSendMessage's frame.
 
         Raises:
@@ -202,7 +205,7 @@ class PortCore:
             raise _invalid_arg("out_size is a DWORD: 0 to 0xFFFFFFFF")
         self._check_size(len(data))
         rid = self.wire.next_request_id()
-        frame = self.wire.send(SendRequest(rid, bytes(data), out_size))
+        frame = self._frame(SendRequest(rid, bytes(data), out_size))
         self._pending[rid] = _Pending(SendRequest, waiter)
         return frame
 
@@ -225,15 +228,15 @@ class PortCore:
             raise _buffer_too_small(message.size)
         return self._stash.popleft()
 
-    def get_request(self, buffer_size: int, waiter: object) -> tuple[int, bytes]:
+    def get_request(self, buffer_size: int, waiter: object) -> tuple[int, Frame]:
         """FilterGetMessage's frame and its request id (to cancel it with ``abandon_get``)."""
         self.check_usable()
         rid = self.wire.next_request_id()
-        frame = self.wire.send(GetRequest(rid, buffer_size))
+        frame = self._frame(GetRequest(rid, buffer_size))
         self._pending[rid] = _Pending(GetRequest, waiter, buffer_size)
         return rid, frame
 
-    def reply_request(self, message_id: int, status: int, data: bytes, waiter: object) -> bytes:
+    def reply_request(self, message_id: int, status: int, data: bytes, waiter: object) -> Frame:
         """FilterReplyMessage's frame (``data`` is what follows FILTER_REPLY_HEADER)."""
         self.check_usable()
         if not 0 <= message_id <= 0xFFFFFFFFFFFFFFFF:
@@ -243,11 +246,11 @@ class PortCore:
         status_u32 = int(status) & _ULONG_MAX
         self._check_size(len(data))
         rid = self.wire.next_request_id()
-        frame = self.wire.send(ReplyRequest(rid, message_id, status_u32, bytes(data)))
+        frame = self._frame(ReplyRequest(rid, message_id, status_u32, bytes(data)))
         self._pending[rid] = _Pending(ReplyRequest, waiter)
         return frame
 
-    def abandon_get(self, rid: int) -> bytes | None:
+    def abandon_get(self, rid: int) -> Frame | None:
         """A get's caller gave up (cancelled, timed out): withdraw its getter.
 
         Returns the GetCancel frame to write (empty when none is needed), or ``None`` when the
@@ -263,7 +266,7 @@ class PortCore:
         pending.abandoned = True
         if self.wire.state is not State.OPEN:
             return b""
-        return self.wire.send(GetCancel(rid))
+        return self._frame(GetCancel(rid))
 
     def requeue(self, message: Message) -> tuple[list[Completion], bytes]:
         """A message was handed to a get whose caller gave up at that very moment: route it
@@ -273,6 +276,12 @@ class PortCore:
         out = bytes(self._out)
         self._out.clear()
         return done, out
+
+    def _frame(self, message: object) -> bytearray:
+        # A frame of its own (no copy into bytes): the flavour writes it and drops it.
+        out = bytearray()
+        self.wire.send_into(message, out)
+        return out
 
     def _check_size(self, size: int) -> None:
         if size > self.wire.max_message_bytes:

@@ -242,7 +242,7 @@ class Port:
             frame = build()  # type: ignore[operator]
         self._write(frame)
 
-    def _write(self, frame: bytes) -> None:
+    def _write(self, frame: bytes | bytearray) -> None:
         try:
             with self._wlock:
                 self._sock.sendall(frame)

@@ -130,6 +130,14 @@ _RESULT_FOR: Final[dict[type, type]] = {
 }
 _RESULT_TYPES: Final = frozenset(_RESULT_FOR.values())
 
+# The same table nested, state -> sender -> type: the hot path looks up without building a
+# tuple key per message.
+_RULES: Final[dict[State, dict[Role, dict[type, State]]]] = {
+    state: {role: {} for role in Role} for state in State
+}
+for (_state, _role, _cls), _next in _TRANSITIONS.items():
+    _RULES[_state][_role][_cls] = _next
+
 _encoder: Final = msgspec.msgpack.Encoder()
 
 
@@ -145,6 +153,7 @@ class WireConnection:
 
     __slots__ = (
         "_events",
+        "_max_frame_bytes",
         "_next_rid",
         "_outstanding",
         "_pending_error",
@@ -160,8 +169,9 @@ class WireConnection:
         self.their_role = _K if role is _U else _U
         self.state = State.IDLE
         self.max_message_bytes = max_message_bytes
+        self._max_frame_bytes = max_frame_bytes(max_message_bytes)
         decoder = msgspec.msgpack.Decoder(KernelMessage if role is _U else UserMessage)
-        self._reader = FrameReader(decoder.decode, max_frame_bytes(max_message_bytes))
+        self._reader = FrameReader(decoder.decode, self._max_frame_bytes)
         self._events: deque[object] = deque()
         self._pending_error: RemoteProtocolError | None = None
         self._outstanding: dict[int, type] = {}
@@ -189,7 +199,7 @@ class WireConnection:
     def set_max_message_bytes(self, max_message_bytes: int) -> None:
         """Change the payload limit (the USER end calls it with the daemon's announced limit)."""
         self.max_message_bytes = max_message_bytes
-        self._reader.max_frame_bytes = max_frame_bytes(max_message_bytes)
+        self._max_frame_bytes = self._reader.max_frame_bytes = max_frame_bytes(max_message_bytes)
 
     # --- receiving -------------------------------------------------------------------------
 
@@ -268,7 +278,7 @@ class WireConnection:
             self.state = State.ERROR
             raise
         size = write_frame(_encoder, message, out)
-        if size > max_frame_bytes(self.max_message_bytes):
+        if size > self._max_frame_bytes:
             del out[len(out) - size - 4 :]
             self.state = State.ERROR
             raise LocalProtocolError(
@@ -291,7 +301,7 @@ class WireConnection:
             if state is not State.ERROR:
                 self.state = State.CLOSED
             return
-        new_state = _TRANSITIONS.get((state, sender, cls))
+        new_state = _RULES[state][sender].get(cls)
         if new_state is None:
             if state is State.ERROR or state is State.CLOSED:
                 raise LocalProtocolError(f"{cls.__name__} on a {state.value} connection")
