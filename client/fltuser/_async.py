@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import weakref
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, TypeVar, cast
@@ -29,14 +30,29 @@ from ._base import (
 __all__ = ["AsyncPort", "aconnect"]
 
 
+_buffers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, memoryview] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _loop_buffer() -> memoryview:
+    loop = asyncio.get_running_loop()
+    view = _buffers.get(loop)
+    if view is None:
+        view = _buffers[loop] = memoryview(bytearray(READ_BUFFER_BYTES))
+    return view
+
+
 class _Protocol(asyncio.BufferedProtocol):
     def __init__(self, core: PortCore) -> None:
         self.core = core
         self.transport: asyncio.Transport | None = None
-        self._view = memoryview(bytearray(READ_BUFFER_BYTES))
         self._resume: asyncio.Future[None] | None = None
         #: Resolved when the connection is gone.
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # One buffer per event loop serves every port on it: the loop reads one transport at
+        # a time and buffer_updated consumes every byte (a partial frame is copied).
+        self._view = _loop_buffer()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing asyncio.Transport.

@@ -25,7 +25,7 @@ from .._limits import DEFAULT_MAX_MESSAGE_BYTES
 from ..errors import FltEmuError
 from ..kernel import Filter, FilterManager, SecurityDescriptor
 from ..wire import resolve_address
-from .session import Session
+from .session import READ_BUFFER_BYTES, Session
 
 __all__ = ["DEFAULT_SHUTDOWN_GRACE", "Daemon", "DaemonAddressInUseError"]
 
@@ -79,6 +79,7 @@ class Daemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._session_ids = itertools.count(1)
         self._inode: int | None = None
+        self._read_view: memoryview | None = None
 
     def __repr__(self) -> str:
         state = "listening" if self._server is not None else "stopped"
@@ -164,6 +165,12 @@ class Daemon:
         log.info("stopped")
 
     # --- internals ---------------------------------------------------------------------------
+
+    def _read_buffer(self) -> memoryview:
+        # Shared by every session (see Session.get_buffer); allocated on first use.
+        if self._read_view is None:
+            self._read_view = memoryview(bytearray(READ_BUFFER_BYTES))
+        return self._read_view
 
     def _next_session_id(self) -> int:
         return next(self._session_ids)

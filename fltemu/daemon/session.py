@@ -46,9 +46,9 @@ __all__ = ["READ_BUFFER_BYTES", "Session"]
 
 log = logging.getLogger(__name__)
 
-#: Bytes read per ``recv_into``: big enough that a burst of 64 pipelined 4 KiB requests
-#: arrives in one read, small enough to keep 1,000 idle sessions cheap (it is allocated
-#: lazily, on the first read).
+#: Bytes read per ``recv_into``: big enough that a burst of 64 pipelined 1 KiB requests
+#: arrives in one read. One buffer serves every session of a daemon (see ``get_buffer``),
+#: so an idle connection costs no read buffer at all.
 READ_BUFFER_BYTES: Final = 64 * 1024
 
 _PEERCRED: Final = struct.Struct("3i")
@@ -74,7 +74,6 @@ class Session(asyncio.BufferedProtocol):
     def __init__(self, daemon: Daemon) -> None:
         self._daemon = daemon
         self._wire = WireConnection(Role.KERNEL, max_message_bytes=daemon.max_message_bytes)
-        self._view: memoryview | None = None
         self._out = bytearray()
         self._in_batch = False
         self._flush_handle: asyncio.Handle | None = None
@@ -103,13 +102,13 @@ class Session(asyncio.BufferedProtocol):
         log.debug("%s: connected", self._peer())
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self._view is None:
-            self._view = memoryview(bytearray(READ_BUFFER_BYTES))
-        return self._view
+        # The daemon's shared buffer: the loop reads one transport at a time, get_buffer,
+        # recv_into, then buffer_updated, and buffer_updated consumes every byte before it
+        # returns (the frame reader copies a partial frame into the connection's own buffer).
+        return self._daemon._read_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
-        assert self._view is not None
-        self._wire.receive_data(self._view[:nbytes])
+        self._wire.receive_data(self._daemon._read_buffer()[:nbytes])
         self._process_events()
 
     def eof_received(self) -> bool:
