@@ -48,8 +48,6 @@ class _Protocol(asyncio.BufferedProtocol):
         self.core = core
         self.transport: asyncio.Transport | None = None
         self._resume: asyncio.Future[None] | None = None
-        self._out = bytearray()
-        self._flush_handle: asyncio.Handle | None = None
         #: Resolved when the connection is gone.
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # One buffer per event loop serves every port on it: the loop reads one transport at
@@ -74,34 +72,9 @@ class _Protocol(asyncio.BufferedProtocol):
         return False
 
     def write(self, data: bytes | bytearray) -> None:
-        """Write frames; several written in one loop iteration go out in one system call.
-
-        The first write of an iteration goes out at once, so a lone request pays no extra
-        latency; the ones after it (64 pipelined requests, replies from many tasks) wait in
-        a buffer flushed once the iteration's callbacks have run.
-        """
         transport = self.transport
-        if not data or transport is None or transport.is_closing():
-            return
-        if self._flush_handle is None:
+        if data and transport is not None and not transport.is_closing():
             transport.write(data)
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
-        else:
-            self._out += data
-
-    def flush_now(self) -> None:
-        """Write what is buffered now (before a half-close)."""
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-        self._flush()
-
-    def _flush(self) -> None:
-        self._flush_handle = None
-        if self._out:
-            out, self._out = self._out, bytearray()
-            transport = self.transport
-            if transport is not None and not transport.is_closing():
-                transport.write(out)
 
     def complete(self, done: list[Completion]) -> None:
         """Resolve the futures of answered requests."""
@@ -264,7 +237,6 @@ class AsyncPort:
             transport.close()
             return
         # Half-close: the daemon runs the teardown, then closes its end.
-        self._protocol.flush_now()
         transport.write_eof()
         try:
             async with asyncio.timeout(CLOSE_WAIT_SECONDS):
