@@ -41,20 +41,17 @@ __all__ = ["Port", "connect"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _serialized(method: F) -> F:
-    """Calls on a FLT_PORT_FLAG_SYNC_HANDLE handle run one at a time (§3.1, §9.7 policy).
+def _serialized(method: F, lock: threading.Lock) -> F:
+    """``method`` (bound) made to run one call at a time (§3.1, §9.7 policy).
 
     On Windows the I/O manager serializes calls on a synchronous file object, so a thread
     blocked in FilterGetMessage holds up the others' calls on that handle.
     """
 
     @functools.wraps(method)
-    def wrapper(self: Port, *args: Any, **kwargs: Any) -> Any:
-        serial = self._serial
-        if serial is None:
-            return method(self, *args, **kwargs)
-        with serial:
-            return method(self, *args, **kwargs)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            return method(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
@@ -89,7 +86,12 @@ class Port:
         self._read_lock = threading.Lock()  # who reads the socket (the leader)
         self._cv = threading.Condition(threading.Lock())  # answers arrived / leader left
         self._followers = 0  # threads waiting on _cv; notify only when there are any
-        self._serial = threading.Lock() if core.options & FLT_PORT_FLAG_SYNC_HANDLE else None
+        if core.options & FLT_PORT_FLAG_SYNC_HANDLE:
+            # Only ports with a synchronous handle pay for serializing their calls.
+            lock = threading.Lock()
+            self.send = _serialized(self.send, lock)  # type: ignore[method-assign]
+            self.get_message = _serialized(self.get_message, lock)  # type: ignore[method-assign]
+            self.reply = _serialized(self.reply, lock)  # type: ignore[method-assign]
         self._poller = select.poll()
         self._poller.register(sock, select.POLLIN)
         self._rbuf = memoryview(bytearray(READ_BUFFER_BYTES))
@@ -121,7 +123,6 @@ class Port:
 
     # --- fltlib ------------------------------------------------------------------------------
 
-    @_serialized
     def send(self, data: bytes, out_size: int = 0) -> bytes:
         """FilterSendMessage: run the filter's MessageNotify and return its output.
 
@@ -142,7 +143,6 @@ class Port:
         self._request(lambda: self._core.send_request(data, out_size, waiter))
         return self._wait(waiter, None)  # type: ignore[return-value]
 
-    @_serialized
     def get_message(self, buffer_size: int, timeout: float | None = None) -> Message:
         """FilterGetMessage (synchronous): wait for a kernel message.
 
@@ -181,7 +181,6 @@ class Port:
                 self._write(cancel)
             raise
 
-    @_serialized
     def reply(self, message_id: int, data: bytes = b"", status: int = 0) -> None:
         """FilterReplyMessage: answer the kernel message ``message_id``.
 
