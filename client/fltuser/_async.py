@@ -115,6 +115,11 @@ class _Protocol(asyncio.BufferedProtocol):
             self._resume.set_result(None)
         self._resume = None
 
+    @property
+    def paused(self) -> bool:
+        """The transport asked us to stop writing (its buffer is full)."""
+        return self._resume is not None
+
     async def drain(self) -> None:
         if self._resume is not None:
             await self._resume
@@ -181,7 +186,8 @@ class AsyncPort:
 
     async def send(self, data: bytes, out_size: int = 0) -> bytes:
         """FilterSendMessage; see ``Port.send`` for the results and HRESULTs."""
-        await self._protocol.drain()
+        if self._protocol.paused:
+            await self._protocol.drain()
         waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._write(self._core.send_request(data, out_size, waiter))
         return await waiter
@@ -192,7 +198,8 @@ class AsyncPort:
         Cancelling the task, like a timeout, withdraws the getter; a message already on its
         way goes to the next reader.
         """
-        await self._protocol.drain()  # first: a message may be stashed while we wait here
+        if self._protocol.paused:
+            await self._protocol.drain()  # first: a message may be stashed while we wait
         stashed = self._core.take_stashed(buffer_size)
         if stashed is not None:
             return stashed
@@ -218,7 +225,8 @@ class AsyncPort:
 
     async def reply(self, message_id: int, data: bytes = b"", status: int = 0) -> None:
         """FilterReplyMessage; see ``Port.reply``."""
-        await self._protocol.drain()
+        if self._protocol.paused:
+            await self._protocol.drain()
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._write(self._core.reply_request(message_id, status, data, waiter))
         await waiter
