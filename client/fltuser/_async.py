@@ -12,7 +12,7 @@ import os
 import weakref
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
 from fltemu.wire import resolve_address
 
@@ -29,6 +29,9 @@ from ._base import (
 
 __all__ = ["AsyncPort", "aconnect"]
 
+
+#: Frames buffered before a write goes out even within a loop iteration (see _Protocol.write).
+WRITE_CHUNK_FRAMES: Final = 16
 
 _buffers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, memoryview] = (
     weakref.WeakKeyDictionary()
@@ -48,8 +51,13 @@ class _Protocol(asyncio.BufferedProtocol):
         self.core = core
         self.transport: asyncio.Transport | None = None
         self._resume: asyncio.Future[None] | None = None
+        self._out = bytearray()
+        self._out_frames = 0
+        self._flush_handle: asyncio.Handle | None = None
         #: Resolved when the connection is gone.
-        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Kept: on CPython 3.11 every asyncio.get_running_loop() makes a getpid() system call.
+        self.loop = asyncio.get_running_loop()
+        self.lost: asyncio.Future[None] = self.loop.create_future()
         # One buffer per event loop serves every port on it: the loop reads one transport at
         # a time and buffer_updated consumes every byte (a partial frame is copied).
         self._view = _loop_buffer()
@@ -72,11 +80,34 @@ class _Protocol(asyncio.BufferedProtocol):
         return False
 
     def write(self, data: bytes | bytearray) -> None:
-        # One write per request, at once: measured, this beats coalescing the writes of a
-        # loop iteration (it keeps the client and the daemon busy in parallel).
+        """Write frames, in chunks of up to ``WRITE_CHUNK_FRAMES`` or at the end of the loop
+        iteration, whichever comes first.
+
+        Measured on 2 vCPUs: one write per request costs a system call each; one write per
+        loop iteration makes the client and the daemon work in turns; chunks of 16 keep both
+        busy and cut the calls (x1.5 with 64 requests in flight, the same sequentially).
+        """
         transport = self.transport
-        if data and transport is not None and not transport.is_closing():
-            transport.write(data)
+        if not data or transport is None or transport.is_closing():
+            return
+        self._out += data
+        self._out_frames += 1
+        if self._out_frames >= WRITE_CHUNK_FRAMES:
+            self.flush()
+        elif self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write what is buffered now."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._out:
+            out, self._out = self._out, bytearray()
+            self._out_frames = 0
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(out)
 
     def complete(self, done: list[Completion]) -> None:
         """Resolve the futures of answered requests."""
@@ -108,7 +139,7 @@ class _Protocol(asyncio.BufferedProtocol):
             self._resume.set_result(None)
 
     def pause_writing(self) -> None:
-        self._resume = asyncio.get_running_loop().create_future()
+        self._resume = self.loop.create_future()
 
     def resume_writing(self) -> None:
         if self._resume is not None and not self._resume.done():
@@ -188,7 +219,7 @@ class AsyncPort:
         """FilterSendMessage; see ``Port.send`` for the results and HRESULTs."""
         if self._protocol.paused:
             await self._protocol.drain()
-        waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[bytes] = self._protocol.loop.create_future()
         self._write(self._core.send_request(data, out_size, waiter))
         return await waiter
 
@@ -203,7 +234,7 @@ class AsyncPort:
         stashed = self._core.take_stashed(buffer_size)
         if stashed is not None:
             return stashed
-        waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Message] = self._protocol.loop.create_future()
         rid, frame = self._core.get_request(buffer_size, waiter)
         self._write(frame)
         try:
@@ -227,7 +258,7 @@ class AsyncPort:
         """FilterReplyMessage; see ``Port.reply``."""
         if self._protocol.paused:
             await self._protocol.drain()
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[None] = self._protocol.loop.create_future()
         self._write(self._core.reply_request(message_id, status, data, waiter))
         await waiter
 
@@ -246,6 +277,7 @@ class AsyncPort:
             transport.close()
             return
         # Half-close: the daemon runs the teardown, then closes its end.
+        self._protocol.flush()
         transport.write_eof()
         try:
             async with asyncio.timeout(CLOSE_WAIT_SECONDS):
