@@ -97,6 +97,8 @@ class Session(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing asyncio.Transport.
         self._transport = cast(asyncio.Transport, transport)
+        # Kept: on CPython 3.11 every asyncio.get_running_loop() makes a getpid() system call.
+        self._loop = asyncio.get_running_loop()
         self.process = peer_process(transport)
         self._daemon._sessions.add(self)
         log.debug("%s: connected", self._peer())
@@ -313,7 +315,7 @@ class Session(asyncio.BufferedProtocol):
             return
         if not self._in_batch and self._flush_handle is None and not self._closed:
             # Completions from kernel tasks: coalesce everything this loop iteration produces.
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+            self._flush_handle = self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_handle = None

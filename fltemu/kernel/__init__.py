@@ -344,7 +344,7 @@ class Filter:
             )
             return SendMessageResult(NtStatus.STATUS_INSUFFICIENT_RESOURCES)
         queues = client_port.queues
-        pending = queues.start_send(bytes(data), reply_length, timeout, asyncio.get_running_loop())
+        pending = queues.start_send(bytes(data), reply_length, timeout, client_port.loop)
         try:
             return await pending.future
         except asyncio.CancelledError:

@@ -151,6 +151,9 @@ class ClientPort:
 
     def __init__(self, server_port: ServerPort, process: ProcessInfo, channel: Channel) -> None:
         self.id = next(_connection_ids)
+        # The loop the connection lives on, kept: every asyncio.get_running_loop() makes a
+        # getpid() system call on CPython 3.11, and send_message needs it per message.
+        self.loop = asyncio.get_running_loop()
         self.server_port = server_port
         self.process = process
         self.cookie: object = None
