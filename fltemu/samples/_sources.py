@@ -33,7 +33,10 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Final, Generic, TypeAlias, TypeVar
 
+from ..kernel import Filter
+
 __all__ = [
+    "sample_state",
     "DEFAULT_INTERVAL",
     "MAX_INFLIGHT",
     "MAX_SYNTHETIC_RATE",
@@ -530,3 +533,18 @@ def _describe(spec: SourceSpec) -> str:
     if isinstance(spec, SyntheticSource):
         return f"synthetic:{spec.rate:g}"
     return "inject (events come from outside)"
+
+
+_State = TypeVar("_State")
+
+
+def sample_state(flt: Filter, cls: type[_State], sample: str) -> _State:
+    """The state a sample keeps in ``flt.context``.
+
+    Raises:
+        LookupError: ``flt`` is not running that sample.
+    """
+    state = flt.context
+    if not isinstance(state, cls):
+        raise LookupError(f"{flt!r} is not running the {sample} sample")
+    return state

@@ -97,6 +97,7 @@ from ._sources import (
     SampleSettings,
     SourceRunner,
     parse_source,
+    sample_state,
 )
 from ._structs import HANDLE, ULONG, pad, read_u32, read_u64
 
@@ -109,7 +110,6 @@ __all__ = [
     "PORT_NAMES",
     "QUERY_PORT_NAME",
     "SCAN_PORT_NAME",
-    "STATE_ATTRIBUTE",
     "STATUS_NOT_FOUND",
     "STATUS_VIRUS_INFECTED",
     "AvConnectionType",
@@ -162,7 +162,6 @@ MAX_SECTIONS_PER_SCAN: Final = 16
 ABORT_TIMEOUT: Final = 1.0
 
 #: The attribute of the Filter that holds the sample's state.
-STATE_ATTRIBUTE: Final = "context"
 #: The settings this sample reads.
 SETTINGS: Final = (
     "source",
@@ -597,10 +596,7 @@ def state_of(flt: Filter) -> AvScanState:
     Raises:
         LookupError: ``flt`` is not running this sample.
     """
-    state = getattr(flt, STATE_ATTRIBUTE, None)
-    if not isinstance(state, AvScanState):
-        raise LookupError(f"{flt!r} is not running the avscan sample")
-    return state
+    return sample_state(flt, AvScanState, "avscan")
 
 
 async def setup(flt: Filter) -> None:
@@ -646,14 +642,14 @@ async def setup(flt: Filter) -> None:
             security=None,
         )
         state.server_ports.append(port)
-    setattr(flt, STATE_ATTRIBUTE, state)
+    flt.context = state
     await runner.start()
     state.runner = runner
 
 
 async def teardown(flt: Filter) -> None:
     """AvUnload: refuse new scans, tell the abort connection, cancel scans, close the ports."""
-    state = getattr(flt, STATE_ATTRIBUTE, None)
+    state = flt.context
     if not isinstance(state, AvScanState):
         return
     state.unloading = True

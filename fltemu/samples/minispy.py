@@ -70,6 +70,7 @@ from ._sources import (
     SampleSettings,
     SourceRunner,
     parse_source,
+    sample_state,
 )
 from ._structs import POINTER_BYTES, read_u32, round_to_size, system_time_now
 
@@ -82,7 +83,6 @@ __all__ = [
     "MINISPYVER",
     "PORT_NAME",
     "RECORD_DATA",
-    "STATE_ATTRIBUTE",
     "MiniSpyCommand",
     "MiniSpyState",
     "SpyOperation",
@@ -159,7 +159,6 @@ FILE_DISPOSITION_INFORMATION_CLASS: Final = 13
 FILE_DISPOSITION_INFORMATION_BYTES: Final = 1
 
 #: The attribute of the Filter that holds the sample's state.
-STATE_ATTRIBUTE: Final = "context"
 #: The settings this sample reads.
 SETTINGS: Final = ("source", "max_records", "interval", "seed")
 DEFAULT_SOURCE: Final = "inject"
@@ -456,10 +455,7 @@ def state_of(flt: Filter) -> MiniSpyState:
     Raises:
         LookupError: ``flt`` is not running this sample.
     """
-    state = getattr(flt, STATE_ATTRIBUTE, None)
-    if not isinstance(state, MiniSpyState):
-        raise LookupError(f"{flt!r} is not running the minispy sample")
-    return state
+    return sample_state(flt, MiniSpyState, "minispy")
 
 
 async def setup(flt: Filter) -> None:
@@ -500,14 +496,14 @@ async def setup(flt: Filter) -> None:
         case_insensitive=True,
         security=None,
     )
-    setattr(flt, STATE_ATTRIBUTE, state)
+    flt.context = state
     await runner.start()
     state.runner = runner
 
 
 async def teardown(flt: Filter) -> None:
     """SpyFilterUnload: stop the source, close the port, free the buffered records."""
-    state = getattr(flt, STATE_ATTRIBUTE, None)
+    state = flt.context
     if not isinstance(state, MiniSpyState):
         return
     if state.runner is not None:

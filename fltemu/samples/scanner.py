@@ -63,6 +63,7 @@ from ._sources import (
     SampleSettings,
     SourceRunner,
     parse_source,
+    sample_state,
 )
 
 __all__ = [
@@ -72,7 +73,6 @@ __all__ = [
     "SCANNER_NOTIFICATION",
     "SCANNER_READ_BUFFER_SIZE",
     "SCANNER_REPLY",
-    "STATE_ATTRIBUTE",
     "ScanOperation",
     "ScanVerdict",
     "ScannerState",
@@ -97,7 +97,6 @@ SCANNER_REPLY: Final = struct.Struct("<B")
 #: What the sample's user program searches for (scanUser.c's FoulString).
 FOUL_STRING: Final = b"foul"
 #: The attribute of the Filter that holds the sample's state.
-STATE_ATTRIBUTE: Final = "context"
 
 #: The settings this sample reads.
 SETTINGS: Final = ("source", "extensions", "interval", "seed", "history")
@@ -355,10 +354,7 @@ def state_of(flt: Filter) -> ScannerState:
     Raises:
         LookupError: ``flt`` is not running this sample.
     """
-    state = getattr(flt, STATE_ATTRIBUTE, None)
-    if not isinstance(state, ScannerState):
-        raise LookupError(f"{flt!r} is not running the scanner sample")
-    return state
+    return sample_state(flt, ScannerState, "scanner")
 
 
 async def setup(flt: Filter) -> None:
@@ -399,7 +395,7 @@ async def setup(flt: Filter) -> None:
         case_insensitive=True,
         security=None,
     )
-    setattr(flt, STATE_ATTRIBUTE, state)
+    flt.context = state
     await runner.start()
     state.runner = runner
 
@@ -409,7 +405,7 @@ async def teardown(flt: Filter) -> None:
 
     The connection itself is disconnected by the filter's unload, which follows.
     """
-    state = getattr(flt, STATE_ATTRIBUTE, None)
+    state = flt.context
     if not isinstance(state, ScannerState):
         return
     if state.runner is not None:

@@ -158,3 +158,26 @@ def test_histogram_percentiles_are_within_the_bucket_error() -> None:
 def test_empty_histogram_plots() -> None:
     svg = percentile_svg(LatencyHistogram(), "empty")
     assert "n=0" in svg
+
+
+def test_bench_against_the_example_scanner_agent() -> None:
+    # The scanner agent answers SCANNER_NOTIFICATIONs (1032 bytes, BytesToScan = 0 here) with
+    # a 1-byte SafeToOpen, as issue 4's "works against the example scanner agent" asks.
+    agent = [sys.executable, str(EXAMPLES / "scanner_agent.py")]
+    proc = bench(
+        "\\ScannerPort",
+        "--size",
+        "1032",
+        "--reply-length",
+        "1",
+        "--count",
+        "100",
+        "--concurrency",
+        "4",
+        "--json",
+        agent=agent,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["statuses"] == {"STATUS_SUCCESS": 100}
+    assert report["agent"]["cpu_seconds"] is not None

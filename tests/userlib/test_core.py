@@ -43,7 +43,7 @@ class Kernel:
         done, _ = core.receive(self.wire.send(ConnectResult(PROTOCOL_VERSION, 0, 1 << 20)))
         assert core.state is PortState.CONNECTED and done[0][2] is None
 
-    def requests(self, data: bytes) -> list[Any]:
+    def requests(self, data: bytes | bytearray) -> list[Any]:
         self.wire.receive_data(data)
         return drain(self.wire)
 

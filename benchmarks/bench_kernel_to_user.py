@@ -1,0 +1,284 @@
+"""Kernel->user ``send_message`` answered by user replies, with 1 and 64 pending readers.
+
+The daemon (``fltemu serve --filter _bench_filter``, own process, server CPU) runs
+``senders`` concurrent FltSendMessage loops (``flt.send_message(client_port, payload,
+reply_length=...)``) at one connection of ``\\BenchK2U``. That connection belongs to this
+process (client CPU), where ``readers`` workers each loop ``get_message`` + ``reply`` (async:
+tasks sharing one AsyncPort; sync: threads sharing one Port). A second connection, to
+``\\BenchCtl``, starts the run and collects the result; the daemon counts the
+``send_message`` calls that complete (message delivered, reply received) inside the window
+and measures their latency, so a rate here is kernel messages answered per second.
+
+One message costs a GetResult frame to the user and a ReplyRequest frame back (plus the
+ReplyResult and the next GetRequest), so with 1 reader it is compared with the C pair's
+sequential rate (a message needs two round trips there) and with N readers with the C pair
+keeping N requests in flight (its pipelined rate); ``ratio_c`` says which (``c_ref``).
+Not here: user->kernel sends (``bench_roundtrip``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import sys
+import threading
+from typing import Any, Final
+
+import _harness as h
+import baseline
+
+import fltuser
+
+#: fltuser's FILTER_MESSAGE_HEADER size: get_message buffers count it.
+_HEADER_BYTES: Final = fltuser.FILTER_HEADER_BYTES
+_tokens = itertools.count(1)
+
+
+def _command(
+    token: str, payload: int, reply: int, senders: int, seed: int, timing: h.Timing
+) -> bytes:
+    return json.dumps(
+        {
+            "cmd": "k2u",
+            "token": token,
+            "payload_size": payload,
+            "reply": reply,
+            "senders": senders,
+            "seed": seed,
+            "warmup_ns": int(timing.warmup_s * 1e9),
+            "measure_ns": int(timing.measure_s * 1e9),
+        }
+    ).encode()
+
+
+def _result(raw: bytes) -> h.RunResult:
+    stats = json.loads(raw)
+    if "error" in stats:
+        raise RuntimeError(f"the benchmark filter refused: {stats['error']}")
+    return h.RunResult(
+        count=stats["count"],
+        elapsed_ns=stats["elapsed_ns"],
+        p50_ns=stats["p50_ns"],
+        p99_ns=stats["p99_ns"],
+        errors=stats["errors"],
+    )
+
+
+def run_fltemu(
+    server: h.Server,
+    *,
+    client: str,
+    loop: str,
+    readers: int,
+    senders: int,
+    payload: int,
+    reply: bytes,
+    seed: int,
+    timing: h.Timing,
+) -> h.RunResult:
+    """One run: ``senders`` kernel loops against ``readers`` get+reply workers."""
+    token = f"k2u-{os.getpid()}-{next(_tokens)}"
+    command = _command(token, payload, len(reply), senders, seed, timing)
+    buffer_size = payload + _HEADER_BYTES
+    if client == "sync":
+        return _run_sync(server.address, token, command, readers, buffer_size, reply)
+
+    async def main() -> h.RunResult:
+        port = await fltuser.aconnect(h.K2U_PORT, context=token.encode(), address=server.address)
+        ctl = await fltuser.aconnect(h.CTL_PORT, address=server.address)
+
+        async def reader() -> None:
+            get, answer = port.get_message, port.reply
+            while True:
+                message = await get(buffer_size)
+                await answer(message.message_id, reply)
+
+        tasks = [asyncio.create_task(reader()) for _ in range(readers)]
+        try:
+            return _result(await ctl.send(command, 1 << 16))
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await ctl.aclose()
+            await port.aclose()
+
+    result: h.RunResult = h.run_async(loop, main)
+    return result
+
+
+def _run_sync(
+    address: str, token: str, command: bytes, readers: int, buffer_size: int, reply: bytes
+) -> h.RunResult:
+    port = fltuser.connect(h.K2U_PORT, context=token.encode(), address=address)
+    ctl = fltuser.connect(h.CTL_PORT, address=address)
+
+    def reader() -> None:
+        try:
+            while True:
+                message = port.get_message(buffer_size)
+                port.reply(message.message_id, reply)
+        except fltuser.HResultError:
+            return  # the port was closed: the run is over
+
+    threads = [threading.Thread(target=reader, daemon=True) for _ in range(readers)]
+    for t in threads:
+        t.start()
+    try:
+        return _result(ctl.send(command, 1 << 16))
+    finally:
+        port.close()
+        ctl.close()
+        for t in threads:
+            t.join(timeout=10)
+
+
+def fltemu_impl(
+    client: str, loop: str, timing: h.Timing, seed: int, senders: int | None, reply_size: int | None
+) -> h.Impl:
+    """fltemu kernel->user traffic with one client flavour, as a run_matrix implementation."""
+
+    def run(server: h.Server, config: dict[str, Any]) -> h.RunResult:
+        readers = int(config["readers"])
+        size = reply_size if reply_size is not None else int(config["payload"])
+        return run_fltemu(
+            server,
+            client=client,
+            loop=loop,
+            readers=readers,
+            senders=senders or readers,
+            payload=int(config["payload"]),
+            reply=h.payload_bytes(size, seed + 1),
+            seed=seed,
+            timing=timing,
+        )
+
+    labels = {"impl": "fltemu", "client": client, "loop": loop}
+    return h.Impl(f"fltemu/{client}/{loop}", labels, f"daemon-{loop}", run)
+
+
+COLUMNS: Final = [
+    ("impl", "impl"),
+    ("client", "client"),
+    ("loop", "loop"),
+    ("readers", "readers"),
+    ("payload", "payload B"),
+    ("msgs_per_s", "msg/s"),
+    ("spread_pct", "±%"),
+    ("p50_us", "p50 µs"),
+    ("p99_us", "p99 µs"),
+    ("ratio_c", "× C"),
+    ("c_ref", "C ref"),
+    ("ratio_c_pipe64", "× C pipe64"),
+    ("ratio_bare", "× bare"),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure kernel->user messages next to the references."""
+    parser = h.base_parser(__doc__.split("\n")[0])
+    h.add_loop_arg(parser)
+    h.add_client_arg(parser, default="async,sync")
+    h.add_payload_arg(parser)
+    parser.add_argument(
+        "--readers",
+        type=h.csv_list(int),
+        default=[1, 64],
+        help="pending readers (get_message + reply workers) on one connection (default 1,64)",
+    )
+    parser.add_argument(
+        "--senders",
+        type=int,
+        default=None,
+        help="concurrent send_message loops in the daemon (default: as many as readers)",
+    )
+    parser.add_argument(
+        "--reply-size",
+        type=int,
+        default=None,
+        help="bytes of each reply (default: the payload size, as an echo)",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=h.choices_list(["c", "bare", "none"]),
+        default=["c", "bare"],
+        help="references run alongside (default c,bare)",
+    )
+    args = parser.parse_args(argv)
+    if args.versions:
+        h.versions_and_exit(args)
+
+    timing = h.Timing.from_args(args)
+    placement = h.Placement.choose(args.no_pin)
+    out = h.Output(args.json)
+    env = h.environment(placement)
+    build = h.build_c() if "c" in args.baseline else h.CBuild(None, "C reference not asked for")
+    env["c_reference"] = build.note
+    h.print_env(out, env)
+    noise = h.NoiseMeter()
+    if build.binary is None:
+        out.note(f"# {build.note}")
+
+    impls: list[h.Impl] = []
+    if build.binary is not None:
+        impls.append(baseline.c_impl(build, timing, placement))
+    bare_loops = args.loop if "bare" in args.baseline else []
+    for loop in bare_loops:
+        impls.append(baseline.bare_impl("async", loop, "msgpack", timing, args.seed))
+    for loop in args.loop:
+        for client in args.client:
+            impls.append(
+                fltemu_impl(client, loop, timing, args.seed, args.senders, args.reply_size)
+            )
+    start = baseline.reference_servers(build, bare_loops, "msgpack", placement)
+    for loop in args.loop:
+        start[f"daemon-{loop}"] = lambda loop=loop: h.start_daemon(loop, placement)  # type: ignore[misc]
+    configs = [{"readers": r, "payload": p} for p in args.payload for r in args.readers]
+    # C's pipelined rate (64 in flight) for every payload, for the ratio the issue asks for.
+    pipe_configs = [{"readers": 64, "payload": p} for p in args.payload]
+    all_configs = configs + [c for c in pipe_configs if c not in configs]
+    results = h.run_matrix(impls, all_configs, timing, start, out)
+    baseline.emit_rows(
+        out,
+        "kernel_to_user",
+        impls,
+        configs,
+        results,
+        timing,
+        placement,
+        bare_for=lambda impl: (
+            f"bare/async/{impl.labels['loop']}" if impl.labels["impl"] == "fltemu" else None
+        ),
+        decorate=lambda row, index: _decorate(
+            row, index, configs, all_configs, results, args.senders
+        ),
+    )
+    if not args.json:
+        print(h.format_table(out.rows[1:], COLUMNS))
+    h.finish(out, noise)
+    return 0
+
+
+def _decorate(
+    row: dict[str, Any],
+    index: int,
+    configs: list[dict[str, Any]],
+    all_configs: list[dict[str, Any]],
+    results: dict[tuple[str, int], list[h.RunResult]],
+    senders: int | None,
+) -> None:
+    readers = int(configs[index]["readers"])
+    if row["impl"] == "fltemu":
+        row["senders"] = senders or readers
+    row["c_ref"] = "C seq" if readers == 1 else f"C {readers} in flight"
+    pipe_index = all_configs.index({"readers": 64, "payload": configs[index]["payload"]})
+    c_pipe = results.get(("c", pipe_index))
+    key = f"{row['impl']}/{row['client']}/{row['loop']}" if row["impl"] != "C" else "c"
+    runs = results.get((key, index))
+    row["ratio_c_pipe64"] = h.paired_ratio(runs, c_pipe) if runs and c_pipe else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

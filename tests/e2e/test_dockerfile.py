@@ -1,0 +1,62 @@
+"""What the Dockerfile's image does at run time, checked without Docker: its CMD with its
+environment, then its HEALTHCHECK command, as a client in another container would run them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+DOCKERFILE = Path(__file__).resolve().parent.parent.parent / "Dockerfile"
+
+
+def _instruction(name: str) -> str:
+    lines = DOCKERFILE.read_text().replace("\\\n", " ").splitlines()
+    (line,) = [ln for ln in lines if ln.startswith(name + " ")]
+    return line[len(name) + 1 :].strip()
+
+
+def _exec_form(text: str) -> list[str]:
+    start = text.index("[")
+    value = json.loads(text[start:])
+    assert isinstance(value, list)
+    return [str(v) for v in value]
+
+
+def test_image_cmd_serves_and_its_healthcheck_passes(tmp_path: Path) -> None:
+    env_line = _instruction("ENV")
+    key, _, value = env_line.partition("=")
+    assert key == "FLTEMU_SOCKET"
+    socket_path = str(tmp_path / Path(value).name)  # the volume, here a temporary directory
+    env = {**os.environ, "FLTEMU_SOCKET": socket_path}
+    cmd = _exec_form(_instruction("CMD"))
+    assert cmd[0] == "fltemu"
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "fltemu", *cmd[1:]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert daemon.stdout is not None
+        banner = daemon.stdout.readline()
+        assert socket_path in banner and "\\EchoPort" in banner
+        assert oct(os.stat(socket_path).st_mode & 0o777) == "0o666"
+        health = _exec_form(_instruction("HEALTHCHECK").split("CMD", 1)[1])
+        assert health[0] == "python"
+        proc = subprocess.run(
+            [sys.executable, *health[1:]], env=env, capture_output=True, text=True, timeout=30
+        )
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        daemon.terminate()
+        _, err = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0, err
+    assert "Traceback" not in err
+
+
+def test_image_runs_as_a_non_root_user() -> None:
+    assert _instruction("USER") == "fltemu"
