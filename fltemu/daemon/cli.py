@@ -152,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_control_commands(sub)
     _add_bench(sub)
+    _add_wine(sub)
     return parser
 
 
@@ -252,6 +253,47 @@ agent connected or it exited first, 2 for bad arguments.
         choices=("auto", "asyncio", "uvloop"),
         default="auto",
         help="event loop (default: auto)",
+    )
+
+
+_WINE_EPILOG = """\
+examples:
+  fltemu wine -- scanuser.exe                      # your agent, unchanged
+  fltemu wine --address /tmp/f.sock -- agent.exe --workers 4
+  fltemu bench '\\ScannerPort' --reply-length 1 -- fltemu wine -- scanuser.exe
+
+Builds fltlib.dll and fltemu.sys from client/windows if needed (make, mingw-w64), creates the
+Wine prefix if needed (--prefix, else $WINEPREFIX, else ~/.cache/fltemu/wine; headless,
+WINEDEBUG=-all), installs both there and registers the driver as a kernel service, then runs
+the program with FLTEMU_SOCKET set to the daemon's socket (--address, else $FLTEMU_SOCKET,
+else the default path). The program's stdin, stdout, stderr and exit status are its own. Exit
+status 1 with a message when Wine, mingw-w64 or the daemon is missing.
+"""
+
+
+def _add_wine(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    wine = sub.add_parser(
+        "wine",
+        help="run a Windows agent .exe under Wine against the daemon",
+        description="Run a Windows program that uses fltlib.dll (FilterConnectCommunicationPort "
+        "and friends) under Wine, connected to fltemu's daemon.",
+        epilog=_WINE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="fltemu wine [-h] [--address PATH] [--prefix DIR] [--build-dir DIR] "
+        "[--no-daemon-check] -- PROGRAM [ARGS...]",
+    )
+    wine.add_argument("--address", metavar="PATH", help="the daemon's socket")
+    wine.add_argument("--prefix", metavar="DIR", help="the Wine prefix to use (created if missing)")
+    wine.add_argument(
+        "--build-dir",
+        metavar="DIR",
+        help="where to build fltlib.dll and fltemu.sys (default: client/windows/build)",
+    )
+    wine.add_argument(
+        "--daemon-check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="refuse to start when no daemon listens (default: on)",
     )
 
 
@@ -373,8 +415,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    if agent and args.command != "bench":
-        parser.error("'-- COMMAND' is only for fltemu bench")
+    if agent and args.command not in ("bench", "wine"):
+        parser.error("'-- COMMAND' is only for fltemu bench and fltemu wine")
+    if args.command == "wine":
+        if not agent:
+            parser.error("fltemu wine needs the program to run after '--'")
+        from ..wine import run_command as run_wine
+
+        return run_wine(
+            agent,
+            address=args.address,
+            prefix=args.prefix,
+            build_dir=args.build_dir,
+            daemon_check=args.daemon_check,
+        )
     if args.command == "bench":
         from ..bench.command import run_command as run_bench_command
 

@@ -1,0 +1,561 @@
+/*
+ * fltemu.sys: the message device behind fltemu's fltlib.dll, hosted by Wine's winedevice.exe.
+ *
+ * Each file object of \Device\FltemuMsg is one communication-port handle.  IOCTL_FLTEMU_CONNECT
+ * opens a Unix socket to fltemu's daemon and sends Connect; every later IOCTL becomes one
+ * request on that socket (docs/protocol.md) and its IRP stays pending until the daemon's
+ * answer arrives, when it is completed with the daemon's NTSTATUS, as fltmgr.sys completes
+ * FLT_CTL_* IRPs.  The I/O manager then produces what the agent sees: the Win32 error, the
+ * IOCP packet, the OVERLAPPED contents.
+ *
+ * Threads: IRPs arrive on winedevice's single dispatch thread, which must never wait for the
+ * daemon; one reader thread per connection reads the daemon's frames and completes IRPs.
+ * Cancellation (CancelIo/CancelIoEx on a get) sends GetCancel; the get's own GetResult then
+ * says what happened (protocol §7.4).  Wine sends IRP_MJ_CLOSE while IRPs are still pending
+ * and no IRP_MJ_CLEANUP: pending IRPs complete with STATUS_CANCELLED at close, then the socket
+ * is half-closed so the daemon runs DisconnectNotify.
+ *
+ * Every ntoskrnl import must be implemented by Wine 8.0, not a stub that kills winedevice.exe:
+ * `make check-imports` compares the imports with imports.allowed.
+ */
+#include <ntddk.h>
+
+#include "../include/fltemu_ioctl.h"
+#include "../include/linux_syscall.h"
+#include "wire.h"
+
+#define FE_TAG 0x756d6546 /* 'Femu' */
+
+#ifndef STATUS_FLT_NO_WAITER_FOR_REPLY
+#define STATUS_FLT_NO_WAITER_FOR_REPLY ((NTSTATUS)0xC01C0020L)
+#endif
+
+enum conn_state {
+    CONN_NEW,        /* created, no IOCTL_FLTEMU_CONNECT yet */
+    CONN_CONNECTING, /* Connect sent, waiting for ConnectResult */
+    CONN_OPEN,
+    CONN_DEAD,       /* the daemon ended the connection: calls fail with PORT_DISCONNECTED */
+};
+
+/* Which request a pending IRP stands for (kept in Irp->Tail.Overlay.DriverContext[1]). */
+enum irp_kind { KIND_CONNECT = 1, KIND_SEND, KIND_GET, KIND_REPLY };
+
+typedef struct conn {
+    volatile LONG refs;        /* the file object's, the reader thread's */
+    KSPIN_LOCK lock;           /* guards state, closed, pending, next_rid */
+    enum conn_state state;
+    BOOLEAN closed;            /* IRP_MJ_CLOSE arrived */
+    LIST_ENTRY pending;        /* IRPs waiting for the daemon, linked by Tail.Overlay.ListEntry */
+    ULONGLONG next_rid;
+    NTSTATUS end_status;       /* what pending calls get once the connection ended */
+    FAST_MUTEX write_lock;     /* one frame at a time on the socket */
+    int fd;                    /* -1 until connect; closed by the reader thread at its end */
+    ULONGLONG frame_limit;
+} conn;
+
+#define IRP_RID(irp) ((ULONGLONG)(ULONG_PTR)(irp)->Tail.Overlay.DriverContext[0])
+#define IRP_KIND(irp) ((ULONG_PTR)(irp)->Tail.Overlay.DriverContext[1])
+
+static PDEVICE_OBJECT g_device;
+
+static void fe_copy(void *dst, const void *src, ULONGLONG n)
+{
+    unsigned char *d = dst;
+    const unsigned char *s = src;
+    while (n--) *d++ = *s++;
+}
+
+static void fe_zero(void *dst, ULONGLONG n)
+{
+    unsigned char *d = dst;
+    while (n--) *d++ = 0;
+}
+
+static void conn_release(conn *c)
+{
+    if (InterlockedDecrement(&c->refs) == 0) ExFreePoolWithTag(c, FE_TAG);
+}
+
+static void complete(PIRP irp, NTSTATUS status, ULONG_PTR information)
+{
+    irp->IoStatus.Status = status;
+    irp->IoStatus.Information = information;
+    IoCompleteRequest(irp, IO_NO_INCREMENT);
+}
+
+/* Writes one whole frame.  Returns FALSE once the socket is unusable. */
+static BOOLEAN conn_send(conn *c, const unsigned char *frame, ULONGLONG len)
+{
+    BOOLEAN ok = TRUE;
+    ExAcquireFastMutex(&c->write_lock);
+    if (c->fd < 0) ok = FALSE;
+    while (ok && len) {
+        long long n = lnx_send(c->fd, frame, len);
+        if (n <= 0) {
+            /* The reader thread fails every pending IRP when it sees the socket die. */
+            lnx_shutdown(c->fd, LNX_SHUT_RDWR);
+            ok = FALSE;
+            break;
+        }
+        frame += n;
+        len -= (ULONGLONG)n;
+    }
+    ExReleaseFastMutex(&c->write_lock);
+    return ok;
+}
+
+/* Removes the pending IRP with this rid, or returns NULL. */
+static PIRP take_pending(conn *c, ULONGLONG rid)
+{
+    KIRQL irql;
+    PIRP found = NULL;
+    KeAcquireSpinLock(&c->lock, &irql);
+    for (LIST_ENTRY *e = c->pending.Flink; e != &c->pending; e = e->Flink) {
+        PIRP irp = CONTAINING_RECORD(e, IRP, Tail.Overlay.ListEntry);
+        if (IRP_RID(irp) == rid) {
+            RemoveEntryList(e);
+            found = irp;
+            break;
+        }
+    }
+    KeReleaseSpinLock(&c->lock, irql);
+    if (found && IoSetCancelRoutine(found, NULL) == NULL && IRP_KIND(found) == KIND_GET) {
+        /* The cancel routine owns the cancel lock while it looks the IRP up; wait for it to
+         * let go before the IRP is completed and freed. */
+        KIRQL cirql;
+        IoAcquireCancelSpinLock(&cirql);
+        IoReleaseCancelSpinLock(cirql);
+    }
+    return found;
+}
+
+/* Moves every pending IRP to `out` (the connection ended or its handle closed). */
+static void take_all_pending(conn *c, LIST_ENTRY *out)
+{
+    InitializeListHead(out);
+    while (!IsListEmpty(&c->pending)) {
+        LIST_ENTRY *e = RemoveHeadList(&c->pending);
+        InsertTailList(out, e);
+    }
+}
+
+static void complete_all(LIST_ENTRY *list, NTSTATUS status)
+{
+    while (!IsListEmpty(list)) {
+        PIRP irp = CONTAINING_RECORD(RemoveHeadList(list), IRP, Tail.Overlay.ListEntry);
+        if (IoSetCancelRoutine(irp, NULL) == NULL && IRP_KIND(irp) == KIND_GET) {
+            KIRQL cirql;
+            IoAcquireCancelSpinLock(&cirql);
+            IoReleaseCancelSpinLock(cirql);
+        }
+        complete(irp, status, 0);
+    }
+}
+
+/* CancelIo / CancelIoEx / thread exit on a pending get: ask the daemon to withdraw the getter.
+ * The IRP completes when the GetResult comes: STATUS_CANCELLED, or the message if it won. */
+static void NTAPI cancel_get(PDEVICE_OBJECT device, PIRP irp)
+{
+    conn *c = IoGetCurrentIrpStackLocation(irp)->FileObject->FsContext;
+    ULONGLONG rid = 0;
+    BOOLEAN found = FALSE;
+    KIRQL irql;
+    (void)device;
+    /* Look the IRP up while the cancel lock is still held (see take_pending). */
+    KeAcquireSpinLock(&c->lock, &irql);
+    for (LIST_ENTRY *e = c->pending.Flink; e != &c->pending; e = e->Flink) {
+        if (e == &irp->Tail.Overlay.ListEntry) {
+            rid = IRP_RID(irp);
+            found = TRUE;
+            break;
+        }
+    }
+    if (found) InterlockedIncrement(&c->refs);
+    KeReleaseSpinLock(&c->lock, irql);
+    IoReleaseCancelSpinLock(irp->CancelIrql);
+    if (!found) return;
+    unsigned char frame[32];
+    struct wire_out o = {frame + 4};
+    wire_put_array(&o, 2);
+    wire_put_uint(&o, WIRE_GET_CANCEL);
+    wire_put_uint(&o, rid);
+    conn_send(c, frame, wire_finish(&o, frame));
+    conn_release(c);
+}
+
+static void handle_result(conn *c, const struct wire_result *r)
+{
+    PIRP irp;
+    if (r->tag == WIRE_CONNECT_RESULT) {
+        KIRQL irql;
+        NTSTATUS status = NT_SUCCESS((NTSTATUS)r->status) ? STATUS_SUCCESS : (NTSTATUS)r->status;
+        irp = take_pending(c, 0);
+        KeAcquireSpinLock(&c->lock, &irql);
+        if (c->state == CONN_CONNECTING) c->state = NT_SUCCESS(status) ? CONN_OPEN : CONN_DEAD;
+        if (r->max_message) c->frame_limit = r->max_message + WIRE_FRAME_OVERHEAD;
+        KeReleaseSpinLock(&c->lock, irql);
+        if (irp) complete(irp, status, 0);
+        return;
+    }
+    irp = take_pending(c, r->rid);
+    if (!irp) return; /* the handle was closed meanwhile: the IRP already completed */
+    PIO_STACK_LOCATION sp = IoGetCurrentIrpStackLocation(irp);
+    ULONG out_len = sp->Parameters.DeviceIoControl.OutputBufferLength;
+    unsigned char *buf = irp->AssociatedIrp.SystemBuffer;
+    NTSTATUS status = (NTSTATUS)r->status;
+    ULONG_PTR info = 0;
+    if (r->tag == WIRE_SEND_RESULT && IRP_KIND(irp) == KIND_SEND) {
+        ULONGLONG n = r->data_len <= out_len ? r->data_len : out_len;
+        if (!NT_ERROR(status) && n) fe_copy(buf, r->data, n);
+        info = NT_ERROR(status) ? 0 : (ULONG_PTR)n;
+    } else if (r->tag == WIRE_GET_RESULT && IRP_KIND(irp) == KIND_GET) {
+        if (status == STATUS_SUCCESS) {
+            if (r->data_len + 16 > out_len) {
+                status = STATUS_BUFFER_TOO_SMALL; /* cannot happen with a correct daemon */
+                info = (ULONG_PTR)(r->data_len + 16);
+            } else {
+                fe_zero(buf, 16);
+                *(ULONG *)buf = r->reply_length;        /* FILTER_MESSAGE_HEADER.ReplyLength */
+                *(ULONGLONG *)(buf + 8) = r->message_id; /* .MessageId */
+                fe_copy(buf + 16, r->data, r->data_len);
+                info = (ULONG_PTR)(r->data_len + 16);
+            }
+        } else if (status == STATUS_BUFFER_TOO_SMALL) {
+            info = (ULONG_PTR)r->required_size; /* semantics §3.3: bytes = required size */
+        }
+    } else if (r->tag == WIRE_REPLY_RESULT && IRP_KIND(irp) == KIND_REPLY) {
+        /* status only */
+    } else {
+        status = STATUS_PORT_DISCONNECTED; /* a result of the wrong type: daemon bug */
+    }
+    complete(irp, status, info);
+}
+
+/* Reads exactly len bytes.  FALSE on EOF or error. */
+static BOOLEAN read_full(int fd, unsigned char *p, ULONGLONG len)
+{
+    while (len) {
+        long long n = lnx_read(fd, p, len);
+        if (n <= 0) return FALSE;
+        p += n;
+        len -= (ULONGLONG)n;
+    }
+    return TRUE;
+}
+
+static void NTAPI reader_main(void *arg)
+{
+    conn *c = arg;
+    NTSTATUS end = STATUS_PORT_DISCONNECTED;
+    unsigned char small[512];
+    for (;;) {
+        unsigned char hdr[4];
+        if (!read_full(c->fd, hdr, 4)) break;
+        ULONGLONG len = hdr[0] | (hdr[1] << 8) | (hdr[2] << 16) | ((ULONGLONG)hdr[3] << 24);
+        if (len == 0 || len > c->frame_limit) break;
+        unsigned char *body = len <= sizeof(small) ? small : ExAllocatePoolWithTag(NonPagedPool, len, FE_TAG);
+        if (!body) break;
+        BOOLEAN ok = read_full(c->fd, body, len);
+        struct wire_result r;
+        if (ok && wire_decode(body, len, &r) == 0) {
+            if (r.tag == WIRE_GOODBYE) {
+                end = (NTSTATUS)r.status;
+                ok = FALSE;
+            } else {
+                handle_result(c, &r);
+            }
+        } else {
+            ok = FALSE;
+        }
+        if (body != small) ExFreePoolWithTag(body, FE_TAG);
+        if (!ok) break;
+    }
+    /* The connection is over: every pending call fails as on a disconnected port. */
+    KIRQL irql;
+    LIST_ENTRY stolen;
+    KeAcquireSpinLock(&c->lock, &irql);
+    c->state = CONN_DEAD;
+    c->end_status = end;
+    take_all_pending(c, &stolen);
+    KeReleaseSpinLock(&c->lock, irql);
+    complete_all(&stolen, end == STATUS_SUCCESS ? STATUS_PORT_DISCONNECTED : end);
+    ExAcquireFastMutex(&c->write_lock);
+    lnx_close(c->fd);
+    c->fd = -1;
+    ExReleaseFastMutex(&c->write_lock);
+    conn_release(c);
+    PsTerminateSystemThread(STATUS_SUCCESS);
+}
+
+/* Queues `irp` under a fresh rid and sends the frame built by the caller for that rid.
+ * Returns STATUS_PENDING, or the status to complete the IRP with at once. */
+static NTSTATUS submit(conn *c, PIRP irp, enum irp_kind kind, unsigned char *frame,
+                       struct wire_out *o, ULONGLONG rid)
+{
+    KIRQL irql;
+    irp->Tail.Overlay.DriverContext[0] = (PVOID)(ULONG_PTR)rid;
+    irp->Tail.Overlay.DriverContext[1] = (PVOID)(ULONG_PTR)kind;
+    IoMarkIrpPending(irp);
+    KeAcquireSpinLock(&c->lock, &irql);
+    InsertTailList(&c->pending, &irp->Tail.Overlay.ListEntry);
+    KeReleaseSpinLock(&c->lock, irql);
+    if (kind == KIND_GET) {
+        IoSetCancelRoutine(irp, cancel_get);
+    }
+    conn_send(c, frame, wire_finish(o, frame));
+    if (kind == KIND_GET && irp->Cancel && IoSetCancelRoutine(irp, NULL)) {
+        /* Cancelled before the routine was set: cancel it ourselves. */
+        IoAcquireCancelSpinLock(&irp->CancelIrql);
+        cancel_get(g_device, irp);
+    }
+    return STATUS_PENDING;
+}
+
+/* Takes a rid and checks the connection can carry a request.  On failure the caller
+ * completes the IRP with *status. */
+static BOOLEAN begin_request(conn *c, ULONGLONG *rid, NTSTATUS *status)
+{
+    KIRQL irql;
+    BOOLEAN ok = FALSE;
+    KeAcquireSpinLock(&c->lock, &irql);
+    if (c->state == CONN_OPEN) {
+        *rid = ++c->next_rid;
+        ok = TRUE;
+    } else if (c->state == CONN_DEAD) {
+        *status = STATUS_PORT_DISCONNECTED;
+    } else {
+        *status = STATUS_INVALID_DEVICE_REQUEST; /* not connected yet */
+    }
+    KeReleaseSpinLock(&c->lock, irql);
+    return ok;
+}
+
+static NTSTATUS do_connect(conn *c, PIRP irp, const unsigned char *in, ULONG in_len)
+{
+    const FLTEMU_CONNECT_IN *hdr = (const FLTEMU_CONNECT_IN *)in;
+    if (in_len < sizeof(*hdr)) return STATUS_INVALID_PARAMETER;
+    if (hdr->version != FLTEMU_IOCTL_VERSION) return STATUS_REVISION_MISMATCH;
+    ULONG need = sizeof(*hdr) + hdr->name_bytes + hdr->context_bytes + hdr->path_bytes;
+    if (need > in_len || hdr->path_bytes == 0 || hdr->path_bytes > FLTEMU_MAX_SOCKET_PATH ||
+        hdr->name_bytes > FLTEMU_MAX_PORT_NAME)
+        return STATUS_INVALID_PARAMETER;
+    const unsigned char *name = in + sizeof(*hdr);
+    const unsigned char *context = name + hdr->name_bytes;
+    const unsigned char *path = context + hdr->context_bytes;
+
+    KIRQL irql;
+    KeAcquireSpinLock(&c->lock, &irql);
+    BOOLEAN fresh = c->state == CONN_NEW;
+    if (fresh) c->state = CONN_CONNECTING;
+    KeReleaseSpinLock(&c->lock, irql);
+    if (!fresh) return STATUS_INVALID_DEVICE_REQUEST;
+
+    struct lnx_sockaddr_un addr;
+    fe_zero(&addr, sizeof(addr));
+    addr.sun_family = LNX_AF_UNIX;
+    fe_copy(addr.sun_path, path, hdr->path_bytes);
+    long long fd = lnx_socket_unix();
+    NTSTATUS status = STATUS_SUCCESS;
+    if (fd < 0) {
+        status = STATUS_INSUFFICIENT_RESOURCES;
+    } else {
+        long long r = lnx_connect((int)fd, &addr, 2 + hdr->path_bytes);
+        /* The reference client's mapping (protocol §1): permission -> access denied, any
+         * other failure ("no daemon") -> the status of a port that does not exist. */
+        if (r == -LNX_EACCES || r == -LNX_EPERM) status = STATUS_ACCESS_DENIED;
+        else if (r < 0) status = STATUS_OBJECT_NAME_NOT_FOUND;
+    }
+    if (status != STATUS_SUCCESS) {
+        if (fd >= 0) lnx_close((int)fd);
+        KeAcquireSpinLock(&c->lock, &irql);
+        c->state = CONN_DEAD;
+        KeReleaseSpinLock(&c->lock, irql);
+        return status;
+    }
+    c->fd = (int)fd;
+
+    ULONGLONG size = WIRE_REQUEST_MAX(hdr->name_bytes + hdr->context_bytes);
+    unsigned char *frame = ExAllocatePoolWithTag(NonPagedPool, size, FE_TAG);
+    if (!frame) return STATUS_INSUFFICIENT_RESOURCES;
+    struct wire_out o = {frame + 4};
+    wire_put_array(&o, 5);
+    wire_put_uint(&o, WIRE_CONNECT);
+    wire_put_uint(&o, WIRE_PROTOCOL_VERSION);
+    wire_put_str(&o, name, hdr->name_bytes);
+    wire_put_bin(&o, context, hdr->context_bytes);
+    wire_put_uint(&o, hdr->options);
+
+    HANDLE thread;
+    InterlockedIncrement(&c->refs); /* the reader's */
+    if (!NT_SUCCESS(PsCreateSystemThread(&thread, THREAD_ALL_ACCESS, NULL, NULL, NULL, reader_main, c))) {
+        InterlockedDecrement(&c->refs);
+        ExFreePoolWithTag(frame, FE_TAG);
+        lnx_close(c->fd);
+        c->fd = -1;
+        KeAcquireSpinLock(&c->lock, &irql);
+        c->state = CONN_DEAD;
+        KeReleaseSpinLock(&c->lock, irql);
+        return STATUS_INSUFFICIENT_RESOURCES;
+    }
+    ZwClose(thread);
+    /* rid 0 stands for the connect: request ids start at 1. */
+    status = submit(c, irp, KIND_CONNECT, frame, &o, 0);
+    ExFreePoolWithTag(frame, FE_TAG);
+    return status;
+}
+
+static NTSTATUS do_request(conn *c, PIRP irp, ULONG code)
+{
+    PIO_STACK_LOCATION sp = IoGetCurrentIrpStackLocation(irp);
+    ULONG in_len = sp->Parameters.DeviceIoControl.InputBufferLength;
+    ULONG out_len = sp->Parameters.DeviceIoControl.OutputBufferLength;
+    const unsigned char *in = irp->AssociatedIrp.SystemBuffer;
+    ULONGLONG rid;
+    NTSTATUS status;
+
+    if (code == IOCTL_FLTEMU_CONNECT) return do_connect(c, irp, in, in_len);
+    if (!begin_request(c, &rid, &status)) return status;
+
+    ULONGLONG payload = code == IOCTL_FLTEMU_SEND ? in_len : code == IOCTL_FLTEMU_REPLY ? in_len : 0;
+    if (payload > c->frame_limit) return STATUS_INSUFFICIENT_RESOURCES;
+    unsigned char stack_frame[64];
+    ULONGLONG size = WIRE_REQUEST_MAX(payload);
+    unsigned char *frame = size <= sizeof(stack_frame) ? stack_frame : ExAllocatePoolWithTag(NonPagedPool, size, FE_TAG);
+    if (!frame) return STATUS_INSUFFICIENT_RESOURCES;
+    struct wire_out o = {frame + 4};
+    enum irp_kind kind;
+    switch (code) {
+    case IOCTL_FLTEMU_SEND:
+        kind = KIND_SEND;
+        wire_put_array(&o, 4);
+        wire_put_uint(&o, WIRE_SEND_REQUEST);
+        wire_put_uint(&o, rid);
+        wire_put_bin(&o, in, in_len);
+        wire_put_uint(&o, out_len);
+        break;
+    case IOCTL_FLTEMU_GET:
+        kind = KIND_GET;
+        wire_put_array(&o, 3);
+        wire_put_uint(&o, WIRE_GET_REQUEST);
+        wire_put_uint(&o, rid);
+        wire_put_uint(&o, out_len);
+        break;
+    default: /* IOCTL_FLTEMU_REPLY: FILTER_REPLY_HEADER {Status @0, MessageId @8} + payload */
+        if (in_len < 16) {
+            if (frame != stack_frame) ExFreePoolWithTag(frame, FE_TAG);
+            return STATUS_INVALID_PARAMETER;
+        }
+        kind = KIND_REPLY;
+        wire_put_array(&o, 5);
+        wire_put_uint(&o, WIRE_REPLY_REQUEST);
+        wire_put_uint(&o, rid);
+        wire_put_uint(&o, *(const ULONGLONG *)(in + 8));
+        wire_put_uint(&o, *(const ULONG *)in);
+        wire_put_bin(&o, in + 16, in_len - 16);
+        break;
+    }
+    status = submit(c, irp, kind, frame, &o, rid);
+    if (frame != stack_frame) ExFreePoolWithTag(frame, FE_TAG);
+    return status;
+}
+
+static NTSTATUS NTAPI dispatch_create(PDEVICE_OBJECT device, PIRP irp)
+{
+    (void)device;
+    conn *c = ExAllocatePoolWithTag(NonPagedPool, sizeof(conn), FE_TAG);
+    if (!c) {
+        complete(irp, STATUS_INSUFFICIENT_RESOURCES, 0);
+        return STATUS_INSUFFICIENT_RESOURCES;
+    }
+    fe_zero(c, sizeof(*c));
+    c->refs = 1;
+    KeInitializeSpinLock(&c->lock);
+    InitializeListHead(&c->pending);
+    ExInitializeFastMutex(&c->write_lock);
+    c->fd = -1;
+    c->state = CONN_NEW;
+    c->frame_limit = (ULONGLONG)WIRE_DEFAULT_MAX_MESSAGE + WIRE_FRAME_OVERHEAD;
+    IoGetCurrentIrpStackLocation(irp)->FileObject->FsContext = c;
+    complete(irp, STATUS_SUCCESS, 0);
+    return STATUS_SUCCESS;
+}
+
+/* The last handle is gone (Wine sends no IRP_MJ_CLEANUP).  Pending IRPs complete with
+ * STATUS_CANCELLED, as cleanup cancels them on Windows; the half-close makes the daemon run
+ * the disconnect sequence, and the reader thread frees the connection after its EOF. */
+static NTSTATUS NTAPI dispatch_close(PDEVICE_OBJECT device, PIRP irp)
+{
+    (void)device;
+    conn *c = IoGetCurrentIrpStackLocation(irp)->FileObject->FsContext;
+    if (c) {
+        KIRQL irql;
+        LIST_ENTRY stolen;
+        KeAcquireSpinLock(&c->lock, &irql);
+        c->closed = TRUE;
+        take_all_pending(c, &stolen);
+        KeReleaseSpinLock(&c->lock, irql);
+        complete_all(&stolen, STATUS_CANCELLED);
+        ExAcquireFastMutex(&c->write_lock);
+        if (c->fd >= 0) lnx_shutdown(c->fd, LNX_SHUT_WR);
+        ExReleaseFastMutex(&c->write_lock);
+        conn_release(c);
+    }
+    complete(irp, STATUS_SUCCESS, 0);
+    return STATUS_SUCCESS;
+}
+
+static NTSTATUS NTAPI dispatch_ioctl(PDEVICE_OBJECT device, PIRP irp)
+{
+    (void)device;
+    PIO_STACK_LOCATION sp = IoGetCurrentIrpStackLocation(irp);
+    conn *c = sp->FileObject->FsContext;
+    ULONG code = sp->Parameters.DeviceIoControl.IoControlCode;
+    NTSTATUS status;
+    if (!c) status = STATUS_INVALID_HANDLE;
+    else if (code == IOCTL_FLTEMU_CONNECT || code == IOCTL_FLTEMU_SEND || code == IOCTL_FLTEMU_GET ||
+             code == IOCTL_FLTEMU_REPLY)
+        status = do_request(c, irp, code);
+    else status = STATUS_INVALID_DEVICE_REQUEST;
+    if (status != STATUS_PENDING) complete(irp, status, 0);
+    return status;
+}
+
+static NTSTATUS NTAPI dispatch_other(PDEVICE_OBJECT device, PIRP irp)
+{
+    (void)device;
+    complete(irp, STATUS_SUCCESS, 0);
+    return STATUS_SUCCESS;
+}
+
+static void NTAPI driver_unload(PDRIVER_OBJECT driver)
+{
+    UNICODE_STRING link;
+    (void)driver;
+    RtlInitUnicodeString(&link, FLTEMU_DOS_NAME);
+    IoDeleteSymbolicLink(&link);
+    if (g_device) IoDeleteDevice(g_device);
+    g_device = NULL;
+}
+
+NTSTATUS NTAPI DriverEntry(PDRIVER_OBJECT driver, PUNICODE_STRING registry)
+{
+    UNICODE_STRING name, link;
+    NTSTATUS status;
+    (void)registry;
+    RtlInitUnicodeString(&name, FLTEMU_DEVICE_NAME);
+    RtlInitUnicodeString(&link, FLTEMU_DOS_NAME);
+    status = IoCreateDevice(driver, 0, &name, FILE_DEVICE_UNKNOWN, 0, FALSE, &g_device);
+    if (!NT_SUCCESS(status)) return status;
+    status = IoCreateSymbolicLink(&link, &name);
+    if (!NT_SUCCESS(status)) {
+        IoDeleteDevice(g_device);
+        g_device = NULL;
+        return status;
+    }
+    for (int i = 0; i <= IRP_MJ_MAXIMUM_FUNCTION; i++) driver->MajorFunction[i] = dispatch_other;
+    driver->MajorFunction[IRP_MJ_CREATE] = dispatch_create;
+    driver->MajorFunction[IRP_MJ_CLOSE] = dispatch_close;
+    driver->MajorFunction[IRP_MJ_DEVICE_CONTROL] = dispatch_ioctl;
+    driver->DriverUnload = driver_unload;
+    return STATUS_SUCCESS;
+}

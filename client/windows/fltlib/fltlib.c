@@ -1,0 +1,469 @@
+/*
+ * fltemu's fltlib.dll: the user-mode Filter Manager library, for Windows agents run under
+ * Wine against fltemu's daemon.
+ *
+ * As Windows' fltlib does with FltMgr's message device, every communication-port call is one
+ * NtDeviceIoControlFile on a handle of fltemu.sys's device (\Device\FltemuMsg), and the
+ * HRESULT comes from the IRP's NTSTATUS through fltlib's translation (semantics §3.6).  The
+ * handle is a real file handle: CreateIoCompletionPort, GetOverlappedResult, CancelIo(Ex),
+ * DuplicateHandle and CloseHandle are kernel32's and behave as on Windows, because the I/O
+ * manager (Wine's) completes the driver's IRPs.
+ *
+ * The other exports answer as a Windows machine on which fltemu's filters are not kernel
+ * drivers would: no filter, instance or volume can be enumerated, loaded or attached.
+ */
+#define WIN32_LEAN_AND_MEAN
+#include <windows.h>
+#include <winternl.h>
+#include <fltuser.h>
+
+#include "../include/fltemu_ioctl.h"
+#include "../include/linux_syscall.h"
+
+#ifndef FLT_PORT_FLAG_SYNC_HANDLE
+#define FLT_PORT_FLAG_SYNC_HANDLE 0x00000001
+#endif
+#ifndef STATUS_PENDING
+#define STATUS_PENDING ((NTSTATUS)0x00000103L)
+#endif
+#define STATUS_TIMEOUT_ ((NTSTATUS)0x00000102L)
+#define STATUS_OBJECT_NAME_NOT_FOUND_ ((NTSTATUS)0xC0000034L)
+#define STATUS_OBJECT_PATH_NOT_FOUND_ ((NTSTATUS)0xC000003AL)
+#define STATUS_INSUFFICIENT_RESOURCES_ ((NTSTATUS)0xC000009AL)
+#define FILE_OPEN_ 0x00000001
+#define FILE_SYNCHRONOUS_IO_NONALERT_ 0x00000020
+#define FILE_NON_DIRECTORY_FILE_ 0x00000040
+
+NTSTATUS NTAPI NtDeviceIoControlFile(HANDLE, HANDLE, PIO_APC_ROUTINE, PVOID, PIO_STATUS_BLOCK,
+                                     ULONG, PVOID, ULONG, PVOID, ULONG);
+ULONG NTAPI RtlNtStatusToDosError(NTSTATUS);
+
+/* Not declared by every fltuser.h, exported by Windows' fltlib all the same. */
+HRESULT WINAPI FilterVolumeClose(HANDLE hVolume);
+
+static DWORD g_tls = TLS_OUT_OF_INDEXES;
+
+/* fltlib's NTSTATUS -> HRESULT translation (semantics §3.6, protocol §13). */
+static HRESULT flt_hresult(NTSTATUS status)
+{
+    ULONG st = (ULONG)status, facility = (st >> 16) & 0xFFF, err;
+    if (st == 0) return S_OK;
+    if (facility) {
+        if (facility == 0x1C) { /* FACILITY_FILTER_MANAGER */
+            if (st == 0x801C0001) return HRESULT_FROM_WIN32(ERROR_INSUFFICIENT_BUFFER);
+            return (HRESULT)((st & 0x8000FFFF) | 0x001F0000);
+        }
+        return E_FAIL;
+    }
+    if (status == STATUS_TIMEOUT_) return HRESULT_FROM_WIN32(WAIT_TIMEOUT);
+    err = RtlNtStatusToDosError(status);
+    if ((LONG)err <= 0) return (HRESULT)err;
+    return (HRESULT)(0x80070000 | (err & 0xFFFF));
+}
+
+/* A per-thread event for synchronous calls: each call waits for its own IRP, never for the
+ * handle (semantics §3.3: several threads may wait on one asynchronous handle). */
+static HANDLE thread_event(void)
+{
+    HANDLE ev = TlsGetValue(g_tls);
+    if (!ev) {
+        ev = CreateEventW(NULL, FALSE, FALSE, NULL);
+        if (ev) TlsSetValue(g_tls, ev);
+    }
+    return ev;
+}
+
+/* One IOCTL, waited for.  No completion packet is queued for it (ApcContext NULL), as for
+ * fltlib's synchronous calls on an IOCP-bound handle (semantics §3.2). */
+static NTSTATUS ioctl_sync(HANDLE h, ULONG code, void *in, ULONG in_len, void *out,
+                           ULONG out_len, ULONG_PTR *information)
+{
+    IO_STATUS_BLOCK iosb;
+    HANDLE ev = thread_event();
+    NTSTATUS st;
+    *information = 0;
+    if (!ev) return STATUS_INSUFFICIENT_RESOURCES_;
+    iosb.Status = STATUS_PENDING;
+    iosb.Information = 0;
+    st = NtDeviceIoControlFile(h, ev, NULL, NULL, &iosb, code, in, in_len, out, out_len);
+    if (st == STATUS_PENDING) {
+        WaitForSingleObject(ev, INFINITE);
+        st = iosb.Status;
+    }
+    if (st != STATUS_PENDING) *information = iosb.Information;
+    return st;
+}
+
+/* The daemon's socket, by the rule every fltemu client uses (protocol §1): $FLTEMU_SOCKET,
+ * else $XDG_RUNTIME_DIR/fltemu.sock, else /tmp/fltemu-<uid>.sock.  FALSE if it is too long. */
+static BOOL socket_path(char *out, DWORD size)
+{
+    DWORD n = GetEnvironmentVariableA("FLTEMU_SOCKET", out, size);
+    if (n && n < size) return TRUE;
+    n = GetEnvironmentVariableA("XDG_RUNTIME_DIR", out, size);
+    if (n && n + sizeof("/fltemu.sock") <= size) {
+        lstrcatA(out, "/fltemu.sock");
+        return TRUE;
+    }
+    wsprintfA(out, "/tmp/fltemu-%u.sock", (unsigned)lnx_getuid());
+    return TRUE;
+}
+
+/* Starts fltemu.sys's service if its device is missing, and waits until it runs. */
+static void start_driver(void)
+{
+    SC_HANDLE scm = OpenSCManagerW(NULL, NULL, SC_MANAGER_CONNECT), svc;
+    SERVICE_STATUS status;
+    if (!scm) return;
+    svc = OpenServiceW(scm, FLTEMU_SERVICE_NAME, SERVICE_START | SERVICE_QUERY_STATUS);
+    if (svc) {
+        StartServiceW(svc, 0, NULL);
+        for (int i = 0; i < 100 && QueryServiceStatus(svc, &status) &&
+                        status.dwCurrentState == SERVICE_START_PENDING; i++)
+            Sleep(50);
+        CloseServiceHandle(svc);
+    }
+    CloseServiceHandle(scm);
+}
+
+static NTSTATUS open_device(DWORD options, LPSECURITY_ATTRIBUTES sa, HANDLE *h)
+{
+    UNICODE_STRING name;
+    OBJECT_ATTRIBUTES attr;
+    IO_STATUS_BLOCK iosb;
+    NTSTATUS st = 0;
+    RtlInitUnicodeString(&name, FLTEMU_OPEN_NAME);
+    InitializeObjectAttributes(&attr, &name, (sa && sa->bInheritHandle) ? OBJ_INHERIT : 0, NULL, NULL);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        /* The access and flags of fltlib's own open (semantics §3.1). */
+        st = NtCreateFile(h, SYNCHRONIZE | FILE_READ_DATA | FILE_WRITE_DATA, &attr, &iosb, NULL, 0,
+                          FILE_SHARE_READ | FILE_SHARE_WRITE, FILE_OPEN_,
+                          (options & FLT_PORT_FLAG_SYNC_HANDLE) ? FILE_SYNCHRONOUS_IO_NONALERT_ : 0,
+                          NULL, 0);
+        if (st != STATUS_OBJECT_NAME_NOT_FOUND_ && st != STATUS_OBJECT_PATH_NOT_FOUND_) break;
+        if (attempt == 0) start_driver();
+    }
+    if (st == STATUS_OBJECT_PATH_NOT_FOUND_) st = STATUS_OBJECT_NAME_NOT_FOUND_;
+    return st;
+}
+
+/* FilterConnectCommunicationPort: S_OK; 0x80070002 (no such port, no daemon, no driver),
+ * 0x80070005, 0x800704D6, 0x801F000B, translate(ConnectNotify's status); E_INVALIDARG for bad
+ * arguments (semantics §3.1). */
+HRESULT WINAPI FilterConnectCommunicationPort(LPCWSTR lpPortName, DWORD dwOptions, LPCVOID lpContext,
+                                              WORD wSizeOfContext, LPSECURITY_ATTRIBUTES lpSecurityAttributes,
+                                              HANDLE *hPort)
+{
+    char path[FLTEMU_MAX_SOCKET_PATH + 2];
+    FLTEMU_CONNECT_IN *in;
+    HANDLE h;
+    NTSTATUS st;
+    ULONG_PTR info;
+    int name_bytes;
+    ULONG size;
+
+    if (!hPort) return E_INVALIDARG;
+    *hPort = INVALID_HANDLE_VALUE;
+    if (!lpPortName || (lpContext == NULL) != (wSizeOfContext == 0) ||
+        (dwOptions & ~(DWORD)FLT_PORT_FLAG_SYNC_HANDLE))
+        return E_INVALIDARG;
+    name_bytes = WideCharToMultiByte(CP_UTF8, 0, lpPortName, -1, NULL, 0, NULL, NULL);
+    if (name_bytes <= 0) return E_INVALIDARG;
+    name_bytes -= 1; /* without the terminator */
+    if ((ULONG)name_bytes > FLTEMU_MAX_PORT_NAME) return flt_hresult(STATUS_OBJECT_NAME_NOT_FOUND_);
+    if (!socket_path(path, sizeof(path)) || lstrlenA(path) > (int)FLTEMU_MAX_SOCKET_PATH)
+        return flt_hresult(STATUS_OBJECT_NAME_NOT_FOUND_);
+
+    size = sizeof(*in) + name_bytes + wSizeOfContext + lstrlenA(path);
+    in = HeapAlloc(GetProcessHeap(), 0, size);
+    if (!in) return E_OUTOFMEMORY;
+    in->version = FLTEMU_IOCTL_VERSION;
+    in->options = dwOptions;
+    in->name_bytes = (unsigned short)name_bytes;
+    in->context_bytes = wSizeOfContext;
+    in->path_bytes = (unsigned short)lstrlenA(path);
+    in->reserved = 0;
+    WideCharToMultiByte(CP_UTF8, 0, lpPortName, -1, (char *)(in + 1), name_bytes + 1, NULL, NULL);
+    if (wSizeOfContext) CopyMemory((char *)(in + 1) + name_bytes, lpContext, wSizeOfContext);
+    CopyMemory((char *)(in + 1) + name_bytes + wSizeOfContext, path, in->path_bytes);
+
+    st = open_device(dwOptions, lpSecurityAttributes, &h);
+    if (NT_SUCCESS(st)) {
+        st = ioctl_sync(h, IOCTL_FLTEMU_CONNECT, in, size, NULL, 0, &info);
+        if (NT_SUCCESS(st)) *hPort = h;
+        else CloseHandle(h);
+    }
+    HeapFree(GetProcessHeap(), 0, in);
+    return NT_SUCCESS(st) ? S_OK : flt_hresult(st);
+}
+
+/* FilterSendMessage: S_OK only for exactly STATUS_SUCCESS; otherwise translate(MessageNotify's
+ * status), 0x80070006 once disconnected, 0x80070001 without MessageNotify, E_INVALIDARG for no
+ * input.  *lpBytesReturned is the output length, 0 on errors (semantics §3.2). */
+HRESULT WINAPI FilterSendMessage(HANDLE hPort, LPVOID lpInBuffer, DWORD dwInBufferSize, LPVOID lpOutBuffer,
+                                 DWORD dwOutBufferSize, LPDWORD lpBytesReturned)
+{
+    ULONG_PTR info;
+    NTSTATUS st;
+    if (!lpBytesReturned) return E_INVALIDARG;
+    *lpBytesReturned = 0;
+    if (!lpInBuffer || !dwInBufferSize) return E_INVALIDARG;
+    st = ioctl_sync(hPort, IOCTL_FLTEMU_SEND, lpInBuffer, dwInBufferSize, lpOutBuffer,
+                    lpOutBuffer ? dwOutBufferSize : 0, &info);
+    if (!NT_ERROR(st)) *lpBytesReturned = (DWORD)info;
+    return flt_hresult(st);
+}
+
+/* FilterGetMessage: with an OVERLAPPED, HRESULT_FROM_WIN32(ERROR_IO_PENDING) and a completion
+ * of 0 / 122 / 6 / 995; without, S_OK, 0x8007007A, 0x80070006, 0x800703E3.  E_INVALIDARG for no
+ * buffer; 0x80070006 at once when already disconnected (semantics §3.3). */
+HRESULT WINAPI FilterGetMessage(HANDLE hPort, PFILTER_MESSAGE_HEADER lpMessageBuffer, DWORD dwMessageBufferSize,
+                                LPOVERLAPPED lpOverlapped)
+{
+    ULONG_PTR info;
+    NTSTATUS st;
+    if (!lpMessageBuffer || !dwMessageBufferSize) return E_INVALIDARG;
+    if (!lpOverlapped) {
+        st = ioctl_sync(hPort, IOCTL_FLTEMU_GET, NULL, 0, lpMessageBuffer, dwMessageBufferSize, &info);
+        return flt_hresult(st);
+    }
+    /* As kernel32's DeviceIoControl: the OVERLAPPED is the IO_STATUS_BLOCK, and an hEvent with
+     * its low bit set asks for no completion packet. */
+    HANDLE event = (HANDLE)((ULONG_PTR)lpOverlapped->hEvent & ~(ULONG_PTR)1);
+    PVOID apc_context = ((ULONG_PTR)lpOverlapped->hEvent & 1) ? NULL : lpOverlapped;
+    lpOverlapped->Internal = (ULONG_PTR)STATUS_PENDING;
+    lpOverlapped->InternalHigh = 0;
+    st = NtDeviceIoControlFile(hPort, event, NULL, apc_context, (PIO_STATUS_BLOCK)lpOverlapped,
+                               IOCTL_FLTEMU_GET, NULL, 0, lpMessageBuffer, dwMessageBufferSize);
+    if (st == STATUS_PENDING) return HRESULT_FROM_WIN32(ERROR_IO_PENDING);
+    return flt_hresult(st);
+}
+
+/* FilterReplyMessage: S_OK, 0x801F0020 (no waiter), 0x800700EA (truncated), 0x80070006;
+ * E_INVALIDARG below the 16-byte FILTER_REPLY_HEADER (semantics §3.4). */
+HRESULT WINAPI FilterReplyMessage(HANDLE hPort, PFILTER_REPLY_HEADER lpReplyBuffer, DWORD dwReplyBufferSize)
+{
+    ULONG_PTR info;
+    if (!lpReplyBuffer || dwReplyBufferSize < sizeof(FILTER_REPLY_HEADER)) return E_INVALIDARG;
+    return flt_hresult(ioctl_sync(hPort, IOCTL_FLTEMU_REPLY, lpReplyBuffer, dwReplyBufferSize, NULL, 0, &info));
+}
+
+/* ---- Filter management.  fltemu's filters live in the daemon, not in the kernel, so on
+ * this machine there is no minifilter, instance or volume to find, load or attach. ---- */
+
+#define NO_MORE_ITEMS HRESULT_FROM_WIN32(ERROR_NO_MORE_ITEMS)
+
+/* FilterLoad / FilterUnload: no such driver (0x80070002) / filter (ERROR_FLT_FILTER_NOT_FOUND). */
+HRESULT WINAPI FilterLoad(LPCWSTR lpFilterName)
+{
+    return lpFilterName ? HRESULT_FROM_WIN32(ERROR_FILE_NOT_FOUND) : E_INVALIDARG;
+}
+
+HRESULT WINAPI FilterUnload(LPCWSTR lpFilterName)
+{
+    return lpFilterName ? ERROR_FLT_FILTER_NOT_FOUND : E_INVALIDARG;
+}
+
+HRESULT WINAPI FilterCreate(LPCWSTR lpFilterName, HFILTER *hFilter)
+{
+    if (!hFilter || !lpFilterName) return E_INVALIDARG;
+    *hFilter = INVALID_HANDLE_VALUE;
+    return ERROR_FLT_FILTER_NOT_FOUND;
+}
+
+HRESULT WINAPI FilterClose(HFILTER hFilter)
+{
+    (void)hFilter;
+    return E_HANDLE;
+}
+
+HRESULT WINAPI FilterGetInformation(HFILTER hFilter, FILTER_INFORMATION_CLASS dwInformationClass, LPVOID lpBuffer,
+                                    DWORD dwBufferSize, LPDWORD lpBytesReturned)
+{
+    (void)hFilter; (void)dwInformationClass; (void)lpBuffer; (void)dwBufferSize;
+    if (lpBytesReturned) *lpBytesReturned = 0;
+    return E_HANDLE;
+}
+
+/* FilterFindFirst / FilterVolumeFindFirst: HRESULT_FROM_WIN32(ERROR_NO_MORE_ITEMS) and no handle. */
+HRESULT WINAPI FilterFindFirst(FILTER_INFORMATION_CLASS dwInformationClass, LPVOID lpBuffer, DWORD dwBufferSize,
+                               LPDWORD lpBytesReturned, LPHANDLE lpFilterFind)
+{
+    (void)dwInformationClass; (void)lpBuffer; (void)dwBufferSize;
+    if (!lpBytesReturned || !lpFilterFind) return E_INVALIDARG;
+    *lpBytesReturned = 0;
+    *lpFilterFind = INVALID_HANDLE_VALUE;
+    return NO_MORE_ITEMS;
+}
+
+HRESULT WINAPI FilterFindNext(HANDLE hFilterFind, FILTER_INFORMATION_CLASS dwInformationClass, LPVOID lpBuffer,
+                              DWORD dwBufferSize, LPDWORD lpBytesReturned)
+{
+    (void)hFilterFind; (void)dwInformationClass; (void)lpBuffer; (void)dwBufferSize;
+    if (lpBytesReturned) *lpBytesReturned = 0;
+    return E_HANDLE;
+}
+
+HRESULT WINAPI FilterFindClose(HANDLE hFilterFind)
+{
+    (void)hFilterFind;
+    return E_HANDLE;
+}
+
+HRESULT WINAPI FilterVolumeFindFirst(FILTER_VOLUME_INFORMATION_CLASS dwInformationClass, LPVOID lpBuffer,
+                                     DWORD dwBufferSize, LPDWORD lpBytesReturned, PHANDLE lpVolumeFind)
+{
+    (void)dwInformationClass; (void)lpBuffer; (void)dwBufferSize;
+    if (!lpBytesReturned || !lpVolumeFind) return E_INVALIDARG;
+    *lpBytesReturned = 0;
+    *lpVolumeFind = INVALID_HANDLE_VALUE;
+    return NO_MORE_ITEMS;
+}
+
+HRESULT WINAPI FilterVolumeFindNext(HANDLE hVolumeFind, FILTER_VOLUME_INFORMATION_CLASS dwInformationClass,
+                                    LPVOID lpBuffer, DWORD dwBufferSize, LPDWORD lpBytesReturned)
+{
+    (void)hVolumeFind; (void)dwInformationClass; (void)lpBuffer; (void)dwBufferSize;
+    if (lpBytesReturned) *lpBytesReturned = 0;
+    return E_HANDLE;
+}
+
+HRESULT WINAPI FilterVolumeFindClose(HANDLE hVolumeFind)
+{
+    (void)hVolumeFind;
+    return E_HANDLE;
+}
+
+HRESULT WINAPI FilterVolumeClose(HANDLE hVolume)
+{
+    (void)hVolume;
+    return E_HANDLE;
+}
+
+/* Instances of a filter, and of a volume: the filter / volume is not found. */
+HRESULT WINAPI FilterInstanceFindFirst(LPCWSTR lpFilterName, INSTANCE_INFORMATION_CLASS dwInformationClass,
+                                       LPVOID lpBuffer, DWORD dwBufferSize, LPDWORD lpBytesReturned,
+                                       LPHANDLE lpFilterInstanceFind)
+{
+    (void)dwInformationClass; (void)lpBuffer; (void)dwBufferSize;
+    if (!lpFilterName || !lpBytesReturned || !lpFilterInstanceFind) return E_INVALIDARG;
+    *lpBytesReturned = 0;
+    *lpFilterInstanceFind = INVALID_HANDLE_VALUE;
+    return ERROR_FLT_FILTER_NOT_FOUND;
+}
+
+HRESULT WINAPI FilterInstanceFindNext(HANDLE hFilterInstanceFind, INSTANCE_INFORMATION_CLASS dwInformationClass,
+                                      LPVOID lpBuffer, DWORD dwBufferSize, LPDWORD lpBytesReturned)
+{
+    (void)hFilterInstanceFind; (void)dwInformationClass; (void)lpBuffer; (void)dwBufferSize;
+    if (lpBytesReturned) *lpBytesReturned = 0;
+    return E_HANDLE;
+}
+
+HRESULT WINAPI FilterInstanceFindClose(HANDLE hFilterInstanceFind)
+{
+    (void)hFilterInstanceFind;
+    return E_HANDLE;
+}
+
+HRESULT WINAPI FilterVolumeInstanceFindFirst(LPCWSTR lpVolumeName, INSTANCE_INFORMATION_CLASS dwInformationClass,
+                                             LPVOID lpBuffer, DWORD dwBufferSize, LPDWORD lpBytesReturned,
+                                             LPHANDLE lpVolumeInstanceFind)
+{
+    (void)dwInformationClass; (void)lpBuffer; (void)dwBufferSize;
+    if (!lpVolumeName || !lpBytesReturned || !lpVolumeInstanceFind) return E_INVALIDARG;
+    *lpBytesReturned = 0;
+    *lpVolumeInstanceFind = INVALID_HANDLE_VALUE;
+    return ERROR_FLT_VOLUME_NOT_FOUND;
+}
+
+HRESULT WINAPI FilterVolumeInstanceFindNext(HANDLE hVolumeInstanceFind, INSTANCE_INFORMATION_CLASS dwInformationClass,
+                                            LPVOID lpBuffer, DWORD dwBufferSize, LPDWORD lpBytesReturned)
+{
+    (void)hVolumeInstanceFind; (void)dwInformationClass; (void)lpBuffer; (void)dwBufferSize;
+    if (lpBytesReturned) *lpBytesReturned = 0;
+    return E_HANDLE;
+}
+
+HRESULT WINAPI FilterVolumeInstanceFindClose(HANDLE hVolumeInstanceFind)
+{
+    (void)hVolumeInstanceFind;
+    return E_HANDLE;
+}
+
+HRESULT WINAPI FilterInstanceCreate(LPCWSTR lpFilterName, LPCWSTR lpVolumeName, LPCWSTR lpInstanceName,
+                                    HFILTER_INSTANCE *hInstance)
+{
+    (void)lpVolumeName; (void)lpInstanceName;
+    if (!lpFilterName || !hInstance) return E_INVALIDARG;
+    *hInstance = INVALID_HANDLE_VALUE;
+    return ERROR_FLT_FILTER_NOT_FOUND;
+}
+
+HRESULT WINAPI FilterInstanceClose(HFILTER_INSTANCE hInstance)
+{
+    (void)hInstance;
+    return E_HANDLE;
+}
+
+HRESULT WINAPI FilterInstanceGetInformation(HFILTER_INSTANCE hInstance, INSTANCE_INFORMATION_CLASS dwInformationClass,
+                                            LPVOID lpBuffer, DWORD dwBufferSize, LPDWORD lpBytesReturned)
+{
+    (void)hInstance; (void)dwInformationClass; (void)lpBuffer; (void)dwBufferSize;
+    if (lpBytesReturned) *lpBytesReturned = 0;
+    return E_HANDLE;
+}
+
+/* FilterAttach / FilterAttachAtAltitude / FilterDetach: the filter is not found. */
+HRESULT WINAPI FilterAttach(LPCWSTR lpFilterName, LPCWSTR lpVolumeName, LPCWSTR lpInstanceName,
+                            DWORD dwCreatedInstanceNameLength, LPWSTR lpCreatedInstanceName)
+{
+    (void)lpVolumeName; (void)lpInstanceName; (void)dwCreatedInstanceNameLength; (void)lpCreatedInstanceName;
+    return lpFilterName ? ERROR_FLT_FILTER_NOT_FOUND : E_INVALIDARG;
+}
+
+HRESULT WINAPI FilterAttachAtAltitude(LPCWSTR lpFilterName, LPCWSTR lpVolumeName, LPCWSTR lpAltitude,
+                                      LPCWSTR lpInstanceName, DWORD dwCreatedInstanceNameLength,
+                                      LPWSTR lpCreatedInstanceName)
+{
+    (void)lpVolumeName; (void)lpAltitude; (void)lpInstanceName; (void)dwCreatedInstanceNameLength;
+    (void)lpCreatedInstanceName;
+    return lpFilterName ? ERROR_FLT_FILTER_NOT_FOUND : E_INVALIDARG;
+}
+
+HRESULT WINAPI FilterDetach(LPCWSTR lpFilterName, LPCWSTR lpVolumeName, LPCWSTR lpInstanceName)
+{
+    (void)lpVolumeName; (void)lpInstanceName;
+    return lpFilterName ? ERROR_FLT_FILTER_NOT_FOUND : E_INVALIDARG;
+}
+
+/* FilterGetDosName: no volume of that name (ERROR_FLT_VOLUME_NOT_FOUND). */
+HRESULT WINAPI FilterGetDosName(LPCWSTR lpVolumeName, LPWSTR lpDosName, DWORD dwDosNameBufferSize)
+{
+    if (!lpVolumeName || !lpDosName || !dwDosNameBufferSize) return E_INVALIDARG;
+    lpDosName[0] = 0;
+    return ERROR_FLT_VOLUME_NOT_FOUND;
+}
+
+BOOL WINAPI DllMain(HINSTANCE instance, DWORD reason, LPVOID reserved)
+{
+    (void)instance;
+    switch (reason) {
+    case DLL_PROCESS_ATTACH:
+        g_tls = TlsAlloc();
+        return g_tls != TLS_OUT_OF_INDEXES;
+    case DLL_THREAD_DETACH: {
+        HANDLE ev = TlsGetValue(g_tls);
+        if (ev) CloseHandle(ev);
+        break;
+    }
+    case DLL_PROCESS_DETACH:
+        if (!reserved && g_tls != TLS_OUT_OF_INDEXES) {
+            HANDLE ev = TlsGetValue(g_tls);
+            if (ev) CloseHandle(ev);
+            TlsFree(g_tls);
+        }
+        break;
+    }
+    return TRUE;
+}

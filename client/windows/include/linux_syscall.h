@@ -1,0 +1,104 @@
+/*
+ * Raw x86_64 Linux system calls from PE code running under Wine.
+ *
+ * Wine 8.0 has no Winsock AF_UNIX, but a PE module may issue the `syscall` instruction
+ * itself: the Linux kernel does not know or care that the caller is "Windows" code.  That is
+ * how fltemu.sys reaches the daemon's Unix socket, so the daemon sees the Wine process's
+ * real uid through SO_PEERCRED.  Arguments are `long long`: `long` is 32-bit on Win64.
+ *
+ * Every function returns the kernel's result: >= 0 on success, -errno on failure.
+ */
+#ifndef FLTEMU_LINUX_H
+#define FLTEMU_LINUX_H
+
+#define LNX_SYS_read 0
+#define LNX_SYS_close 3
+#define LNX_SYS_socket 41
+#define LNX_SYS_connect 42
+#define LNX_SYS_sendto 44
+#define LNX_SYS_shutdown 48
+#define LNX_SYS_getuid 102
+
+#define LNX_AF_UNIX 1
+#define LNX_SOCK_STREAM 1
+#define LNX_SOCK_CLOEXEC 02000000
+#define LNX_MSG_NOSIGNAL 0x4000
+#define LNX_SHUT_WR 1
+#define LNX_SHUT_RDWR 2
+
+#define LNX_EINTR 4
+#define LNX_ENOENT 2
+#define LNX_EACCES 13
+#define LNX_EPERM 1
+
+struct lnx_sockaddr_un {
+    unsigned short sun_family;
+    char sun_path[108];
+};
+
+static inline long long lnx_syscall6(long long n, long long a, long long b, long long c,
+                                     long long d, long long e, long long f)
+{
+    long long ret;
+    register long long r10 __asm__("r10") = d;
+    register long long r8 __asm__("r8") = e;
+    register long long r9 __asm__("r9") = f;
+    __asm__ volatile("syscall"
+                     : "=a"(ret)
+                     : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
+                     : "rcx", "r11", "memory");
+    return ret;
+}
+
+static inline long long lnx_syscall3(long long n, long long a, long long b, long long c)
+{
+    return lnx_syscall6(n, a, b, c, 0, 0, 0);
+}
+
+/* read(2), retried on EINTR (Wine's own signals may interrupt a blocked thread). */
+static inline long long lnx_read(int fd, void *buf, unsigned long long len)
+{
+    long long r;
+    do r = lnx_syscall3(LNX_SYS_read, fd, (long long)buf, (long long)len);
+    while (r == -LNX_EINTR);
+    return r;
+}
+
+/* send(2) with MSG_NOSIGNAL: a dead daemon gives -EPIPE, never a SIGPIPE. */
+static inline long long lnx_send(int fd, const void *buf, unsigned long long len)
+{
+    long long r;
+    do r = lnx_syscall6(LNX_SYS_sendto, fd, (long long)buf, (long long)len, LNX_MSG_NOSIGNAL, 0, 0);
+    while (r == -LNX_EINTR);
+    return r;
+}
+
+static inline long long lnx_socket_unix(void)
+{
+    return lnx_syscall3(LNX_SYS_socket, LNX_AF_UNIX, LNX_SOCK_STREAM | LNX_SOCK_CLOEXEC, 0);
+}
+
+static inline long long lnx_connect(int fd, const struct lnx_sockaddr_un *addr, unsigned int len)
+{
+    long long r;
+    do r = lnx_syscall3(LNX_SYS_connect, fd, (long long)addr, len);
+    while (r == -LNX_EINTR);
+    return r;
+}
+
+static inline long long lnx_shutdown(int fd, int how)
+{
+    return lnx_syscall3(LNX_SYS_shutdown, fd, how, 0);
+}
+
+static inline long long lnx_close(int fd)
+{
+    return lnx_syscall3(LNX_SYS_close, fd, 0, 0);
+}
+
+static inline long long lnx_getuid(void)
+{
+    return lnx_syscall3(LNX_SYS_getuid, 0, 0, 0);
+}
+
+#endif

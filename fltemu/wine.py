@@ -1,0 +1,301 @@
+"""Running a Windows agent under Wine against fltemu: ``fltemu wine -- agent.exe ARGS``.
+
+The Windows side is two binaries built from ``client/windows`` with mingw-w64: ``fltlib.dll``,
+which the agent loads instead of Wine's stub, and ``fltemu.sys``, the message device that
+Wine's ``winedevice.exe`` hosts and that talks to the daemon's socket (``docs/wine.md``).
+This module builds them, prepares a Wine prefix (creates it, installs both, registers the
+driver as a kernel service) and runs the agent in it with ``FLTEMU_SOCKET`` set.
+
+Not here: the C sources (``client/windows``), argument parsing (``daemon/cli.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from .errors import FltEmuError
+from .wire.address import resolve_address
+
+__all__ = [
+    "SERVICE_NAME",
+    "WineBuild",
+    "WinePrefix",
+    "WineSetupError",
+    "agent_environment",
+    "build_windows_side",
+    "check_daemon",
+    "default_prefix",
+    "windows_sources",
+]
+
+#: The driver's service name (the same as ``FLTEMU_SERVICE_NAME`` in ``fltemu_ioctl.h``).
+SERVICE_NAME: Final = "fltemu"
+#: Where the driver lives inside the prefix, as Windows paths and relative to ``drive_c``.
+DRIVER_WINDOWS_PATH: Final = "C:\\windows\\system32\\drivers\\fltemu.sys"
+_DRIVER_IN_PREFIX: Final = "drive_c/windows/system32/drivers/fltemu.sys"
+_DLL_IN_PREFIX: Final = "drive_c/windows/system32/fltlib.dll"
+#: What a prefix records once fltemu's binaries are installed in it.
+_MARKER: Final = ".fltemu-installed"
+
+_INSTALL_HINT: Final = {
+    "wine": "Wine is not installed: apt-get install wine wine64 (Debian/Ubuntu)",
+    "x86_64-w64-mingw32-gcc": "mingw-w64 is not installed, needed to build fltlib.dll and "
+    "fltemu.sys: apt-get install gcc-mingw-w64-x86-64 make",
+    "make": "make is not installed: apt-get install make",
+}
+
+
+class WineSetupError(FltEmuError):
+    """Something the Windows side needs is missing or failed; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class WineBuild:
+    """The built Windows side: ``fltlib.dll``, ``fltemu.sys`` and the build folder."""
+
+    directory: Path
+
+    @property
+    def dll(self) -> Path:
+        return self.directory / "fltlib.dll"
+
+    @property
+    def driver(self) -> Path:
+        return self.directory / "fltemu.sys"
+
+    def agent(self, name: str) -> Path:
+        """A test agent built by ``make agents`` (``client/windows/tests/NAME.c``)."""
+        return self.directory / "tests" / f"{name}.exe"
+
+
+def _require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise WineSetupError(_INSTALL_HINT.get(tool, f"{tool} not found"))
+    return path
+
+
+def windows_sources() -> Path:
+    """The C sources of the Windows side: ``$FLTEMU_WINDOWS_SRC``, else ``client/windows``
+    of the checkout this package runs from.
+
+    Raises:
+        WineSetupError: neither exists (an installed wheel carries no C sources).
+    """
+    env = os.environ.get("FLTEMU_WINDOWS_SRC")
+    candidate = Path(env) if env else Path(__file__).resolve().parent.parent / "client" / "windows"
+    if not (candidate / "Makefile").is_file():
+        raise WineSetupError(
+            f"the Windows side's sources are not at {candidate}: run fltemu from a checkout of "
+            "its repository, or set FLTEMU_WINDOWS_SRC to its client/windows folder"
+        )
+    return candidate
+
+
+def build_windows_side(
+    sources: Path | None = None, build_dir: Path | None = None, *, agents: bool = False
+) -> WineBuild:
+    """Run ``make`` in ``client/windows`` (a no-op when everything is up to date).
+
+    Args:
+        sources: the ``client/windows`` folder (default: ``windows_sources()``).
+        build_dir: where the binaries go (default: ``build`` inside ``sources``).
+        agents: also build the test agents (``make agents``).
+
+    Raises:
+        WineSetupError: mingw-w64 or make is missing, or the build failed (its output is in
+            the message).
+    """
+    sources = sources or windows_sources()
+    build_dir = build_dir or sources / "build"
+    _require("make")
+    _require("x86_64-w64-mingw32-gcc")
+    argv = ["make", "-s", "-C", str(sources), f"BUILD={build_dir.resolve()}"]
+    if agents:
+        argv.append("agents")
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise WineSetupError(
+            f"building the Windows side failed ({' '.join(argv)}):\n{done.stdout}{done.stderr}"
+        )
+    return WineBuild(build_dir.resolve())
+
+
+def default_prefix(environ: Mapping[str, str] | None = None) -> Path:
+    """``$WINEPREFIX`` when set, else ``$XDG_CACHE_HOME/fltemu/wine`` (``~/.cache/...``)."""
+    env = os.environ if environ is None else environ
+    if env.get("WINEPREFIX"):
+        return Path(env["WINEPREFIX"])
+    cache = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "fltemu" / "wine"
+
+
+def _wine_environment(prefix: Path, base: Mapping[str, str]) -> dict[str, str]:
+    env = dict(base)
+    env["WINEPREFIX"] = str(prefix)
+    env["WINEARCH"] = "win64"
+    env.setdefault("WINEDEBUG", "-all")
+    env.pop("DISPLAY", None)  # headless: no window, no X server needed
+    overrides = [o for o in env.get("WINEDLLOVERRIDES", "").split(";") if o]
+    env["WINEDLLOVERRIDES"] = ";".join(["fltlib=n", *overrides])
+    return env
+
+
+class WinePrefix:
+    """A Wine prefix with fltemu's ``fltlib.dll`` and ``fltemu.sys`` installed.
+
+    ``ensure`` is idempotent and safe to call from several processes at once (a lock file
+    beside the prefix serializes them).
+    """
+
+    def __init__(self, path: Path | str | None = None) -> None:
+        self.path = Path(path) if path is not None else default_prefix()
+
+    def environment(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment for Wine commands in this prefix: headless, quiet, with the
+        ``fltlib=n`` override (so Wine loads fltemu's DLL, not its own stub)."""
+        return _wine_environment(self.path, os.environ if base is None else base)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = self.path.parent / f".{self.path.name}.lock"
+        with open(lock, "w") as fd:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+
+    def _run(self, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        env = self.environment()
+        # wineboot must not try to fetch Mono or Gecko (no network, no prompt).
+        env["WINEDLLOVERRIDES"] += ";mscoree=d;mshtml=d"
+        try:
+            return subprocess.run(
+                argv,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise WineSetupError(f"{' '.join(argv)} did not finish within {timeout} s") from exc
+
+    def ensure(self, build: WineBuild) -> None:
+        """Create the prefix if needed and install ``build`` into it.
+
+        A prefix whose installed binaries differ from ``build`` is updated; its running Wine
+        session (which has the old driver loaded) is ended first.
+
+        Raises:
+            WineSetupError: Wine is missing, or a Wine command failed.
+        """
+        _require("wine")
+        stamp = _digest(build.dll, build.driver)
+        with self._locked():
+            marker = self.path / _MARKER
+            if marker.is_file() and marker.read_text() == stamp:
+                return
+            if not (self.path / "system.reg").is_file():
+                done = self._run("wineboot", "-i")
+                if done.returncode != 0 or not (self.path / "system.reg").is_file():
+                    raise WineSetupError(
+                        f"could not create the Wine prefix {self.path}:\n{done.stderr[-2000:]}"
+                    )
+            else:
+                # The session may still hold the old driver: end it before replacing it.
+                self._run("wineserver", "-k")
+            shutil.copyfile(build.driver, self.path / _DRIVER_IN_PREFIX)
+            shutil.copyfile(build.dll, self.path / _DLL_IN_PREFIX)
+            steps = [
+                ("wine", "reg", "add", "HKCU\\Software\\Wine\\DllOverrides", "/v", "fltlib",
+                 "/d", "native", "/f"),
+                ("wine", "sc", "create", SERVICE_NAME, "type=", "kernel", "start=", "auto",
+                 "binPath=", DRIVER_WINDOWS_PATH),
+            ]  # fmt: skip
+            for argv in steps:
+                done = self._run(*argv)
+                # sc create fails with 1073 (already exists) when re-installing: fine.
+                if done.returncode != 0 and "1073" not in done.stdout + done.stderr:
+                    raise WineSetupError(
+                        f"{' '.join(argv)} failed in {self.path}:\n{done.stdout}{done.stderr}"
+                    )
+            # End the session so the next one starts the driver with the others at boot.
+            self._run("wineserver", "-w")
+            marker.write_text(stamp)
+
+
+def _digest(*paths: Path) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def check_daemon(address: str) -> None:
+    """Raise ``WineSetupError`` unless a daemon accepts connections at ``address``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(address)
+        except OSError as exc:
+            raise WineSetupError(
+                f"no fltemu daemon at {address} ({exc.strerror or exc}): start one with "
+                "'fltemu serve', or pass --address / set FLTEMU_SOCKET"
+            ) from None
+
+
+def agent_environment(
+    prefix: WinePrefix, address: str | None = None, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment an agent runs in: the prefix's, and ``FLTEMU_SOCKET`` set to the
+    daemon's socket (the usual resolution: ``address``, ``$FLTEMU_SOCKET``, the default)."""
+    env = prefix.environment(base)
+    env["FLTEMU_SOCKET"] = os.path.abspath(resolve_address(address))
+    return env
+
+
+def agent_argv(program: str, args: Sequence[str] = ()) -> list[str]:
+    """The command that runs a Windows program under Wine."""
+    return [_require("wine"), program, *args]
+
+
+def run_command(
+    program: Sequence[str],
+    *,
+    address: str | None,
+    prefix: str | None,
+    build_dir: str | None,
+    daemon_check: bool = True,
+) -> int:
+    """``fltemu wine``: build, prepare the prefix, then replace this process with the agent
+    under Wine, so its stdin/stdout/stderr, signals and exit status are the agent's own.
+
+    Returns 1 (after printing what is missing) if that cannot be done; otherwise it does not
+    return.
+    """
+    import sys
+
+    try:
+        build = build_windows_side(build_dir=Path(build_dir) if build_dir else None)
+        where = WinePrefix(prefix)
+        env = agent_environment(where, address)
+        if daemon_check:
+            check_daemon(env["FLTEMU_SOCKET"])
+        where.ensure(build)
+        argv = agent_argv(program[0], program[1:])
+    except (WineSetupError, OSError) as exc:
+        print(f"fltemu wine: error: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(argv[0], argv, env)
