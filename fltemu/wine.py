@@ -18,6 +18,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,18 +179,23 @@ class WinePrefix:
         env = self.environment()
         # wineboot must not try to fetch Mono or Gecko (no network, no prompt).
         env["WINEDLLOVERRIDES"] += ";mscoree=d;mshtml=d"
-        try:
-            return subprocess.run(
-                argv,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-                stdin=subprocess.DEVNULL,
+        # Output goes to files, not pipes: the Wine processes a command starts (wineserver,
+        # services) may keep its descriptors open long after the command itself is done.
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            try:
+                code = subprocess.run(
+                    argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                    timeout=timeout, check=False,
+                ).returncode  # fmt: skip
+            except subprocess.TimeoutExpired as exc:
+                raise WineSetupError(
+                    f"{' '.join(argv)} did not finish within {timeout} s"
+                ) from exc
+            out.seek(0)
+            err.seek(0)
+            return subprocess.CompletedProcess(
+                argv, code, out.read().decode(errors="replace"), err.read().decode(errors="replace")
             )
-        except subprocess.TimeoutExpired as exc:
-            raise WineSetupError(f"{' '.join(argv)} did not finish within {timeout} s") from exc
 
     def ensure(self, build: WineBuild) -> None:
         """Create the prefix if needed and install ``build`` into it.
@@ -208,7 +214,7 @@ class WinePrefix:
                 return
             if not (self.path / "system.reg").is_file():
                 done = self._run("wineboot", "-i")
-                if done.returncode != 0 or not (self.path / "system.reg").is_file():
+                if done.returncode != 0:
                     raise WineSetupError(
                         f"could not create the Wine prefix {self.path}:\n{done.stderr[-2000:]}"
                     )
@@ -230,9 +236,27 @@ class WinePrefix:
                     raise WineSetupError(
                         f"{' '.join(argv)} failed in {self.path}:\n{done.stdout}{done.stderr}"
                     )
-            # End the session so the next one starts the driver with the others at boot.
+            # End the session (which also saves the registry), so that the next one starts
+            # the driver at boot with the other services.
             self._run("wineserver", "-w")
+            if not (self.path / "system.reg").is_file():
+                raise WineSetupError(f"Wine did not set up the prefix {self.path}")
             marker.write_text(stamp)
+
+    def start_session(self, *, persistent: bool = False) -> None:
+        """Start the prefix's Wine session (wineserver, services, fltemu.sys) if it is not
+        running, with no standard streams, so that the agent started next finds its device
+        ready and no long-lived Wine process holds the agent's stdout open after it exits.
+
+        Args:
+            persistent: keep the session until ``wineserver -k`` (for test suites), instead of
+                Wine's default of ending it a few seconds after its last program.
+        """
+        if persistent:
+            self._run("wineserver", "-p")
+        done = self._run("wineboot")
+        if done.returncode != 0:
+            raise WineSetupError(f"could not start Wine in {self.path}:\n{done.stderr[-2000:]}")
 
 
 def _digest(*paths: Path) -> str:
@@ -292,6 +316,7 @@ def run_command(
         if daemon_check:
             check_daemon(env["FLTEMU_SOCKET"])
         where.ensure(build)
+        where.start_session()
         argv = agent_argv(program[0], program[1:])
     except (WineSetupError, OSError) as exc:
         print(f"fltemu wine: error: {exc}", file=sys.stderr)

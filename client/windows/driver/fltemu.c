@@ -34,7 +34,8 @@ enum conn_state {
     CONN_NEW,        /* created, no IOCTL_FLTEMU_CONNECT yet */
     CONN_CONNECTING, /* Connect sent, waiting for ConnectResult */
     CONN_OPEN,
-    CONN_DEAD,       /* the daemon ended the connection: calls fail with PORT_DISCONNECTED */
+    CONN_DEAD,       /* the daemon or the filter ended the connection: calls fail at once
+                        with STATUS_PORT_DISCONNECTED */
 };
 
 /* Which request a pending IRP stands for (kept in Irp->Tail.Overlay.DriverContext[1]). */
@@ -196,6 +197,15 @@ static void handle_result(conn *c, const struct wire_result *r)
         KeReleaseSpinLock(&c->lock, irql);
         if (irp) complete(irp, status, 0);
         return;
+    }
+    if ((r->tag == WIRE_GET_RESULT || r->tag == WIRE_REPLY_RESULT) &&
+        r->status == (unsigned)STATUS_PORT_DISCONNECTED) {
+        /* The filter closed this connection (FltCloseClientPort, unload): from now on every
+         * call fails at once, with no completion packet, as on Windows (protocol §9). */
+        KIRQL irql;
+        KeAcquireSpinLock(&c->lock, &irql);
+        c->state = CONN_DEAD;
+        KeReleaseSpinLock(&c->lock, irql);
     }
     irp = take_pending(c, r->rid);
     if (!irp) return; /* the handle was closed meanwhile: the IRP already completed */

@@ -1,0 +1,227 @@
+/*
+ * probe.exe: a Windows agent driven line by line from stdin, so that tests can make every
+ * fltlib call in any order and read what it returned.  Each command prints one line.
+ *
+ *   connect NAME [CTXHEX|-] [OPTIONS]  FilterConnectCommunicationPort        "connect 0x%08x"
+ *   connectbad                          NULL context with a size: E_INVALIDARG
+ *   send HEX OUTSIZE                    FilterSendMessage      "send 0x%08x n=N out=HEX"
+ *   sendnull                            FilterSendMessage(h, NULL, 0, ...)
+ *   get SIZE                            synchronous FilterGetMessage
+ *                                       "get 0x%08x rl=R id=I data=HEX"
+ *   tget SLOT SIZE                      the same on a new thread: "tget SLOT 0x%08x ..." later
+ *   bind                                CreateIoCompletionPort(h, NULL, 7, 0)  "bind 1"
+ *   oget SLOT SIZE                      overlapped FilterGetMessage            "oget SLOT 0x%08x"
+ *   wait MS                             GetQueuedCompletionStatus
+ *                                       "done SLOT ok=B err=E bytes=N key=K rl=R id=I data=HEX"
+ *                                       or "wait ok=B err=E nullovl"
+ *   result SLOT                         GetOverlappedResult(wait)  "result SLOT ok=B err=E bytes=N"
+ *   cancel SLOT | cancelall | cancelio  CancelIoEx(h, &ov) / CancelIoEx(h, NULL) / CancelIo(h)
+ *   reply ID STATUS HEX                 FilterReplyMessage with 16 + len bytes  "reply 0x%08x"
+ *   replyshort                          a 15-byte reply buffer: E_INVALIDARG
+ *   dup / closedup                      DuplicateHandle, then CloseHandle of the copy
+ *   usedup                              the duplicate becomes the handle for later commands
+ *   close / closeiocp                   CloseHandle of the port / of the completion port
+ *   misc                                the management functions, "NAME 0x%08x" each
+ *   badhandle                           the port calls on a handle that is not a port
+ *   sleep MS, exit CODE
+ */
+#include "agent.h"
+
+#define SLOTS 64
+
+static HANDLE port = INVALID_HANDLE_VALUE, dup_port = NULL, iocp = NULL;
+static struct slot {
+    OVERLAPPED ov; /* first: CONTAINING_RECORD finds the slot, as the samples do */
+    int index;
+    DWORD size;
+    unsigned char *buf;
+} slots[SLOTS];
+
+static void print_message(const char *prefix, HRESULT hr, const unsigned char *buf, DWORD bytes)
+{
+    const FILTER_MESSAGE_HEADER *h = (const FILTER_MESSAGE_HEADER *)buf;
+    if (hr == S_OK && bytes >= sizeof(*h)) {
+        char *hex = malloc(2 * (bytes - sizeof(*h)) + 1);
+        out("%s 0x%08lx rl=%lu id=%llu data=%s", prefix, (unsigned long)hr, h->ReplyLength,
+            (unsigned long long)h->MessageId, to_hex(buf + sizeof(*h), bytes - sizeof(*h), hex));
+        free(hex);
+    } else {
+        out("%s 0x%08lx", prefix, (unsigned long)hr);
+    }
+}
+
+struct tget_args { int slot; DWORD size; };
+
+static DWORD WINAPI tget_thread(void *arg)
+{
+    struct tget_args *a = arg;
+    unsigned char *buf = calloc(1, a->size + 1);
+    HRESULT hr = FilterGetMessage(port, (PFILTER_MESSAGE_HEADER)buf, a->size, NULL);
+    char prefix[32];
+    const FILTER_MESSAGE_HEADER *h = (const FILTER_MESSAGE_HEADER *)buf;
+    snprintf(prefix, sizeof prefix, "tget %d", a->slot);
+    /* A synchronous get does not say how many bytes came: the test knows the message. */
+    print_message(prefix, hr, buf, hr == S_OK ? (DWORD)(sizeof(*h) + strlen((char *)buf + sizeof(*h))) : 0);
+    free(buf);
+    free(a);
+    return 0;
+}
+
+static struct slot *slot_arg(const char *text)
+{
+    int i = atoi(text);
+    return i >= 0 && i < SLOTS ? &slots[i] : NULL;
+}
+
+static void misc(void)
+{
+    HANDLE find = NULL;
+    DWORD n = 0;
+    unsigned char buf[512];
+    WCHAR name[64];
+    out("FilterFindFirst 0x%08lx", (unsigned long)FilterFindFirst(FilterFullInformation, buf, sizeof buf, &n, &find));
+    out("FilterFindNext 0x%08lx", (unsigned long)FilterFindNext(find, FilterFullInformation, buf, sizeof buf, &n));
+    out("FilterFindClose 0x%08lx", (unsigned long)FilterFindClose(find));
+    out("FilterVolumeFindFirst 0x%08lx", (unsigned long)FilterVolumeFindFirst(FilterVolumeBasicInformation, buf, sizeof buf, &n, &find));
+    out("FilterVolumeInstanceFindFirst 0x%08lx", (unsigned long)FilterVolumeInstanceFindFirst(L"C:", InstanceBasicInformation, buf, sizeof buf, &n, &find));
+    out("FilterInstanceFindFirst 0x%08lx", (unsigned long)FilterInstanceFindFirst(L"scanner", InstanceBasicInformation, buf, sizeof buf, &n, &find));
+    out("FilterGetDosName 0x%08lx", (unsigned long)FilterGetDosName(L"\\Device\\HarddiskVolume1", name, 64));
+    out("FilterLoad 0x%08lx", (unsigned long)FilterLoad(L"nosuchfilter"));
+    out("FilterUnload 0x%08lx", (unsigned long)FilterUnload(L"nosuchfilter"));
+    out("FilterAttach 0x%08lx", (unsigned long)FilterAttach(L"nosuchfilter", L"C:", NULL, 0, NULL));
+    out("FilterDetach 0x%08lx", (unsigned long)FilterDetach(L"nosuchfilter", L"C:", NULL));
+}
+
+int main(void)
+{
+    char line[1 << 16], cmd[32], a1[1 << 15], a2[64], a3[64];
+    static unsigned char data[1 << 15];
+    out_init();
+    for (int i = 0; i < SLOTS; i++) slots[i].index = i;
+    out("ready");
+    while (fgets(line, sizeof line, stdin)) {
+        a1[0] = a2[0] = a3[0] = 0;
+        if (sscanf(line, "%31s %32767s %63s %63s", cmd, a1, a2, a3) < 1) continue;
+        if (!strcmp(cmd, "connect")) {
+            size_t n = a2[0] ? from_hex(a2, data, sizeof data) : 0;
+            WCHAR wname[1024];
+            MultiByteToWideChar(CP_UTF8, 0, a1, -1, wname, 1024);
+            HRESULT hr = FilterConnectCommunicationPort(wname, a3[0] ? strtoul(a3, NULL, 0) : 0,
+                                                        n ? data : NULL, (WORD)n, NULL, &port);
+            out("connect 0x%08lx%s", (unsigned long)hr,
+                FAILED(hr) && port != INVALID_HANDLE_VALUE ? " handle-not-invalid" : "");
+        } else if (!strcmp(cmd, "connectbad")) {
+            HANDLE h;
+            out("connectbad 0x%08lx", (unsigned long)FilterConnectCommunicationPort(L"\\X", 0, NULL, 4, NULL, &h));
+        } else if (!strcmp(cmd, "send")) {
+            size_t n = from_hex(a1, data, sizeof data);
+            DWORD outsize = strtoul(a2, NULL, 0), got = 12345;
+            unsigned char *outbuf = calloc(1, outsize + 1);
+            HRESULT hr = FilterSendMessage(port, data, (DWORD)n, outsize ? outbuf : NULL, outsize, &got);
+            char *hex = malloc(2 * (got <= outsize ? got : 0) + 1);
+            out("send 0x%08lx n=%lu out=%s", (unsigned long)hr, got, to_hex(outbuf, got <= outsize ? got : 0, hex));
+            free(hex);
+            free(outbuf);
+        } else if (!strcmp(cmd, "sendnull")) {
+            DWORD got;
+            out("sendnull 0x%08lx", (unsigned long)FilterSendMessage(port, NULL, 0, NULL, 0, &got));
+        } else if (!strcmp(cmd, "get")) {
+            DWORD size = strtoul(a1, NULL, 0);
+            unsigned char *buf = calloc(1, size + 16);
+            HRESULT hr = FilterGetMessage(port, size ? (PFILTER_MESSAGE_HEADER)buf : NULL, size, NULL);
+            print_message("get", hr, buf, hr == S_OK ? (DWORD)(16 + strlen((char *)buf + 16)) : 0);
+            free(buf);
+        } else if (!strcmp(cmd, "tget")) {
+            struct tget_args *a = malloc(sizeof *a);
+            a->slot = atoi(a1);
+            a->size = strtoul(a2, NULL, 0);
+            CloseHandle(CreateThread(NULL, 0, tget_thread, a, 0, NULL));
+            out("tget-started %d", a->slot);
+        } else if (!strcmp(cmd, "bind")) {
+            iocp = CreateIoCompletionPort(port, NULL, 7, 0);
+            out("bind %d", iocp != NULL);
+        } else if (!strcmp(cmd, "oget")) {
+            struct slot *s = slot_arg(a1);
+            if (!s) { out("oget bad-slot"); continue; }
+            s->size = strtoul(a2, NULL, 0);
+            free(s->buf);
+            s->buf = calloc(1, s->size + 1);
+            memset(&s->ov, 0, sizeof s->ov);
+            HRESULT hr = FilterGetMessage(port, (PFILTER_MESSAGE_HEADER)s->buf, s->size, &s->ov);
+            out("oget %d 0x%08lx", s->index, (unsigned long)hr);
+        } else if (!strcmp(cmd, "wait")) {
+            DWORD bytes = 0;
+            ULONG_PTR key = 0;
+            LPOVERLAPPED ov = NULL;
+            BOOL ok = GetQueuedCompletionStatus(iocp, &bytes, &key, &ov, strtoul(a1, NULL, 0));
+            DWORD err = ok ? 0 : GetLastError();
+            if (!ov) { out("wait ok=%d err=%lu nullovl", ok, err); continue; }
+            struct slot *s = CONTAINING_RECORD(ov, struct slot, ov);
+            char prefix[160];
+            snprintf(prefix, sizeof prefix, "done %d ok=%d err=%lu bytes=%lu key=%lu", s->index, ok, err,
+                     bytes, (unsigned long)key);
+            print_message(prefix, ok ? S_OK : E_FAIL, s->buf, bytes);
+        } else if (!strcmp(cmd, "result")) {
+            struct slot *s = slot_arg(a1);
+            DWORD bytes = 0;
+            BOOL ok = GetOverlappedResult(port, &s->ov, &bytes, TRUE);
+            out("result %d ok=%d err=%lu bytes=%lu", s->index, ok, ok ? 0 : GetLastError(), bytes);
+        } else if (!strcmp(cmd, "cancel")) {
+            struct slot *s = slot_arg(a1);
+            BOOL ok = CancelIoEx(port, &s->ov);
+            out("cancel %d err=%lu", ok, ok ? 0 : GetLastError());
+        } else if (!strcmp(cmd, "cancelall")) {
+            BOOL ok = CancelIoEx(port, NULL);
+            out("cancelall %d err=%lu", ok, ok ? 0 : GetLastError());
+        } else if (!strcmp(cmd, "cancelio")) {
+            BOOL ok = CancelIo(port);
+            out("cancelio %d", ok);
+        } else if (!strcmp(cmd, "reply")) {
+            size_t n = from_hex(a3, data + 16, sizeof data - 16);
+            PFILTER_REPLY_HEADER r = (PFILTER_REPLY_HEADER)data;
+            r->MessageId = strtoull(a1, NULL, 0);
+            r->Status = (NTSTATUS)strtoul(a2, NULL, 0);
+            out("reply 0x%08lx", (unsigned long)FilterReplyMessage(port, r, (DWORD)(16 + n)));
+        } else if (!strcmp(cmd, "replyshort")) {
+            out("replyshort 0x%08lx", (unsigned long)FilterReplyMessage(port, (PFILTER_REPLY_HEADER)data, 15));
+        } else if (!strcmp(cmd, "dup")) {
+            BOOL ok = DuplicateHandle(GetCurrentProcess(), port, GetCurrentProcess(), &dup_port, 0, FALSE,
+                                      DUPLICATE_SAME_ACCESS);
+            out("dup %d", ok);
+        } else if (!strcmp(cmd, "usedup")) {
+            HANDLE old = port;
+            port = dup_port;
+            dup_port = old;
+            out("usedup 1");
+        } else if (!strcmp(cmd, "closedup")) {
+            out("closedup %d", CloseHandle(dup_port));
+        } else if (!strcmp(cmd, "close")) {
+            out("close %d", CloseHandle(port));
+        } else if (!strcmp(cmd, "closeiocp")) {
+            out("closeiocp %d", CloseHandle(iocp));
+        } else if (!strcmp(cmd, "misc")) {
+            misc();
+        } else if (!strcmp(cmd, "badhandle")) {
+            HANDLE ev = CreateEventW(NULL, FALSE, FALSE, NULL);
+            DWORD got;
+            unsigned char buf[64];
+            OVERLAPPED ov = {0};
+            out("badsend 0x%08lx", (unsigned long)FilterSendMessage(ev, "x", 1, buf, 64, &got));
+            out("badget 0x%08lx", (unsigned long)FilterGetMessage(ev, (PFILTER_MESSAGE_HEADER)buf, 64, &ov));
+            out("badget-null 0x%08lx", (unsigned long)FilterGetMessage(port, NULL, 64, &ov));
+            out("badget-zero 0x%08lx", (unsigned long)FilterGetMessage(port, (PFILTER_MESSAGE_HEADER)buf, 0, NULL));
+            out("badsend-closed 0x%08lx", (unsigned long)FilterSendMessage((HANDLE)(ULONG_PTR)0x1234, "x", 1, buf, 64, &got));
+            CloseHandle(ev);
+        } else if (!strcmp(cmd, "sleep")) {
+            Sleep(strtoul(a1, NULL, 0));
+            out("slept");
+        } else if (!strcmp(cmd, "exit")) {
+            out("bye");
+            ExitProcess(strtoul(a1, NULL, 0));
+        } else {
+            out("unknown %s", cmd);
+        }
+    }
+    out("eof");
+    return 0;
+}

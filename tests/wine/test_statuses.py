@@ -1,0 +1,305 @@
+"""Every status of the Windows-agent contract, as a Windows program under Wine sees it
+through fltemu's fltlib.dll and fltemu.sys (semantics §3, §5.2).
+
+Each test drives ``probe.exe`` (``client/windows/tests/probe.c``) line by line against a
+port created by the test, and asserts the HRESULT, the completion's Win32 error and byte
+count, and what the kernel side saw.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+
+from fltemu.kernel.security import SecurityDescriptor
+from fltemu.status import NtStatus
+from fltemu.testing import DaemonThread
+
+from .conftest import AgentFactory, fields
+
+PORT = "\\WinePort"
+
+
+def _echo(cookie: object, data: bytes, out_size: int) -> tuple[NtStatus, bytes]:
+    return NtStatus.STATUS_SUCCESS, data.upper()[:out_size]
+
+
+# --- §3.1 FilterConnectCommunicationPort ---------------------------------------------------
+
+
+def test_connect_results_3_1(wine_daemon: DaemonThread, start_agent: AgentFactory) -> None:
+    harness = wine_daemon.create_port(PORT, max_connections=1, message_notify=_echo)
+    wine_daemon.create_port("\\Refuser", connect_status=NtStatus.STATUS_CONNECTION_REFUSED)
+    wine_daemon.create_port("\\Nobody", security=SecurityDescriptor(uids=frozenset({12345})))
+    agent = start_agent(wine_daemon.address)
+    other = start_agent(wine_daemon.address)
+    assert agent.cmd("connect \\NoSuchPort") == "connect 0x80070002"
+    assert agent.cmd("connect NoBackslash") == "connect 0x800700a1"
+    assert agent.cmd("connect \\Refuser") == "connect 0x800704c9"
+    assert agent.cmd("connect \\Nobody") == "connect 0x80070005"
+    assert agent.cmd("connectbad") == "connectbad 0x80070057"
+    assert agent.cmd(f"connect {PORT} 0102a0ff") == "connect 0x00000000"
+    assert harness.contexts == [b"\x01\x02\xa0\xff"]
+    assert harness.wait_for_connection().process.uid is not None
+    # max_connections = 1: the second client is refused, §3.1.
+    assert other.cmd(f"connect {PORT}") == "connect 0x800704d6"
+
+
+def test_no_daemon_is_file_not_found(
+    wine_daemon: DaemonThread, start_agent: AgentFactory
+) -> None:
+    agent = start_agent(wine_daemon.address + ".missing")
+    assert agent.cmd(f"connect {PORT}") == "connect 0x80070002"
+
+
+# --- §3.2 FilterSendMessage ----------------------------------------------------------------
+
+
+def test_send_results_3_2(wine_daemon: DaemonThread, start_agent: AgentFactory) -> None:
+    def notify(cookie: object, data: bytes, out_size: int) -> tuple[NtStatus, bytes]:
+        statuses = {
+            b"overflow": NtStatus.STATUS_BUFFER_OVERFLOW,
+            b"nomore": NtStatus.STATUS_NO_MORE_ENTRIES,
+            b"timeout": NtStatus.STATUS_TIMEOUT,
+            b"fail": NtStatus.STATUS_INVALID_PARAMETER,
+            b"small": NtStatus.STATUS_BUFFER_TOO_SMALL,
+        }
+        return statuses.get(data, NtStatus.STATUS_SUCCESS), data.upper()[:out_size]
+
+    wine_daemon.create_port(PORT, message_notify=notify)
+    wine_daemon.create_port("\\Mute", filter_name="mute")
+    agent = start_agent(wine_daemon.address)
+    assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
+    assert agent.cmd(f"send {b'hello'.hex()} 64") == f"send 0x00000000 n=5 out={b'HELLO'.hex()}"
+    assert agent.cmd(f"send {b'hello'.hex()} 3") == f"send 0x00000000 n=3 out={b'HEL'.hex()}"
+    assert agent.cmd(f"send {b'hello'.hex()} 0") == "send 0x00000000 n=0 out="
+    # Warnings keep their output; failures return nothing (§3.2).
+    assert agent.cmd(f"send {b'overflow'.hex()} 64") == (
+        f"send 0x800700ea n=8 out={b'OVERFLOW'.hex()}"
+    )
+    assert agent.cmd(f"send {b'nomore'.hex()} 64").startswith("send 0x80070103 n=6")
+    assert agent.cmd(f"send {b'timeout'.hex()} 64").startswith("send 0x80070102")
+    assert agent.cmd(f"send {b'fail'.hex()} 64") == "send 0x80070057 n=0 out="
+    # STATUS_BUFFER_TOO_SMALL becomes the warning STATUS_FLT_BUFFER_TOO_SMALL (protocol §7.1).
+    assert agent.cmd(f"send {b'small'.hex()} 64") == f"send 0x8007007a n=5 out={b'SMALL'.hex()}"
+    assert agent.cmd("sendnull") == "sendnull 0x80070057"
+    mute = start_agent(wine_daemon.address)
+    assert mute.cmd("connect \\Mute") == "connect 0x00000000"
+    assert mute.cmd(f"send {b'x'.hex()} 4") == "send 0x80070001 n=0 out="
+
+
+# --- §3.3 FilterGetMessage and §3.4 FilterReplyMessage -------------------------------------
+
+
+def test_overlapped_get_and_reply_3_3(wine_daemon: DaemonThread, start_agent: AgentFactory) -> None:
+    harness = wine_daemon.create_port(PORT)
+    agent = start_agent(wine_daemon.address)
+    assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
+    assert agent.cmd("bind") == "bind 1"
+    assert agent.cmd("oget 0 1048") == "oget 0 0x800703e5"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        sent = pool.submit(harness.send_message, b"scan me", 1)
+        done = agent.cmd("wait 20000")
+        assert done == f"done 0 ok=1 err=0 bytes=23 key=7 0x00000000 rl=17 id=1 data={b'scan me'.hex()}"
+        assert agent.cmd("reply 1 0 01") == "reply 0x00000000"
+        result = sent.result(20)
+    assert result.status == NtStatus.STATUS_SUCCESS
+    assert result.reply == b"\x01"
+    # A message that expects no reply has id 0 and ReplyLength 0.
+    assert agent.cmd("oget 1 64") == "oget 1 0x800703e5"
+    assert harness.send_message(b"note").status == NtStatus.STATUS_SUCCESS
+    assert agent.cmd("wait 20000") == f"done 1 ok=1 err=0 bytes=20 key=7 0x00000000 rl=0 id=0 data={b'note'.hex()}"
+
+
+def test_buffer_too_small_keeps_the_message_3_3(
+    wine_daemon: DaemonThread, start_agent: AgentFactory
+) -> None:
+    harness = wine_daemon.create_port(PORT)
+    agent = start_agent(wine_daemon.address)
+    assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
+    assert agent.cmd("bind") == "bind 1"
+    assert agent.cmd("oget 0 20") == "oget 0 0x800703e5"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        sent = pool.submit(harness.send_message, b"a message of 30 bytes exactly!", None)
+        # ERROR_INSUFFICIENT_BUFFER, the byte count is the size needed (46 = 30 + 16).
+        assert agent.cmd("wait 20000").startswith("done 0 ok=0 err=122 bytes=46")
+        assert agent.cmd("oget 1 100") == "oget 1 0x800703e5"
+        done = agent.cmd("wait 20000")
+        assert done.startswith("done 1 ok=1 err=0 bytes=46")
+        assert fields(done)["data"] == b"a message of 30 bytes exactly!".hex()
+        assert sent.result(20).status == NtStatus.STATUS_SUCCESS
+    # A synchronous get too small: 0x8007007A, message kept for the next getter.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        sent = pool.submit(harness.send_message, b"0123456789", None)
+        assert agent.cmd("get 20") == "get 0x8007007a"
+        assert agent.cmd("get 64") == f"get 0x00000000 rl=0 id=0 data={b'0123456789'.hex()}"
+        assert sent.result(20).status == NtStatus.STATUS_SUCCESS
+
+
+def test_reply_results_3_4(wine_daemon: DaemonThread, start_agent: AgentFactory) -> None:
+    harness = wine_daemon.create_port(PORT)
+    agent = start_agent(wine_daemon.address)
+    assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
+    assert agent.cmd("replyshort") == "replyshort 0x80070057"
+    assert agent.cmd("reply 99 0 00") == "reply 0x801f0020"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        # The kernel sender gives up after 0.5 s: the reply comes too late (§3.4).
+        sent = pool.submit(harness.send_message, b"hurry", 4, 0.5)
+        got = agent.cmd("get 64")
+        assert got.startswith("get 0x00000000 rl=20 id=1")
+        assert sent.result(20).status == NtStatus.STATUS_TIMEOUT
+        assert agent.cmd("reply 1 0 01020304") == "reply 0x801f0020"
+        # A reply longer than the kernel's buffer is cut: ERROR_MORE_DATA for the agent.
+        sent = pool.submit(harness.send_message, b"again", 2)
+        assert agent.cmd("get 64").startswith("get 0x00000000 rl=18 id=2")
+        assert agent.cmd("reply 2 0 01020304") == "reply 0x800700ea"
+        result = sent.result(20)
+        assert (result.status, result.reply) == (NtStatus.STATUS_BUFFER_OVERFLOW, b"\x01\x02")
+
+
+# --- §3.5 cancellation, disconnects, CloseHandle ------------------------------------------
+
+
+def test_cancel_3_5(wine_daemon: DaemonThread, start_agent: AgentFactory) -> None:
+    harness = wine_daemon.create_port(PORT)
+    agent = start_agent(wine_daemon.address)
+    assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
+    assert agent.cmd("bind") == "bind 1"
+    assert agent.cmd("oget 0 64") == "oget 0 0x800703e5"
+    assert agent.cmd("cancel 0") == "cancel 1 err=0"
+    assert agent.cmd("wait 20000") == "done 0 ok=0 err=995 bytes=0 key=7 0x80004005"
+    # A finished request cannot be cancelled: ERROR_NOT_FOUND.
+    assert agent.cmd("cancel 0") == "cancel 0 err=1168"
+    for slot in (1, 2):
+        assert agent.cmd(f"oget {slot} 64") == f"oget {slot} 0x800703e5"
+    assert agent.cmd("cancelall") == "cancelall 1 err=0"
+    done = sorted(agent.cmd("wait 20000") for _ in range(2))
+    assert [line.split()[1] for line in done] == ["1", "2"]
+    assert all("ok=0 err=995 bytes=0" in line for line in done), done
+    # A synchronous get on another thread, cancelled by CancelIoEx(h, NULL): 0x800703E3.
+    assert agent.cmd("tget 5 64") == "tget-started 5"
+    time.sleep(0.5)
+    assert agent.cmd("cancelall") == "cancelall 1 err=0"
+    assert agent.expect("tget 5") == "tget 5 0x800703e3"
+    # Nothing was lost: the port still works.
+    assert agent.cmd("oget 3 64") == "oget 3 0x800703e5"
+    assert harness.send_message(b"after").status == NtStatus.STATUS_SUCCESS
+    assert agent.cmd("wait 20000").startswith("done 3 ok=1 err=0 bytes=21")
+
+
+def test_kernel_disconnect_3_5(wine_daemon: DaemonThread, start_agent: AgentFactory) -> None:
+    harness = wine_daemon.create_port(PORT, message_notify=_echo)
+    agent = start_agent(wine_daemon.address)
+    assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
+    assert agent.cmd("bind") == "bind 1"
+    assert agent.cmd("oget 0 64") == "oget 0 0x800703e5"
+    harness.wait_for_connection()
+    harness.close_client_port()  # FltCloseClientPort
+    assert agent.cmd("wait 20000") == "done 0 ok=0 err=6 bytes=0 key=7 0x80004005"
+    # From now on every call fails at once with E_HANDLE, and no packet is queued.
+    assert agent.cmd("oget 1 64") == "oget 1 0x80070006"
+    assert agent.cmd(f"send {b'x'.hex()} 4") == "send 0x80070006 n=0 out="
+    assert agent.cmd("reply 1 0 00") == "reply 0x80070006"
+    assert agent.cmd("get 64") == "get 0x80070006"
+    assert agent.cmd("wait 500") == "wait ok=0 err=258 nullovl"
+
+
+def test_close_handle_with_gets_pending_3_5(
+    wine_daemon: DaemonThread, start_agent: AgentFactory
+) -> None:
+    harness = wine_daemon.create_port(PORT)
+    agent = start_agent(wine_daemon.address)
+    assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
+    assert agent.cmd("bind") == "bind 1"
+    assert agent.cmd("oget 0 64") == "oget 0 0x800703e5"
+    assert agent.cmd("oget 1 64") == "oget 1 0x800703e5"
+    assert agent.cmd("close") == "close 1"
+    completions = [agent.cmd("wait 20000") for _ in range(2)]
+    assert all("err=995" in line for line in completions), completions
+    harness.wait_for_disconnect()
+    time.sleep(0.5)
+    assert len(harness.disconnects) == 1
+    # The slot is free again: a new connection is admitted.
+    assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
+
+
+def test_duplicate_handle(wine_daemon: DaemonThread, start_agent: AgentFactory) -> None:
+    harness = wine_daemon.create_port(PORT, message_notify=_echo)
+    agent = start_agent(wine_daemon.address)
+    assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
+    assert agent.cmd("dup") == "dup 1"
+    assert agent.cmd("close") == "close 1"
+    assert agent.cmd("usedup") == "usedup 1"
+    # The connection lives while a handle to it does.
+    assert agent.cmd(f"send {b'dup'.hex()} 8") == f"send 0x00000000 n=3 out={b'DUP'.hex()}"
+    assert harness.disconnects == []
+    assert agent.cmd("close") == "close 1"
+    harness.wait_for_disconnect()
+
+
+def test_killed_agent_disconnects_once(
+    wine_daemon: DaemonThread, start_agent: AgentFactory
+) -> None:
+    harness = wine_daemon.create_port(PORT)
+    agent = start_agent(wine_daemon.address)
+    assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
+    assert agent.cmd("bind") == "bind 1"
+    assert agent.cmd("oget 0 64") == "oget 0 0x800703e5"
+    agent.kill()
+    harness.wait_for_disconnect()
+    time.sleep(0.5)
+    assert len(harness.disconnects) == 1
+
+
+def test_daemon_stops_while_the_agent_waits(start_agent: AgentFactory) -> None:
+    daemon = DaemonThread()
+    daemon.start()
+    try:
+        daemon.create_port(PORT)
+        agent = start_agent(daemon.address)
+        assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
+        assert agent.cmd("bind") == "bind 1"
+        assert agent.cmd("oget 0 64") == "oget 0 0x800703e5"
+        assert agent.cmd("tget 1 64") == "tget-started 1"
+        time.sleep(0.5)
+    finally:
+        daemon.stop()
+    assert agent.cmd("wait 20000") == "done 0 ok=0 err=6 bytes=0 key=7 0x80004005"
+    assert agent.expect("tget 1") == "tget 1 0x80070006"
+    assert agent.cmd(f"send {b'x'.hex()} 4") == "send 0x80070006 n=0 out="
+    assert agent.cmd("oget 2 64") == "oget 2 0x80070006"
+
+
+def test_bad_arguments_and_handles(wine_daemon: DaemonThread, start_agent: AgentFactory) -> None:
+    wine_daemon.create_port(PORT)
+    agent = start_agent(wine_daemon.address)
+    assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
+    agent.send("badhandle")
+    # A handle that is not a port (an event): STATUS_OBJECT_TYPE_MISMATCH -> E_HANDLE.
+    assert agent.expect("badsend ") == "badsend 0x80070006"
+    assert agent.expect("badget ") == "badget 0x80070006"
+    assert agent.expect("badget-null") == "badget-null 0x80070057"
+    assert agent.expect("badget-zero") == "badget-zero 0x80070057"
+    assert agent.expect("badsend-closed") == "badsend-closed 0x80070006"
+
+
+def test_management_functions_find_nothing(
+    wine_daemon: DaemonThread, start_agent: AgentFactory
+) -> None:
+    agent = start_agent(wine_daemon.address)
+    agent.send("misc")
+    expected = {
+        "FilterFindFirst": "0x80070103",
+        "FilterFindNext": "0x80070006",
+        "FilterFindClose": "0x80070006",
+        "FilterVolumeFindFirst": "0x80070103",
+        "FilterVolumeInstanceFindFirst": "0x801f0014",
+        "FilterInstanceFindFirst": "0x801f0013",
+        "FilterGetDosName": "0x801f0014",
+        "FilterLoad": "0x80070002",
+        "FilterUnload": "0x801f0013",
+        "FilterAttach": "0x801f0013",
+        "FilterDetach": "0x801f0013",
+    }
+    got = dict(agent.line().split() for _ in expected)
+    assert got == expected
