@@ -188,9 +188,7 @@ class WinePrefix:
                     timeout=timeout, check=False,
                 ).returncode  # fmt: skip
             except subprocess.TimeoutExpired as exc:
-                raise WineSetupError(
-                    f"{' '.join(argv)} did not finish within {timeout} s"
-                ) from exc
+                raise WineSetupError(f"{' '.join(argv)} did not finish within {timeout} s") from exc
             out.seek(0)
             err.seek(0)
             return subprocess.CompletedProcess(

@@ -55,9 +55,7 @@ def wine_prefix(
     prefix.ensure(wine_build)
     prefix.start_session(persistent=True)
     yield prefix
-    subprocess.run(
-        ["wineserver", "-k"], env=prefix.environment(), check=False, capture_output=True
-    )
+    subprocess.run(["wineserver", "-k"], env=prefix.environment(), check=False, capture_output=True)
 
 
 @pytest.fixture
@@ -177,4 +175,3 @@ def start_agent(wine_build: WineBuild, wine_prefix: WinePrefix) -> Iterator[Agen
     yield start
     for agent in started:
         agent.close()
-

@@ -11,6 +11,8 @@ from __future__ import annotations
 import concurrent.futures
 import time
 
+import pytest
+
 from fltemu.kernel.security import SecurityDescriptor
 from fltemu.status import NtStatus
 from fltemu.testing import DaemonThread
@@ -18,6 +20,8 @@ from fltemu.testing import DaemonThread
 from .conftest import AgentFactory, fields
 
 PORT = "\\WinePort"
+#: The first test also builds the Windows side and creates the prefix.
+pytestmark = pytest.mark.timeout(240)
 
 
 def _echo(cookie: object, data: bytes, out_size: int) -> tuple[NtStatus, bytes]:
@@ -45,9 +49,7 @@ def test_connect_results_3_1(wine_daemon: DaemonThread, start_agent: AgentFactor
     assert other.cmd(f"connect {PORT}") == "connect 0x800704d6"
 
 
-def test_no_daemon_is_file_not_found(
-    wine_daemon: DaemonThread, start_agent: AgentFactory
-) -> None:
+def test_no_daemon_is_file_not_found(wine_daemon: DaemonThread, start_agent: AgentFactory) -> None:
     agent = start_agent(wine_daemon.address + ".missing")
     assert agent.cmd(f"connect {PORT}") == "connect 0x80070002"
 
@@ -100,7 +102,10 @@ def test_overlapped_get_and_reply_3_3(wine_daemon: DaemonThread, start_agent: Ag
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         sent = pool.submit(harness.send_message, b"scan me", 1)
         done = agent.cmd("wait 20000")
-        assert done == f"done 0 ok=1 err=0 bytes=23 key=7 0x00000000 rl=17 id=1 data={b'scan me'.hex()}"
+        assert (
+            done
+            == f"done 0 ok=1 err=0 bytes=23 key=7 0x00000000 rl=17 id=1 data={b'scan me'.hex()}"
+        )
         assert agent.cmd("reply 1 0 01") == "reply 0x00000000"
         result = sent.result(20)
     assert result.status == NtStatus.STATUS_SUCCESS
@@ -108,7 +113,10 @@ def test_overlapped_get_and_reply_3_3(wine_daemon: DaemonThread, start_agent: Ag
     # A message that expects no reply has id 0 and ReplyLength 0.
     assert agent.cmd("oget 1 64") == "oget 1 0x800703e5"
     assert harness.send_message(b"note").status == NtStatus.STATUS_SUCCESS
-    assert agent.cmd("wait 20000") == f"done 1 ok=1 err=0 bytes=20 key=7 0x00000000 rl=0 id=0 data={b'note'.hex()}"
+    assert (
+        agent.cmd("wait 20000")
+        == f"done 1 ok=1 err=0 bytes=20 key=7 0x00000000 rl=0 id=0 data={b'note'.hex()}"
+    )
 
 
 def test_buffer_too_small_keeps_the_message_3_3(

@@ -16,13 +16,13 @@
 
 static CRITICAL_SECTION out_lock;
 
-static void out_init(void)
+static inline void out_init(void)
 {
     InitializeCriticalSection(&out_lock);
 }
 
 /* One whole line on stdout, flushed; lines of several threads never interleave. */
-static void out(const char *fmt, ...)
+static inline void out(const char *fmt, ...)
 {
     va_list ap;
     EnterCriticalSection(&out_lock);
@@ -35,7 +35,7 @@ static void out(const char *fmt, ...)
 }
 
 /* Hex digits of buf[0..len) into a static-free caller buffer of 2*len+1 bytes. */
-static char *to_hex(const void *buf, size_t len, char *dst)
+static inline char *to_hex(const void *buf, size_t len, char *dst)
 {
     static const char digits[] = "0123456789abcdef";
     const unsigned char *p = buf;
@@ -48,7 +48,7 @@ static char *to_hex(const void *buf, size_t len, char *dst)
 }
 
 /* Parses hex digits ("-" is empty); returns the byte count. */
-static size_t from_hex(const char *hex, unsigned char *dst, size_t cap)
+static inline size_t from_hex(const char *hex, unsigned char *dst, size_t cap)
 {
     size_t n = 0;
     if (strcmp(hex, "-") == 0) return 0;

@@ -1,0 +1,114 @@
+"""Test agents written as Microsoft's sample user programs are, run under Wine against the
+built-in samples and against test filters (semantics §7)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from fltemu.status import NtStatus
+from fltemu.testing import DaemonThread
+from fltemu.wine import WineBuild, WinePrefix
+
+from .conftest import ANSWER_WAIT, Agent, AgentFactory
+
+#: SCANNER_NOTIFICATION: BytesToScan, Reserved, Contents[1024].
+NOTIFICATION = struct.Struct("<II1024s")
+pytestmark = pytest.mark.timeout(240)
+
+
+def fltemu(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fltemu", *args],
+        capture_output=True,
+        text=True,
+        timeout=ANSWER_WAIT,
+        check=False,
+    )
+
+
+def test_scanner_agent_against_the_builtin_scanner_via_fltemu_wine(
+    tmp_path: Path, wine_build: WineBuild, wine_prefix: WinePrefix, socket_path: str
+) -> None:
+    watched = tmp_path / "scan"
+    watched.mkdir()
+    daemon = subprocess.Popen(
+        [
+            sys.executable, "-m", "fltemu", "serve", "--address", socket_path,
+            "--filter", "scanner", "--set", f"scanner.source=dir:{watched}",
+            "--set", "scanner.extensions=txt", "--set", "scanner.interval=0.05",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert daemon.stdout is not None
+        assert "listening on" in daemon.stdout.readline()
+        env = dict(os.environ, WINEPREFIX=str(wine_prefix.path))
+        argv = [
+            sys.executable, "-m", "fltemu", "wine", "--build-dir", str(wine_build.directory),
+            "--address", socket_path, "--", str(wine_build.agent("scanagent")),
+        ]  # fmt: skip
+        agent = Agent(argv, env)
+        try:
+            assert agent.expect("connected to") == "connected to \\ScannerPort"
+            for name, content in (("foul.txt", b"some foul text\n"), ("ok.txt", b"clean\n")):
+                staged = tmp_path / name
+                staged.write_bytes(content)
+                os.replace(staged, watched / name)
+                verdict = agent.expect("Scanner: message")
+                expected = "unsafe" if b"foul" in content else "safe"
+                assert verdict.endswith(
+                    f"(1048 bytes): scanned {len(content)} bytes: {expected}"
+                ), verdict
+            unloaded = fltemu("unload", "scanner", "--address", socket_path)
+            assert unloaded.returncode == 0, unloaded.stderr
+            assert agent.expect("Scanner: Port is disconnected").endswith("unloading.")
+            assert agent.proc.wait(ANSWER_WAIT) == 0
+        finally:
+            agent.close()
+    finally:
+        daemon.terminate()
+        daemon.communicate(timeout=ANSWER_WAIT)
+
+
+def test_20_threads_x_5_overlapped_gets_under_load(
+    wine_daemon: DaemonThread, start_agent: AgentFactory
+) -> None:
+    """scanUser.c's shape at 20 x 5: 2,000 concurrent kernel messages, each answered once,
+    with the right verdict, none lost."""
+    count = 2000
+    harness = wine_daemon.create_port("\\LoadPort")
+    agent = start_agent(
+        wine_daemon.address, "scanagent", "-t", "20", "-r", "5", "-p", "\\LoadPort",
+        "-n", str(count),
+    )  # fmt: skip
+    assert agent.expect("connected to") == "connected to \\LoadPort"
+    harness.wait_for_connection()
+
+    def message(i: int) -> bytes:
+        body = f"file {i} is {'foul' if i % 3 == 0 else 'fine'}".encode()
+        return NOTIFICATION.pack(len(body), 0, body)
+
+    async def flood() -> list[tuple[NtStatus, bytes | None]]:
+        sends = [harness.asend_message_coro(message(i), 1, 60.0, None) for i in range(count)]
+        return [(r.status, r.reply) for r in await asyncio.gather(*sends)]
+
+    results = wine_daemon.run(flood(), timeout=180)
+    wrong = [
+        (i, r) for i, r in enumerate(results)
+        if r != (NtStatus.STATUS_SUCCESS, b"\x00" if i % 3 == 0 else b"\x01")
+    ]  # fmt: skip
+    assert wrong == []
+    assert agent.expect("replies") == f"replies {count} failures 0"
+    verdicts = [line for line in agent.seen if line.startswith("Scanner: message")]
+    ids = Counter(line.split()[3] for line in verdicts)
+    assert len(ids) == count and set(ids.values()) == {1}
