@@ -4,11 +4,13 @@ built-in samples and against test filters (semantics §7)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import struct
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,24 +36,58 @@ def fltemu(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@contextlib.contextmanager
+def serve(socket_path: str, *args: str) -> Iterator[None]:
+    """``fltemu serve`` in a subprocess, until the block ends."""
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "fltemu", "serve", "--address", socket_path, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert daemon.stdout is not None
+        assert "listening on" in daemon.stdout.readline()
+        yield
+    finally:
+        daemon.terminate()
+        daemon.communicate(timeout=ANSWER_WAIT)
+
+
+def test_minispy_agent_polls_the_builtin_minispy(
+    tmp_path: Path, socket_path: str, start_agent: AgentFactory
+) -> None:
+    watched = tmp_path / "spy"
+    watched.mkdir()
+    with serve(
+        socket_path, "--filter", "minispy", "--set", f"minispy.source=dir:{watched}",
+        "--set", "minispy.interval=0.05",
+    ):  # fmt: skip
+        agent = start_agent(socket_path, "spyagent")
+        # No volume to list, consistently: FilterVolumeFindFirst says no more items.
+        assert agent.expect("volumes") == "volumes: 0 (0x80070103)"
+        assert agent.expect("version") == "version 0x00000000 2.0"
+        (watched / "seen.txt").write_bytes(b"x")
+        record = agent.expect("record")
+        assert record.startswith("record seq=1 major=0 name=")  # IRP_MJ_CREATE
+        assert record.endswith("seen.txt"), record
+        unloaded = fltemu("unload", "minispy", "--address", socket_path)
+        assert unloaded.returncode == 0, unloaded.stderr
+        assert agent.expect("The kernel component") == (
+            "The kernel component of minispy has unloaded. Exiting"
+        )
+        assert agent.proc.wait(ANSWER_WAIT) == 0
+
+
 def test_scanner_agent_against_the_builtin_scanner_via_fltemu_wine(
     tmp_path: Path, wine_build: WineBuild, wine_prefix: WinePrefix, socket_path: str
 ) -> None:
     watched = tmp_path / "scan"
     watched.mkdir()
-    daemon = subprocess.Popen(
-        [
-            sys.executable, "-m", "fltemu", "serve", "--address", socket_path,
-            "--filter", "scanner", "--set", f"scanner.source=dir:{watched}",
-            "--set", "scanner.extensions=txt", "--set", "scanner.interval=0.05",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )  # fmt: skip
-    try:
-        assert daemon.stdout is not None
-        assert "listening on" in daemon.stdout.readline()
+    with serve(
+        socket_path, "--filter", "scanner", "--set", f"scanner.source=dir:{watched}",
+        "--set", "scanner.extensions=txt", "--set", "scanner.interval=0.05",
+    ):  # fmt: skip
         env = dict(os.environ, WINEPREFIX=str(wine_prefix.path))
         argv = [
             sys.executable, "-m", "fltemu", "wine", "--build-dir", str(wine_build.directory),
@@ -75,9 +111,6 @@ def test_scanner_agent_against_the_builtin_scanner_via_fltemu_wine(
             assert agent.proc.wait(ANSWER_WAIT) == 0
         finally:
             agent.close()
-    finally:
-        daemon.terminate()
-        daemon.communicate(timeout=ANSWER_WAIT)
 
 
 def test_20_threads_x_5_overlapped_gets_under_load(
