@@ -195,6 +195,14 @@ class WinePrefix:
                 argv, code, out.read().decode(errors="replace"), err.read().decode(errors="replace")
             )
 
+    def _check(self, *argv: str) -> None:
+        done = self._run(*argv)
+        if done.returncode != 0:
+            raise WineSetupError(
+                f"{' '.join(argv)} failed (exit status {done.returncode}) in {self.path}:\n"
+                f"{done.stdout}{done.stderr}"
+            )
+
     def ensure(self, build: WineBuild) -> None:
         """Create the prefix if needed and install ``build`` into it.
 
@@ -221,19 +229,16 @@ class WinePrefix:
                 self._run("wineserver", "-k")
             shutil.copyfile(build.driver, self.path / _DRIVER_IN_PREFIX)
             shutil.copyfile(build.dll, self.path / _DLL_IN_PREFIX)
-            steps = [
-                ("wine", "reg", "add", "HKCU\\Software\\Wine\\DllOverrides", "/v", "fltlib",
-                 "/d", "native", "/f"),
-                ("wine", "sc", "create", SERVICE_NAME, "type=", "kernel", "start=", "auto",
-                 "binPath=", DRIVER_WINDOWS_PATH),
-            ]  # fmt: skip
-            for argv in steps:
-                done = self._run(*argv)
-                # sc create fails with 1073 (already exists) when re-installing: fine.
-                if done.returncode != 0 and "1073" not in done.stdout + done.stderr:
-                    raise WineSetupError(
-                        f"{' '.join(argv)} failed in {self.path}:\n{done.stdout}{done.stderr}"
-                    )
+            self._check(
+                "wine", "reg", "add", "HKCU\\Software\\Wine\\DllOverrides", "/v", "fltlib",
+                "/d", "native", "/f",
+            )  # fmt: skip
+            service = f"HKLM\\System\\CurrentControlSet\\Services\\{SERVICE_NAME}"
+            if self._run("wine", "reg", "query", service).returncode != 0:
+                self._check(
+                    "wine", "sc", "create", SERVICE_NAME, "type=", "kernel", "start=", "auto",
+                    "binPath=", DRIVER_WINDOWS_PATH,
+                )  # fmt: skip
             # End the session (which also saves the registry), so that the next one starts
             # the driver at boot with the other services.
             self._run("wineserver", "-w")

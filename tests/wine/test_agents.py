@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import struct
 import subprocess
@@ -145,3 +146,22 @@ def test_20_threads_x_5_overlapped_gets_under_load(
     verdicts = [line for line in agent.seen if line.startswith("Scanner: message")]
     ids = Counter(line.split()[3] for line in verdicts)
     assert len(ids) == count and set(ids.values()) == {1}
+
+
+def test_fltemu_bench_drives_a_windows_agent(
+    wine_build: WineBuild, wine_prefix: WinePrefix
+) -> None:
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "fltemu", "bench", "\\ScannerPort", "--size", "1032",
+            "--reply-length", "1", "--count", "200", "--concurrency", "8", "--json",
+            "--", sys.executable, "-m", "fltemu", "wine", "--prefix", str(wine_prefix.path),
+            "--build-dir", str(wine_build.directory), "--", str(wine_build.agent("scanagent")),
+        ],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["sent"], report["completed"], report["timeouts"]) == (200, 200, 0)
+    assert report["statuses"] == {"STATUS_SUCCESS": 200}
+    assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p99"]
