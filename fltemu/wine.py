@@ -104,14 +104,15 @@ def windows_sources() -> Path:
 
 
 def build_windows_side(
-    sources: Path | None = None, build_dir: Path | None = None, *, agents: bool = False
+    sources: Path | None = None, build_dir: Path | None = None, *, targets: Sequence[str] = ()
 ) -> WineBuild:
     """Run ``make`` in ``client/windows`` (a no-op when everything is up to date).
 
     Args:
         sources: the ``client/windows`` folder (default: ``windows_sources()``).
         build_dir: where the binaries go (default: ``build`` inside ``sources``).
-        agents: also build the test agents (``make agents``).
+        targets: make targets besides the default, e.g. ``agents`` (the C test agents) or
+            ``go-agents`` (the Go one).
 
     Raises:
         WineSetupError: mingw-w64 or make is missing, or the build failed (its output is in
@@ -122,8 +123,7 @@ def build_windows_side(
     _require("make")
     _require("x86_64-w64-mingw32-gcc")
     argv = ["make", "-s", "-C", str(sources), f"BUILD={build_dir.resolve()}"]
-    if agents:
-        argv.append("agents")
+    argv.extend(targets)
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise WineSetupError(

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -43,7 +44,18 @@ def wine_build(tmp_path_factory: pytest.TempPathFactory) -> WineBuild:
         if os.environ.get("CI"):
             pytest.fail(f"the Wine tests must run in CI: {missing}")
         pytest.skip(missing)
-    return build_windows_side(build_dir=tmp_path_factory.mktemp("winebuild"), agents=True)
+    return build_windows_side(build_dir=tmp_path_factory.mktemp("winebuild"), targets=["agents"])
+
+
+@pytest.fixture(scope="session")
+def go_agent(wine_build: WineBuild) -> Path:
+    """The Go test agent (``client/windows/tests/go``), built with GOOS=windows."""
+    if shutil.which("go") is None:
+        if os.environ.get("CI"):
+            pytest.fail("the Go agent test must run in CI: go is not installed")
+        pytest.skip("go is not installed (apt-get install golang-go)")
+    build_windows_side(build_dir=wine_build.directory, targets=["go-agents"])
+    return wine_build.agent("goagent")
 
 
 @pytest.fixture(scope="session")

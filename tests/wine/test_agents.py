@@ -18,7 +18,7 @@ import pytest
 
 from fltemu.status import NtStatus
 from fltemu.testing import DaemonThread
-from fltemu.wine import WineBuild, WinePrefix
+from fltemu.wine import WineBuild, WinePrefix, agent_argv, agent_environment
 
 from .conftest import ANSWER_WAIT, Agent, AgentFactory
 
@@ -165,3 +165,29 @@ def test_fltemu_bench_drives_a_windows_agent(
     assert (report["sent"], report["completed"], report["timeouts"]) == (200, 200, 0)
     assert report["statuses"] == {"STATUS_SUCCESS": 200}
     assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p99"]
+
+
+def test_an_agent_in_go(go_agent: Path, wine_daemon: DaemonThread, wine_prefix: WinePrefix) -> None:
+    """Not only C: a Go program (GOOS=windows, syscall.NewLazyDLL) uses the same DLL."""
+
+    def on_message(cookie: object, data: bytes, out_size: int) -> tuple[NtStatus, bytes]:
+        return NtStatus.STATUS_SUCCESS, data.upper()[:out_size]
+
+    harness = wine_daemon.create_port("\\GoPort", message_notify=on_message)
+    agent = Agent(
+        agent_argv(str(go_agent), ["\\GoPort"]), agent_environment(wine_prefix, wine_daemon.address)
+    )
+    try:
+        assert agent.expect("connected") == "connected"
+        assert agent.expect("send") == "send 0x00000000 PING"
+        harness.wait_for_connection()
+        for text, verdict in ((b"a foul file", b"\x00"), (b"a clean file", b"\x01")):
+            result = harness.send_message(text, reply_length=1)
+            assert (result.status, result.reply) == (NtStatus.STATUS_SUCCESS, verdict)
+        assert agent.expect("verdict id=1") == "verdict id=1 safe=0 reply=0x00000000"
+        assert agent.expect("verdict id=2") == "verdict id=2 safe=1 reply=0x00000000"
+        harness.close_client_port()
+        assert agent.expect("disconnected") == "disconnected"
+        assert agent.proc.wait(ANSWER_WAIT) == 0
+    finally:
+        agent.close()
