@@ -29,6 +29,8 @@ class FakeChannel:
     """A ``Channel`` that records completions instead of writing to a socket."""
 
     completions: list[GetCompletion] = field(default_factory=list)
+    #: How many times the kernel said it ended the connection.
+    disconnects: int = 0
 
     def complete_get(
         self,
@@ -42,6 +44,9 @@ class FakeChannel:
         self.completions.append(
             GetCompletion(token, NtStatus(status), message_id, reply_length, data, required_size)
         )
+
+    def kernel_disconnected(self) -> None:
+        self.disconnects += 1
 
     def pop(self) -> GetCompletion:
         return self.completions.pop(0)

@@ -17,15 +17,19 @@ from typing import TYPE_CHECKING, Final, cast
 
 from ..errors import LocalProtocolError, RemoteProtocolError, StatusError
 from ..kernel import ClientPort, ProcessInfo
+from ..kernel.ports import SendOutcome
 from ..status import NtStatus
 from ..wire import (
     EOF,
     NEED_DATA,
+    OPTION_DISCONNECT_NOTICE,
+    OPTION_SECTIONS,
     PROTOCOL_VERSION,
     Connect,
     ConnectResult,
     Control,
     ControlResult,
+    Disconnected,
     GetCancel,
     GetRequest,
     GetResult,
@@ -33,6 +37,7 @@ from ..wire import (
     ReplyRequest,
     ReplyResult,
     Role,
+    Section,
     SendRequest,
     SendResult,
     WireConnection,
@@ -81,6 +86,8 @@ class Session(asyncio.BufferedProtocol):
         self._closed = False
         self._closing = False
         self.port: ClientPort | None = None
+        #: Connect.options: Windows' dwOptions and the client's OPTION_* capabilities.
+        self._options = 0
         self._control_task: asyncio.Task[None] | None = None
         self.process = ProcessInfo(None, None, None)
         self.sid = daemon._next_session_id()
@@ -177,6 +184,11 @@ class Session(asyncio.BufferedProtocol):
             return
         self._send(GetResult(token, int(status), message_id, reply_length, data, required_size))  # type: ignore[arg-type]
 
+    def kernel_disconnected(self) -> None:
+        """Tell a client that asked for it that the filter ended the connection (§10)."""
+        if not self._closed and self._options & OPTION_DISCONNECT_NOTICE:
+            self._send(Disconnected(int(NtStatus.STATUS_PORT_DISCONNECTED)))
+
     # --- dispatch -----------------------------------------------------------------------------
 
     def _process_events(self) -> None:
@@ -222,12 +234,11 @@ class Session(asyncio.BufferedProtocol):
         assert self.port is not None
         outcome = self.port.user_send(request.data, request.out_size)
         if isinstance(outcome, tuple):
-            status, out = outcome
-            self._send(SendResult(request.rid, int(status), out))
+            self._send_result(request.rid, outcome)
             return
         rid = request.rid
 
-        def done(task: asyncio.Task[tuple[NtStatus, bytes]]) -> None:
+        def done(task: asyncio.Task[SendOutcome]) -> None:
             if self._closed:
                 return
             if task.cancelled():
@@ -235,10 +246,18 @@ class Session(asyncio.BufferedProtocol):
                 # not wait for ever.
                 self._send(SendResult(rid, int(NtStatus.STATUS_PORT_DISCONNECTED)))
                 return
-            status, out = task.result()
-            self._send(SendResult(rid, int(status), out))
+            self._send_result(rid, task.result())
 
         outcome.add_done_callback(done)
+
+    def _send_result(self, rid: int, outcome: SendOutcome) -> None:
+        if len(outcome) == 3:
+            # Section handles: real sections for a client that can open them (protocol §7.1);
+            # the others see the output as the filter wrote it.
+            if self._options & OPTION_SECTIONS:
+                for offset, content in outcome[2].items():
+                    self._send(Section(rid, offset, content))
+        self._send(SendResult(rid, int(outcome[0]), outcome[1]))
 
     def _on_connect(self, request: Connect) -> None:
         if request.version != PROTOCOL_VERSION:
@@ -270,6 +289,7 @@ class Session(asyncio.BufferedProtocol):
             await port.user_close()
             return
         self.port = port
+        self._options = request.options
         log.debug("%s: connected to %r as #%d", self._peer(), request.port_name, port.id)
         self._send(ConnectResult(PROTOCOL_VERSION, _SUCCESS, daemon.max_message_bytes))
 

@@ -32,3 +32,12 @@ class Channel(Protocol):
         buffer size needed. Must not block and must not call back into the kernel model.
         """
         ...
+
+    def kernel_disconnected(self) -> None:
+        """The filter ended the connection (FltCloseClientPort, unload) while the user's
+        handle stays open: every later call of the user fails with STATUS_PORT_DISCONNECTED.
+
+        Called once, after the pending getters were completed. Must not block and must not
+        call back into the kernel model.
+        """
+        ...

@@ -65,7 +65,11 @@ _UNSUCCESSFUL: Final = NtStatus.STATUS_UNSUCCESSFUL
 _NO_RESOURCES: Final = NtStatus.STATUS_INSUFFICIENT_RESOURCES
 _STATUS_MEMBERS: Final = cast("dict[object, NtStatus]", NtStatus._value2member_map_)
 
-SendOutcome = tuple[NtStatus, bytes]
+#: Section handles in a MessageNotify output: offset of the 8-byte handle -> section content.
+Sections = dict[int, bytes]
+#: What FilterSendMessage gets: MessageNotify's status and output, and the sections whose
+#: handles that output carries, when it carries any.
+SendOutcome = tuple[NtStatus, bytes] | tuple[NtStatus, bytes, Sections]
 
 
 class ServerPortState(enum.Enum):
@@ -159,6 +163,7 @@ class ClientPort:
         self.cookie: object = None
         self.state = ClientPortState.CONNECTING
         self.queues = MessageQueues(channel, self._count)
+        self._channel = channel
         #: FltCloseClientPort has been called (the driver's variable is NULL).
         self.is_kernel_closed = False
         self.has_slot = True
@@ -269,12 +274,17 @@ class ClientPort:
         if self.state is ClientPortState.CONNECTED:
             self.state = ClientPortState.DISCONNECTED
             self.queues.fail_all()
+            self._channel.kernel_disconnected()
         elif self.state is ClientPortState.CONNECTING:
             self.queues.fail_all()
         self._release_slot()
 
     async def unload(self) -> None:
         """The filter is unloading: disconnect, run down, DisconnectNotify (§6.6)."""
+        if self.state is ClientPortState.CONNECTED:
+            self.state = ClientPortState.DISCONNECTING
+            self.queues.fail_all()
+            self._channel.kernel_disconnected()
         await self._run_down()
 
     # --- internals ---------------------------------------------------------------------------
@@ -310,9 +320,13 @@ class ClientPort:
 
     def _message_outcome(self, result: Any, out_size: int) -> SendOutcome:
         name = self.server_port.name
+        sections: Any = None
         try:
             if isinstance(result, tuple):
-                raw_status, output = result
+                if len(result) == 3:
+                    raw_status, output, sections = result
+                else:
+                    raw_status, output = result
             else:
                 raw_status, output = result, None
             # The enum's value map first: NtStatus(...) costs ten times more, per message.
@@ -327,7 +341,8 @@ class ClientPort:
                 raise TypeError(type(output).__name__)
         except (TypeError, ValueError):
             log.error(
-                "MessageNotify of port %r returned %r, not a status or (status, bytes)",
+                "MessageNotify of port %r returned %r, not a status, (status, bytes) or "
+                "(status, bytes, sections)",
                 name,
                 type(result).__name__,
             )
@@ -358,7 +373,36 @@ class ClientPort:
                 limit,
             )
             return _NO_RESOURCES, b""
+        if sections:
+            return status, out, self._sections(sections, len(out))
         return status, out
+
+    def _sections(self, sections: Any, out_len: int) -> Sections:
+        """The valid entries of a MessageNotify's ``{offset: content}``: an 8-byte handle
+        inside the output, content within the daemon's message limit."""
+        name = self.server_port.name
+        limit = self.server_port.filter.manager.max_message_bytes
+        valid: Sections = {}
+        try:
+            items = list(sections.items())
+        except AttributeError:
+            log.error("MessageNotify of port %r returned sections that are not a mapping", name)
+            return valid
+        for offset, content in items:
+            if not (isinstance(offset, int) and 0 <= offset and offset + 8 <= out_len):
+                log.error(
+                    "MessageNotify of port %r: section offset %r is not in the output", name, offset
+                )
+            elif not isinstance(content, (bytes, bytearray, memoryview)) or len(content) > limit:
+                log.error(
+                    "MessageNotify of port %r: the section at %d is not bytes within the "
+                    "message limit",
+                    name,
+                    offset,
+                )
+            else:
+                valid[offset] = bytes(content)
+        return valid
 
     def _refuse(self) -> None:
         # ConnectNotify refused (or the connect was cancelled): freed, slot given back, no

@@ -55,6 +55,7 @@ from .messages import (
     ConnectResult,
     Control,
     ControlResult,
+    Disconnected,
     GetCancel,
     GetRequest,
     GetResult,
@@ -62,6 +63,7 @@ from .messages import (
     KernelMessage,
     ReplyRequest,
     ReplyResult,
+    Section,
     SendRequest,
     SendResult,
     UserMessage,
@@ -120,6 +122,9 @@ _TRANSITIONS: Final[dict[tuple[State, Role, type], State]] = {
     (State.OPEN, _K, SendResult): State.OPEN,
     (State.OPEN, _K, GetResult): State.OPEN,
     (State.OPEN, _K, ReplyResult): State.OPEN,
+    # Only to clients that asked for them in Connect.options (protocol §10, §7.1).
+    (State.OPEN, _K, Disconnected): State.OPEN,
+    (State.OPEN, _K, Section): State.OPEN,
 }
 
 # Which result answers which request.
@@ -323,6 +328,12 @@ class WireConnection:
                 raise LocalProtocolError(
                     f"{cls.__name__} for request id {rid}, which "
                     + ("is not outstanding" if expected is None else f"wants {expected.__name__}")
+                )
+        elif cls is Section:
+            rid = message.rid  # type: ignore[attr-defined]
+            if self._outstanding.get(rid) is not SendResult:
+                raise LocalProtocolError(
+                    f"Section for request id {rid}, which is not a pending send"
                 )
         elif cls is ConnectResult:
             if not nt_success(message.status):  # type: ignore[attr-defined]

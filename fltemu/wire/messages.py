@@ -19,23 +19,38 @@ __all__ = [
     "ConnectionInfo",
     "Control",
     "ControlResult",
+    "Disconnected",
     "FilterInfo",
     "GetCancel",
     "GetRequest",
     "GetResult",
     "Goodbye",
     "KernelMessage",
+    "OPTION_DISCONNECT_NOTICE",
+    "OPTION_SECTIONS",
     "PortInfo",
     "ReplyRequest",
     "ReplyResult",
     "SendRequest",
+    "Section",
     "SendResult",
     "UserMessage",
+    "WINDOWS_OPTIONS",
 ]
 
 #: The protocol version this code speaks. The daemon accepts exactly this version; a client
 #: that offers another gets STATUS_REVISION_MISMATCH and the connection is closed.
 PROTOCOL_VERSION: Final = 1
+
+#: The bits of ``Connect.options`` that are Windows' ``dwOptions`` (FLT_PORT_FLAG_SYNC_HANDLE).
+WINDOWS_OPTIONS: Final = 0x0000_0001
+#: ``Connect.options`` bits above those: what the client can take besides version 1's
+#: messages. A client sets them only if it handles the messages they enable; the daemon sends
+#: those messages only to clients that set them, so older clients and daemons are unaffected.
+#: ``Disconnected`` when the filter ends the connection (protocol §10).
+OPTION_DISCONNECT_NOTICE: Final = 0x8000_0000
+#: ``Section`` frames for the section handles in MessageNotify's output (protocol §7.1).
+OPTION_SECTIONS: Final = 0x4000_0000
 
 
 #: An unsigned 32-bit integer: statuses (NTSTATUS values are sent unsigned), ULONG sizes.
@@ -163,6 +178,25 @@ class Goodbye(_Message, frozen=True, tag=20):
     reason: str = ""
 
 
+class Disconnected(_Message, frozen=True, tag=22):
+    """The filter ended this connection (FltCloseClientPort, unload); the socket stays open
+    and every later request is answered with ``status`` (STATUS_PORT_DISCONNECTED). Sent once,
+    only to clients whose Connect set OPTION_DISCONNECT_NOTICE."""
+
+    status: U32
+
+
+class Section(_Message, frozen=True, tag=23):
+    """A section handle in the output of the pending SendRequest ``rid``: the 8 bytes at
+    ``offset`` of its SendResult's data stand for a section object of ``data``, opened in the
+    caller's process (ZwCreateSection + ObOpenObjectByPointer). Sent before that SendResult,
+    only to clients whose Connect set OPTION_SECTIONS."""
+
+    rid: U64
+    offset: U32
+    data: bytes
+
+
 class ConnectionInfo(msgspec.Struct, frozen=True):
     """One connection in a ``ports`` listing (a map on the wire, for readable JSON)."""
 
@@ -214,4 +248,13 @@ class ControlResult(_Message, frozen=True, tag=21):
 
 
 UserMessage = Connect | SendRequest | GetRequest | ReplyRequest | GetCancel | Control
-KernelMessage = ConnectResult | SendResult | GetResult | ReplyResult | Goodbye | ControlResult
+KernelMessage = (
+    ConnectResult
+    | SendResult
+    | GetResult
+    | ReplyResult
+    | Goodbye
+    | ControlResult
+    | Disconnected
+    | Section
+)

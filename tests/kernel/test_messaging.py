@@ -12,6 +12,7 @@ import pytest
 from fltemu.errors import StatusError
 from fltemu.kernel import Filter, FilterManager, SendMessageResult, timeout_from_large_integer
 from fltemu.kernel.messaging import FILTER_HEADER_BYTES
+from fltemu.kernel.ports import SendOutcome
 from fltemu.status import NtStatus, nt_success
 from tests.helpers import until
 
@@ -332,6 +333,9 @@ async def test_reply_registered_before_delivery_6_2(flt: Filter, user: User) -> 
         ) -> None:
             replies.append(user.port.user_reply(message_id, 0, b"fast"))
 
+        def kernel_disconnected(self) -> None:
+            pass
+
     user.port.queues._channel = ReplyingChannel()
     user.port.user_get("t", 64)
     result = await flt.send_message(user.port, b"q", reply_length=4)
@@ -530,13 +534,13 @@ def test_timeout_from_large_integer_2_8() -> None:
 # --- MessageNotify / FilterSendMessage (§2.5, §3.2) ---------------------------------------
 
 
-async def outcome(
-    result: tuple[NtStatus, bytes] | asyncio.Task[tuple[NtStatus, bytes]],
-) -> tuple[NtStatus, bytes]:
-    """A user_send outcome, awaiting the Task a coroutine MessageNotify runs in."""
+async def outcome(result: SendOutcome | asyncio.Task[SendOutcome]) -> tuple[NtStatus, bytes]:
+    """A user_send outcome without sections, awaiting the Task a coroutine MessageNotify
+    runs in."""
     if isinstance(result, asyncio.Task):
         result = await result
-    status, out = result
+    assert len(result) == 2
+    status, out = result[0], result[1]
     assert type(out) is bytes
     return status, out
 

@@ -314,7 +314,7 @@ def _reader(union: Any) -> FrameReader:
         (UserMessage, [16, 1, 0]),  # a kernel tag sent to the kernel
         (UserMessage, [-1, 1]),
         (UserMessage, [2**40, 1]),
-        (KernelMessage, [22, 1]),
+        (KernelMessage, [24, 1]),
         (KernelMessage, [1, 1, "\\P"]),  # a user tag sent to the user
         (KernelMessage, [255]),
     ],

@@ -24,6 +24,7 @@ from fltemu.wire import (
     ConnectResult,
     Control,
     ControlResult,
+    Disconnected,
     GetCancel,
     GetRequest,
     GetResult,
@@ -31,6 +32,7 @@ from fltemu.wire import (
     ReplyRequest,
     ReplyResult,
     Role,
+    Section,
     SendRequest,
     SendResult,
     State,
@@ -55,6 +57,8 @@ KERNEL_TYPES: tuple[type, ...] = (
     ReplyResult,
     Goodbye,
     ControlResult,
+    Disconnected,
+    Section,
 )
 ALL_TYPES = USER_TYPES + KERNEL_TYPES
 REQUESTS: dict[type, type] = {
@@ -103,6 +107,11 @@ def legal(state: State, sender: Role, message: Any, outstanding: dict[int, type]
             return State.OPEN
         if sender is Role.KERNEL and cls in RESULTS:
             return State.OPEN if outstanding.get(message.rid) is cls else None
+        if sender is Role.KERNEL and cls is Disconnected:
+            return State.OPEN
+        if sender is Role.KERNEL and cls is Section:
+            # Before the SendResult of a pending send, which stays pending.
+            return State.OPEN if outstanding.get(message.rid) is SendResult else None
         return None
     return None  # CLOSED and ERROR accept nothing but the kernel's Goodbye
 
@@ -274,6 +283,8 @@ def representatives(cls: type) -> list[Any]:
         Goodbye: [Goodbye(0), Goodbye(0xC0000037, "x")],
         Control: [Control(1, "ports"), Control(0, "send", "\\P", 3, b"x", 1, 0.5)],
         ControlResult: [ControlResult(1, 0), ControlResult(1, 0xC0000034, "no port")],
+        Disconnected: [Disconnected(0xC0000037)],
+        Section: [Section(1, 0, b"x"), Section(2, 8, b""), Section(99, 0, b"x")],
     }
     return table[cls]
 
@@ -347,6 +358,8 @@ MESSAGE_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
         st.one_of(st.none(), st.floats(0, 10)),
     ),
     ControlResult: st.builds(ControlResult, st.integers(0, 3), statuses, st.text(max_size=20)),
+    Disconnected: st.builds(Disconnected, statuses),
+    Section: st.builds(Section, rids, u32, payloads),
 }
 messages = st.one_of(*MESSAGE_STRATEGIES.values())
 
