@@ -212,6 +212,21 @@ def test_kernel_disconnect_3_5(wine_daemon: DaemonThread, start_agent: AgentFact
     assert agent.cmd("wait 500") == "wait ok=0 err=258 nullovl"
 
 
+def test_kernel_disconnect_with_nothing_pending_3_3(
+    wine_daemon: DaemonThread, start_agent: AgentFactory
+) -> None:
+    """The first call after FltCloseClientPort fails at once, even an overlapped get."""
+    harness = wine_daemon.create_port(PORT)
+    agent = start_agent(wine_daemon.address)
+    assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
+    assert agent.cmd("bind") == "bind 1"
+    harness.wait_for_connection()
+    harness.close_client_port()
+    time.sleep(0.5)  # the daemon's Disconnected notice reaches the driver
+    assert agent.cmd("oget 0 64") == "oget 0 0x80070006"
+    assert agent.cmd("wait 500") == "wait ok=0 err=258 nullovl"
+
+
 def test_close_handle_with_gets_pending_3_5(
     wine_daemon: DaemonThread, start_agent: AgentFactory
 ) -> None:
@@ -311,3 +326,23 @@ def test_management_functions_find_nothing(
     }
     got = dict(agent.line().split() for _ in expected)
     assert got == expected
+
+
+# --- sections (avscan's AvCmdCreateSectionForDataScan) -------------------------------------
+
+
+def test_a_section_handle_in_the_output_maps_the_content(
+    wine_daemon: DaemonThread, start_agent: AgentFactory
+) -> None:
+    content = b"the scanned file's bytes, foul or not"
+
+    def notify(cookie: object, data: bytes, out_size: int) -> object:
+        # A made-up handle value at offset 8; the Windows side puts a real one there.
+        return NtStatus.STATUS_SUCCESS, b"header--" + (0x104).to_bytes(8, "little"), {8: content}
+
+    wine_daemon.create_port(PORT, message_notify=notify)
+    agent = start_agent(wine_daemon.address)
+    assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
+    got = fields(agent.cmd(f"sendmap {b'map'.hex()} 16 8 {len(content)}"))
+    assert agent.seen[-1].startswith("sendmap 0x00000000 ")
+    assert got == {"view": "1", "data": content.hex(), "size": "4096", "closed": "1"}

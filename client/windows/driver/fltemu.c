@@ -18,7 +18,7 @@
  * Every ntoskrnl import must be implemented by Wine 8.0, not a stub that kills winedevice.exe:
  * `make check-imports` compares the imports with imports.allowed.
  */
-#include <ntddk.h>
+#include <ntifs.h>
 
 #include "../include/fltemu_ioctl.h"
 #include "../include/linux_syscall.h"
@@ -56,6 +56,17 @@ typedef struct conn {
 
 #define IRP_RID(irp) ((ULONGLONG)(ULONG_PTR)(irp)->Tail.Overlay.DriverContext[0])
 #define IRP_KIND(irp) ((ULONG_PTR)(irp)->Tail.Overlay.DriverContext[1])
+/* A send's sections (struct section list) and the process that sent it. */
+#define IRP_SECTIONS(irp) ((irp)->Tail.Overlay.DriverContext[2])
+#define IRP_PROCESS(irp) ((irp)->Tail.Overlay.DriverContext[3])
+
+/* One Section frame kept until its SendResult (protocol §7.1). */
+struct section {
+    struct section *next;
+    ULONG offset;
+    ULONG length;
+    unsigned char data[];
+};
 
 static PDEVICE_OBJECT g_device;
 
@@ -77,8 +88,20 @@ static void conn_release(conn *c)
     if (InterlockedDecrement(&c->refs) == 0) ExFreePoolWithTag(c, FE_TAG);
 }
 
+static void free_sections(PIRP irp)
+{
+    struct section *s = IRP_SECTIONS(irp);
+    IRP_SECTIONS(irp) = NULL;
+    while (s) {
+        struct section *next = s->next;
+        ExFreePoolWithTag(s, FE_TAG);
+        s = next;
+    }
+}
+
 static void complete(PIRP irp, NTSTATUS status, ULONG_PTR information)
 {
+    if (IRP_KIND(irp) == KIND_SEND) free_sections(irp);
     irp->IoStatus.Status = status;
     irp->IoStatus.Information = information;
     IoCompleteRequest(irp, IO_NO_INCREMENT);
@@ -184,9 +207,79 @@ static void NTAPI cancel_get(PDEVICE_OBJECT device, PIRP irp)
     conn_release(c);
 }
 
+/* A section object of `data`, opened in process `pid` for reading, as avscan's kernel opens
+ * one in its user program (ZwCreateSection, then ObOpenObjectByPointer in the caller's
+ * process).  Returns the handle value in that process, or 0. */
+static ULONGLONG open_section_in(HANDLE pid, const unsigned char *data, ULONG length)
+{
+    OBJECT_ATTRIBUTES attr;
+    LARGE_INTEGER size;
+    HANDLE section = NULL, process = NULL, target = NULL;
+    PVOID base = NULL;
+    SIZE_T view = 0;
+    CLIENT_ID cid;
+    InitializeObjectAttributes(&attr, NULL, OBJ_KERNEL_HANDLE, NULL, NULL);
+    size.QuadPart = length;
+    if (!length || !NT_SUCCESS(ZwCreateSection(&section, SECTION_ALL_ACCESS, &attr, &size, PAGE_READWRITE,
+                                               SEC_COMMIT, NULL)))
+        return 0;
+    if (NT_SUCCESS(ZwMapViewOfSection(section, NtCurrentProcess(), &base, 0, 0, NULL, &view, ViewUnmap, 0,
+                                      PAGE_READWRITE))) {
+        fe_copy(base, data, length);
+        ZwUnmapViewOfSection(NtCurrentProcess(), base);
+        cid.UniqueProcess = pid;
+        cid.UniqueThread = NULL;
+        if (NT_SUCCESS(ZwOpenProcess(&process, PROCESS_DUP_HANDLE, &attr, &cid))) {
+            if (!NT_SUCCESS(ZwDuplicateObject(NtCurrentProcess(), section, process, &target,
+                                              SECTION_MAP_READ | SECTION_QUERY, 0, 0)))
+                target = NULL;
+            ZwClose(process);
+        }
+    }
+    ZwClose(section);
+    return (ULONGLONG)(ULONG_PTR)target;
+}
+
+/* Keeps a Section frame with the pending send it belongs to. */
+static void keep_section(conn *c, const struct wire_result *r)
+{
+    KIRQL irql;
+    BOOLEAN kept = FALSE;
+    if (r->data_len > 0xFFFFFFFFull) return;
+    struct section *s = ExAllocatePoolWithTag(NonPagedPool, sizeof(*s) + r->data_len, FE_TAG);
+    if (!s) return; /* the handle stays the filter's placeholder */
+    s->offset = r->offset;
+    s->length = (ULONG)r->data_len;
+    fe_copy(s->data, r->data, r->data_len);
+    KeAcquireSpinLock(&c->lock, &irql);
+    for (LIST_ENTRY *e = c->pending.Flink; e != &c->pending; e = e->Flink) {
+        PIRP irp = CONTAINING_RECORD(e, IRP, Tail.Overlay.ListEntry);
+        if (IRP_RID(irp) == r->rid && IRP_KIND(irp) == KIND_SEND) {
+            s->next = IRP_SECTIONS(irp);
+            IRP_SECTIONS(irp) = s;
+            kept = TRUE;
+            break;
+        }
+    }
+    KeReleaseSpinLock(&c->lock, irql);
+    if (!kept) ExFreePoolWithTag(s, FE_TAG);
+}
+
 static void handle_result(conn *c, const struct wire_result *r)
 {
     PIRP irp;
+    if (r->tag == WIRE_SECTION) {
+        keep_section(c, r);
+        return;
+    }
+    if (r->tag == WIRE_DISCONNECTED) {
+        /* The filter ended the connection: later calls fail at once (protocol §10). */
+        KIRQL irql;
+        KeAcquireSpinLock(&c->lock, &irql);
+        c->state = CONN_DEAD;
+        KeReleaseSpinLock(&c->lock, irql);
+        return;
+    }
     if (r->tag == WIRE_CONNECT_RESULT) {
         KIRQL irql;
         NTSTATUS status = NT_SUCCESS((NTSTATUS)r->status) ? STATUS_SUCCESS : (NTSTATUS)r->status;
@@ -218,6 +311,10 @@ static void handle_result(conn *c, const struct wire_result *r)
         ULONGLONG n = r->data_len <= out_len ? r->data_len : out_len;
         if (!NT_ERROR(status) && n) fe_copy(buf, r->data, n);
         info = NT_ERROR(status) ? 0 : (ULONG_PTR)n;
+        for (struct section *s = IRP_SECTIONS(irp); s && !NT_ERROR(status); s = s->next) {
+            ULONGLONG handle = s->offset + 8ull <= n ? open_section_in(IRP_PROCESS(irp), s->data, s->length) : 0;
+            if (handle) fe_copy(buf + s->offset, &handle, 8);
+        }
     } else if (r->tag == WIRE_GET_RESULT && IRP_KIND(irp) == KIND_GET) {
         if (status == STATUS_SUCCESS) {
             if (r->data_len + 16 > out_len) {
@@ -305,6 +402,9 @@ static NTSTATUS submit(conn *c, PIRP irp, enum irp_kind kind, unsigned char *fra
     KIRQL irql;
     irp->Tail.Overlay.DriverContext[0] = (PVOID)(ULONG_PTR)rid;
     irp->Tail.Overlay.DriverContext[1] = (PVOID)(ULONG_PTR)kind;
+    IRP_SECTIONS(irp) = NULL;
+    /* Wine dispatches in the context of the calling thread, as Windows does. */
+    IRP_PROCESS(irp) = PsGetCurrentProcessId();
     IoMarkIrpPending(irp);
     KeAcquireSpinLock(&c->lock, &irql);
     InsertTailList(&c->pending, &irp->Tail.Overlay.ListEntry);
@@ -393,7 +493,7 @@ static NTSTATUS do_connect(conn *c, PIRP irp, const unsigned char *in, ULONG in_
     wire_put_uint(&o, WIRE_PROTOCOL_VERSION);
     wire_put_str(&o, name, hdr->name_bytes);
     wire_put_bin(&o, context, hdr->context_bytes);
-    wire_put_uint(&o, hdr->options);
+    wire_put_uint(&o, hdr->options | WIRE_OPTION_DISCONNECT_NOTICE | WIRE_OPTION_SECTIONS);
 
     HANDLE thread;
     InterlockedIncrement(&c->refs); /* the reader's */

@@ -26,7 +26,13 @@ enum wire_tag {
     WIRE_GET_RESULT = 18,
     WIRE_REPLY_RESULT = 19,
     WIRE_GOODBYE = 20,
+    WIRE_DISCONNECTED = 22,
+    WIRE_SECTION = 23,
 };
+
+/* Connect.options bits above Windows' dwOptions: what this client handles (protocol §5). */
+#define WIRE_OPTION_DISCONNECT_NOTICE 0x80000000u
+#define WIRE_OPTION_SECTIONS 0x40000000u
 
 /* ---- encoding: a cursor over a caller-sized buffer ---- */
 
@@ -172,8 +178,9 @@ struct wire_result {
     unsigned long long message_id;     /* GetResult */
     unsigned int reply_length;         /* GetResult */
     unsigned long long required_size;  /* GetResult */
+    unsigned int offset;               /* Section */
     unsigned long long max_message;    /* ConnectResult */
-    const unsigned char *data;         /* SendResult / GetResult, points into the frame */
+    const unsigned char *data;         /* SendResult / GetResult / Section, into the frame */
     unsigned long long data_len;
 };
 
@@ -184,7 +191,7 @@ static inline int wire_decode(const unsigned char *body, unsigned long long len,
     unsigned n = wire_get_array(&in);
     const unsigned long long U32 = 0xFFFFFFFFull, U64 = ~0ull;
     r->tag = 0; r->rid = 0; r->status = 0; r->message_id = 0; r->reply_length = 0;
-    r->required_size = 0; r->max_message = 0; r->data = 0; r->data_len = 0;
+    r->required_size = 0; r->max_message = 0; r->data = 0; r->data_len = 0; r->offset = 0;
     if (in.bad || n < 1) return -1;
     r->tag = (unsigned)wire_get_uint(&in, 0xFF);
     switch (r->tag) {
@@ -213,6 +220,16 @@ static inline int wire_decode(const unsigned char *body, unsigned long long len,
         if (n < 3) return -1;
         r->rid = wire_get_uint(&in, U64);
         r->status = (unsigned)wire_get_uint(&in, U32);
+        break;
+    case WIRE_DISCONNECTED: /* status */
+        if (n < 2) return -1;
+        r->status = (unsigned)wire_get_uint(&in, U32);
+        break;
+    case WIRE_SECTION: /* rid, offset, data */
+        if (n < 4) return -1;
+        r->rid = wire_get_uint(&in, U64);
+        r->offset = (unsigned)wire_get_uint(&in, U32);
+        r->data = wire_get_bytes(&in, 0, &r->data_len);
         break;
     case WIRE_GOODBYE: /* status, reason = "" */
         if (n < 2) return -1;

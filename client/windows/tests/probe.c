@@ -6,6 +6,9 @@
  *   connectbad                          NULL context with a size: E_INVALIDARG
  *   send HEX OUTSIZE                    FilterSendMessage      "send 0x%08x n=N out=HEX"
  *   sendnull                            FilterSendMessage(h, NULL, 0, ...)
+ *   sendmap HEX OUTSIZE OFFSET LEN      FilterSendMessage, then map the section handle at OFFSET
+ *                                       of the output and read LEN bytes of it
+ *                                       "sendmap 0x%08x view=B data=HEX size=N closed=B"
  *   get SIZE                            synchronous FilterGetMessage
  *                                       "get 0x%08x rl=R id=I data=HEX"
  *   tget SLOT SIZE                      the same on a new thread: "tget SLOT 0x%08x ..." later
@@ -120,6 +123,27 @@ int main(void)
             HRESULT hr = FilterSendMessage(port, data, (DWORD)n, outsize ? outbuf : NULL, outsize, &got);
             char *hex = malloc(2 * (got <= outsize ? got : 0) + 1);
             out("send 0x%08lx n=%lu out=%s", (unsigned long)hr, got, to_hex(outbuf, got <= outsize ? got : 0, hex));
+            free(hex);
+            free(outbuf);
+        } else if (!strcmp(cmd, "sendmap")) {
+            char a4[32] = "", a5[32] = "";
+            sscanf(line, "%*s %*s %*s %31s %31s", a4, a5);
+            size_t n = from_hex(a1, data, sizeof data);
+            DWORD outsize = strtoul(a2, NULL, 0), got = 0, offset = strtoul(a4, NULL, 0), len = strtoul(a5, NULL, 0);
+            unsigned char *outbuf = calloc(1, outsize + 8);
+            HRESULT hr = FilterSendMessage(port, data, (DWORD)n, outbuf, outsize, &got);
+            HANDLE section = *(HANDLE *)(outbuf + offset);
+            const unsigned char *view = MapViewOfFile(section, FILE_MAP_READ, 0, 0, 0);
+            MEMORY_BASIC_INFORMATION info = {0};
+            char *hex = malloc(2 * len + 1);
+            hex[0] = 0;
+            if (view) {
+                VirtualQuery(view, &info, sizeof info);
+                to_hex(view, len, hex);
+                UnmapViewOfFile(view);
+            }
+            out("sendmap 0x%08lx view=%d data=%s size=%lu closed=%d", (unsigned long)hr, view != NULL, hex,
+                (unsigned long)info.RegionSize, CloseHandle(section));
             free(hex);
             free(outbuf);
         } else if (!strcmp(cmd, "sendnull")) {
