@@ -34,9 +34,11 @@ ScanThreadId; union {HANDLE FileHandle; AVSCAN_RESULT ScanResult}}``, 32 bytes o
 * input under 4 bytes, or an unknown command → STATUS_INVALID_PARAMETER;
 * ``AvCmdCreateSectionForDataScan`` (1): output under 8 bytes → STATUS_INVALID_PARAMETER;
   an unknown ScanId → STATUS_NOT_FOUND; a scan the kernel gave up on → STATUS_CANCELLED;
-  otherwise a section "handle" (8 bytes). fltemu cannot map a section into another process:
-  the handle is a made-up value (from 0x100, in steps of 4, never AV_INVALID_SECTION_HANDLE),
-  recorded in ``AvScanState.sections`` with the file it stands for, until the scan ends;
+  otherwise a section handle (8 bytes). A client that can open sections (fltemu's Windows
+  side, protocol §7.1) gets a real section of the file's bytes (the ``content`` given to
+  ``scan``, else the file read from disk), mapped with MapViewOfFile as on Windows; the
+  others get a made-up value (from 0x100, in steps of 4, never AV_INVALID_SECTION_HANDLE).
+  Either way it is recorded in ``AvScanState.sections`` with the file, until the scan ends;
 * ``AvCmdCloseSectionForDataScan`` (2): an unknown ScanId → STATUS_NOT_FOUND; otherwise the
   result (0 undetermined, 1 infected, 2 clean; another value changes nothing, as in the
   sample) is applied, the scan's sections are closed and the waiting scan released;
@@ -84,7 +86,7 @@ import random
 import struct
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from ..kernel import ClientPort, Filter, FilterState, ServerPort, ServerPortState
 from ..status import NtStatus, nt_success
@@ -244,6 +246,8 @@ class ScanContext:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     scan_thread_id: int = 0
     sections: list[int] = field(default_factory=list)
+    #: What the file holds, for the sections (None: read the file ``name`` when asked).
+    content: bytes | None = None
     result: int | None = None
     #: IoWaitOnScanCompleteNotificationAborted: the kernel gave up on this scan.
     aborted: bool = False
@@ -351,8 +355,16 @@ class AvScanState:
 
     # --- scanning -----------------------------------------------------------------------------
 
-    async def scan(self, name: str, reason: AvScanReason = AvScanReason.AvScanOnOpen) -> AvVerdict:
+    async def scan(
+        self,
+        name: str,
+        reason: AvScanReason = AvScanReason.AvScanOnOpen,
+        content: bytes | None = None,
+    ) -> AvVerdict:
         """AvScanInUser: ask the user-mode scanner to scan ``name`` and wait for its verdict.
+
+        ``content`` is what the file holds, which a section of the scan maps (default: read
+        the file ``name``, if it is one).
 
         Returns:
             The verdict, also logged and kept in ``verdicts``.
@@ -360,7 +372,7 @@ class AvScanState:
         if self.unloading:
             verdict = AvVerdict(name, reason, 0, NtStatus.STATUS_FLT_DELETING_OBJECT, None, False)
             return self._record(verdict)
-        ctx = ScanContext(next(self._scan_ids), name, reason)
+        ctx = ScanContext(next(self._scan_ids), name, reason, content=content)
         self.scans[ctx.scan_id] = ctx
         try:
             return self._record(await self._scan(ctx))
@@ -513,7 +525,7 @@ class AvScanState:
         await self.flt.close_client_port(port)
         log.info("avscan: %s disconnected", cookie.name)
 
-    def message_notify(self, cookie: object, data: bytes, out_size: int) -> tuple[NtStatus, bytes]:
+    def message_notify(self, cookie: object, data: bytes, out_size: int) -> tuple[Any, ...]:
         """AvMessageNotifyCallback: the user's commands; see the module docstring."""
         try:
             return self._message(data, out_size)
@@ -521,7 +533,7 @@ class AvScanState:
             log.exception("avscan: AvMessageNotifyCallback failed")
             return NtStatus.STATUS_UNSUCCESSFUL, b""
 
-    def _message(self, data: bytes, out_size: int) -> tuple[NtStatus, bytes]:
+    def _message(self, data: bytes, out_size: int) -> tuple[Any, ...]:
         command = read_u32(data, 0)
         if command is None:
             return _INVALID_PARAMETER, b""
@@ -539,6 +551,11 @@ class AvScanState:
             handle = next(self._handles)
             ctx.sections.append(handle)
             self.sections[handle] = Section(handle, ctx.scan_id, ctx.name)
+            content = self._section_content(ctx)
+            if content:
+                # A client that can map sections gets a real one of the file's bytes in place
+                # of the made-up handle (protocol §7.1).
+                return _SUCCESS, HANDLE.pack(handle), {0: content}
             return _SUCCESS, HANDLE.pack(handle)
         if command == AvScanCommand.AvCmdCloseSectionForDataScan:
             scan_result = read_u32(data, _UNION_OFFSET)
@@ -555,6 +572,18 @@ class AvScanState:
                 return _INVALID_PARAMETER, b""
             return NtStatus.STATUS_INVALID_HANDLE, b""
         return _INVALID_PARAMETER, b""
+
+    def _section_content(self, ctx: ScanContext) -> bytes:
+        """What a section of the scanned file maps: the content given to ``scan``, else the
+        file's bytes (up to the daemon's message limit), else nothing."""
+        if ctx.content is not None:
+            return ctx.content
+        limit = self.flt.manager.max_message_bytes
+        try:
+            with open(ctx.name, "rb") as f:
+                return f.read(limit)
+        except OSError:
+            return b""
 
     # --- sources ------------------------------------------------------------------------------
 

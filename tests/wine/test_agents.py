@@ -191,3 +191,39 @@ def test_an_agent_in_go(go_agent: Path, wine_daemon: DaemonThread, wine_prefix: 
         assert agent.proc.wait(ANSWER_WAIT) == 0
     finally:
         agent.close()
+
+
+def test_avscan_agent_maps_real_sections_of_the_builtin_avscan(
+    tmp_path: Path, socket_path: str, start_agent: AgentFactory
+) -> None:
+    """userscan.c's shape: two ports with contexts, a section mapped per scan, and its
+    shutdown: CancelIoEx(port, NULL) aborts every get, then the IOCP is closed."""
+    watched = tmp_path / "av"
+    watched.mkdir()
+    with serve(
+        socket_path, "--filter", "avscan", "--set", f"avscan.source=dir:{watched}",
+        "--set", "avscan.interval=0.05",
+    ):  # fmt: skip
+        agent = start_agent(socket_path, "avagent", "2")
+        assert agent.expect("connected") == "connected, 2 workers"
+        for name, content, verdict in (
+            ("bad.bin", b"MZ... a foul payload ...", "infected"),
+            ("good.bin", b"MZ... nothing to see ...", "clean"),
+        ):
+            staged = tmp_path / name
+            staged.write_bytes(content)
+            os.replace(staged, watched / name)
+            assert agent.expect("scan ").endswith(f": {verdict} (close 0x00000000)")
+        agent.send("q")
+        assert agent.expect("cancel scan port") == "cancel scan port 1"
+        assert agent.expect("abort listener") == "abort listener: 0x800703e3"
+        aborted = [agent.expect("worker: get completed") for _ in range(2)]
+        assert aborted == ["worker: get completed with error 995"] * 2
+        # Windows wakes threads waiting on a closed completion port with
+        # ERROR_ABANDONED_WAIT_0 (735); Wine 8.0 does not (docs/wine.md). Should Wine start
+        # to, this fails: then expect "worker: completion port gone, error 735" twice.
+        assert agent.expect("workers still waiting") == (
+            "workers still waiting after the completion port closed"
+        )
+        assert agent.expect("bye") == "bye"
+        assert agent.proc.wait(ANSWER_WAIT) == 0
