@@ -306,26 +306,57 @@ def test_bad_arguments_and_handles(wine_daemon: DaemonThread, start_agent: Agent
     assert agent.expect("badsend-closed") == "badsend-closed 0x80070006"
 
 
-def test_management_functions_find_nothing(
+def test_management_functions_answer_for_the_daemons_filters(
     wine_daemon: DaemonThread, start_agent: AgentFactory
 ) -> None:
+    wine_daemon.filter("scanner")
+    wine_daemon.filter("minispy")
     agent = start_agent(wine_daemon.address)
-    agent.send("misc")
+    agent.send("filters")
+    for info_class, header in ((0, 14), (1, 24), (2, 28)):
+        need = header + 2 * len("scanner")  # the first filter registered
+        assert agent.expect(f"small {info_class}") == f"small {info_class} 0x8007007a n={need}"
+        names = {agent.expect(f"filter {info_class}").split()[2] for _ in range(2)}
+        assert names == {"scanner", "minispy"}
+        assert agent.expect(f"filters {info_class}") == (
+            f"filters {info_class} 0x80070103 close 0x00000000"
+        )
+    agent.send("misc ScAnNeR")  # filter names compare case-insensitively
     expected = {
-        "FilterFindFirst": "0x80070103",
-        "FilterFindNext": "0x80070006",
-        "FilterFindClose": "0x80070006",
-        "FilterVolumeFindFirst": "0x80070103",
+        "FilterVolumeFindFirst": "0x80070103",  # no volume, consistently
         "FilterVolumeInstanceFindFirst": "0x801f0014",
-        "FilterInstanceFindFirst": "0x801f0013",
         "FilterGetDosName": "0x801f0014",
+        "FilterLoad-loaded": "0x80070420",  # ERROR_SERVICE_ALREADY_RUNNING
         "FilterLoad": "0x80070002",
         "FilterUnload": "0x801f0013",
+        "FilterInstanceFindFirst-loaded": "0x80070103",
+        "FilterInstanceFindFirst": "0x801f0013",
+        "FilterAttach-loaded": "0x801f0014",
         "FilterAttach": "0x801f0013",
         "FilterDetach": "0x801f0013",
+        "FilterCreate": "0x801f0013",
+        "FilterCreate-loaded": "0x00000000",
     }
     got = dict(agent.line().split() for _ in expected)
     assert got == expected
+    assert agent.line() == "FilterGetInformation 0x00000000 n=28 name=scanner"
+    assert agent.line() == "FilterClose 0x00000000"
+    assert agent.line() == "FilterClose-again 0x80070006"
+    assert agent.line() == "FilterFindNext-bad 0x80070006"
+    # FilterUnload of a loaded filter is FltUnregisterFilter in the daemon.
+    assert agent.cmd("unload minispy") == "unload 0x00000000"
+    agent.send("filters")
+    assert agent.expect("filter 0") == "filter 0 scanner"
+    assert agent.expect("filters 0") == "filters 0 0x80070103 close 0x00000000"
+
+
+def test_management_functions_without_a_daemon(
+    wine_daemon: DaemonThread, start_agent: AgentFactory
+) -> None:
+    agent = start_agent(wine_daemon.address + ".missing")
+    agent.send("filters")
+    assert agent.expect("small 0") == "small 0 0x80070103 n=0"
+    assert agent.expect("filters 0") == "filters 0 0x80070103 close 0x00000000"
 
 
 # --- sections (avscan's AvCmdCreateSectionForDataScan) -------------------------------------

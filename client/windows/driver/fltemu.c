@@ -22,7 +22,7 @@
 
 #include "../include/fltemu_ioctl.h"
 #include "../include/linux_syscall.h"
-#include "wire.h"
+#include "../include/wire.h"
 
 #define FE_TAG 0x756d6546 /* 'Femu' */
 

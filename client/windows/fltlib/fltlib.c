@@ -9,8 +9,7 @@
  * DuplicateHandle and CloseHandle are kernel32's and behave as on Windows, because the I/O
  * manager (Wine's) completes the driver's IRPs.
  *
- * The other exports answer as a Windows machine on which fltemu's filters are not kernel
- * drivers would: no filter, instance or volume can be enumerated, loaded or attached.
+ * The filter-management exports are in manage.c.
  */
 #define WIN32_LEAN_AND_MEAN
 #include <windows.h>
@@ -19,6 +18,7 @@
 
 #include "../include/fltemu_ioctl.h"
 #include "../include/linux_syscall.h"
+#include "fltlib_private.h"
 
 #ifndef FLT_PORT_FLAG_SYNC_HANDLE
 #define FLT_PORT_FLAG_SYNC_HANDLE 0x00000001
@@ -38,13 +38,10 @@ NTSTATUS NTAPI NtDeviceIoControlFile(HANDLE, HANDLE, PIO_APC_ROUTINE, PVOID, PIO
                                      ULONG, PVOID, ULONG, PVOID, ULONG);
 ULONG NTAPI RtlNtStatusToDosError(NTSTATUS);
 
-/* Not declared by every fltuser.h, exported by Windows' fltlib all the same. */
-HRESULT WINAPI FilterVolumeClose(HANDLE hVolume);
-
 static DWORD g_tls = TLS_OUT_OF_INDEXES;
 
 /* fltlib's NTSTATUS -> HRESULT translation (semantics §3.6, protocol §13). */
-static HRESULT flt_hresult(NTSTATUS status)
+HRESULT flt_hresult(NTSTATUS status)
 {
     ULONG st = (ULONG)status, facility = (st >> 16) & 0xFFF, err;
     if (st == 0) return S_OK;
@@ -96,7 +93,7 @@ static NTSTATUS ioctl_sync(HANDLE h, ULONG code, void *in, ULONG in_len, void *o
 
 /* The daemon's socket, by the rule every fltemu client uses (protocol §1): $FLTEMU_SOCKET,
  * else $XDG_RUNTIME_DIR/fltemu.sock, else /tmp/fltemu-<uid>.sock.  FALSE if it is too long. */
-static BOOL socket_path(char *out, DWORD size)
+BOOL socket_path(char *out, DWORD size)
 {
     DWORD n = GetEnvironmentVariableA("FLTEMU_SOCKET", out, size);
     if (n && n < size) return TRUE;
@@ -246,203 +243,6 @@ HRESULT WINAPI FilterReplyMessage(HANDLE hPort, PFILTER_REPLY_HEADER lpReplyBuff
     ULONG_PTR info;
     if (!lpReplyBuffer || dwReplyBufferSize < sizeof(FILTER_REPLY_HEADER)) return E_INVALIDARG;
     return flt_hresult(ioctl_sync(hPort, IOCTL_FLTEMU_REPLY, lpReplyBuffer, dwReplyBufferSize, NULL, 0, &info));
-}
-
-/* ---- Filter management.  fltemu's filters live in the daemon, not in the kernel, so on
- * this machine there is no minifilter, instance or volume to find, load or attach. ---- */
-
-#define NO_MORE_ITEMS HRESULT_FROM_WIN32(ERROR_NO_MORE_ITEMS)
-
-/* FilterLoad / FilterUnload: no such driver (0x80070002) / filter (ERROR_FLT_FILTER_NOT_FOUND). */
-HRESULT WINAPI FilterLoad(LPCWSTR lpFilterName)
-{
-    return lpFilterName ? HRESULT_FROM_WIN32(ERROR_FILE_NOT_FOUND) : E_INVALIDARG;
-}
-
-HRESULT WINAPI FilterUnload(LPCWSTR lpFilterName)
-{
-    return lpFilterName ? ERROR_FLT_FILTER_NOT_FOUND : E_INVALIDARG;
-}
-
-HRESULT WINAPI FilterCreate(LPCWSTR lpFilterName, HFILTER *hFilter)
-{
-    if (!hFilter || !lpFilterName) return E_INVALIDARG;
-    *hFilter = INVALID_HANDLE_VALUE;
-    return ERROR_FLT_FILTER_NOT_FOUND;
-}
-
-HRESULT WINAPI FilterClose(HFILTER hFilter)
-{
-    (void)hFilter;
-    return E_HANDLE;
-}
-
-HRESULT WINAPI FilterGetInformation(HFILTER hFilter, FILTER_INFORMATION_CLASS dwInformationClass, LPVOID lpBuffer,
-                                    DWORD dwBufferSize, LPDWORD lpBytesReturned)
-{
-    (void)hFilter; (void)dwInformationClass; (void)lpBuffer; (void)dwBufferSize;
-    if (lpBytesReturned) *lpBytesReturned = 0;
-    return E_HANDLE;
-}
-
-/* FilterFindFirst / FilterVolumeFindFirst: HRESULT_FROM_WIN32(ERROR_NO_MORE_ITEMS) and no handle. */
-HRESULT WINAPI FilterFindFirst(FILTER_INFORMATION_CLASS dwInformationClass, LPVOID lpBuffer, DWORD dwBufferSize,
-                               LPDWORD lpBytesReturned, LPHANDLE lpFilterFind)
-{
-    (void)dwInformationClass; (void)lpBuffer; (void)dwBufferSize;
-    if (!lpBytesReturned || !lpFilterFind) return E_INVALIDARG;
-    *lpBytesReturned = 0;
-    *lpFilterFind = INVALID_HANDLE_VALUE;
-    return NO_MORE_ITEMS;
-}
-
-HRESULT WINAPI FilterFindNext(HANDLE hFilterFind, FILTER_INFORMATION_CLASS dwInformationClass, LPVOID lpBuffer,
-                              DWORD dwBufferSize, LPDWORD lpBytesReturned)
-{
-    (void)hFilterFind; (void)dwInformationClass; (void)lpBuffer; (void)dwBufferSize;
-    if (lpBytesReturned) *lpBytesReturned = 0;
-    return E_HANDLE;
-}
-
-HRESULT WINAPI FilterFindClose(HANDLE hFilterFind)
-{
-    (void)hFilterFind;
-    return E_HANDLE;
-}
-
-HRESULT WINAPI FilterVolumeFindFirst(FILTER_VOLUME_INFORMATION_CLASS dwInformationClass, LPVOID lpBuffer,
-                                     DWORD dwBufferSize, LPDWORD lpBytesReturned, PHANDLE lpVolumeFind)
-{
-    (void)dwInformationClass; (void)lpBuffer; (void)dwBufferSize;
-    if (!lpBytesReturned || !lpVolumeFind) return E_INVALIDARG;
-    *lpBytesReturned = 0;
-    *lpVolumeFind = INVALID_HANDLE_VALUE;
-    return NO_MORE_ITEMS;
-}
-
-HRESULT WINAPI FilterVolumeFindNext(HANDLE hVolumeFind, FILTER_VOLUME_INFORMATION_CLASS dwInformationClass,
-                                    LPVOID lpBuffer, DWORD dwBufferSize, LPDWORD lpBytesReturned)
-{
-    (void)hVolumeFind; (void)dwInformationClass; (void)lpBuffer; (void)dwBufferSize;
-    if (lpBytesReturned) *lpBytesReturned = 0;
-    return E_HANDLE;
-}
-
-HRESULT WINAPI FilterVolumeFindClose(HANDLE hVolumeFind)
-{
-    (void)hVolumeFind;
-    return E_HANDLE;
-}
-
-HRESULT WINAPI FilterVolumeClose(HANDLE hVolume)
-{
-    (void)hVolume;
-    return E_HANDLE;
-}
-
-/* Instances of a filter, and of a volume: the filter / volume is not found. */
-HRESULT WINAPI FilterInstanceFindFirst(LPCWSTR lpFilterName, INSTANCE_INFORMATION_CLASS dwInformationClass,
-                                       LPVOID lpBuffer, DWORD dwBufferSize, LPDWORD lpBytesReturned,
-                                       LPHANDLE lpFilterInstanceFind)
-{
-    (void)dwInformationClass; (void)lpBuffer; (void)dwBufferSize;
-    if (!lpFilterName || !lpBytesReturned || !lpFilterInstanceFind) return E_INVALIDARG;
-    *lpBytesReturned = 0;
-    *lpFilterInstanceFind = INVALID_HANDLE_VALUE;
-    return ERROR_FLT_FILTER_NOT_FOUND;
-}
-
-HRESULT WINAPI FilterInstanceFindNext(HANDLE hFilterInstanceFind, INSTANCE_INFORMATION_CLASS dwInformationClass,
-                                      LPVOID lpBuffer, DWORD dwBufferSize, LPDWORD lpBytesReturned)
-{
-    (void)hFilterInstanceFind; (void)dwInformationClass; (void)lpBuffer; (void)dwBufferSize;
-    if (lpBytesReturned) *lpBytesReturned = 0;
-    return E_HANDLE;
-}
-
-HRESULT WINAPI FilterInstanceFindClose(HANDLE hFilterInstanceFind)
-{
-    (void)hFilterInstanceFind;
-    return E_HANDLE;
-}
-
-HRESULT WINAPI FilterVolumeInstanceFindFirst(LPCWSTR lpVolumeName, INSTANCE_INFORMATION_CLASS dwInformationClass,
-                                             LPVOID lpBuffer, DWORD dwBufferSize, LPDWORD lpBytesReturned,
-                                             LPHANDLE lpVolumeInstanceFind)
-{
-    (void)dwInformationClass; (void)lpBuffer; (void)dwBufferSize;
-    if (!lpVolumeName || !lpBytesReturned || !lpVolumeInstanceFind) return E_INVALIDARG;
-    *lpBytesReturned = 0;
-    *lpVolumeInstanceFind = INVALID_HANDLE_VALUE;
-    return ERROR_FLT_VOLUME_NOT_FOUND;
-}
-
-HRESULT WINAPI FilterVolumeInstanceFindNext(HANDLE hVolumeInstanceFind, INSTANCE_INFORMATION_CLASS dwInformationClass,
-                                            LPVOID lpBuffer, DWORD dwBufferSize, LPDWORD lpBytesReturned)
-{
-    (void)hVolumeInstanceFind; (void)dwInformationClass; (void)lpBuffer; (void)dwBufferSize;
-    if (lpBytesReturned) *lpBytesReturned = 0;
-    return E_HANDLE;
-}
-
-HRESULT WINAPI FilterVolumeInstanceFindClose(HANDLE hVolumeInstanceFind)
-{
-    (void)hVolumeInstanceFind;
-    return E_HANDLE;
-}
-
-HRESULT WINAPI FilterInstanceCreate(LPCWSTR lpFilterName, LPCWSTR lpVolumeName, LPCWSTR lpInstanceName,
-                                    HFILTER_INSTANCE *hInstance)
-{
-    (void)lpVolumeName; (void)lpInstanceName;
-    if (!lpFilterName || !hInstance) return E_INVALIDARG;
-    *hInstance = INVALID_HANDLE_VALUE;
-    return ERROR_FLT_FILTER_NOT_FOUND;
-}
-
-HRESULT WINAPI FilterInstanceClose(HFILTER_INSTANCE hInstance)
-{
-    (void)hInstance;
-    return E_HANDLE;
-}
-
-HRESULT WINAPI FilterInstanceGetInformation(HFILTER_INSTANCE hInstance, INSTANCE_INFORMATION_CLASS dwInformationClass,
-                                            LPVOID lpBuffer, DWORD dwBufferSize, LPDWORD lpBytesReturned)
-{
-    (void)hInstance; (void)dwInformationClass; (void)lpBuffer; (void)dwBufferSize;
-    if (lpBytesReturned) *lpBytesReturned = 0;
-    return E_HANDLE;
-}
-
-/* FilterAttach / FilterAttachAtAltitude / FilterDetach: the filter is not found. */
-HRESULT WINAPI FilterAttach(LPCWSTR lpFilterName, LPCWSTR lpVolumeName, LPCWSTR lpInstanceName,
-                            DWORD dwCreatedInstanceNameLength, LPWSTR lpCreatedInstanceName)
-{
-    (void)lpVolumeName; (void)lpInstanceName; (void)dwCreatedInstanceNameLength; (void)lpCreatedInstanceName;
-    return lpFilterName ? ERROR_FLT_FILTER_NOT_FOUND : E_INVALIDARG;
-}
-
-HRESULT WINAPI FilterAttachAtAltitude(LPCWSTR lpFilterName, LPCWSTR lpVolumeName, LPCWSTR lpAltitude,
-                                      LPCWSTR lpInstanceName, DWORD dwCreatedInstanceNameLength,
-                                      LPWSTR lpCreatedInstanceName)
-{
-    (void)lpVolumeName; (void)lpAltitude; (void)lpInstanceName; (void)dwCreatedInstanceNameLength;
-    (void)lpCreatedInstanceName;
-    return lpFilterName ? ERROR_FLT_FILTER_NOT_FOUND : E_INVALIDARG;
-}
-
-HRESULT WINAPI FilterDetach(LPCWSTR lpFilterName, LPCWSTR lpVolumeName, LPCWSTR lpInstanceName)
-{
-    (void)lpVolumeName; (void)lpInstanceName;
-    return lpFilterName ? ERROR_FLT_FILTER_NOT_FOUND : E_INVALIDARG;
-}
-
-/* FilterGetDosName: no volume of that name (ERROR_FLT_VOLUME_NOT_FOUND). */
-HRESULT WINAPI FilterGetDosName(LPCWSTR lpVolumeName, LPWSTR lpDosName, DWORD dwDosNameBufferSize)
-{
-    if (!lpVolumeName || !lpDosName || !dwDosNameBufferSize) return E_INVALIDARG;
-    lpDosName[0] = 0;
-    return ERROR_FLT_VOLUME_NOT_FOUND;
 }
 
 BOOL WINAPI DllMain(HINSTANCE instance, DWORD reason, LPVOID reserved)

@@ -17,6 +17,7 @@
 #define LNX_SYS_connect 42
 #define LNX_SYS_sendto 44
 #define LNX_SYS_shutdown 48
+#define LNX_SYS_setsockopt 54
 #define LNX_SYS_getuid 102
 
 #define LNX_AF_UNIX 1
@@ -84,6 +85,14 @@ static inline long long lnx_connect(int fd, const struct lnx_sockaddr_un *addr, 
     do r = lnx_syscall3(LNX_SYS_connect, fd, (long long)addr, len);
     while (r == -LNX_EINTR);
     return r;
+}
+
+/* SO_RCVTIMEO / SO_SNDTIMEO: a blocking call on fd gives up after `seconds`. */
+static inline void lnx_set_timeouts(int fd, long long seconds)
+{
+    long long tv[2] = {seconds, 0}; /* struct timeval on x86_64 */
+    lnx_syscall6(LNX_SYS_setsockopt, fd, 1 /* SOL_SOCKET */, 20 /* SO_RCVTIMEO */, (long long)tv, sizeof tv, 0);
+    lnx_syscall6(LNX_SYS_setsockopt, fd, 1 /* SOL_SOCKET */, 21 /* SO_SNDTIMEO */, (long long)tv, sizeof tv, 0);
 }
 
 static inline long long lnx_shutdown(int fd, int how)

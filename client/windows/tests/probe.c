@@ -24,7 +24,10 @@
  *   dup / closedup                      DuplicateHandle, then CloseHandle of the copy
  *   usedup                              the duplicate becomes the handle for later commands
  *   close / closeiocp                   CloseHandle of the port / of the completion port
- *   misc                                the management functions, "NAME 0x%08x" each
+ *   misc LOADED                         the management functions, "NAME 0x%08x" each, with
+ *                                       LOADED one of the daemon's filters
+ *   filters                             FilterFindFirst/Next/Close in the three classes
+ *   unload NAME                         FilterUnload
  *   badhandle                           the port calls on a handle that is not a port
  *   sleep MS, exit CODE
  */
@@ -76,23 +79,72 @@ static struct slot *slot_arg(const char *text)
     return i >= 0 && i < SLOTS ? &slots[i] : NULL;
 }
 
-static void misc(void)
+/* The management functions, with `loaded` the name of one of the daemon's filters. */
+static void misc(const char *loaded)
 {
     HANDLE find = NULL;
+    HFILTER filter = NULL;
     DWORD n = 0;
     unsigned char buf[512];
-    WCHAR name[64];
-    out("FilterFindFirst 0x%08lx", (unsigned long)FilterFindFirst(FilterFullInformation, buf, sizeof buf, &n, &find));
-    out("FilterFindNext 0x%08lx", (unsigned long)FilterFindNext(find, FilterFullInformation, buf, sizeof buf, &n));
-    out("FilterFindClose 0x%08lx", (unsigned long)FilterFindClose(find));
+    WCHAR name[64], wloaded[64];
+    MultiByteToWideChar(CP_UTF8, 0, loaded, -1, wloaded, 64);
     out("FilterVolumeFindFirst 0x%08lx", (unsigned long)FilterVolumeFindFirst(FilterVolumeBasicInformation, buf, sizeof buf, &n, &find));
     out("FilterVolumeInstanceFindFirst 0x%08lx", (unsigned long)FilterVolumeInstanceFindFirst(L"C:", InstanceBasicInformation, buf, sizeof buf, &n, &find));
-    out("FilterInstanceFindFirst 0x%08lx", (unsigned long)FilterInstanceFindFirst(L"scanner", InstanceBasicInformation, buf, sizeof buf, &n, &find));
     out("FilterGetDosName 0x%08lx", (unsigned long)FilterGetDosName(L"\\Device\\HarddiskVolume1", name, 64));
+    out("FilterLoad-loaded 0x%08lx", (unsigned long)FilterLoad(wloaded));
     out("FilterLoad 0x%08lx", (unsigned long)FilterLoad(L"nosuchfilter"));
     out("FilterUnload 0x%08lx", (unsigned long)FilterUnload(L"nosuchfilter"));
+    out("FilterInstanceFindFirst-loaded 0x%08lx", (unsigned long)FilterInstanceFindFirst(wloaded, InstanceBasicInformation, buf, sizeof buf, &n, &find));
+    out("FilterInstanceFindFirst 0x%08lx", (unsigned long)FilterInstanceFindFirst(L"nosuchfilter", InstanceBasicInformation, buf, sizeof buf, &n, &find));
+    out("FilterAttach-loaded 0x%08lx", (unsigned long)FilterAttach(wloaded, L"C:", NULL, 0, NULL));
     out("FilterAttach 0x%08lx", (unsigned long)FilterAttach(L"nosuchfilter", L"C:", NULL, 0, NULL));
     out("FilterDetach 0x%08lx", (unsigned long)FilterDetach(L"nosuchfilter", L"C:", NULL));
+    out("FilterCreate 0x%08lx", (unsigned long)FilterCreate(L"nosuchfilter", &filter));
+    HRESULT hr = FilterCreate(wloaded, &filter);
+    out("FilterCreate-loaded 0x%08lx", (unsigned long)hr);
+    if (SUCCEEDED(hr)) {
+        PFILTER_FULL_INFORMATION full = (PFILTER_FULL_INFORMATION)buf;
+        hr = FilterGetInformation(filter, FilterFullInformation, buf, sizeof buf, &n);
+        out("FilterGetInformation 0x%08lx n=%lu name=%.*ls", (unsigned long)hr, n,
+            (int)(full->FilterNameLength / sizeof(WCHAR)), full->FilterNameBuffer);
+        out("FilterClose 0x%08lx", (unsigned long)FilterClose(filter));
+        out("FilterClose-again 0x%08lx", (unsigned long)FilterClose(filter));
+    }
+    out("FilterFindNext-bad 0x%08lx", (unsigned long)FilterFindNext((HANDLE)(ULONG_PTR)0x1234, FilterFullInformation, buf, sizeof buf, &n));
+}
+
+/* FilterFindFirst/Next in each information class: one "filter" line per entry. */
+static void list_filters(void)
+{
+    static const FILTER_INFORMATION_CLASS classes[] = {
+        FilterFullInformation, FilterAggregateBasicInformation, FilterAggregateStandardInformation};
+    for (int c = 0; c < 3; c++) {
+        unsigned char buf[512];
+        DWORD n = 0;
+        HANDLE find = INVALID_HANDLE_VALUE;
+        HRESULT hr = FilterFindFirst(classes[c], buf, 8, &n, &find);
+        out("small %d 0x%08lx n=%lu", c, (unsigned long)hr, n);
+        for (hr = FilterFindFirst(classes[c], buf, sizeof buf, &n, &find); SUCCEEDED(hr);
+             hr = FilterFindNext(find, classes[c], buf, sizeof buf, &n)) {
+            const WCHAR *name;
+            USHORT len;
+            if (classes[c] == FilterFullInformation) {
+                name = ((PFILTER_FULL_INFORMATION)buf)->FilterNameBuffer;
+                len = ((PFILTER_FULL_INFORMATION)buf)->FilterNameLength;
+            } else if (classes[c] == FilterAggregateBasicInformation) {
+                PFILTER_AGGREGATE_BASIC_INFORMATION b = (PFILTER_AGGREGATE_BASIC_INFORMATION)buf;
+                name = (const WCHAR *)(buf + b->Type.MiniFilter.FilterNameBufferOffset);
+                len = b->Type.MiniFilter.FilterNameLength;
+            } else {
+                PFILTER_AGGREGATE_STANDARD_INFORMATION b = (PFILTER_AGGREGATE_STANDARD_INFORMATION)buf;
+                name = (const WCHAR *)(buf + b->Type.MiniFilter.FilterNameBufferOffset);
+                len = b->Type.MiniFilter.FilterNameLength;
+            }
+            out("filter %d %.*ls", c, (int)(len / sizeof(WCHAR)), name);
+        }
+        out("filters %d 0x%08lx close 0x%08lx", c, (unsigned long)hr,
+            (unsigned long)(find == INVALID_HANDLE_VALUE ? 0 : FilterFindClose(find)));
+    }
 }
 
 int main(void)
@@ -224,7 +276,13 @@ int main(void)
         } else if (!strcmp(cmd, "closeiocp")) {
             out("closeiocp %d", CloseHandle(iocp));
         } else if (!strcmp(cmd, "misc")) {
-            misc();
+            misc(a1);
+        } else if (!strcmp(cmd, "filters")) {
+            list_filters();
+        } else if (!strcmp(cmd, "unload")) {
+            WCHAR wname[256];
+            MultiByteToWideChar(CP_UTF8, 0, a1, -1, wname, 256);
+            out("unload 0x%08lx", (unsigned long)FilterUnload(wname));
         } else if (!strcmp(cmd, "badhandle")) {
             HANDLE ev = CreateEventW(NULL, FALSE, FALSE, NULL);
             DWORD got;

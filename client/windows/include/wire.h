@@ -1,8 +1,9 @@
 /*
- * The subset of fltemu's wire protocol (docs/protocol.md, version 1) that a user-mode port
- * client needs: encode Connect / SendRequest / GetRequest / ReplyRequest / GetCancel, decode
- * ConnectResult / SendResult / GetResult / ReplyResult / Goodbye.  Sans-IO: bytes in,
- * structs out; no allocation, no system calls.
+ * The subset of fltemu's wire protocol (docs/protocol.md, version 1) that the Windows side
+ * needs: encode Connect / SendRequest / GetRequest / ReplyRequest / GetCancel / Control, decode
+ * ConnectResult / SendResult / GetResult / ReplyResult / Goodbye / Disconnected / Section, and
+ * walk a ControlResult.  Sans-IO: bytes in, structs out; no allocation, no system calls.
+ * Shared by fltemu.sys (port connections) and fltlib.dll (control connections).
  *
  * Frames are a u32 little-endian body length, then one msgpack array whose element 0 is the
  * tag (protocol §2-§4).  The decoder is strict as the protocol asks: wrong types, values out
@@ -21,11 +22,13 @@ enum wire_tag {
     WIRE_GET_REQUEST = 3,
     WIRE_REPLY_REQUEST = 4,
     WIRE_GET_CANCEL = 5,
+    WIRE_CONTROL = 6,
     WIRE_CONNECT_RESULT = 16,
     WIRE_SEND_RESULT = 17,
     WIRE_GET_RESULT = 18,
     WIRE_REPLY_RESULT = 19,
     WIRE_GOODBYE = 20,
+    WIRE_CONTROL_RESULT = 21,
     WIRE_DISCONNECTED = 22,
     WIRE_SECTION = 23,
 };
@@ -168,6 +171,55 @@ static inline const unsigned char *wire_get_bytes(struct wire_in *in, int is_str
     in->p += n;
     *len = n;
     return data;
+}
+
+/* Skips one value of any type.  Nesting is bounded so a hostile frame cannot recurse deep. */
+static inline void wire_skip(struct wire_in *in, int depth)
+{
+    if (in->bad || in->p >= in->end || depth > 32) { in->bad = 1; return; }
+    unsigned char b = *in->p++;
+    unsigned long long n = 0, items = 0;
+    if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3) return;
+    if ((b & 0xe0) == 0xa0) n = b & 0x1f;
+    else if ((b & 0xf0) == 0x90) items = b & 0x0f;
+    else if ((b & 0xf0) == 0x80) items = 2ull * (b & 0x0f);
+    else switch (b) {
+    case 0xc4: case 0xd9: n = wire_get_be(in, 1); break;
+    case 0xc5: case 0xda: n = wire_get_be(in, 2); break;
+    case 0xc6: case 0xdb: n = wire_get_be(in, 4); break;
+    case 0xcc: case 0xd0: n = 1; break;
+    case 0xcd: case 0xd1: n = 2; break;
+    case 0xce: case 0xd2: case 0xca: n = 4; break;
+    case 0xcf: case 0xd3: case 0xcb: n = 8; break;
+    case 0xd4: n = 2; break;
+    case 0xd5: n = 3; break;
+    case 0xd6: n = 5; break;
+    case 0xd7: n = 9; break;
+    case 0xd8: n = 17; break;
+    case 0xc7: n = wire_get_be(in, 1) + 1; break;
+    case 0xc8: n = wire_get_be(in, 2) + 1; break;
+    case 0xc9: n = wire_get_be(in, 4) + 1; break;
+    case 0xdc: items = wire_get_be(in, 2); break;
+    case 0xdd: items = wire_get_be(in, 4); break;
+    case 0xde: items = 2 * wire_get_be(in, 2); break;
+    case 0xdf: items = 2 * wire_get_be(in, 4); break;
+    default: in->bad = 1; return;
+    }
+    if (in->bad || (unsigned long long)(in->end - in->p) < n) { in->bad = 1; return; }
+    in->p += n;
+    while (items-- && !in->bad) wire_skip(in, depth + 1);
+}
+
+/* The header of a map (fixmap, map16, map32): its number of key/value pairs. */
+static inline unsigned wire_get_map(struct wire_in *in)
+{
+    if (in->p >= in->end) { in->bad = 1; return 0; }
+    unsigned char b = *in->p++;
+    if ((b & 0xf0) == 0x80) return b & 0x0f;
+    if (b == 0xde) return (unsigned)wire_get_be(in, 2);
+    if (b == 0xdf) return (unsigned)wire_get_be(in, 4);
+    in->bad = 1;
+    return 0;
 }
 
 /* A decoded daemon->user message.  Fields not carried by `tag` are zero. */

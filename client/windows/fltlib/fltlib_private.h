@@ -1,0 +1,13 @@
+/* What the parts of fltemu's fltlib.dll share. */
+#ifndef FLTLIB_PRIVATE_H
+#define FLTLIB_PRIVATE_H
+
+#include <windows.h>
+#include <winternl.h>
+
+/* fltlib's NTSTATUS -> HRESULT translation (semantics §3.6). */
+HRESULT flt_hresult(NTSTATUS status);
+/* The daemon's socket path, by the rule every fltemu client uses (protocol §1). */
+BOOL socket_path(char *out, DWORD size);
+
+#endif
