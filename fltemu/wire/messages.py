@@ -13,7 +13,10 @@ from typing import Annotated, Final
 import msgspec
 
 __all__ = [
+    "OPTION_DISCONNECT_NOTICE",
+    "OPTION_SECTIONS",
     "PROTOCOL_VERSION",
+    "WINDOWS_OPTIONS",
     "Connect",
     "ConnectResult",
     "ConnectionInfo",
@@ -26,16 +29,13 @@ __all__ = [
     "GetResult",
     "Goodbye",
     "KernelMessage",
-    "OPTION_DISCONNECT_NOTICE",
-    "OPTION_SECTIONS",
     "PortInfo",
     "ReplyRequest",
     "ReplyResult",
-    "SendRequest",
     "Section",
+    "SendRequest",
     "SendResult",
     "UserMessage",
-    "WINDOWS_OPTIONS",
 ]
 
 #: The protocol version this code speaks. The daemon accepts exactly this version; a client

@@ -7,6 +7,7 @@ skipped on a developer's machine, with the command that installs them, and fail 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import shutil
@@ -145,19 +146,25 @@ class Agent:
         self.proc.wait(ANSWER_WAIT)
 
     def close(self) -> int:
+        """End the agent (``exit`` for the probe, SIGKILL if it does not go) and release its
+        pipes."""
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 self.send("exit 0")
-            except (BrokenPipeError, ValueError):
-                pass
             try:
                 self.proc.wait(ANSWER_WAIT)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
         if self.proc.stdin is not None:
-            self.proc.stdin.close()
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
         self._reader.join(ANSWER_WAIT)
+        if self._reader.is_alive():
+            # Something the agent started still holds its stdout: end its whole session.
+            with contextlib.suppress(OSError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self._reader.join(ANSWER_WAIT)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         return self.proc.returncode

@@ -394,30 +394,35 @@ static void NTAPI reader_main(void *arg)
     PsTerminateSystemThread(STATUS_SUCCESS);
 }
 
-/* Queues `irp` under a fresh rid and sends the frame built by the caller for that rid.
- * Returns STATUS_PENDING, or the status to complete the IRP with at once. */
+/* Queues `irp` under `rid` and sends the frame built by the caller for that rid.
+ * Returns STATUS_PENDING, or the status to complete the IRP with at once.
+ *
+ * Once the IRP is on the pending list the reader thread may complete it at any moment (the
+ * daemon answers, or the connection dies), so nothing here touches it after the insertion.
+ * Cancel routines run on the dispatch thread (this one), so none can run in between. */
 static NTSTATUS submit(conn *c, PIRP irp, enum irp_kind kind, unsigned char *frame,
                        struct wire_out *o, ULONGLONG rid)
 {
     KIRQL irql;
+    NTSTATUS refused = STATUS_SUCCESS;
     irp->Tail.Overlay.DriverContext[0] = (PVOID)(ULONG_PTR)rid;
     irp->Tail.Overlay.DriverContext[1] = (PVOID)(ULONG_PTR)kind;
     IRP_SECTIONS(irp) = NULL;
     /* Wine dispatches in the context of the calling thread, as Windows does. */
     IRP_PROCESS(irp) = PsGetCurrentProcessId();
     IoMarkIrpPending(irp);
+    if (kind == KIND_GET) IoSetCancelRoutine(irp, cancel_get);
     KeAcquireSpinLock(&c->lock, &irql);
-    InsertTailList(&c->pending, &irp->Tail.Overlay.ListEntry);
+    if (c->state == CONN_DEAD) refused = STATUS_PORT_DISCONNECTED; /* died since begin_request */
+    else if (kind == KIND_GET && irp->Cancel) refused = STATUS_CANCELLED;
+    else InsertTailList(&c->pending, &irp->Tail.Overlay.ListEntry);
     KeReleaseSpinLock(&c->lock, irql);
-    if (kind == KIND_GET) {
-        IoSetCancelRoutine(irp, cancel_get);
+    if (refused != STATUS_SUCCESS) {
+        if (kind == KIND_GET) IoSetCancelRoutine(irp, NULL);
+        IoGetCurrentIrpStackLocation(irp)->Control &= ~SL_PENDING_RETURNED;
+        return refused;
     }
     conn_send(c, frame, wire_finish(o, frame));
-    if (kind == KIND_GET && irp->Cancel && IoSetCancelRoutine(irp, NULL)) {
-        /* Cancelled before the routine was set: cancel it ourselves. */
-        IoAcquireCancelSpinLock(&irp->CancelIrql);
-        cancel_get(g_device, irp);
-    }
     return STATUS_PENDING;
 }
 
