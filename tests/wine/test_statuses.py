@@ -8,8 +8,12 @@ count, and what the kernel side saw.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -377,3 +381,90 @@ def test_a_section_handle_in_the_output_maps_the_content(
     got = fields(agent.cmd(f"sendmap {b'map'.hex()} 16 8 {len(content)}"))
     assert agent.seen[-1].startswith("sendmap 0x00000000 ")
     assert got == {"view": "1", "data": content.hex(), "size": "4096", "closed": "1"}
+
+
+# --- more of the port handle: sync handles, GetOverlappedResult, CancelIo, limits ------------
+
+
+def test_sync_handle_and_get_overlapped_result_3_1(
+    wine_daemon: DaemonThread, start_agent: AgentFactory
+) -> None:
+    harness = wine_daemon.create_port(PORT, max_connections=2)
+    agent = start_agent(wine_daemon.address)
+    # FLT_PORT_FLAG_SYNC_HANDLE: a synchronous handle; a get blocks until the message.
+    assert agent.cmd(f"connect {PORT} - 1") == "connect 0x00000000"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        sent = pool.submit(harness.send_message, b"sync", None)
+        assert agent.cmd("get 64") == f"get 0x00000000 rl=0 id=0 data={b'sync'.hex()}"
+        assert sent.result(20).status == NtStatus.STATUS_SUCCESS
+    other = start_agent(wine_daemon.address)
+    assert other.cmd(f"connect {PORT}") == "connect 0x00000000"
+    # An overlapped get on a handle with no completion port: GetOverlappedResult waits.
+    assert other.cmd("oget 0 64") == "oget 0 0x800703e5"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        sent = pool.submit(harness.send_message, b"ovl", None, 20.0, harness.connections[-1])
+        assert other.cmd("result 0") == "result 0 ok=1 err=0 bytes=19"
+        assert sent.result(20).status == NtStatus.STATUS_SUCCESS
+    # CancelIo cancels this thread's pending gets.
+    assert other.cmd("oget 1 64") == "oget 1 0x800703e5"
+    assert other.cmd("cancelio") == "cancelio 1"
+    assert other.cmd("result 1") == "result 1 ok=0 err=995 bytes=0"
+
+
+def test_a_send_over_the_daemons_limit_14(start_agent: AgentFactory) -> None:
+    with DaemonThread(max_message_bytes=1024) as daemon:
+        daemon.create_port(PORT, message_notify=_echo)
+        agent = start_agent(daemon.address)
+        assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
+        assert agent.cmd(f"send {(b'x' * 2000).hex()} 16") == "send 0x800705aa n=0 out="
+        assert agent.cmd(f"send {b'fits'.hex()} 16") == f"send 0x00000000 n=4 out={b'FITS'.hex()}"
+
+
+def test_connect_while_the_filter_unloads_3_1(
+    wine_daemon: DaemonThread, start_agent: AgentFactory
+) -> None:
+    flt = wine_daemon.filter("leaving")
+
+    async def on_connect(client_port: object, cookie: object, context: bytes) -> NtStatus:
+        # The filter starts unloading while ConnectNotify runs (semantics §2.3).
+        asyncio.get_running_loop().create_task(flt.unload())
+        await asyncio.sleep(0.2)
+        return NtStatus.STATUS_SUCCESS
+
+    async def create() -> None:
+        await flt.create_communication_port(
+            "\\LeavingPort",
+            connect_notify=on_connect,
+            disconnect_notify=lambda cookie: None,
+            max_connections=1,
+        )
+
+    wine_daemon.run(create())
+    agent = start_agent(wine_daemon.address)
+    assert agent.cmd("connect \\LeavingPort") == "connect 0x801f000b"
+
+
+def test_a_killed_daemon_fails_every_wait(
+    tmp_path: Path, socket_path: str, start_agent: AgentFactory
+) -> None:
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "fltemu", "serve", "--filter", "echo", "--address", socket_path],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert daemon.stdout is not None and "listening on" in daemon.stdout.readline()
+        agent = start_agent(socket_path)
+        assert agent.cmd("connect \\EchoPort") == "connect 0x00000000"
+        assert agent.cmd("bind") == "bind 1"
+        assert agent.cmd("oget 0 64") == "oget 0 0x800703e5"
+        assert agent.cmd("tget 1 64") == "tget-started 1"
+        time.sleep(0.5)
+        daemon.kill()
+        assert agent.cmd("wait 20000") == "done 0 ok=0 err=6 bytes=0 key=7 0x80004005"
+        assert agent.expect("tget 1") == "tget 1 0x80070006"
+        assert agent.cmd(f"send {b'x'.hex()} 4") == "send 0x80070006 n=0 out="
+    finally:
+        daemon.kill()
+        daemon.communicate(timeout=30)
