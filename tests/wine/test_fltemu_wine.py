@@ -88,3 +88,20 @@ def test_a_new_wine_session_reconnects(
     again = start_agent(wine_daemon.address)
     assert again.cmd("connect \\SessionPort") == "connect 0x00000000"
     harness.wait_for_connection(2)
+
+
+def test_the_agents_streams_and_exit_status_pass_through(
+    wine_build: WineBuild, wine_prefix: WinePrefix
+) -> None:
+    with DaemonThread() as daemon:
+        done = subprocess.run(
+            [
+                sys.executable, "-m", "fltemu", "wine", "--address", daemon.address,
+                "--prefix", str(wine_prefix.path), "--build-dir", str(wine_build.directory),
+                "--", str(wine_build.agent("probe")),
+            ],
+            input="sleep 1\nexit 3\n", capture_output=True, text=True, timeout=ANSWER_WAIT * 2,
+            check=False,
+        )  # fmt: skip
+    assert done.returncode == 3
+    assert done.stdout.replace("\r", "").splitlines() == ["ready", "slept", "bye"]
