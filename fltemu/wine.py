@@ -45,6 +45,8 @@ SERVICE_NAME: Final = "fltemu"
 DRIVER_WINDOWS_PATH: Final = "C:\\windows\\system32\\drivers\\fltemu.sys"
 _DRIVER_IN_PREFIX: Final = "drive_c/windows/system32/drivers/fltemu.sys"
 _DLL_IN_PREFIX: Final = "drive_c/windows/system32/fltlib.dll"
+#: The longest socket path the Windows side can connect to (``sun_path`` less its NUL).
+MAX_SOCKET_PATH_BYTES: Final = 107
 #: What a prefix records once fltemu's binaries are installed in it.
 _MARKER: Final = ".fltemu-installed"
 
@@ -124,7 +126,11 @@ def build_windows_side(
     _require("x86_64-w64-mingw32-gcc")
     argv = ["make", "-s", "-C", str(sources), f"BUILD={build_dir.resolve()}"]
     argv.extend(targets)
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    # Several fltemu wine runs may build at once: one at a time per build folder.
+    with open(build_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise WineSetupError(
             f"building the Windows side failed ({' '.join(argv)}):\n{done.stdout}{done.stderr}"
@@ -213,8 +219,10 @@ class WinePrefix:
             WineSetupError: Wine is missing, or a Wine command failed.
         """
         _require("wine")
-        stamp = _digest(build.dll, build.driver)
         with self._locked():
+            # Read under the lock, then copy these very bytes: the marker describes them.
+            dll, driver = build.dll.read_bytes(), build.driver.read_bytes()
+            stamp = hashlib.sha256(dll + b"\0" + driver).hexdigest()
             marker = self.path / _MARKER
             if marker.is_file() and marker.read_text() == stamp:
                 return
@@ -227,8 +235,8 @@ class WinePrefix:
             else:
                 # The session may still hold the old driver: end it before replacing it.
                 self._run("wineserver", "-k")
-            shutil.copyfile(build.driver, self.path / _DRIVER_IN_PREFIX)
-            shutil.copyfile(build.dll, self.path / _DLL_IN_PREFIX)
+            (self.path / _DRIVER_IN_PREFIX).write_bytes(driver)
+            (self.path / _DLL_IN_PREFIX).write_bytes(dll)
             self._check(
                 "wine", "reg", "add", "HKCU\\Software\\Wine\\DllOverrides", "/v", "fltlib",
                 "/d", "native", "/f",
@@ -262,13 +270,6 @@ class WinePrefix:
             raise WineSetupError(f"could not start Wine in {self.path}:\n{done.stderr[-2000:]}")
 
 
-def _digest(*paths: Path) -> str:
-    h = hashlib.sha256()
-    for path in paths:
-        h.update(path.read_bytes())
-    return h.hexdigest()
-
-
 def check_daemon(address: str) -> None:
     """Raise ``WineSetupError`` unless a daemon accepts connections at ``address``."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
@@ -287,7 +288,13 @@ def agent_environment(
     """The environment an agent runs in: the prefix's, and ``FLTEMU_SOCKET`` set to the
     daemon's socket (the usual resolution: ``address``, ``$FLTEMU_SOCKET``, the default)."""
     env = prefix.environment(base)
-    env["FLTEMU_SOCKET"] = os.path.abspath(resolve_address(address))
+    path = os.path.abspath(resolve_address(address))
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH_BYTES:
+        raise WineSetupError(
+            f"the daemon's socket path {path!r} is longer than a Unix socket address can hold "
+            f"({MAX_SOCKET_PATH_BYTES} bytes): use a shorter --address or FLTEMU_SOCKET"
+        )
+    env["FLTEMU_SOCKET"] = path
     return env
 
 

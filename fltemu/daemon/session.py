@@ -292,6 +292,9 @@ class Session(asyncio.BufferedProtocol):
         self._options = request.options
         log.debug("%s: connected to %r as #%d", self._peer(), request.port_name, port.id)
         self._send(ConnectResult(PROTOCOL_VERSION, _SUCCESS, daemon.max_message_bytes))
+        if not port.is_connected:
+            # The filter closed it already, from ConnectNotify (FltCloseClientPort, §2.6).
+            self.kernel_disconnected()
 
     def _on_control(self, request: Control) -> None:
         if request.version != PROTOCOL_VERSION:

@@ -110,3 +110,26 @@ async def test_disconnected_reaches_only_clients_that_asked(
     finally:
         await plain.close()
         await able.close()
+
+
+async def test_closed_during_connect_notify_is_announced_2_6(daemon: Daemon) -> None:
+    flt = daemon.register_filter("closer")
+
+    async def on_connect(client_port: ClientPort, cookie: object, context: bytes) -> Any:
+        await flt.close_client_port(client_port)  # FltCloseClientPort from ConnectNotify
+        return NtStatus.STATUS_SUCCESS
+
+    await flt.create_communication_port(
+        "\\CloserPort",
+        connect_notify=on_connect,
+        disconnect_notify=lambda cookie: None,
+        max_connections=1,
+    )
+    client = await RawClient.open(daemon.address)
+    try:
+        await client.send(Connect(PROTOCOL_VERSION, "\\CloserPort", b"", OPTION_DISCONNECT_NOTICE))
+        result = await client.read()
+        assert isinstance(result, ConnectResult) and result.status == 0
+        assert await client.read() == Disconnected(int(NtStatus.STATUS_PORT_DISCONNECTED))
+    finally:
+        await client.close()

@@ -9,7 +9,9 @@
  * IOCP packet, the OVERLAPPED contents.
  *
  * Threads: IRPs arrive on winedevice's single dispatch thread, which must never wait for the
- * daemon; one reader thread per connection reads the daemon's frames and completes IRPs.
+ * daemon (cancel routines even run inside Wine's IRP-completion lock).  It writes a request
+ * to the socket only if that cannot block; anything else goes to the connection's writer
+ * thread.  One reader thread per connection reads the daemon's frames and completes IRPs.
  * Cancellation (CancelIo/CancelIoEx on a get) sends GetCancel; the get's own GetResult then
  * says what happened (protocol §7.4).  Wine sends IRP_MJ_CLOSE while IRPs are still pending
  * and no IRP_MJ_CLEANUP: pending IRPs complete with STATUS_CANCELLED at close, then the socket
@@ -41,17 +43,26 @@ enum conn_state {
 /* Which request a pending IRP stands for (kept in Irp->Tail.Overlay.DriverContext[1]). */
 enum irp_kind { KIND_CONNECT = 1, KIND_SEND, KIND_GET, KIND_REPLY };
 
+/* A frame the writer thread still has to send. */
+struct out_frame {
+    struct out_frame *next;
+    ULONGLONG length;
+    unsigned char data[];
+};
+
 typedef struct conn {
-    volatile LONG refs;        /* the file object's, the reader thread's */
-    KSPIN_LOCK lock;           /* guards state, closed, pending, next_rid */
+    volatile LONG refs;        /* the file object's, the reader's and the writer's */
+    KSPIN_LOCK lock;           /* guards state, closed, pending, next_rid, the out queue */
     enum conn_state state;
     BOOLEAN closed;            /* IRP_MJ_CLOSE arrived */
     LIST_ENTRY pending;        /* IRPs waiting for the daemon, linked by Tail.Overlay.ListEntry */
     ULONGLONG next_rid;
-    NTSTATUS end_status;       /* what pending calls get once the connection ended */
-    FAST_MUTEX write_lock;     /* one frame at a time on the socket */
-    int fd;                    /* -1 until connect; closed by the reader thread at its end */
-    ULONGLONG frame_limit;
+    struct out_frame *out_head, *out_tail; /* the writer's queue, in order */
+    BOOLEAN half_close;        /* shut the socket's write side once the queue is sent */
+    BOOLEAN writer_stop;       /* the connection ended: the writer exits */
+    KEVENT out_ready;          /* the writer's wake-up */
+    int fd;                    /* -1 until connect; closed when the last reference goes */
+    ULONGLONG max_message;     /* the daemon's payload limit (ConnectResult) */
 } conn;
 
 #define IRP_RID(irp) ((ULONGLONG)(ULONG_PTR)(irp)->Tail.Overlay.DriverContext[0])
@@ -85,7 +96,10 @@ static void fe_zero(void *dst, ULONGLONG n)
 
 static void conn_release(conn *c)
 {
-    if (InterlockedDecrement(&c->refs) == 0) ExFreePoolWithTag(c, FE_TAG);
+    if (InterlockedDecrement(&c->refs) == 0) {
+        if (c->fd >= 0) lnx_close(c->fd);
+        ExFreePoolWithTag(c, FE_TAG);
+    }
 }
 
 static void free_sections(PIRP irp)
@@ -107,25 +121,94 @@ static void complete(PIRP irp, NTSTATUS status, ULONG_PTR information)
     IoCompleteRequest(irp, IO_NO_INCREMENT);
 }
 
-/* Writes one whole frame.  Returns FALSE once the socket is unusable. */
-static BOOLEAN conn_send(conn *c, const unsigned char *frame, ULONGLONG len)
+/* Sends one whole frame, in order with the frames before it.  Called on the dispatch thread
+ * only, so it never blocks: what the socket does not take at once is queued for the writer
+ * thread (the queue is empty exactly when the writer is idle, so a direct send cannot
+ * overtake a queued frame). */
+static void conn_send(conn *c, const unsigned char *frame, ULONGLONG len)
 {
-    BOOLEAN ok = TRUE;
-    ExAcquireFastMutex(&c->write_lock);
-    if (c->fd < 0) ok = FALSE;
-    while (ok && len) {
-        long long n = lnx_send(c->fd, frame, len);
+    KIRQL irql;
+    BOOLEAN idle, ended;
+    KeAcquireSpinLock(&c->lock, &irql);
+    idle = c->out_head == NULL;
+    ended = c->writer_stop;
+    KeReleaseSpinLock(&c->lock, irql);
+    if (ended) return; /* the reader fails every pending IRP */
+    while (idle && len) {
+        long long n = lnx_send_flags(c->fd, frame, len, LNX_MSG_DONTWAIT);
+        if (n == -LNX_EAGAIN) break;
         if (n <= 0) {
-            /* The reader thread fails every pending IRP when it sees the socket die. */
-            lnx_shutdown(c->fd, LNX_SHUT_RDWR);
-            ok = FALSE;
-            break;
+            lnx_shutdown(c->fd, LNX_SHUT_RDWR); /* the reader sees the socket die */
+            return;
         }
         frame += n;
         len -= (ULONGLONG)n;
     }
-    ExReleaseFastMutex(&c->write_lock);
-    return ok;
+    if (!len) return;
+    struct out_frame *f = ExAllocatePoolWithTag(NonPagedPool, sizeof(*f) + len, FE_TAG);
+    if (!f) {
+        lnx_shutdown(c->fd, LNX_SHUT_RDWR); /* a frame cannot be dropped: end the connection */
+        return;
+    }
+    f->next = NULL;
+    f->length = len;
+    fe_copy(f->data, frame, len);
+    KeAcquireSpinLock(&c->lock, &irql);
+    if (c->out_tail) c->out_tail->next = f;
+    else c->out_head = f;
+    c->out_tail = f;
+    KeReleaseSpinLock(&c->lock, irql);
+    KeSetEvent(&c->out_ready, IO_NO_INCREMENT, FALSE);
+}
+
+/* Sends the queued frames with blocking writes; shuts the write side once they are out if
+ * the handle was closed; exits when the connection ends. */
+static void NTAPI writer_main(void *arg)
+{
+    conn *c = arg;
+    KIRQL irql;
+    for (;;) {
+        KeWaitForSingleObject(&c->out_ready, Executive, KernelMode, FALSE, NULL);
+        for (;;) {
+            KeAcquireSpinLock(&c->lock, &irql);
+            struct out_frame *f = c->out_head;
+            BOOLEAN stop = c->writer_stop, half_close = c->half_close && !f;
+            if (half_close) c->half_close = FALSE;
+            KeReleaseSpinLock(&c->lock, irql);
+            if (stop) goto done;
+            if (half_close) lnx_shutdown(c->fd, LNX_SHUT_WR);
+            if (!f) break;
+            const unsigned char *p = f->data;
+            ULONGLONG left = f->length;
+            while (left) {
+                long long n = lnx_send(c->fd, p, left);
+                if (n <= 0) {
+                    lnx_shutdown(c->fd, LNX_SHUT_RDWR);
+                    goto done;
+                }
+                p += n;
+                left -= (ULONGLONG)n;
+            }
+            KeAcquireSpinLock(&c->lock, &irql);
+            c->out_head = f->next;
+            if (!c->out_head) c->out_tail = NULL;
+            KeReleaseSpinLock(&c->lock, irql);
+            ExFreePoolWithTag(f, FE_TAG);
+        }
+    }
+done:
+    KeAcquireSpinLock(&c->lock, &irql);
+    struct out_frame *f = c->out_head;
+    c->out_head = c->out_tail = NULL;
+    c->writer_stop = TRUE;
+    KeReleaseSpinLock(&c->lock, irql);
+    while (f) {
+        struct out_frame *next = f->next;
+        ExFreePoolWithTag(f, FE_TAG);
+        f = next;
+    }
+    conn_release(c);
+    PsTerminateSystemThread(STATUS_SUCCESS);
 }
 
 /* Removes the pending IRP with this rid, or returns NULL. */
@@ -286,7 +369,7 @@ static void handle_result(conn *c, const struct wire_result *r)
         irp = take_pending(c, 0);
         KeAcquireSpinLock(&c->lock, &irql);
         if (c->state == CONN_CONNECTING) c->state = NT_SUCCESS(status) ? CONN_OPEN : CONN_DEAD;
-        if (r->max_message) c->frame_limit = r->max_message + WIRE_FRAME_OVERHEAD;
+        if (r->max_message) c->max_message = r->max_message < (1ull << 40) ? r->max_message : (1ull << 40);
         KeReleaseSpinLock(&c->lock, irql);
         if (irp) complete(irp, status, 0);
         return;
@@ -359,7 +442,7 @@ static void NTAPI reader_main(void *arg)
         unsigned char hdr[4];
         if (!read_full(c->fd, hdr, 4)) break;
         ULONGLONG len = hdr[0] | (hdr[1] << 8) | (hdr[2] << 16) | ((ULONGLONG)hdr[3] << 24);
-        if (len == 0 || len > c->frame_limit) break;
+        if (len == 0 || len > c->max_message + WIRE_FRAME_OVERHEAD) break;
         unsigned char *body = len <= sizeof(small) ? small : ExAllocatePoolWithTag(NonPagedPool, len, FE_TAG);
         if (!body) break;
         BOOLEAN ok = read_full(c->fd, body, len);
@@ -382,14 +465,15 @@ static void NTAPI reader_main(void *arg)
     LIST_ENTRY stolen;
     KeAcquireSpinLock(&c->lock, &irql);
     c->state = CONN_DEAD;
-    c->end_status = end;
     take_all_pending(c, &stolen);
     KeReleaseSpinLock(&c->lock, irql);
     complete_all(&stolen, end == STATUS_SUCCESS ? STATUS_PORT_DISCONNECTED : end);
-    ExAcquireFastMutex(&c->write_lock);
-    lnx_close(c->fd);
-    c->fd = -1;
-    ExReleaseFastMutex(&c->write_lock);
+    /* Wake a writer blocked in send; the descriptor is closed with the last reference. */
+    lnx_shutdown(c->fd, LNX_SHUT_RDWR);
+    KeAcquireSpinLock(&c->lock, &irql);
+    c->writer_stop = TRUE;
+    KeReleaseSpinLock(&c->lock, irql);
+    KeSetEvent(&c->out_ready, IO_NO_INCREMENT, FALSE);
     conn_release(c);
     PsTerminateSystemThread(STATUS_SUCCESS);
 }
@@ -487,11 +571,31 @@ static NTSTATUS do_connect(conn *c, PIRP irp, const unsigned char *in, ULONG in_
         KeReleaseSpinLock(&c->lock, irql);
         return status;
     }
-    c->fd = (int)fd;
+    c->fd = (int)fd; /* closed with the connection's last reference */
 
     ULONGLONG size = WIRE_REQUEST_MAX(hdr->name_bytes + hdr->context_bytes);
     unsigned char *frame = ExAllocatePoolWithTag(NonPagedPool, size, FE_TAG);
-    if (!frame) return STATUS_INSUFFICIENT_RESOURCES;
+    HANDLE reader, writer;
+    InterlockedIncrement(&c->refs); /* the reader's */
+    if (frame && NT_SUCCESS(PsCreateSystemThread(&reader, THREAD_ALL_ACCESS, NULL, NULL, NULL, reader_main, c))) {
+        ZwClose(reader);
+    } else {
+        InterlockedDecrement(&c->refs);
+        if (frame) ExFreePoolWithTag(frame, FE_TAG);
+        KeAcquireSpinLock(&c->lock, &irql);
+        c->state = CONN_DEAD;
+        c->writer_stop = TRUE;
+        KeReleaseSpinLock(&c->lock, irql);
+        return STATUS_INSUFFICIENT_RESOURCES;
+    }
+    /* From here on the reader owns the connection's end: a failure below makes it see EOF. */
+    InterlockedIncrement(&c->refs); /* the writer's */
+    if (NT_SUCCESS(PsCreateSystemThread(&writer, THREAD_ALL_ACCESS, NULL, NULL, NULL, writer_main, c))) {
+        ZwClose(writer);
+    } else {
+        InterlockedDecrement(&c->refs);
+        lnx_shutdown(c->fd, LNX_SHUT_RDWR);
+    }
     struct wire_out o = {frame + 4};
     wire_put_array(&o, 5);
     wire_put_uint(&o, WIRE_CONNECT);
@@ -499,20 +603,6 @@ static NTSTATUS do_connect(conn *c, PIRP irp, const unsigned char *in, ULONG in_
     wire_put_str(&o, name, hdr->name_bytes);
     wire_put_bin(&o, context, hdr->context_bytes);
     wire_put_uint(&o, hdr->options | WIRE_OPTION_DISCONNECT_NOTICE | WIRE_OPTION_SECTIONS);
-
-    HANDLE thread;
-    InterlockedIncrement(&c->refs); /* the reader's */
-    if (!NT_SUCCESS(PsCreateSystemThread(&thread, THREAD_ALL_ACCESS, NULL, NULL, NULL, reader_main, c))) {
-        InterlockedDecrement(&c->refs);
-        ExFreePoolWithTag(frame, FE_TAG);
-        lnx_close(c->fd);
-        c->fd = -1;
-        KeAcquireSpinLock(&c->lock, &irql);
-        c->state = CONN_DEAD;
-        KeReleaseSpinLock(&c->lock, irql);
-        return STATUS_INSUFFICIENT_RESOURCES;
-    }
-    ZwClose(thread);
     /* rid 0 stands for the connect: request ids start at 1. */
     status = submit(c, irp, KIND_CONNECT, frame, &o, 0);
     ExFreePoolWithTag(frame, FE_TAG);
@@ -532,7 +622,8 @@ static NTSTATUS do_request(conn *c, PIRP irp, ULONG code)
     if (!begin_request(c, &rid, &status)) return status;
 
     ULONGLONG payload = code == IOCTL_FLTEMU_SEND ? in_len : code == IOCTL_FLTEMU_REPLY ? in_len : 0;
-    if (payload > c->frame_limit) return STATUS_INSUFFICIENT_RESOURCES;
+    /* Over the daemon's limit: this call fails, as the daemon would fail it (protocol §14). */
+    if (payload > c->max_message) return STATUS_INSUFFICIENT_RESOURCES;
     unsigned char stack_frame[64];
     ULONGLONG size = WIRE_REQUEST_MAX(payload);
     unsigned char *frame = size <= sizeof(stack_frame) ? stack_frame : ExAllocatePoolWithTag(NonPagedPool, size, FE_TAG);
@@ -586,10 +677,10 @@ static NTSTATUS NTAPI dispatch_create(PDEVICE_OBJECT device, PIRP irp)
     c->refs = 1;
     KeInitializeSpinLock(&c->lock);
     InitializeListHead(&c->pending);
-    ExInitializeFastMutex(&c->write_lock);
+    KeInitializeEvent(&c->out_ready, SynchronizationEvent, FALSE);
     c->fd = -1;
     c->state = CONN_NEW;
-    c->frame_limit = (ULONGLONG)WIRE_DEFAULT_MAX_MESSAGE + WIRE_FRAME_OVERHEAD;
+    c->max_message = WIRE_DEFAULT_MAX_MESSAGE;
     IoGetCurrentIrpStackLocation(irp)->FileObject->FsContext = c;
     complete(irp, STATUS_SUCCESS, 0);
     return STATUS_SUCCESS;
@@ -604,15 +695,31 @@ static NTSTATUS NTAPI dispatch_close(PDEVICE_OBJECT device, PIRP irp)
     conn *c = IoGetCurrentIrpStackLocation(irp)->FileObject->FsContext;
     if (c) {
         KIRQL irql;
-        LIST_ENTRY stolen;
+        LIST_ENTRY cancelled;
+        BOOLEAN now;
+        InitializeListHead(&cancelled);
         KeAcquireSpinLock(&c->lock, &irql);
         c->closed = TRUE;
-        take_all_pending(c, &stolen);
+        /* Gets (and a connect) are cancelled, as Windows' cleanup cancels them; a send or a
+         * reply in flight keeps its answer: the daemon finishes MessageNotify before its EOF. */
+        for (LIST_ENTRY *e = c->pending.Flink; e != &c->pending;) {
+            LIST_ENTRY *next = e->Flink;
+            ULONG_PTR kind = IRP_KIND(CONTAINING_RECORD(e, IRP, Tail.Overlay.ListEntry));
+            if (kind == KIND_GET || kind == KIND_CONNECT) {
+                RemoveEntryList(e);
+                InsertTailList(&cancelled, e);
+            }
+            e = next;
+        }
+        /* Half-close after whatever the writer still has to send. */
+        now = c->out_head == NULL && !c->writer_stop;
+        if (!now) c->half_close = TRUE;
         KeReleaseSpinLock(&c->lock, irql);
-        complete_all(&stolen, STATUS_CANCELLED);
-        ExAcquireFastMutex(&c->write_lock);
-        if (c->fd >= 0) lnx_shutdown(c->fd, LNX_SHUT_WR);
-        ExReleaseFastMutex(&c->write_lock);
+        complete_all(&cancelled, STATUS_CANCELLED);
+        if (c->fd >= 0) {
+            if (now) lnx_shutdown(c->fd, LNX_SHUT_WR);
+            else KeSetEvent(&c->out_ready, IO_NO_INCREMENT, FALSE);
+        }
         conn_release(c);
     }
     complete(irp, STATUS_SUCCESS, 0);
@@ -642,16 +749,6 @@ static NTSTATUS NTAPI dispatch_other(PDEVICE_OBJECT device, PIRP irp)
     return STATUS_SUCCESS;
 }
 
-static void NTAPI driver_unload(PDRIVER_OBJECT driver)
-{
-    UNICODE_STRING link;
-    (void)driver;
-    RtlInitUnicodeString(&link, FLTEMU_DOS_NAME);
-    IoDeleteSymbolicLink(&link);
-    if (g_device) IoDeleteDevice(g_device);
-    g_device = NULL;
-}
-
 NTSTATUS NTAPI DriverEntry(PDRIVER_OBJECT driver, PUNICODE_STRING registry)
 {
     UNICODE_STRING name, link;
@@ -671,6 +768,7 @@ NTSTATUS NTAPI DriverEntry(PDRIVER_OBJECT driver, PUNICODE_STRING registry)
     driver->MajorFunction[IRP_MJ_CREATE] = dispatch_create;
     driver->MajorFunction[IRP_MJ_CLOSE] = dispatch_close;
     driver->MajorFunction[IRP_MJ_DEVICE_CONTROL] = dispatch_ioctl;
-    driver->DriverUnload = driver_unload;
+    /* No DriverUnload: reader and writer threads may run the driver's code at any time, so
+     * the driver stays loaded for the life of the Wine session (sc stop refuses). */
     return STATUS_SUCCESS;
 }

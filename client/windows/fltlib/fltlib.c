@@ -91,17 +91,32 @@ static NTSTATUS ioctl_sync(HANDLE h, ULONG code, void *in, ULONG in_len, void *o
     return st;
 }
 
+/* One environment variable as UTF-8 (the path bytes the daemon's side sees); FALSE when it is
+ * unset, empty or does not fit. */
+static BOOL env_utf8(const WCHAR *name, char *out, DWORD size)
+{
+    WCHAR wide[FLTEMU_MAX_SOCKET_PATH + 2];
+    DWORD n = GetEnvironmentVariableW(name, wide, FLTEMU_MAX_SOCKET_PATH + 2);
+    if (!n || n >= FLTEMU_MAX_SOCKET_PATH + 2) return FALSE;
+    return WideCharToMultiByte(CP_UTF8, 0, wide, -1, out, (int)size, NULL, NULL) > 1;
+}
+
 /* The daemon's socket, by the rule every fltemu client uses (protocol §1): $FLTEMU_SOCKET,
- * else $XDG_RUNTIME_DIR/fltemu.sock, else /tmp/fltemu-<uid>.sock.  FALSE if it is too long. */
+ * else $XDG_RUNTIME_DIR/fltemu.sock, else /tmp/fltemu-<uid>.sock.  FALSE when the chosen path
+ * does not fit a Unix socket address (never another rule's path instead). */
 BOOL socket_path(char *out, DWORD size)
 {
-    DWORD n = GetEnvironmentVariableA("FLTEMU_SOCKET", out, size);
-    if (n && n < size) return TRUE;
-    n = GetEnvironmentVariableA("XDG_RUNTIME_DIR", out, size);
-    if (n && n + sizeof("/fltemu.sock") <= size) {
-        lstrcatA(out, "/fltemu.sock");
+    char dir[FLTEMU_MAX_SOCKET_PATH + 2];
+    if (GetEnvironmentVariableW(L"FLTEMU_SOCKET", NULL, 0) > 1)
+        return env_utf8(L"FLTEMU_SOCKET", out, size) && lstrlenA(out) <= (int)FLTEMU_MAX_SOCKET_PATH;
+    if (GetEnvironmentVariableW(L"XDG_RUNTIME_DIR", NULL, 0) > 1) {
+        if (!env_utf8(L"XDG_RUNTIME_DIR", dir, sizeof dir) ||
+            lstrlenA(dir) + sizeof("/fltemu.sock") > FLTEMU_MAX_SOCKET_PATH + 1 || size < FLTEMU_MAX_SOCKET_PATH + 1)
+            return FALSE;
+        wsprintfA(out, "%s/fltemu.sock", dir);
         return TRUE;
     }
+    if (size < 32) return FALSE;
     wsprintfA(out, "/tmp/fltemu-%u.sock", (unsigned)lnx_getuid());
     return TRUE;
 }
@@ -168,8 +183,7 @@ HRESULT WINAPI FilterConnectCommunicationPort(LPCWSTR lpPortName, DWORD dwOption
     if (name_bytes <= 0) return E_INVALIDARG;
     name_bytes -= 1; /* without the terminator */
     if ((ULONG)name_bytes > FLTEMU_MAX_PORT_NAME) return flt_hresult(STATUS_OBJECT_NAME_NOT_FOUND_);
-    if (!socket_path(path, sizeof(path)) || lstrlenA(path) > (int)FLTEMU_MAX_SOCKET_PATH)
-        return flt_hresult(STATUS_OBJECT_NAME_NOT_FOUND_);
+    if (!socket_path(path, sizeof(path))) return flt_hresult(STATUS_OBJECT_NAME_NOT_FOUND_);
 
     size = sizeof(*in) + name_bytes + wSizeOfContext + lstrlenA(path);
     in = HeapAlloc(GetProcessHeap(), 0, size);

@@ -24,7 +24,9 @@ HRESULT WINAPI FilterVolumeClose(HANDLE hVolume);
 #define NO_MORE_ITEMS HRESULT_FROM_WIN32(ERROR_NO_MORE_ITEMS)
 #define STATUS_ACCESS_DENIED_ 0xC0000022u
 /* A control answer larger than this is refused (the filter listing is small). */
-#define MAX_CONTROL_ANSWER (1u << 20)
+#define MAX_CONTROL_ANSWER (64u << 20)
+/* A filter name as UTF-8: FILTER_NAME_MAX_CHARS UTF-16 units, at most 3 bytes each. */
+#define MAX_NAME_BYTES (FILTER_NAME_MAX_CHARS * 3)
 /* Seconds a control call may take before the DLL gives up on the daemon. */
 #define CONTROL_TIMEOUT 10
 #define MAX_FILTERS 256
@@ -44,14 +46,6 @@ static struct filter_list *live;
 
 static void free_list(struct filter_list *list)
 {
-    AcquireSRWLockExclusive(&live_lock);
-    for (struct filter_list **p = &live; *p; p = &(*p)->next_live) {
-        if (*p == list) {
-            *p = list->next_live;
-            break;
-        }
-    }
-    ReleaseSRWLockExclusive(&live_lock);
     for (ULONG i = 0; i < list->count; i++) HeapFree(GetProcessHeap(), 0, list->names[i]);
     HeapFree(GetProcessHeap(), 0, list);
 }
@@ -65,6 +59,36 @@ static HANDLE publish(struct filter_list *list, DWORD magic)
     live = list;
     ReleaseSRWLockExclusive(&live_lock);
     return list;
+}
+
+/* The list behind a handle we handed out, with live_lock held exclusively (release it with
+ * ReleaseSRWLockExclusive), or NULL, unlocked, for any other value. */
+static struct filter_list *lock_list(HANDLE h, DWORD magic)
+{
+    AcquireSRWLockExclusive(&live_lock);
+    for (struct filter_list *l = live; l; l = l->next_live)
+        if (l == h && l->magic == magic) return l;
+    ReleaseSRWLockExclusive(&live_lock);
+    return NULL;
+}
+
+/* Takes a handed-out list back (FilterFindClose, FilterClose): E_HANDLE if it is not one, or
+ * no longer is (a second close). */
+static HRESULT close_list(HANDLE h, DWORD magic)
+{
+    struct filter_list *found = NULL;
+    AcquireSRWLockExclusive(&live_lock);
+    for (struct filter_list **p = &live; *p; p = &(*p)->next_live) {
+        if (*p == h && (*p)->magic == magic) {
+            found = *p;
+            *p = found->next_live;
+            break;
+        }
+    }
+    ReleaseSRWLockExclusive(&live_lock);
+    if (!found) return E_HANDLE;
+    free_list(found);
+    return S_OK;
 }
 
 static BOOL send_all(int fd, const unsigned char *p, unsigned long long len)
@@ -89,25 +113,35 @@ static BOOL read_all(int fd, unsigned char *p, unsigned long long len)
     return TRUE;
 }
 
-/* One control command; returns its ControlResult body (HeapFree it) or NULL with *status:
- * 0 when the daemon cannot be reached (no daemon: no filters), else the daemon's status. */
-static unsigned char *control(const char *command, const char *target, unsigned long long *len)
+/* How a control call went, besides an answer. */
+enum control_outcome { CONTROL_ANSWERED, CONTROL_NO_DAEMON, CONTROL_DENIED, CONTROL_FAILED };
+
+/* One control command; on CONTROL_ANSWERED, *body is its ControlResult (HeapFree it).  No
+ * daemon at the socket (ENOENT, ECONNREFUSED) is CONTROL_NO_DAEMON: then there is no filter. */
+static enum control_outcome control(const char *command, const char *target, unsigned char **body,
+                                    unsigned long long *len)
 {
     char path[FLTEMU_MAX_SOCKET_PATH + 2];
     struct lnx_sockaddr_un addr;
-    unsigned char frame[512], hdr[4], *body = NULL;
-    long long fd;
+    unsigned char frame[64 + MAX_NAME_BYTES], hdr[4];
+    enum control_outcome outcome = CONTROL_FAILED;
+    long long fd, r;
     size_t target_len = lstrlenA(target), path_len;
-    if (target_len > 256 || !socket_path(path, sizeof path)) return NULL;
+    *body = NULL;
+    if (target_len > MAX_NAME_BYTES || !socket_path(path, sizeof path)) return CONTROL_FAILED;
     path_len = lstrlenA(path);
-    if (path_len >= sizeof(addr.sun_path)) return NULL;
     ZeroMemory(&addr, sizeof addr);
     addr.sun_family = LNX_AF_UNIX;
     CopyMemory(addr.sun_path, path, path_len);
     fd = lnx_socket_unix();
-    if (fd < 0) return NULL;
+    if (fd < 0) return CONTROL_FAILED;
     lnx_set_timeouts((int)fd, CONTROL_TIMEOUT);
-    if (lnx_connect((int)fd, &addr, (unsigned)(2 + path_len)) == 0) {
+    r = lnx_connect((int)fd, &addr, (unsigned)(2 + path_len));
+    if (r == -LNX_ENOENT || r == -LNX_ECONNREFUSED) {
+        outcome = CONTROL_NO_DAEMON;
+    } else if (r == -LNX_EACCES || r == -LNX_EPERM) {
+        outcome = CONTROL_DENIED;
+    } else if (r == 0) {
         struct wire_out o = {frame + 4};
         wire_put_array(&o, 4);
         wire_put_uint(&o, WIRE_CONTROL);
@@ -116,15 +150,18 @@ static unsigned char *control(const char *command, const char *target, unsigned 
         wire_put_str(&o, target, target_len);
         if (send_all((int)fd, frame, wire_finish(&o, frame)) && read_all((int)fd, hdr, 4)) {
             *len = hdr[0] | (hdr[1] << 8) | (hdr[2] << 16) | ((unsigned long long)hdr[3] << 24);
-            if (*len && *len <= MAX_CONTROL_ANSWER && (body = HeapAlloc(GetProcessHeap(), 0, *len)) &&
-                !read_all((int)fd, body, *len)) {
-                HeapFree(GetProcessHeap(), 0, body);
-                body = NULL;
+            if (*len && *len <= MAX_CONTROL_ANSWER && (*body = HeapAlloc(GetProcessHeap(), 0, *len))) {
+                if (read_all((int)fd, *body, *len)) {
+                    outcome = CONTROL_ANSWERED;
+                } else {
+                    HeapFree(GetProcessHeap(), 0, *body);
+                    *body = NULL;
+                }
             }
         }
     }
     lnx_close((int)fd);
-    return body;
+    return outcome;
 }
 
 /* The ControlResult's status; leaves `in` at its `filters` array. */
@@ -157,9 +194,16 @@ static HRESULT daemon_filters(struct filter_list **out)
     unsigned long long len = 0;
     unsigned char *body;
     unsigned int status = 0;
+    enum control_outcome outcome;
     if (!list) return E_OUTOFMEMORY;
     *out = list;
-    if (!(body = control("ports", "", &len))) return S_OK;
+    outcome = control("ports", "", &body, &len);
+    if (outcome == CONTROL_NO_DAEMON) return S_OK;
+    if (outcome != CONTROL_ANSWERED) {
+        free_list(list);
+        *out = NULL;
+        return outcome == CONTROL_DENIED ? E_ACCESSDENIED : E_FAIL;
+    }
     struct wire_in in = {body, body + len, 0};
     HRESULT hr = S_OK;
     if (!control_status(&in, &status)) {
@@ -266,38 +310,27 @@ HRESULT WINAPI FilterFindFirst(FILTER_INFORMATION_CLASS dwInformationClass, LPVO
     return S_OK;
 }
 
-/* The list behind a handle we handed out, or NULL for any other value. */
-static struct filter_list *as_list(HANDLE h, DWORD magic)
-{
-    struct filter_list *found = NULL;
-    AcquireSRWLockShared(&live_lock);
-    for (struct filter_list *l = live; l; l = l->next_live)
-        if (l == h && l->magic == magic) found = l;
-    ReleaseSRWLockShared(&live_lock);
-    return found;
-}
-
 /* FilterFindNext: the next filter; ERROR_NO_MORE_ITEMS after the last; E_HANDLE. */
 HRESULT WINAPI FilterFindNext(HANDLE hFilterFind, FILTER_INFORMATION_CLASS dwInformationClass, LPVOID lpBuffer,
                               DWORD dwBufferSize, LPDWORD lpBytesReturned)
 {
-    struct filter_list *list = as_list(hFilterFind, LIST_MAGIC);
-    HRESULT hr;
+    struct filter_list *list;
+    HRESULT hr = NO_MORE_ITEMS;
     if (!lpBytesReturned) return E_INVALIDARG;
     *lpBytesReturned = 0;
-    if (!list) return E_HANDLE;
-    if (list->next >= list->count) return NO_MORE_ITEMS;
-    hr = filter_information(list->names[list->next], dwInformationClass, lpBuffer, dwBufferSize, lpBytesReturned);
-    if (SUCCEEDED(hr)) list->next++;
+    if (!(list = lock_list(hFilterFind, LIST_MAGIC))) return E_HANDLE;
+    if (list->next < list->count) {
+        hr = filter_information(list->names[list->next], dwInformationClass, lpBuffer, dwBufferSize,
+                                lpBytesReturned);
+        if (SUCCEEDED(hr)) list->next++;
+    }
+    ReleaseSRWLockExclusive(&live_lock);
     return hr;
 }
 
 HRESULT WINAPI FilterFindClose(HANDLE hFilterFind)
 {
-    struct filter_list *list = as_list(hFilterFind, LIST_MAGIC);
-    if (!list) return E_HANDLE;
-    free_list(list);
-    return S_OK;
+    return close_list(hFilterFind, LIST_MAGIC);
 }
 
 /* FilterCreate: a handle on a loaded filter, or ERROR_FLT_FILTER_NOT_FOUND. */
@@ -323,20 +356,20 @@ HRESULT WINAPI FilterCreate(LPCWSTR lpFilterName, HFILTER *hFilter)
 
 HRESULT WINAPI FilterClose(HFILTER hFilter)
 {
-    struct filter_list *list = as_list(hFilter, FILTER_MAGIC);
-    if (!list) return E_HANDLE;
-    free_list(list);
-    return S_OK;
+    return close_list(hFilter, FILTER_MAGIC);
 }
 
 HRESULT WINAPI FilterGetInformation(HFILTER hFilter, FILTER_INFORMATION_CLASS dwInformationClass, LPVOID lpBuffer,
                                     DWORD dwBufferSize, LPDWORD lpBytesReturned)
 {
-    struct filter_list *list = as_list(hFilter, FILTER_MAGIC);
+    struct filter_list *list;
+    HRESULT hr;
     if (!lpBytesReturned) return E_INVALIDARG;
     *lpBytesReturned = 0;
-    if (!list) return E_HANDLE;
-    return filter_information(list->names[0], dwInformationClass, lpBuffer, dwBufferSize, lpBytesReturned);
+    if (!(list = lock_list(hFilter, FILTER_MAGIC))) return E_HANDLE;
+    hr = filter_information(list->names[0], dwInformationClass, lpBuffer, dwBufferSize, lpBytesReturned);
+    ReleaseSRWLockExclusive(&live_lock);
+    return hr;
 }
 
 /* FilterLoad: a loaded filter is already running (ERROR_SERVICE_ALREADY_RUNNING); any other
@@ -354,15 +387,18 @@ HRESULT WINAPI FilterLoad(LPCWSTR lpFilterName)
  * ERROR_FLT_FILTER_NOT_FOUND. */
 HRESULT WINAPI FilterUnload(LPCWSTR lpFilterName)
 {
-    char name[FILTER_NAME_MAX_CHARS * 3 + 1];
+    char name[MAX_NAME_BYTES + 1];
     unsigned long long len = 0;
     unsigned int status = 0;
     unsigned char *body;
+    enum control_outcome outcome;
     HRESULT hr;
     if (!lpFilterName) return E_INVALIDARG;
     if ((hr = is_loaded(lpFilterName)) != S_OK) return FAILED(hr) ? hr : ERROR_FLT_FILTER_NOT_FOUND;
     if (!WideCharToMultiByte(CP_UTF8, 0, lpFilterName, -1, name, sizeof name, NULL, NULL)) return E_INVALIDARG;
-    if (!(body = control("unload", name, &len))) return ERROR_FLT_FILTER_NOT_FOUND;
+    outcome = control("unload", name, &body, &len);
+    if (outcome != CONTROL_ANSWERED)
+        return outcome == CONTROL_NO_DAEMON ? ERROR_FLT_FILTER_NOT_FOUND : outcome == CONTROL_DENIED ? E_ACCESSDENIED : E_FAIL;
     struct wire_in in = {body, body + len, 0};
     hr = !control_status(&in, &status) ? E_FAIL
          : status == 0 ? S_OK

@@ -24,13 +24,16 @@
 #define LNX_SOCK_STREAM 1
 #define LNX_SOCK_CLOEXEC 02000000
 #define LNX_MSG_NOSIGNAL 0x4000
+#define LNX_MSG_DONTWAIT 0x40
 #define LNX_SHUT_WR 1
 #define LNX_SHUT_RDWR 2
 
 #define LNX_EINTR 4
+#define LNX_EAGAIN 11
 #define LNX_ENOENT 2
 #define LNX_EACCES 13
 #define LNX_EPERM 1
+#define LNX_ECONNREFUSED 111
 
 struct lnx_sockaddr_un {
     unsigned short sun_family;
@@ -65,13 +68,18 @@ static inline long long lnx_read(int fd, void *buf, unsigned long long len)
     return r;
 }
 
-/* send(2) with MSG_NOSIGNAL: a dead daemon gives -EPIPE, never a SIGPIPE. */
-static inline long long lnx_send(int fd, const void *buf, unsigned long long len)
+/* send(2) with MSG_NOSIGNAL (a dead daemon gives -EPIPE, never a SIGPIPE) and `flags`. */
+static inline long long lnx_send_flags(int fd, const void *buf, unsigned long long len, int flags)
 {
     long long r;
-    do r = lnx_syscall6(LNX_SYS_sendto, fd, (long long)buf, (long long)len, LNX_MSG_NOSIGNAL, 0, 0);
+    do r = lnx_syscall6(LNX_SYS_sendto, fd, (long long)buf, (long long)len, LNX_MSG_NOSIGNAL | flags, 0, 0);
     while (r == -LNX_EINTR);
     return r;
+}
+
+static inline long long lnx_send(int fd, const void *buf, unsigned long long len)
+{
+    return lnx_send_flags(fd, buf, len, 0);
 }
 
 static inline long long lnx_socket_unix(void)
