@@ -120,7 +120,8 @@ async def run_control(daemon: Daemon, request: Control) -> ControlResult:
     Returns:
         The ControlResult: STATUS_SUCCESS, or for ``send`` whatever FltSendMessage returned;
         STATUS_OBJECT_NAME_NOT_FOUND (no such port or filter), STATUS_INVALID_PARAMETER (no
-        such connection, unknown command), STATUS_PORT_DISCONNECTED (no client connected).
+        such connection, unknown command, a reply length over 0xFFFFFFEF),
+        STATUS_PORT_DISCONNECTED (no client connected).
     """
     command = request.command
     if command == "ports":
@@ -144,9 +145,12 @@ async def run_control(daemon: Daemon, request: Control) -> ControlResult:
                 await client_port.server_port.filter.close_client_port(client_port)
             return ControlResult(PROTOCOL_VERSION, 0, count=len(found))
         client_port = found[0]
-        result = await client_port.server_port.filter.send_message(
-            client_port, request.data, request.reply_length, request.timeout
-        )
+        try:
+            result = await client_port.server_port.filter.send_message(
+                client_port, request.data, request.reply_length, request.timeout
+            )
+        except ValueError as exc:  # a reply_length FltSendMessage cannot take
+            return _fail(NtStatus.STATUS_INVALID_PARAMETER, str(exc))
         return ControlResult(
             PROTOCOL_VERSION, int(result.status), f"connection #{client_port.id}", result.reply
         )

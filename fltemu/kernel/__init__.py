@@ -27,7 +27,7 @@ from .callbacks import (
 from .channel import Channel
 from .messaging import SendMessageResult, timeout_from_large_integer
 from .namespace import PortNamespace
-from .ports import ClientPort, ClientPortState, ServerPort, ServerPortState
+from .ports import ClientPort, ClientPortState, ServerPort, ServerPortState, is_status
 from .security import SecurityDescriptor
 
 __all__ = [
@@ -420,7 +420,15 @@ class Filter:
                 result = await result
         except StatusError as exc:
             return exc.status, None
-        except Exception:
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the connect itself is being cancelled (the client left, shutdown)
+            log.error("ConnectNotify of port %r was cancelled from inside", server_port.name)
+            return NtStatus.STATUS_UNSUCCESSFUL, None
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:
             log.exception("ConnectNotify of port %r raised", server_port.name)
             return NtStatus.STATUS_UNSUCCESSFUL, None
         try:
@@ -428,6 +436,8 @@ class Filter:
                 raw, cookie = result
             else:
                 raw, cookie = result, None
+            if not is_status(raw):
+                raise TypeError(type(raw).__name__)
             return NtStatus(int(raw)), cookie
         except (TypeError, ValueError):
             log.error(
@@ -451,5 +461,15 @@ class Filter:
                 client_port.server_port.name,
                 grace,
             )
-        except Exception:
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            log.error(
+                "DisconnectNotify of port %r was cancelled from inside",
+                client_port.server_port.name,
+            )
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:
             log.exception("DisconnectNotify of port %r raised", client_port.server_port.name)

@@ -72,6 +72,13 @@ Sections = dict[int, bytes]
 SendOutcome = tuple[NtStatus, bytes] | tuple[NtStatus, bytes, Sections]
 
 
+def is_status(value: object) -> bool:
+    """Whether a callback's result is a status: an int (an NtStatus is one), not a bool or a
+    float that merely compares equal to one (semantics §7.1)."""
+    cls = type(value)
+    return cls is NtStatus or cls is int or (isinstance(value, int) and cls is not bool)
+
+
 class ServerPortState(enum.Enum):
     """A server port's life: open until FltCloseCommunicationPort or unload."""
 
@@ -236,7 +243,9 @@ class ClientPort:
             result = notify(self.cookie, data, out_size)
         except StatusError as exc:
             return exc.status, b""
-        except Exception:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:  # CancelledError too: a plain callback's own failure
             log.exception("MessageNotify of port %r raised", server_port.name)
             return _UNSUCCESSFUL, b""
         # The plain shapes first: inspect.isawaitable costs a third of this whole call.
@@ -329,6 +338,8 @@ class ClientPort:
                     raw_status, output = result
             else:
                 raw_status, output = result, None
+            if not is_status(raw_status):  # 0.0 or True would pass the lookup below
+                raise TypeError(type(raw_status).__name__)
             # The enum's value map first: NtStatus(...) costs ten times more, per message.
             status = _STATUS_MEMBERS.get(raw_status)
             if status is None:

@@ -104,7 +104,9 @@ class FrameReader:
                         break
                     try:
                         message = decode(view[start:end])
-                    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                    # RecursionError: a body nested thousands deep (msgspec decodes the
+                    # ignored trailing elements of a message too).
+                    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
                         # DecodeError covers ValidationError (types, ranges, unknown tags);
                         # a str field with invalid UTF-8 raises UnicodeDecodeError instead.
                         raise RemoteProtocolError(f"malformed frame: {exc}") from exc

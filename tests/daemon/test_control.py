@@ -83,6 +83,17 @@ async def test_send_times_out_as_fltsendmessage(daemon: Daemon, ctl: dict[str, A
     await port.aclose()
 
 
+async def test_send_with_a_reply_length_out_of_range_is_answered(
+    daemon: Daemon, ctl: dict[str, Any]
+) -> None:
+    port = await fltuser.aconnect(PORT, address=daemon.address)
+    await until(lambda: bool(ctl["clients"]))
+    result = await control(daemon, "send", PORT, None, b"x", 0xFFFFFFFF, 1.0)
+    assert result.status == NtStatus.STATUS_INVALID_PARAMETER
+    assert "reply_length" in result.message
+    await port.aclose()
+
+
 @pytest.mark.parametrize(
     ("args", "status", "text"),
     [

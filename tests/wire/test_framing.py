@@ -21,8 +21,10 @@ from fltemu.wire import (
     FrameReader,
     GetCancel,
     KernelMessage,
+    Role,
     SendRequest,
     UserMessage,
+    WireConnection,
     max_frame_bytes,
     write_frame,
 )
@@ -304,3 +306,20 @@ def test_write_frame_length_is_little_endian() -> None:
     assert size == 70000 + 9  # fixarray, tag, rid, bin32 marker + 4-byte length, out_size
     assert out[:4] == size.to_bytes(4, "little")
     assert out[4:9] == bytes.fromhex("94 02 01 c6 00")
+
+
+@pytest.mark.parametrize("role", list(Role), ids=lambda r: r.value)
+def test_a_deeply_nested_body_is_a_malformed_frame(role: Role) -> None:
+    """An ignored trailing element nested thousands deep (msgspec decodes it all the same)
+    is refused like any malformed frame, not a RecursionError escaping the reader."""
+    conn = WireConnection(role)
+    if role is Role.KERNEL:  # Connect(1, "\\P", b"", 0, <nested>)
+        body = b"\x96\x01\x01\xa2\\P\xc4\x00\x00"
+    else:  # ConnectResult(1, 0, 0, <nested>)
+        body = b"\x95\x10\x01\x00\x00"
+        conn.send(Connect(1, "\\P"))
+    body += b"\x91" * 20_000 + b"\xc0"
+    conn.receive_data(len(body).to_bytes(4, "little") + body)
+    with pytest.raises(RemoteProtocolError, match="malformed frame") as info:
+        conn.next_event()
+    assert info.value.status_hint == NtStatus.STATUS_INVALID_PARAMETER
