@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Final, TypeVar, cast
 
-from fltemu.wire import resolve_address
+from fltemu.wire import is_trusted_peer, resolve_address
 
 from ._base import (
     CLOSE_WAIT_SECONDS,
@@ -25,7 +25,9 @@ from ._base import (
     PortCore,
     PortState,
     connect_error,
+    untrusted_peer_error,
 )
+from ._peer import peer_uid
 
 __all__ = ["AsyncPort", "aconnect"]
 
@@ -302,8 +304,13 @@ async def aconnect(
         _, protocol = await loop.create_unix_connection(lambda: _Protocol(core), path)
     except OSError as exc:
         raise connect_error(path, exc) from exc
-    waiter: asyncio.Future[None] = loop.create_future()
     assert protocol.transport is not None
+    sock = protocol.transport.get_extra_info("socket")
+    uid = peer_uid(sock) if sock is not None else None
+    if not is_trusted_peer(uid):
+        protocol.transport.close()
+        raise untrusted_peer_error(path, uid)  # type: ignore[arg-type]
+    waiter: asyncio.Future[None] = loop.create_future()
     protocol.transport.write(core.connect_request(waiter))
     try:
         await waiter

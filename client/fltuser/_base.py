@@ -482,6 +482,16 @@ def _connect_failed(address: str, reason: str) -> HResultError:
     )
 
 
+def untrusted_peer_error(address: str, uid: int) -> HResultError:
+    """E_ACCESSDENIED for a socket served by a user we do not trust (API.md §2)."""
+    return hresult_error_for(
+        HResult.E_ACCESSDENIED,
+        f"the daemon at {address} runs as uid {uid}, not as you or root; set "
+        f"FLTEMU_TRUST_UID={uid} to talk to it anyway",
+        ntstatus=NtStatus.STATUS_ACCESS_DENIED,
+    )
+
+
 def connect_error(address: str, exc: OSError) -> HResultError:
     """The HRESULT for a socket that cannot reach the daemon (as a driver that is not loaded)."""
     if isinstance(exc, PermissionError):

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
-from fltemu.wire import resolve_address
+from fltemu.wire import is_trusted_peer, resolve_address
 
 from ._base import (
     CLOSE_WAIT_SECONDS,
@@ -33,7 +33,9 @@ from ._base import (
     PortCore,
     PortState,
     connect_error,
+    untrusted_peer_error,
 )
+from ._peer import peer_uid
 
 __all__ = ["Port", "connect"]
 
@@ -387,6 +389,10 @@ def connect(
     except OSError as exc:
         sock.close()
         raise connect_error(path, exc) from exc
+    uid = peer_uid(sock)
+    if not is_trusted_peer(uid):
+        sock.close()
+        raise untrusted_peer_error(path, uid)  # type: ignore[arg-type]
     port = Port(sock, core)
     waiter = _Waiter()
     try:

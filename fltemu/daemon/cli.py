@@ -23,7 +23,7 @@ examples:
   fltemu serve --filter mypkg.myfilter:start    # awaits mypkg.myfilter.start(flt)
 
 The socket is --address, else $FLTEMU_SOCKET, else $XDG_RUNTIME_DIR/fltemu.sock, else
-/tmp/fltemu-<uid>.sock. One line "fltemu: listening on PATH ..." is printed once clients can
+/tmp/fltemu-<uid>/fltemu.sock. One line "fltemu: listening on PATH ..." is printed once clients can
 connect. SIGINT or SIGTERM shuts down cleanly: every connection is disconnected and each
 DisconnectNotify runs.
 """

@@ -26,8 +26,10 @@ from ..wire import (
     PortInfo,
     Role,
     WireConnection,
+    is_trusted_peer,
     resolve_address,
 )
+from .peer import socket_peer
 
 if TYPE_CHECKING:
     from .server import Daemon
@@ -184,6 +186,12 @@ def call(request: Control, address: str | None = None) -> ControlResult:
                 f"no fltemu daemon is listening on {path} ({exc.strerror or exc}); "
                 "start one with 'fltemu serve', or pass --address / set FLTEMU_SOCKET"
             ) from exc
+        uid = socket_peer(sock).uid
+        if not is_trusted_peer(uid):
+            raise ControlError(
+                f"the daemon at {path} runs as uid {uid}, not as you or root; set "
+                f"FLTEMU_TRUST_UID={uid} to talk to it anyway"
+            )
         sock.sendall(wire.send(request))
         while True:
             data = sock.recv(65536)

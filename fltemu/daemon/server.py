@@ -24,7 +24,7 @@ from typing import Any, Final
 from .._limits import DEFAULT_MAX_MESSAGE_BYTES
 from ..errors import FltEmuError
 from ..kernel import Filter, FilterManager, SecurityDescriptor
-from ..wire import resolve_address
+from ..wire import default_socket_dir, resolve_address
 from .session import READ_BUFFER_BYTES, Session
 
 __all__ = ["DEFAULT_SHUTDOWN_GRACE", "Daemon", "DaemonAddressInUseError"]
@@ -41,6 +41,37 @@ LISTEN_BACKLOG: Final = 1024
 
 class DaemonAddressInUseError(FltEmuError, OSError):
     """Another daemon is already listening on the address."""
+
+
+class DaemonAddressUnsafeError(FltEmuError, OSError):
+    """The default socket's private folder exists but is not private to this user."""
+
+
+def _ensure_private_dir(path: str) -> None:
+    """Create ``/tmp/fltemu-<uid>`` with mode 0700, or check that the one there is a folder
+    (not a link) of this user that nobody else may enter: another user who made it first could
+    otherwise put a daemon of theirs in front of our clients (API.md §2).
+
+    Raises:
+        DaemonAddressUnsafeError: it is not.
+    """
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    problem = None
+    if not stat.S_ISDIR(info.st_mode):
+        problem = "is not a folder (a link or a file)"
+    elif info.st_uid != os.geteuid():
+        problem = f"belongs to uid {info.st_uid}, not to uid {os.geteuid()}"
+    elif info.st_mode & 0o077:
+        problem = f"has mode {stat.S_IMODE(info.st_mode):o}; it must be 700"
+    if problem is not None:
+        raise DaemonAddressUnsafeError(
+            f"the socket folder {path} {problem}: remove it, or choose another socket with "
+            "--address or FLTEMU_SOCKET"
+        )
 
 
 class Daemon:
@@ -118,6 +149,8 @@ class Daemon:
             OSError: the path cannot be used (not a socket, no permission, ...).
         """
         path = self.address
+        if os.path.dirname(path) == default_socket_dir():
+            _ensure_private_dir(os.path.dirname(path))
         _remove_stale_socket(path)
         loop = asyncio.get_running_loop()
         # The socket file is created with the umask's bits; narrow them first so there is no

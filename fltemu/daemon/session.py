@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-import struct
-import sys
 from typing import TYPE_CHECKING, Final, cast
 
 from ..errors import LocalProtocolError, RemoteProtocolError, StatusError
@@ -43,6 +40,7 @@ from ..wire import (
     WireConnection,
 )
 from .control import may_control, run_control
+from .peer import socket_peer
 
 if TYPE_CHECKING:
     from .server import Daemon
@@ -56,21 +54,12 @@ log = logging.getLogger(__name__)
 #: so an idle connection costs no read buffer at all.
 READ_BUFFER_BYTES: Final = 64 * 1024
 
-_PEERCRED: Final = struct.Struct("3i")
 _SUCCESS: Final = int(NtStatus.STATUS_SUCCESS)
 
 
 def peer_process(transport: asyncio.BaseTransport) -> ProcessInfo:
     """The connecting process's pid, uid and gid, from SO_PEERCRED where the OS has it."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sys.platform.startswith("linux"):
-        try:
-            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-            pid, uid, gid = _PEERCRED.unpack(raw)
-            return ProcessInfo(pid, uid, gid)
-        except OSError:
-            pass
-    return ProcessInfo(None, None, None)
+    return socket_peer(transport.get_extra_info("socket"))
 
 
 class Session(asyncio.BufferedProtocol):

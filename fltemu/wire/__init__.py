@@ -8,7 +8,7 @@ threading. Not here: ports and their semantics (``fltemu.kernel``), sockets (``f
 from __future__ import annotations
 
 from .._limits import FILTER_HEADER_BYTES, MAX_CONTEXT_BYTES
-from .address import ENV_SOCKET, resolve_address
+from .address import ENV_SOCKET, ENV_TRUST_UID, default_socket_dir, is_trusted_peer, resolve_address
 from .connection import EOF, NEED_DATA, Role, State, WireConnection
 from .framing import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -47,6 +47,7 @@ from .messages import (
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "ENV_SOCKET",
+    "ENV_TRUST_UID",
     "EOF",
     "FILTER_HEADER_BYTES",
     "FRAME_HEADER_BYTES",
@@ -80,6 +81,8 @@ __all__ = [
     "State",
     "UserMessage",
     "WireConnection",
+    "default_socket_dir",
+    "is_trusted_peer",
     "max_frame_bytes",
     "resolve_address",
     "write_frame",

@@ -9,17 +9,28 @@ import os
 import sys
 from typing import Final
 
-__all__ = ["ENV_SOCKET", "WINDOWS_PIPE", "resolve_address"]
+__all__ = [
+    "ENV_SOCKET",
+    "ENV_TRUST_UID",
+    "WINDOWS_PIPE",
+    "default_socket_dir",
+    "is_trusted_peer",
+    "resolve_address",
+]
 
 #: Environment variable that names the socket when no explicit address is given.
 ENV_SOCKET: Final = "FLTEMU_SOCKET"
+#: Environment variable naming one more uid whose daemon a client may talk to.
+ENV_TRUST_UID: Final = "FLTEMU_TRUST_UID"
 #: The default address on Windows (a named pipe).
 WINDOWS_PIPE: Final = "\\\\.\\pipe\\fltemu"
 
 
 def resolve_address(address: str | os.PathLike[str] | None = None) -> str:
     """The address to use: ``address``, else ``$FLTEMU_SOCKET``, else
-    ``$XDG_RUNTIME_DIR/fltemu.sock``, else ``/tmp/fltemu-<uid>.sock`` (API.md §2).
+    ``$XDG_RUNTIME_DIR/fltemu.sock``, else ``/tmp/fltemu-<uid>/fltemu.sock`` (API.md §2): a
+    private folder, never a bare path in world-writable ``/tmp`` (the daemon creates it with
+    mode 0700 and refuses one that is not the user's own).
     """
     if address is not None and str(address):
         return os.fspath(address)
@@ -31,4 +42,19 @@ def resolve_address(address: str | os.PathLike[str] | None = None) -> str:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
         return os.path.join(runtime, "fltemu.sock")
-    return f"/tmp/fltemu-{os.getuid()}.sock"
+    return os.path.join(default_socket_dir(), "fltemu.sock")
+
+
+def default_socket_dir(uid: int | None = None) -> str:
+    """The private folder of the fallback socket: ``/tmp/fltemu-<uid>``."""
+    return f"/tmp/fltemu-{os.getuid() if uid is None else uid}"
+
+
+def is_trusted_peer(uid: int | None) -> bool:
+    """May a client talk to a daemon whose socket peer (SO_PEERCRED) is ``uid``? Its own
+    user, root, or the uid in ``$FLTEMU_TRUST_UID``; ``None`` (the platform does not say) is
+    trusted, as there is nothing to check."""
+    if uid is None or uid == 0 or uid == os.geteuid():
+        return True
+    trusted = os.environ.get(ENV_TRUST_UID, "").strip()
+    return trusted.isdigit() and int(trusted) == uid

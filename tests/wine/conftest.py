@@ -183,9 +183,12 @@ def start_agent(wine_build: WineBuild, wine_prefix: WinePrefix) -> Iterator[Agen
     """Start a test agent (``client/windows/tests/NAME.c``) against a daemon's socket."""
     started: list[Agent] = []
 
-    def start(address: str, name: str = "probe", *args: str) -> Agent:
-        env = agent_environment(wine_prefix, address)
-        agent = Agent(agent_argv(str(wine_build.agent(name)), args), env)
+    def start(
+        address: str, name: str = "probe", *args: str, env: dict[str, str] | None = None
+    ) -> Agent:
+        environment = agent_environment(wine_prefix, address)
+        environment.update(env or {})
+        agent = Agent(agent_argv(str(wine_build.agent(name)), args), environment)
         started.append(agent)
         if name == "probe":
             agent.expect("ready")

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -468,3 +471,36 @@ def test_a_killed_daemon_fails_every_wait(
     finally:
         daemon.kill()
         daemon.communicate(timeout=30)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_a_daemon_of_another_user_is_refused(start_agent: AgentFactory) -> None:
+    """API.md §2: the Windows side, too, talks only to a daemon of its user, root, or
+    FLTEMU_TRUST_UID."""
+    folder = Path(tempfile.mkdtemp(prefix="fltemu-shared-"))
+    folder.chmod(0o1777)
+    path = folder / "impostor.sock"
+    # Answers every connection with ConnectResult(1, STATUS_OBJECT_NAME_NOT_FOUND).
+    script = f"""
+import os, socket
+os.setgid(65534); os.setuid(65534)
+s = socket.socket(socket.AF_UNIX); s.bind({str(path)!r}); s.listen(8)
+print("ready", flush=True)
+while True:
+    c = s.accept()[0]
+    c.recv(4096)
+    c.sendall(bytes.fromhex("090000009410" "01ce c0000034 00".replace(" ", "")))
+"""
+    impostor = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert impostor.stdout is not None and impostor.stdout.readline() == "ready\n"
+        agent = start_agent(str(path))
+        assert agent.cmd(f"connect {PORT}") == "connect 0x80070005"
+        agent.send("filters")
+        assert agent.expect("small 0") == "small 0 0x80070005 n=0"
+        trusting = start_agent(str(path), "probe", env={"FLTEMU_TRUST_UID": "65534"})
+        assert trusting.cmd(f"connect {PORT}") == "connect 0x80070002"  # it was asked
+    finally:
+        impostor.kill()
+        impostor.communicate()
+        shutil.rmtree(folder)

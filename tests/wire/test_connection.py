@@ -731,9 +731,9 @@ def test_xdg_runtime_dir_is_next(clean_env: pytest.MonkeyPatch) -> None:
 
 
 def test_tmp_fallback(clean_env: pytest.MonkeyPatch) -> None:
-    assert resolve_address() == f"/tmp/fltemu-{os.getuid()}.sock"
+    assert resolve_address() == f"/tmp/fltemu-{os.getuid()}/fltemu.sock"
     clean_env.setenv("XDG_RUNTIME_DIR", "")
-    assert resolve_address() == f"/tmp/fltemu-{os.getuid()}.sock"
+    assert resolve_address() == f"/tmp/fltemu-{os.getuid()}/fltemu.sock"
 
 
 def test_windows_default_is_a_named_pipe(clean_env: pytest.MonkeyPatch) -> None:

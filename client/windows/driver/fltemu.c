@@ -560,9 +560,11 @@ static NTSTATUS do_connect(conn *c, PIRP irp, const unsigned char *in, ULONG in_
     } else {
         long long r = lnx_connect((int)fd, &addr, 2 + hdr->path_bytes);
         /* The reference client's mapping (protocol §1): permission -> access denied, any
-         * other failure ("no daemon") -> the status of a port that does not exist. */
+         * other failure ("no daemon") -> the status of a port that does not exist.  A daemon
+         * run by a user the agent does not trust is refused as a permission failure. */
         if (r == -LNX_EACCES || r == -LNX_EPERM) status = STATUS_ACCESS_DENIED;
         else if (r < 0) status = STATUS_OBJECT_NAME_NOT_FOUND;
+        else if (!lnx_trusted_peer(lnx_peer_uid((int)fd), hdr->trust_uid)) status = STATUS_ACCESS_DENIED;
     }
     if (status != STATUS_SUCCESS) {
         if (fd >= 0) lnx_close((int)fd);

@@ -102,8 +102,8 @@ static BOOL env_utf8(const WCHAR *name, char *out, DWORD size)
 }
 
 /* The daemon's socket, by the rule every fltemu client uses (protocol §1): $FLTEMU_SOCKET,
- * else $XDG_RUNTIME_DIR/fltemu.sock, else /tmp/fltemu-<uid>.sock.  FALSE when the chosen path
- * does not fit a Unix socket address (never another rule's path instead). */
+ * else $XDG_RUNTIME_DIR/fltemu.sock, else /tmp/fltemu-<uid>/fltemu.sock.  FALSE when the
+ * chosen path does not fit a Unix socket address (never another rule's path instead). */
 BOOL socket_path(char *out, DWORD size)
 {
     char dir[FLTEMU_MAX_SOCKET_PATH + 2];
@@ -116,9 +116,22 @@ BOOL socket_path(char *out, DWORD size)
         wsprintfA(out, "%s/fltemu.sock", dir);
         return TRUE;
     }
-    if (size < 32) return FALSE;
-    wsprintfA(out, "/tmp/fltemu-%u.sock", (unsigned)lnx_getuid());
+    if (size < 40) return FALSE;
+    wsprintfA(out, "/tmp/fltemu-%u/fltemu.sock", (unsigned)lnx_getuid());
     return TRUE;
+}
+
+/* $FLTEMU_TRUST_UID: one more daemon user to trust, or -1. */
+int trusted_uid(void)
+{
+    char text[16];
+    DWORD n = GetEnvironmentVariableA("FLTEMU_TRUST_UID", text, sizeof text);
+    if (!n || n >= sizeof text) return -1;
+    for (DWORD i = 0; i < n; i++)
+        if (text[i] < '0' || text[i] > '9') return -1;
+    int uid = 0;
+    for (DWORD i = 0; i < n && uid < 100000000; i++) uid = uid * 10 + (text[i] - '0');
+    return uid;
 }
 
 /* Starts fltemu.sys's service if its device is missing, and waits until it runs. */
@@ -194,6 +207,7 @@ HRESULT WINAPI FilterConnectCommunicationPort(LPCWSTR lpPortName, DWORD dwOption
     in->context_bytes = wSizeOfContext;
     in->path_bytes = (unsigned short)lstrlenA(path);
     in->reserved = 0;
+    in->trust_uid = trusted_uid();
     WideCharToMultiByte(CP_UTF8, 0, lpPortName, -1, (char *)(in + 1), name_bytes + 1, NULL, NULL);
     if (wSizeOfContext) CopyMemory((char *)(in + 1) + name_bytes, lpContext, wSizeOfContext);
     CopyMemory((char *)(in + 1) + name_bytes + wSizeOfContext, path, in->path_bytes);

@@ -9,5 +9,7 @@
 HRESULT flt_hresult(NTSTATUS status);
 /* The daemon's socket path, by the rule every fltemu client uses (protocol §1). */
 BOOL socket_path(char *out, DWORD size);
+/* $FLTEMU_TRUST_UID: one more daemon user to trust besides the caller's and root, or -1. */
+int trusted_uid(void);
 
 #endif

@@ -38,7 +38,7 @@
 
 /* Version of this contract; the driver refuses a connect of another version with
  * STATUS_REVISION_MISMATCH, so a DLL and driver from different builds never mix. */
-#define FLTEMU_IOCTL_VERSION 1u
+#define FLTEMU_IOCTL_VERSION 2u
 
 /* Limits checked by both sides.  The context is a WORD; the socket path fits sun_path. */
 #define FLTEMU_MAX_CONTEXT 65535u
@@ -53,6 +53,8 @@ typedef struct FLTEMU_CONNECT_IN {
     unsigned short context_bytes;
     unsigned short path_bytes;  /* Unix socket path, no terminator */
     unsigned short reserved;
+    int trust_uid;              /* FLTEMU_TRUST_UID: a daemon user to trust besides the
+                                   caller's and root (-1: none) */
     /* followed by: name, context, path */
 } FLTEMU_CONNECT_IN;
 #pragma pack(pop)

@@ -18,6 +18,7 @@
 #define LNX_SYS_sendto 44
 #define LNX_SYS_shutdown 48
 #define LNX_SYS_setsockopt 54
+#define LNX_SYS_getsockopt 55
 #define LNX_SYS_getuid 102
 
 #define LNX_AF_UNIX 1
@@ -103,6 +104,29 @@ static inline void lnx_set_timeouts(int fd, long long seconds)
     lnx_syscall6(LNX_SYS_setsockopt, fd, 1 /* SOL_SOCKET */, 21 /* SO_SNDTIMEO */, (long long)tv, sizeof tv, 0);
 }
 
+static inline long long lnx_getuid(void)
+{
+    return lnx_syscall3(LNX_SYS_getuid, 0, 0, 0);
+}
+
+/* The uid of the process at the other end of a Unix socket (SO_PEERCRED), or -1. */
+static inline long long lnx_peer_uid(int fd)
+{
+    int cred[3] = {0, -1, -1}; /* struct ucred: pid, uid, gid */
+    unsigned int len = sizeof cred;
+    if (lnx_syscall6(LNX_SYS_getsockopt, fd, 1 /* SOL_SOCKET */, 17 /* SO_PEERCRED */, (long long)cred,
+                     (long long)&len, 0) < 0)
+        return -1;
+    return (unsigned int)cred[1];
+}
+
+/* May the Windows side talk to a daemon run by `uid`?  Its own user, root, or `trusted`
+ * (FLTEMU_TRUST_UID; -1 for none), as every fltemu client decides (API.md §2). */
+static inline int lnx_trusted_peer(long long uid, long long trusted)
+{
+    return uid >= 0 && (uid == 0 || uid == lnx_getuid() || uid == trusted);
+}
+
 static inline long long lnx_shutdown(int fd, int how)
 {
     return lnx_syscall3(LNX_SYS_shutdown, fd, how, 0);
@@ -113,9 +137,5 @@ static inline long long lnx_close(int fd)
     return lnx_syscall3(LNX_SYS_close, fd, 0, 0);
 }
 
-static inline long long lnx_getuid(void)
-{
-    return lnx_syscall3(LNX_SYS_getuid, 0, 0, 0);
-}
 
 #endif
