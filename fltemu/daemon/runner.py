@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .._limits import DEFAULT_MAX_MESSAGE_BYTES
 from ..kernel import SecurityDescriptor
-from .loader import FilterLoadError, LoadedFilter, load_filter, unload_filters
+from .loader import FilterLoadError, load_filter
 from .server import Daemon
 
 __all__ = ["DaemonConfig", "LoopChoiceError", "loop_factory", "run"]
@@ -68,7 +69,6 @@ async def serve(config: DaemonConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    loaded: list[LoadedFilter] = []
     async with Daemon(
         config.address,
         max_message_bytes=config.max_message_bytes,
@@ -77,27 +77,35 @@ async def serve(config: DaemonConfig) -> None:
             config.allow_uids, config.allow_gids, everyone=config.allow_everyone
         ),
     ) as daemon:
-        try:
-            for spec in config.filters:
-                name = spec.partition(":")[0]
-                loaded.append(await load_filter(daemon, spec, config.settings.get(name)))
-            unknown = set(config.settings) - {spec.partition(":")[0] for spec in config.filters}
-            if unknown:
-                raise FilterLoadError(
-                    f"--set names filters that are not loaded: {', '.join(sorted(unknown))}"
-                )
-            ports = [p.name for f in daemon.manager.filters.values() for p in f.server_ports]
-            loop_name = type(loop).__module__.split(".")[0]
-            config.announce(
-                f"fltemu: listening on {daemon.address} "
-                f"(loop: {loop_name}; ports: {', '.join(ports) or 'none'})"
+        # Leaving this block shuts the daemon down: each filter's teardown (its
+        # FilterUnloadCallback) and unload, newest first, every wait bounded by the grace.
+        for spec in config.filters:
+            name = spec.partition(":")[0]
+            await load_filter(daemon, spec, config.settings.get(name))
+        unknown = set(config.settings) - {spec.partition(":")[0] for spec in config.filters}
+        if unknown:
+            raise FilterLoadError(
+                f"--set names filters that are not loaded: {', '.join(sorted(unknown))}"
             )
-            await stop.wait()
-            log.info("shutting down")
-        finally:
-            await unload_filters(loaded)
+        ports = [p.name for f in daemon.manager.filters.values() for p in f.server_ports]
+        loop_name = type(loop).__module__.split(".")[0]
+        config.announce(
+            f"fltemu: listening on {daemon.address} "
+            f"(loop: {loop_name}; ports: {', '.join(ports) or 'none'})"
+        )
+        await stop.wait()
+        log.info("shutting down")
+        # A second signal does not wait for the grace: it ends the process at once.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, _exit_now, sig)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.remove_signal_handler(sig)
+
+
+def _exit_now(sig: signal.Signals) -> None:
+    log.error("%s again during shutdown: exiting without waiting", sig.name)
+    logging.shutdown()
+    os._exit(128 + sig.value)
 
 
 def run(config: DaemonConfig) -> None:

@@ -177,7 +177,8 @@ class Daemon:
             return
         server.close()
         self.manager.rundown_timeout = self.shutdown_grace
-        for flt in list(self.manager.filters.values()):
+        # Newest first, as the modules were loaded: one's teardown may rely on an older one.
+        for flt in reversed(list(self.manager.filters.values())):
             try:
                 async with asyncio.timeout(self.shutdown_grace * 2):
                     await flt.unload_requested()
