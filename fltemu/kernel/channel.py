@@ -6,11 +6,11 @@ Not here: the socket itself (``fltemu.daemon.session``).
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Final, Protocol
 
 from ..status import NtStatus
 
-__all__ = ["Channel"]
+__all__ = ["DETACHED", "Channel"]
 
 
 class Channel(Protocol):
@@ -41,3 +41,30 @@ class Channel(Protocol):
         call back into the kernel model.
         """
         ...
+
+
+class _Detached:
+    """The channel of a connection whose user half is gone: everything is dropped.
+
+    A finished connection is given this one instead of its session, so that the session and
+    the connection, which point at each other while they live, part without a cyclic garbage
+    collection (an idle daemon never runs one).
+    """
+
+    def complete_get(
+        self,
+        token: object,
+        status: NtStatus,
+        message_id: int = 0,
+        reply_length: int = 0,
+        data: bytes = b"",
+        required_size: int = 0,
+    ) -> None:
+        pass
+
+    def kernel_disconnected(self) -> None:
+        pass
+
+
+#: The channel of a connection that has been torn down.
+DETACHED: Final[Channel] = _Detached()

@@ -33,7 +33,7 @@ from typing import Final
 
 from .._limits import FILTER_HEADER_BYTES
 from ..status import NtStatus
-from .channel import Channel
+from .channel import DETACHED, Channel
 
 __all__ = [
     "FILTER_HEADER_BYTES",
@@ -255,6 +255,12 @@ class MessageQueues:
         if pending.timer is not None:
             pending.timer.cancel()
             pending.timer = None
+
+    def detach(self) -> None:
+        """The user half is gone for good: drop the channel and the observer (and so the
+        cycles through them: the session, the connection's bound method)."""
+        self._channel = DETACHED
+        self.on_event = None
 
     def fail_all(self) -> None:
         """Disconnect: every sender and getter gets STATUS_PORT_DISCONNECTED, newcomers too."""

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 from ..errors import StatusError
 from ..status import NtStatus, nt_error
 from .callbacks import ProcessInfo, is_async_callable
-from .channel import Channel
+from .channel import DETACHED, Channel
 from .messaging import MessageQueues
 from .security import SecurityDescriptor
 
@@ -272,6 +272,10 @@ class ClientPort:
         """CloseHandle on the user's handle: the teardown of §2.4, once."""
         self.user_closing()
         await self._run_down()
+        # Nothing can reach the user any more: part from its session, so that the two, which
+        # point at each other, are freed without a cyclic garbage collection.
+        self.queues.detach()
+        self._channel = DETACHED
 
     # --- the kernel half (called through Filter) --------------------------------------------
 

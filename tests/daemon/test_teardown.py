@@ -4,10 +4,13 @@ and CloseHandle returning only after DisconnectNotify (§2.4, §6.4, §6.6)."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from typing import Any
 
 import pytest
 
+import fltemu
 import fltuser
 from fltemu import NtStatus
 from fltemu.daemon import Daemon
@@ -160,3 +163,35 @@ async def test_shutdown_does_not_hang_on_a_stuck_disconnect_notify(socket_path: 
     # Leaving the block returned: the stuck callback was cancelled after the grace.
     assert flt.state is FilterState.UNLOADED
     await port.aclose()
+
+
+async def test_a_closed_connection_is_freed_without_a_cyclic_gc(socket_path: str) -> None:
+    """Session and ClientPort point at each other while they live; once the connection is
+    closed and torn down, reference counting alone frees them (an idle daemon never runs a
+    full collection, so a cycle would keep every closed connection's memory)."""
+    async with fltemu.Daemon(address=socket_path) as daemon:
+        flt = daemon.register_filter("cycles")
+        await flt.create_communication_port(
+            "\\Cycles",
+            connect_notify=lambda *args: 0,
+            disconnect_notify=lambda cookie: None,
+            message_notify=lambda cookie, data, size: (0, data),
+            max_connections=1,
+        )
+        gc.collect()
+        gc.disable()
+        try:
+            port = await fltuser.aconnect("\\Cycles", address=socket_path)
+            assert await port.send(b"x", 4) == b"x"
+            getters = [asyncio.ensure_future(port.get_message(64)) for _ in range(50)]
+            await until(lambda: daemon.sessions and len(flt.connections()) == 1)
+            (session,) = daemon.sessions
+            session_ref, port_ref = weakref.ref(session), weakref.ref(flt.connections()[0])
+            del session
+            for getter in getters:
+                getter.cancel()
+            await asyncio.gather(*getters, return_exceptions=True)
+            await port.aclose()
+            await until(lambda: session_ref() is None and port_ref() is None)
+        finally:
+            gc.enable()
