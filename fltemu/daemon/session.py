@@ -54,6 +54,12 @@ log = logging.getLogger(__name__)
 #: so an idle connection costs no read buffer at all.
 READ_BUFFER_BYTES: Final = 64 * 1024
 
+#: Answers of one read are written in one call, unless they pass this size.
+FLUSH_BYTES: Final = 64 * 1024
+#: Requests one connection may have outstanding (pending gets, sends whose MessageNotify runs)
+#: before the daemon stops reading its socket. Windows bounds them only by pool memory; this
+#: bound keeps one client from growing the daemon without limit (protocol §1, flow control).
+MAX_OUTSTANDING: Final = 4096
 _SUCCESS: Final = int(NtStatus.STATUS_SUCCESS)
 
 
@@ -70,6 +76,11 @@ class Session(asyncio.BufferedProtocol):
         self._wire = WireConnection(Role.KERNEL, max_message_bytes=daemon.max_message_bytes)
         self._out = bytearray()
         self._in_batch = False
+        #: Why the socket is not read: the peer does not read its answers, or it has
+        #: MAX_OUTSTANDING requests open. Requests already read wait in the wire buffer.
+        self._write_paused = False
+        self._held = False
+        self._resume_handle: asyncio.Handle | None = None
         self._flush_handle: asyncio.Handle | None = None
         self._transport: asyncio.Transport | None = None
         self._closed = False
@@ -149,12 +160,30 @@ class Session(asyncio.BufferedProtocol):
         log.debug("%s: closed", self._peer())
 
     def pause_writing(self) -> None:
-        # The peer is not reading its answers: stop reading its requests until it does.
-        if self._transport is not None and not self._closed:
-            self._transport.pause_reading()
+        # The peer is not reading its answers: answer nothing more, and read nothing more,
+        # until it does (requests already read stay in the wire buffer).
+        self._write_paused = True
+        self._hold()
 
     def resume_writing(self) -> None:
-        if self._transport is not None and not self._closed:
+        self._write_paused = False
+        self._resume()
+
+    def _hold(self) -> None:
+        if not self._held and self._transport is not None and not self._closed:
+            self._held = True
+            self._transport.pause_reading()
+
+    def _resume(self) -> None:
+        """Serve what was read while held, then read again unless a bound still holds."""
+        self._resume_handle = None
+        if not self._held or self._closed or self._write_paused:
+            return
+        if len(self._wire.outstanding) >= MAX_OUTSTANDING:
+            return
+        self._held = False
+        self._process_events()
+        if not self._held and self._transport is not None and not self._closed:
             self._transport.resume_reading()
 
     # --- kernel Channel -----------------------------------------------------------------------
@@ -183,8 +212,16 @@ class Session(asyncio.BufferedProtocol):
     def _process_events(self) -> None:
         wire = self._wire
         self._in_batch = True
+        outstanding = wire.outstanding
         try:
             while True:
+                if len(self._out) >= FLUSH_BYTES:
+                    # Big answers go out as they come, so that a peer that does not read
+                    # them pauses us (pause_writing) instead of its answers piling up here.
+                    self._flush()
+                if self._write_paused or len(outstanding) >= MAX_OUTSTANDING:
+                    self._hold()
+                    break
                 try:
                     event = wire.next_event()
                 except RemoteProtocolError as exc:
@@ -328,6 +365,13 @@ class Session(asyncio.BufferedProtocol):
         if not self._in_batch and self._flush_handle is None and not self._closed:
             # Completions from kernel tasks: coalesce everything this loop iteration produces.
             self._flush_handle = self._loop.call_soon(self._flush)
+        if (
+            self._held
+            and self._resume_handle is None
+            and len(self._wire.outstanding) < MAX_OUTSTANDING // 2
+        ):
+            # Held for too many open requests and enough have been answered: read again.
+            self._resume_handle = self._loop.call_soon(self._resume)
 
     def _flush(self) -> None:
         self._flush_handle = None
