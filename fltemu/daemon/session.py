@@ -59,7 +59,7 @@ FLUSH_BYTES: Final = 64 * 1024
 #: Requests one connection may have outstanding (pending gets, sends whose MessageNotify runs)
 #: before the daemon stops reading its socket. Windows bounds them only by pool memory; this
 #: bound keeps one client from growing the daemon without limit (protocol §1, flow control).
-MAX_OUTSTANDING: Final = 4096
+MAX_OUTSTANDING: Final = 1024
 _SUCCESS: Final = int(NtStatus.STATUS_SUCCESS)
 
 

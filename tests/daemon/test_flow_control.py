@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+import fltuser
 from fltemu import NtStatus
 from fltemu.daemon import Daemon
 from fltemu.daemon.session import MAX_OUTSTANDING
@@ -54,7 +55,7 @@ async def test_pending_gets_past_the_bound_wait_in_the_socket(
     try:
         await client.send(Connect(PROTOCOL_VERSION, PORT))
         assert isinstance(await client.read(), ConnectResult)
-        total = MAX_OUTSTANDING + 2000
+        total = MAX_OUTSTANDING + MAX_OUTSTANDING // 2
         burst = b"".join(frame(_encoder.encode(GetRequest(rid, 64))) for rid in range(1, total + 1))
         await client.write(burst)
         (port,) = connections
@@ -63,7 +64,7 @@ async def test_pending_gets_past_the_bound_wait_in_the_socket(
             await asyncio.sleep(0.01)
         assert port.queues.getter_count == MAX_OUTSTANDING
         # The filter answers some: the connection is read again, and nothing was lost.
-        answered = MAX_OUTSTANDING - 1000
+        answered = 3 * MAX_OUTSTANDING // 4  # leaves fewer than half of the bound open
         flt = port.server_port.filter
 
         async def read_answers() -> list[Any]:
@@ -101,6 +102,13 @@ async def test_a_client_that_does_not_read_its_answers_is_not_served_ahead(
         message_notify=lambda cookie, data, size: (NtStatus.STATUS_SUCCESS, b"a" * size),
         max_connections=1,
     )
+    await flt.create_communication_port(
+        "\\Echo",
+        connect_notify=lambda *args: NtStatus.STATUS_SUCCESS,
+        disconnect_notify=lambda cookie: None,
+        message_notify=lambda cookie, data, size: (NtStatus.STATUS_SUCCESS, data),
+        max_connections=1,
+    )
     client = await RawClient.open(daemon.address)
     try:
         await client.send(Connect(PROTOCOL_VERSION, "\\BigAnswers"))
@@ -116,6 +124,10 @@ async def test_a_client_that_does_not_read_its_answers_is_not_served_ahead(
             await asyncio.sleep(0.01)
         # A few answers fill the socket and the transport; the rest wait unanswered.
         assert port.sends_from_user < 64
+        # Meanwhile another client is served as usual.
+        other = await fltuser.aconnect("\\Echo", address=daemon.address)
+        assert await other.send(b"ping", 4) == b"ping"
+        await other.aclose()
         answers = [await client.read() for _ in range(count)]
         assert [a.rid for a in answers] == list(range(1, count + 1))
         assert all(isinstance(a, SendResult) and len(a.data) == 65536 for a in answers)
