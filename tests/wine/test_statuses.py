@@ -17,14 +17,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fltemu.kernel.security import SecurityDescriptor
 from fltemu.status import NtStatus
-from fltemu.testing import DaemonThread
+from fltemu.testing import DaemonThread, PortHarness
 
-from .conftest import AgentFactory, fields
+from .conftest import Agent, AgentFactory, fields
 
 PORT = "\\WinePort"
 #: The first test also builds the Windows side and creates the prefix.
@@ -33,6 +34,18 @@ pytestmark = pytest.mark.timeout(240)
 
 def _echo(cookie: object, data: bytes, out_size: int) -> tuple[NtStatus, bytes]:
     return NtStatus.STATUS_SUCCESS, data.upper()[:out_size]
+
+
+def bound_agent(
+    daemon: DaemonThread, start_agent: AgentFactory, **port: Any
+) -> tuple[PortHarness, Agent]:
+    """A port on ``daemon`` and a probe connected to it, its handle bound to a completion
+    port (key 7), as scanuser.exe does."""
+    harness = daemon.create_port(PORT, **port)
+    agent = start_agent(daemon.address)
+    assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
+    assert agent.cmd("bind") == "bind 1"
+    return harness, agent
 
 
 # --- §3.1 FilterConnectCommunicationPort ---------------------------------------------------
@@ -101,10 +114,7 @@ def test_send_results_3_2(wine_daemon: DaemonThread, start_agent: AgentFactory) 
 
 
 def test_overlapped_get_and_reply_3_3(wine_daemon: DaemonThread, start_agent: AgentFactory) -> None:
-    harness = wine_daemon.create_port(PORT)
-    agent = start_agent(wine_daemon.address)
-    assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
-    assert agent.cmd("bind") == "bind 1"
+    harness, agent = bound_agent(wine_daemon, start_agent)
     assert agent.cmd("oget 0 1048") == "oget 0 0x800703e5"
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         sent = pool.submit(harness.send_message, b"scan me", 1)
@@ -129,10 +139,7 @@ def test_overlapped_get_and_reply_3_3(wine_daemon: DaemonThread, start_agent: Ag
 def test_buffer_too_small_keeps_the_message_3_3(
     wine_daemon: DaemonThread, start_agent: AgentFactory
 ) -> None:
-    harness = wine_daemon.create_port(PORT)
-    agent = start_agent(wine_daemon.address)
-    assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
-    assert agent.cmd("bind") == "bind 1"
+    harness, agent = bound_agent(wine_daemon, start_agent)
     assert agent.cmd("oget 0 20") == "oget 0 0x800703e5"
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         sent = pool.submit(harness.send_message, b"a message of 30 bytes exactly!", None)
@@ -176,10 +183,7 @@ def test_reply_results_3_4(wine_daemon: DaemonThread, start_agent: AgentFactory)
 
 
 def test_cancel_3_5(wine_daemon: DaemonThread, start_agent: AgentFactory) -> None:
-    harness = wine_daemon.create_port(PORT)
-    agent = start_agent(wine_daemon.address)
-    assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
-    assert agent.cmd("bind") == "bind 1"
+    harness, agent = bound_agent(wine_daemon, start_agent)
     assert agent.cmd("oget 0 64") == "oget 0 0x800703e5"
     assert agent.cmd("cancel 0") == "cancel 1 err=0"
     assert agent.cmd("wait 20000") == "done 0 ok=0 err=995 bytes=0 key=7 0x80004005"
@@ -203,10 +207,7 @@ def test_cancel_3_5(wine_daemon: DaemonThread, start_agent: AgentFactory) -> Non
 
 
 def test_kernel_disconnect_3_5(wine_daemon: DaemonThread, start_agent: AgentFactory) -> None:
-    harness = wine_daemon.create_port(PORT, message_notify=_echo)
-    agent = start_agent(wine_daemon.address)
-    assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
-    assert agent.cmd("bind") == "bind 1"
+    harness, agent = bound_agent(wine_daemon, start_agent, message_notify=_echo)
     assert agent.cmd("oget 0 64") == "oget 0 0x800703e5"
     harness.wait_for_connection()
     harness.close_client_port()  # FltCloseClientPort
@@ -223,10 +224,7 @@ def test_kernel_disconnect_with_nothing_pending_3_3(
     wine_daemon: DaemonThread, start_agent: AgentFactory
 ) -> None:
     """The first call after FltCloseClientPort fails at once, even an overlapped get."""
-    harness = wine_daemon.create_port(PORT)
-    agent = start_agent(wine_daemon.address)
-    assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
-    assert agent.cmd("bind") == "bind 1"
+    harness, agent = bound_agent(wine_daemon, start_agent)
     harness.wait_for_connection()
     harness.close_client_port()
     time.sleep(0.5)  # the daemon's Disconnected notice reaches the driver
@@ -237,10 +235,7 @@ def test_kernel_disconnect_with_nothing_pending_3_3(
 def test_close_handle_with_gets_pending_3_5(
     wine_daemon: DaemonThread, start_agent: AgentFactory
 ) -> None:
-    harness = wine_daemon.create_port(PORT)
-    agent = start_agent(wine_daemon.address)
-    assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
-    assert agent.cmd("bind") == "bind 1"
+    harness, agent = bound_agent(wine_daemon, start_agent)
     assert agent.cmd("oget 0 64") == "oget 0 0x800703e5"
     assert agent.cmd("oget 1 64") == "oget 1 0x800703e5"
     assert agent.cmd("close") == "close 1"
@@ -270,10 +265,7 @@ def test_duplicate_handle(wine_daemon: DaemonThread, start_agent: AgentFactory) 
 def test_killed_agent_disconnects_once(
     wine_daemon: DaemonThread, start_agent: AgentFactory
 ) -> None:
-    harness = wine_daemon.create_port(PORT)
-    agent = start_agent(wine_daemon.address)
-    assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
-    assert agent.cmd("bind") == "bind 1"
+    harness, agent = bound_agent(wine_daemon, start_agent)
     assert agent.cmd("oget 0 64") == "oget 0 0x800703e5"
     agent.kill()
     harness.wait_for_disconnect()
