@@ -67,8 +67,17 @@ async def serve(config: DaemonConfig) -> None:
     """Run the daemon until SIGINT or SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def first_signal(sig: signal.Signals) -> None:
+        stop.set()
+        # A second signal does not wait for the grace, nor for a callback that blocks the
+        # loop: a plain handler runs between bytecodes, whatever the loop is doing.
+        for each in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(each)
+            signal.signal(each, _exit_now)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, first_signal, sig)
     async with Daemon(
         config.address,
         max_message_bytes=config.max_message_bytes,
@@ -95,17 +104,15 @@ async def serve(config: DaemonConfig) -> None:
         )
         await stop.wait()
         log.info("shutting down")
-        # A second signal does not wait for the grace: it ends the process at once.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, _exit_now, sig)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_DFL)
 
 
-def _exit_now(sig: signal.Signals) -> None:
-    log.error("%s again during shutdown: exiting without waiting", sig.name)
-    logging.shutdown()
-    os._exit(128 + sig.value)
+def _exit_now(signum: int, frame: object) -> None:
+    name = signal.Signals(signum).name
+    os.write(2, f"fltemu: {name} again during shutdown: exiting without waiting\n".encode())
+    os._exit(128 + signum)
 
 
 def run(config: DaemonConfig) -> None:

@@ -180,10 +180,14 @@ class Daemon:
         # Newest first, as the modules were loaded: one's teardown may rely on an older one.
         for flt in reversed(list(self.manager.filters.values())):
             try:
-                async with asyncio.timeout(self.shutdown_grace * 2):
+                # A teardown may wait for MessageNotify (grace), cancel it (grace) and run
+                # DisconnectNotify (grace).
+                async with asyncio.timeout(self.shutdown_grace * 3):
                     await flt.unload_requested()
             except TimeoutError:
-                log.error("filter %r did not unload within %.1f s", flt.name, self.shutdown_grace)
+                log.error(
+                    "filter %r did not unload within %.1f s", flt.name, self.shutdown_grace * 3
+                )
         for session in list(self._sessions):
             session.close()
         await self._finish_tasks()

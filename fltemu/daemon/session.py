@@ -56,9 +56,9 @@ READ_BUFFER_BYTES: Final = 64 * 1024
 
 #: Answers of one read are written in one call, unless they pass this size.
 FLUSH_BYTES: Final = 64 * 1024
-#: Requests one connection may have outstanding (pending gets, sends whose MessageNotify runs)
-#: before the daemon stops reading its socket. Windows bounds them only by pool memory; this
-#: bound keeps one client from growing the daemon without limit (protocol §1, flow control).
+#: Requests one connection may have open (pending gets, sends whose MessageNotify runs); one
+#: more fails at once with STATUS_INSUFFICIENT_RESOURCES, as when Windows runs out of pool
+#: memory. It keeps one client from growing the daemon without limit (protocol §14).
 MAX_OUTSTANDING: Final = 1024
 _SUCCESS: Final = int(NtStatus.STATUS_SUCCESS)
 
@@ -76,11 +76,10 @@ class Session(asyncio.BufferedProtocol):
         self._wire = WireConnection(Role.KERNEL, max_message_bytes=daemon.max_message_bytes)
         self._out = bytearray()
         self._in_batch = False
-        #: Why the socket is not read: the peer does not read its answers, or it has
-        #: MAX_OUTSTANDING requests open. Requests already read wait in the wire buffer.
+        #: The socket is not read while the peer does not read its answers; requests
+        #: already read wait in the wire buffer.
         self._write_paused = False
         self._held = False
-        self._resume_handle: asyncio.Handle | None = None
         self._flush_handle: asyncio.Handle | None = None
         self._transport: asyncio.Transport | None = None
         self._closed = False
@@ -175,11 +174,8 @@ class Session(asyncio.BufferedProtocol):
             self._transport.pause_reading()
 
     def _resume(self) -> None:
-        """Serve what was read while held, then read again unless a bound still holds."""
-        self._resume_handle = None
+        """Serve what was read while paused, then read again."""
         if not self._held or self._closed or self._write_paused:
-            return
-        if len(self._wire.outstanding) >= MAX_OUTSTANDING:
             return
         self._held = False
         self._process_events()
@@ -219,7 +215,7 @@ class Session(asyncio.BufferedProtocol):
                     # Big answers go out as they come, so that a peer that does not read
                     # them pauses us (pause_writing) instead of its answers piling up here.
                     self._flush()
-                if self._write_paused or len(outstanding) >= MAX_OUTSTANDING:
+                if self._write_paused:
                     self._hold()
                     break
                 try:
@@ -231,7 +227,11 @@ class Session(asyncio.BufferedProtocol):
                     break
                 cls = type(event)
                 port = self.port
-                if cls is SendRequest:
+                if (cls is SendRequest or cls is GetRequest) and len(outstanding) > MAX_OUTSTANDING:
+                    # Over the bound: this request fails at once, as a driver's request fails
+                    # when pool memory runs out; replies, cancels and EOF still get through.
+                    self._refuse(event)  # type: ignore[arg-type]
+                elif cls is SendRequest:
                     self._on_send(event)  # type: ignore[arg-type]
                 elif cls is GetRequest:
                     assert port is not None
@@ -256,6 +256,13 @@ class Session(asyncio.BufferedProtocol):
             if self._out and not self._closed and not self._closing:
                 self._flush()
 
+    def _refuse(self, request: SendRequest | GetRequest) -> None:
+        status = int(NtStatus.STATUS_INSUFFICIENT_RESOURCES)
+        if type(request) is SendRequest:
+            self._send(SendResult(request.rid, status))
+        else:
+            self._send(GetResult(request.rid, status))
+
     def _on_send(self, request: SendRequest) -> None:
         assert self.port is not None
         outcome = self.port.user_send(request.data, request.out_size)
@@ -271,6 +278,9 @@ class Session(asyncio.BufferedProtocol):
                 # Cancelled by the rundown: the connection is going, and its caller must
                 # not wait for ever.
                 self._send(SendResult(rid, int(NtStatus.STATUS_PORT_DISCONNECTED)))
+                return
+            if task.exception() is not None:  # a bug in the kernel model: still answer
+                self._send(SendResult(rid, int(NtStatus.STATUS_UNSUCCESSFUL)))
                 return
             self._send_result(rid, task.result())
 
@@ -365,13 +375,6 @@ class Session(asyncio.BufferedProtocol):
         if not self._in_batch and self._flush_handle is None and not self._closed:
             # Completions from kernel tasks: coalesce everything this loop iteration produces.
             self._flush_handle = self._loop.call_soon(self._flush)
-        if (
-            self._held
-            and self._resume_handle is None
-            and len(self._wire.outstanding) < MAX_OUTSTANDING // 2
-        ):
-            # Held for too many open requests and enough have been answered: read again.
-            self._resume_handle = self._loop.call_soon(self._resume)
 
     def _flush(self) -> None:
         self._flush_handle = None

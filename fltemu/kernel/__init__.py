@@ -456,11 +456,14 @@ class Filter:
                 async with asyncio.timeout(grace):
                     await result
         except TimeoutError:
-            log.error(
-                "DisconnectNotify of port %r did not return within %.1f s; abandoned",
-                client_port.server_port.name,
-                grace,
-            )
+            if grace is None:  # the callback's own TimeoutError
+                log.exception("DisconnectNotify of port %r raised", client_port.server_port.name)
+            else:
+                log.error(
+                    "DisconnectNotify of port %r did not return within %.1f s; abandoned",
+                    client_port.server_port.name,
+                    grace,
+                )
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():

@@ -326,7 +326,9 @@ class ClientPort:
             # Something the callback awaited was cancelled under it: a callback failure.
             log.error("MessageNotify of port %r was cancelled from inside", self.server_port.name)
             return _UNSUCCESSFUL, b""
-        except Exception:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:
             log.exception("MessageNotify of port %r raised", self.server_port.name)
             return _UNSUCCESSFUL, b""
         return self._message_outcome(result, out_size)

@@ -57,4 +57,4 @@ def is_trusted_peer(uid: int | None) -> bool:
     if uid is None or uid == 0 or uid == os.geteuid():
         return True
     trusted = os.environ.get(ENV_TRUST_UID, "").strip()
-    return trusted.isdigit() and int(trusted) == uid
+    return trusted.isascii() and trusted.isdecimal() and int(trusted) == uid

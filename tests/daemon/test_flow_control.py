@@ -1,6 +1,5 @@
-"""Backpressure: one connection cannot make the daemon hold more than MAX_OUTSTANDING open
-requests; past that its socket is not read (nothing is dropped or failed) until enough are
-answered (protocol §1, flow control)."""
+"""Bounds per connection (protocol §1, §14): at most MAX_OUTSTANDING open requests (one
+more fails at once), and no answers piled up for a client that does not read them."""
 
 from __future__ import annotations
 
@@ -18,8 +17,11 @@ from fltemu.wire import (
     PROTOCOL_VERSION,
     Connect,
     ConnectResult,
+    GetCancel,
     GetRequest,
     GetResult,
+    ReplyRequest,
+    ReplyResult,
     SendRequest,
     SendResult,
 )
@@ -28,6 +30,7 @@ from ..helpers import frame, until
 from .test_server import RawClient, _encoder
 
 PORT = "\\FlowPort"
+_NO_RESOURCES = int(NtStatus.STATUS_INSUFFICIENT_RESOURCES)
 
 
 @pytest.fixture
@@ -48,38 +51,42 @@ async def connections(daemon: Daemon) -> list[ClientPort]:
     return connected
 
 
-async def test_pending_gets_past_the_bound_wait_in_the_socket(
+async def test_requests_past_the_bound_fail_and_replies_still_get_through(
     daemon: Daemon, connections: list[ClientPort]
 ) -> None:
+    """MAX_OUTSTANDING open requests: the next get fails at once with
+    STATUS_INSUFFICIENT_RESOURCES, while a reply (which frees nothing by itself) is still
+    read and delivered, as are cancels and the close."""
     client = await RawClient.open(daemon.address)
     try:
         await client.send(Connect(PROTOCOL_VERSION, PORT))
         assert isinstance(await client.read(), ConnectResult)
-        total = MAX_OUTSTANDING + MAX_OUTSTANDING // 2
-        burst = b"".join(frame(_encoder.encode(GetRequest(rid, 64))) for rid in range(1, total + 1))
-        await client.write(burst)
-        (port,) = connections
-        await until(lambda: port.queues.getter_count == MAX_OUTSTANDING)
-        for _ in range(20):  # however long it waits, the daemon takes no more
-            await asyncio.sleep(0.01)
-        assert port.queues.getter_count == MAX_OUTSTANDING
-        # The filter answers some: the connection is read again, and nothing was lost.
-        answered = 3 * MAX_OUTSTANDING // 4  # leaves fewer than half of the bound open
-        flt = port.server_port.filter
-
-        async def read_answers() -> list[Any]:
-            return [await client.read() for _ in range(answered)]
-
-        reader = asyncio.create_task(read_answers())
-        results = await asyncio.gather(
-            *(flt.send_message(port, b"m", None, 10.0) for _ in range(answered))
+        burst = b"".join(
+            frame(_encoder.encode(GetRequest(rid, 64))) for rid in range(1, MAX_OUTSTANDING + 3)
         )
-        assert all(r.status == NtStatus.STATUS_SUCCESS for r in results)
-        answers = await reader
-        assert all(isinstance(a, GetResult) and a.status == 0 for a in answers)
-        await until(lambda: port.queues.getter_count == total - answered)
+        await client.write(burst)
+        # The two over the bound fail at once, in order; the others stay pending.
+        assert await client.read() == GetResult(MAX_OUTSTANDING + 1, _NO_RESOURCES)
+        assert await client.read() == GetResult(MAX_OUTSTANDING + 2, _NO_RESOURCES)
+        (port,) = connections
+        assert port.queues.getter_count == MAX_OUTSTANDING
+        # A message with a reply: delivered to the oldest getter; the reply is read and
+        # reaches the filter although the connection is at its bound again.
+        flt = port.server_port.filter
+        sent = asyncio.create_task(flt.send_message(port, b"hello", 4, 10.0))
+        delivered = await client.read()
+        assert isinstance(delivered, GetResult) and delivered.rid == 1
+        await client.send(GetRequest(MAX_OUTSTANDING + 3, 64))  # back at the bound
+        await client.send(ReplyRequest(MAX_OUTSTANDING + 4, delivered.message_id, 0, b"ok"))
+        assert await client.read() == ReplyResult(MAX_OUTSTANDING + 4, 0)
+        result = await sent
+        assert (result.status, result.reply) == (NtStatus.STATUS_SUCCESS, b"ok")
+        # A cancel gets through too.
+        await client.send(GetCancel(2))
+        assert await client.read() == GetResult(2, int(NtStatus.STATUS_CANCELLED))
     finally:
         await client.close()
+    await until(lambda: not connections[0].is_connected)
 
 
 async def test_a_client_that_does_not_read_its_answers_is_not_served_ahead(

@@ -107,3 +107,38 @@ def test_a_second_signal_exits_at_once(
     assert "SIGTERM again during shutdown" in output
     thread.join(30)
     assert len(errors) == 1
+
+
+def test_a_second_signal_exits_even_while_a_callback_blocks_the_loop(
+    tmp_path: Path, socket_path: str
+) -> None:
+    (tmp_path / "blocker.py").write_text(
+        textwrap.dedent(
+            """
+            import time
+
+            async def setup(flt):
+                pass
+
+            def teardown(flt):
+                time.sleep(120)  # a plain teardown that blocks the event loop
+            """
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fltemu", "serve", "--filter", "blocker", "--address", socket_path],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None and "listening on" in proc.stdout.readline()
+    proc.send_signal(signal.SIGTERM)
+    for line in proc.stdout:
+        if "shutting down" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT, output
+    assert "SIGINT again during shutdown" in output

@@ -78,3 +78,22 @@ async def test_a_disconnect_notify_raising_cancelled_still_ends_the_connection(
     await user.port.user_close()
     assert not user.port.is_connected
     assert port.connection_count == 0
+
+
+class Boom(BaseException):
+    """Not an Exception: what a careless callback might raise."""
+
+
+async def test_a_coroutine_message_notify_raising_a_base_exception_fails_that_send(
+    flt: Filter, rec: Recorder, make_port: PortFactory, connect: Connector
+) -> None:
+    async def boom(cookie: object, data: bytes, size: int) -> Any:
+        raise Boom
+
+    port = await make_port()
+    port.message_notify = boom
+    port.message_notify_is_async = True
+    user = await connect()
+    task = user.port.user_send(b"x", 4)
+    assert isinstance(task, asyncio.Task)
+    assert await task == (NtStatus.STATUS_UNSUCCESSFUL, b"")

@@ -129,9 +129,12 @@ int trusted_uid(void)
     if (!n || n >= sizeof text) return -1;
     for (DWORD i = 0; i < n; i++)
         if (text[i] < '0' || text[i] > '9') return -1;
-    int uid = 0;
-    for (DWORD i = 0; i < n && uid < 100000000; i++) uid = uid * 10 + (text[i] - '0');
-    return uid;
+    unsigned long long uid = 0;
+    for (DWORD i = 0; i < n; i++) {
+        uid = uid * 10 + (unsigned)(text[i] - '0');
+        if (uid > 0x7FFFFFFFull) return -1; /* not a uid: trust nobody more */
+    }
+    return (int)uid;
 }
 
 /* Starts fltemu.sys's service if its device is missing, and waits until it runs. */
