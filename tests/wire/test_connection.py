@@ -32,6 +32,7 @@ from fltemu.wire import (
     ReplyRequest,
     ReplyResult,
     Role,
+    Section,
     SendRequest,
     SendResult,
     State,
@@ -113,6 +114,7 @@ _REQUEST_FOR: dict[type, Callable[[int], Any]] = {
     SendResult: lambda rid: SendRequest(rid, b"", 0),
     GetResult: lambda rid: GetRequest(rid, 16),
     ReplyResult: lambda rid: ReplyRequest(rid, 1, 0, b""),
+    Section: lambda rid: SendRequest(rid, b"", 0),  # a Section belongs to a pending send
 }
 
 

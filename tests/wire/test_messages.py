@@ -14,12 +14,15 @@ import pytest
 
 from fltemu.errors import RemoteProtocolError
 from fltemu.wire import (
+    OPTION_DISCONNECT_NOTICE,
+    OPTION_SECTIONS,
     PROTOCOL_VERSION,
     Connect,
     ConnectionInfo,
     ConnectResult,
     Control,
     ControlResult,
+    Disconnected,
     FilterInfo,
     FrameReader,
     GetCancel,
@@ -30,6 +33,7 @@ from fltemu.wire import (
     PortInfo,
     ReplyRequest,
     ReplyResult,
+    Section,
     SendRequest,
     SendResult,
     UserMessage,
@@ -38,7 +42,16 @@ from fltemu.wire import (
 from tests.helpers import frame, raw_frame
 
 USER_TYPES = (Connect, SendRequest, GetRequest, ReplyRequest, GetCancel, Control)
-KERNEL_TYPES = (ConnectResult, SendResult, GetResult, ReplyResult, Goodbye, ControlResult)
+KERNEL_TYPES = (
+    ConnectResult,
+    SendResult,
+    GetResult,
+    ReplyResult,
+    Goodbye,
+    ControlResult,
+    Disconnected,
+    Section,
+)
 
 # (message, exact frame bytes). At least one case per message type.
 WIRE_CASES: list[tuple[Any, bytes]] = [
@@ -144,6 +157,13 @@ WIRE_CASES: list[tuple[Any, bytes]] = [
         b"\xaeawaiting_reply\x00\xafsends_from_user\x02\xb2messages_delivered\x03"
         b"\xb2messages_timed_out\x00\x02",
     ),
+    # The frames of protocol.md §15 that came with the capability bits (§5a).
+    (Disconnected(0xC0000037), bytes.fromhex("07000000 9216 cec0000037")),
+    (Section(1, 8, b"abc"), bytes.fromhex("09000000 9417 0108 c403616263")),
+    (
+        Connect(1, "\\P", b"", OPTION_SECTIONS | OPTION_DISCONNECT_NOTICE),
+        bytes.fromhex("0d000000 950101a25c50c400 cec0000000"),
+    ),
 ]
 
 
@@ -205,6 +225,8 @@ def test_tags_are_pinned_and_unique() -> None:
         Goodbye: 20,
         Control: 6,
         ControlResult: 21,
+        Disconnected: 22,
+        Section: 23,
     }
 
 
