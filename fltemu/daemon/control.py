@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from ..errors import FltEmuError, ProtocolError
-from ..kernel import ClientPort, Filter, ProcessInfo, ServerPort, ServerPortState
+from ..kernel import ClientPort, Filter, FilterManager, ProcessInfo, ServerPort, ServerPortState
 from ..status import NtStatus
 from ..wire import (
     NEED_DATA,
@@ -31,9 +31,6 @@ from ..wire import (
 )
 from .peer import socket_peer
 
-if TYPE_CHECKING:
-    from .server import Daemon
-
 __all__ = ["COMMANDS", "ControlError", "call", "may_control", "run_control", "snapshot"]
 
 #: The commands ``Control.command`` may name.
@@ -45,10 +42,10 @@ def may_control(process: ProcessInfo) -> bool:
     return process.uid is not None and process.uid in (0, os.geteuid())
 
 
-def snapshot(daemon: Daemon) -> tuple[FilterInfo, ...]:
+def snapshot(manager: FilterManager) -> tuple[FilterInfo, ...]:
     """Every filter, its ports (closed ones too while they have connections) and connections."""
     filters = []
-    for flt in daemon.manager.filters.values():
+    for flt in manager.filters.values():
         ports = [
             _port_info(p) for p in flt._ports if p.state is ServerPortState.OPEN or p.connections
         ]
@@ -78,10 +75,10 @@ def _port_info(port: ServerPort) -> PortInfo:
     )
 
 
-def _find_ports(daemon: Daemon, name: str) -> list[ServerPort]:
+def _find_ports(manager: FilterManager, name: str) -> list[ServerPort]:
     # Open ports by their exact name, then closed ones that still have connections.
     found = []
-    for flt in daemon.manager.filters.values():
+    for flt in manager.filters.values():
         for port in flt._ports:
             if port.name == name and (port.state is ServerPortState.OPEN or port.connections):
                 found.append(port)
@@ -92,8 +89,8 @@ def _fail(status: NtStatus, message: str) -> ControlResult:
     return ControlResult(PROTOCOL_VERSION, int(status), message)
 
 
-def _connections(daemon: Daemon, request: Control) -> list[ClientPort] | ControlResult:
-    ports = _find_ports(daemon, request.target)
+def _connections(manager: FilterManager, request: Control) -> list[ClientPort] | ControlResult:
+    ports = _find_ports(manager, request.target)
     if not ports:
         return _fail(NtStatus.STATUS_OBJECT_NAME_NOT_FOUND, f"no port named {request.target!r}")
     connections = sorted(
@@ -116,7 +113,7 @@ def _connections(daemon: Daemon, request: Control) -> list[ClientPort] | Control
     return connections
 
 
-async def run_control(daemon: Daemon, request: Control) -> ControlResult:
+async def run_control(manager: FilterManager, request: Control) -> ControlResult:
     """Carry out one control command.
 
     Returns:
@@ -127,11 +124,11 @@ async def run_control(daemon: Daemon, request: Control) -> ControlResult:
     """
     command = request.command
     if command == "ports":
-        return ControlResult(PROTOCOL_VERSION, 0, filters=snapshot(daemon))
+        return ControlResult(PROTOCOL_VERSION, 0, filters=snapshot(manager))
     if command == "unload":
-        flt: Filter | None = daemon.manager.filters.get(request.target)
+        flt: Filter | None = manager.filters.get(request.target)
         if flt is None:
-            known = ", ".join(sorted(daemon.manager.filters)) or "none"
+            known = ", ".join(sorted(manager.filters)) or "none"
             return _fail(
                 NtStatus.STATUS_OBJECT_NAME_NOT_FOUND,
                 f"no filter named {request.target!r} (loaded: {known})",
@@ -139,7 +136,7 @@ async def run_control(daemon: Daemon, request: Control) -> ControlResult:
         await flt.unload_requested()  # its module's teardown first, as FilterUnloadCallback
         return ControlResult(PROTOCOL_VERSION, 0, f"filter {flt.name!r} unloaded")
     if command in ("send", "disconnect"):
-        found = _connections(daemon, request)
+        found = _connections(manager, request)
         if isinstance(found, ControlResult):
             return found
         if command == "disconnect":

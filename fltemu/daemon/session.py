@@ -351,7 +351,7 @@ class Session(asyncio.BufferedProtocol):
     async def _control(self, request: Control) -> None:
         log.info("%s: control %s %s", self._peer(), request.command, request.target)
         try:
-            result = await run_control(self._daemon, request)
+            result = await run_control(self._daemon.manager, request)
         finally:
             self._control_task = None
         self._send(result)

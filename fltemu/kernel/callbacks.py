@@ -1,17 +1,17 @@
 """The three port callbacks (connect, disconnect, message notify): their types and invocation.
 
 Callbacks may be plain functions or coroutine functions. They are classified once, when the
-port is created, so the hot path does not inspect them again: a plain MessageNotify runs
-inline, with no Task; a coroutine one runs in a Task of its own (it really awaits).
+port is created (``ports.is_async_callable``), so the hot path does not inspect them again: a
+plain MessageNotify runs inline, with no Task; a coroutine one runs in a Task of its own.
 Not here: when they are called (``ports``).
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeAlias
+
+from .process import ProcessInfo
 
 if TYPE_CHECKING:
     from .ports import ClientPort
@@ -23,23 +23,7 @@ __all__ = [
     "MessageNotify",
     "MessageResult",
     "ProcessInfo",
-    "is_async_callable",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class ProcessInfo:
-    """Who is on the other end of a connection, from the socket's peer credentials.
-
-    Attributes:
-        pid: process id, or ``None`` when the platform cannot tell.
-        uid: user id, or ``None``.
-        gid: group id, or ``None``.
-    """
-
-    pid: int | None
-    uid: int | None
-    gid: int | None
 
 
 #: What ConnectNotify returns: a status, or a status and the ConnectionPortCookie.
@@ -78,11 +62,3 @@ class MessageNotify(Protocol):
     def __call__(
         self, port_cookie: object, input_buffer: bytes, output_buffer_length: int
     ) -> MessageResult | Awaitable[MessageResult]: ...
-
-
-def is_async_callable(func: object) -> bool:
-    """Whether calling ``func`` returns an awaitable (coroutine functions, async ``__call__``)."""
-    if inspect.iscoroutinefunction(func):
-        return True
-    call = getattr(func, "__call__", None)  # noqa: B004 - we want the bound method
-    return inspect.iscoroutinefunction(call)

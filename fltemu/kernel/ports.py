@@ -47,13 +47,13 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from ..errors import StatusError
 from ..status import NtStatus, nt_error
-from .callbacks import ProcessInfo, is_async_callable
 from .channel import DETACHED, Channel
 from .messaging import MessageQueues
+from .process import ProcessInfo
 from .security import SecurityDescriptor
 
 if TYPE_CHECKING:
-    from . import Filter
+    from .manager import Filter
 
 __all__ = ["ClientPort", "ClientPortState", "ServerPort", "ServerPortState"]
 
@@ -70,6 +70,14 @@ Sections = dict[int, bytes]
 #: What FilterSendMessage gets: MessageNotify's status and output, and the sections whose
 #: handles that output carries, when it carries any.
 SendOutcome = tuple[NtStatus, bytes] | tuple[NtStatus, bytes, Sections]
+
+
+def is_async_callable(func: object) -> bool:
+    """Whether calling ``func`` returns an awaitable (coroutine functions, async ``__call__``)."""
+    if inspect.iscoroutinefunction(func):
+        return True
+    call = getattr(func, "__call__", None)  # noqa: B004 - we want the bound method
+    return inspect.iscoroutinefunction(call)
 
 
 def is_status(value: object) -> bool:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .callbacks import ProcessInfo
+from .process import ProcessInfo
 
 __all__ = ["SecurityDescriptor"]
 
