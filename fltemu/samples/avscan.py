@@ -15,7 +15,9 @@ another port replaces the first in that global, and when either disconnects,
 AvDisconnectNotifyCallback closes whatever the global holds — the sample's hazard,
 reproduced, not fixed. The cookie is the type.
 
-**Scanning** (AvScanInUser). A scan gets the next ScanId (from 1) and sends
+**Scanning** (AvScanInUser). An empty file is not sent: AvScan marks it not infected (a
+verdict with ScanId 0 and the result clean). Otherwise a scan gets the next ScanId (from 1)
+and sends
 ``AV_SCANNER_NOTIFICATION {Message=AvMsgStartScanning, Reason, ScanId, ScanThreadId=0}``
 (24 bytes) on the scan global, with a 4-byte reply buffer (the user's scan thread id) and the
 ``scan_timeout`` (the sample's LocalScanTimeout, 30 s). A failed send, or STATUS_TIMEOUT, ends
@@ -41,7 +43,9 @@ ScanThreadId; union {HANDLE FileHandle; AVSCAN_RESULT ScanResult}}``, 32 bytes o
   Either way it is recorded in ``AvScanState.sections`` with the file, until the scan ends;
 * ``AvCmdCloseSectionForDataScan`` (2): an unknown ScanId → STATUS_NOT_FOUND; otherwise the
   result (0 undetermined, 1 infected, 2 clean; another value changes nothing, as in the
-  sample) is applied, the scan's sections are closed and the waiting scan released;
+  sample) is applied if a section was created for the scan (only create-section puts the
+  file in the scanning state; without it the sample drops the result and the open
+  proceeds), the scan's sections are closed and the waiting scan released;
   STATUS_SUCCESS, no output. As in the sample, it names the scan by ScanId and does not
   take the section handle (the user closes its handle itself);
 * ``AvIsFileModified`` (0): output under 1 byte → STATUS_INVALID_PARAMETER; the FileHandle
@@ -82,6 +86,7 @@ import asyncio
 import enum
 import itertools
 import logging
+import os
 import random
 import struct
 from collections import deque
@@ -246,6 +251,9 @@ class ScanContext:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     scan_thread_id: int = 0
     sections: list[int] = field(default_factory=list)
+    #: A section was created: the file is in the scanning state, the only one in which a
+    #: close-section's result is applied (communication.c, AvCmdCloseSectionForDataScan).
+    scanning: bool = False
     #: What the file holds, for the sections (None: read the file ``name`` when asked).
     content: bytes | None = None
     result: int | None = None
@@ -372,6 +380,11 @@ class AvScanState:
         if self.unloading:
             verdict = AvVerdict(name, reason, 0, NtStatus.STATUS_FLT_DELETING_OBJECT, None, False)
             return self._record(verdict)
+        if _is_empty(name, content):
+            # AvScan skips empty files: nothing is sent, the file is marked not infected
+            # (avscan.c, before AvScanInUser).
+            clean = AvScanResult.AvScanResultClean
+            return self._record(AvVerdict(name, reason, 0, _SUCCESS, clean, False))
         ctx = ScanContext(next(self._scan_ids), name, reason, content=content)
         self.scans[ctx.scan_id] = ctx
         try:
@@ -515,13 +528,11 @@ class AvScanState:
         """AvDisconnectNotifyCallback: FltCloseClientPort on the global for the cookie's type."""
         if not isinstance(cookie, AvConnectionType):
             return
-        # A late DisconnectNotify (the user closed a handle whose connection was already
-        # closed with close_client_port, §9.1) must not close a newer, live connection
-        # that took the global since: the real sample has that hazard, fltemu's samples not.
-        current = self.client_ports[cookie]
-        if current is not None and current.is_connected:
-            return
-        port, self.client_ports[cookie] = current, None
+        # As the sample does (communication.c, AvDisconnectNotifyCallback): whatever the
+        # global holds is closed, even a newer connection of the same type that took it
+        # since, through another port or after a close_client_port (§9.1). The hazard is
+        # Microsoft's, reproduced.
+        port, self.client_ports[cookie] = self.client_ports[cookie], None
         await self.flt.close_client_port(port)
         log.info("avscan: %s disconnected", cookie.name)
 
@@ -549,6 +560,7 @@ class AvScanState:
             if len(ctx.sections) >= MAX_SECTIONS_PER_SCAN:
                 return NtStatus.STATUS_INSUFFICIENT_RESOURCES, b""
             handle = next(self._handles)
+            ctx.scanning = True
             ctx.sections.append(handle)
             self.sections[handle] = Section(handle, ctx.scan_id, ctx.name)
             content = self._section_content(ctx)
@@ -564,7 +576,12 @@ class AvScanState:
             ctx = self.scans.get(_signed64(raw_scan_id))
             if ctx is None:
                 return STATUS_NOT_FOUND, b""
-            ctx.result = scan_result
+            if ctx.scanning:
+                ctx.result = scan_result
+            else:  # no section was created: the sample drops the result; the open proceeds
+                log.info(
+                    "avscan: scan %d: result %d dropped (no section)", ctx.scan_id, scan_result
+                )
             self._finalize(ctx)
             return _SUCCESS, b""
         if command == AvScanCommand.AvIsFileModified:
@@ -603,6 +620,17 @@ class AvScanState:
     async def handle(self, request: ScanRequest) -> None:
         """Scan one request from the source."""
         await self.scan(request.name, request.reason)
+
+
+def _is_empty(name: str, content: bytes | None) -> bool:
+    """The file to scan holds nothing: ``content`` is empty, or, with none given, ``name`` is
+    an empty file (a name that is not a file is scanned as the user program sees fit)."""
+    if content is not None:
+        return not content
+    try:
+        return os.path.getsize(name) == 0
+    except OSError:
+        return False
 
 
 def _signed64(value: int) -> int:

@@ -190,6 +190,7 @@ async def test_bad_commands(daemon: Daemon) -> None:
                 assert info.value.ntstatus == avscan.STATUS_NOT_FOUND
             # None of that disturbed the scan in progress.
             assert list(state.scans) == [1]
+            await port.send(command(AvScanCommand.AvCmdCreateSectionForDataScan, 1, 1), 8)
             await port.send(command(AvScanCommand.AvCmdCloseSectionForDataScan, 1, 1, 7), 0)
             verdict = await scan
             assert verdict.result == 7 and not verdict.would_block  # unknown: nothing changes
@@ -210,7 +211,8 @@ async def test_timeout_sends_abort_to_the_abort_connection(daemon: Daemon) -> No
             abort = await abort_port.get_message(MESSAGE_BYTES)
             assert (abort.message_id, abort.reply_length) == (0, 0)  # no reply expected
             assert notification(abort) == (AvScanMessage.AvMsgAbortScanning, 0, 1, 31)
-            # The worker closes the section after all, with a late "infected".
+            # The worker scans after all, with a late "infected".
+            await scan_port.send(command(AvScanCommand.AvCmdCreateSectionForDataScan, 1, 31), 8)
             close = command(AvScanCommand.AvCmdCloseSectionForDataScan, 1, 31, 1)
             await scan_port.send(close, 0)
             verdict = await scan
@@ -304,6 +306,7 @@ async def test_unloading_times_out_then_aborts_running_scans(daemon: Daemon) -> 
                 (AvScanMessage.AvMsgAbortScanning, 0, 2, 0),
             ]
             # The worker gives up on scan 1 and closes its section.
+            await scan_port.send(command(AvScanCommand.AvCmdCreateSectionForDataScan, 1, 11), 8)
             close = command(AvScanCommand.AvCmdCloseSectionForDataScan, 1, 11, 0)
             await scan_port.send(close, 0)
             verdict = await acknowledged
@@ -390,3 +393,68 @@ async def test_bad_settings_create_nothing(daemon: Daemon) -> None:
             await avscan.setup(flt)
         assert not flt.server_ports
         await flt.unload()
+
+
+# --- where fltemu used to differ from Microsoft's sample ------------------------------------
+
+
+async def test_a_disconnect_closes_whatever_holds_the_type_communication_c(
+    daemon: Daemon,
+) -> None:
+    """AvDisconnectNotifyCallback closes the global of the cookie's type, even a newer
+    connection of that type that took it (here through the query port): Microsoft's hazard."""
+    async with running(daemon, avscan) as flt:
+        state = avscan.state_of(flt)
+        older = await connect(daemon, SCAN, AvConnectionType.AvConnectForScan)
+        newer = await connect(daemon, QUERY, AvConnectionType.AvConnectForScan)
+        await until(lambda: connected(state, ScanType))
+        await older.aclose()
+        # (On a live connection this unknown ScanId gives STATUS_NOT_FOUND, not E_HANDLE.)
+        with pytest.raises(fltuser.HResultError) as info:
+            await newer.send(command(AvScanCommand.AvCmdCreateSectionForDataScan, 99), 8)
+        assert info.value.hresult == 0x80070006
+        await newer.aclose()
+
+
+async def test_a_close_section_without_a_section_drops_the_result_communication_c(
+    daemon: Daemon,
+) -> None:
+    """Only create-section puts the file in the scanning state, the one state in which
+    close-section applies its result: an "infected" without a section is dropped."""
+    async with running(daemon, avscan) as flt:
+        state = avscan.state_of(flt)
+        async with await connect(daemon, SCAN, 1) as port:
+            scan = asyncio.create_task(state.scan("no-section.bin"))
+            message = await port.get_message(MESSAGE_BYTES)
+            await port.reply(message.message_id, struct.pack("<I", 5))
+            infected = AvScanResult.AvScanResultInfected
+            await port.send(command(AvScanCommand.AvCmdCloseSectionForDataScan, 1, 5, infected), 0)
+            verdict = await scan
+    assert (verdict.status, verdict.result, verdict.would_block) == (
+        NtStatus.STATUS_SUCCESS,
+        None,
+        False,
+    )
+
+
+async def test_empty_files_are_not_sent_avscan_c(daemon: Daemon, tmp_path: Path) -> None:
+    """AvScan marks an empty file not infected without asking the user program."""
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    async with running(daemon, avscan, source=f"dir:{watched}", interval="0.01") as flt:
+        state = avscan.state_of(flt)
+        async with await connect(daemon, SCAN, 1) as port:
+            empty = place(watched, "empty.txt", b"")
+            await until(lambda: len(state.verdicts) == 1)
+            full = place(watched, "full.exe", b"MZ")
+            message = await port.get_message(MESSAGE_BYTES)
+            assert state.scans[notification(message)[2]].name == str(full)
+            await port.reply(message.message_id, struct.pack("<I", 1))
+            await port.send(command(AvScanCommand.AvCmdCloseSectionForDataScan, 1), 0)
+            await until(lambda: len(state.verdicts) == 2)
+    first = state.verdicts[0]
+    assert (first.name, first.scan_id, first.result) == (
+        str(empty),
+        0,
+        AvScanResult.AvScanResultClean,
+    )
