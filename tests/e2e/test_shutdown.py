@@ -38,19 +38,24 @@ HANG_FILTER = textwrap.dedent(
 )
 
 
-@pytest.fixture
-def hanging_daemon(tmp_path: Path, socket_path: str) -> subprocess.Popen[str]:
-    (tmp_path / "hangflt.py").write_text(HANG_FILTER)
+def serve_module(folder: Path, socket_path: str, name: str, source: str) -> subprocess.Popen[str]:
+    """``fltemu serve --filter NAME`` with the module NAME written from ``source``."""
+    (folder / f"{name}.py").write_text(source)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fltemu", "serve", "--filter", "hangflt", "--address", socket_path],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        [sys.executable, "-m", "fltemu", "serve", "--filter", name, "--address", socket_path],
+        cwd=folder,
+        env={**os.environ, "PYTHONPATH": str(folder)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     assert proc.stdout is not None and "listening on" in proc.stdout.readline()
     return proc
+
+
+@pytest.fixture
+def hanging_daemon(tmp_path: Path, socket_path: str) -> subprocess.Popen[str]:
+    return serve_module(tmp_path, socket_path, "hangflt", HANG_FILTER)
 
 
 def stuck_send(socket_path: str) -> tuple[threading.Thread, list[BaseException]]:
@@ -112,28 +117,19 @@ def test_a_second_signal_exits_at_once(
 def test_a_second_signal_exits_even_while_a_callback_blocks_the_loop(
     tmp_path: Path, socket_path: str
 ) -> None:
-    (tmp_path / "blocker.py").write_text(
-        textwrap.dedent(
-            """
-            import time
+    blocker = textwrap.dedent(
+        """
+        import time
 
-            async def setup(flt):
-                pass
+        async def setup(flt):
+            pass
 
-            def teardown(flt):
-                time.sleep(120)  # a plain teardown that blocks the event loop
-            """
-        )
+        def teardown(flt):
+            time.sleep(120)  # a plain teardown that blocks the event loop
+        """
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fltemu", "serve", "--filter", "blocker", "--address", socket_path],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None and "listening on" in proc.stdout.readline()
+    proc = serve_module(tmp_path, socket_path, "blocker", blocker)
+    assert proc.stdout is not None
     proc.send_signal(signal.SIGTERM)
     for line in proc.stdout:
         if "shutting down" in line:
