@@ -96,20 +96,26 @@ def test_sigterm_ends_hung_callbacks(
     assert errors[0].hresult == HResult.E_HANDLE
 
 
+def signal_twice(proc: subprocess.Popen[str], second: signal.Signals) -> None:
+    """SIGTERM, wait for the shutdown to begin, then ``second``: the daemon exits at once with
+    128 + its number."""
+    assert proc.stdout is not None
+    proc.send_signal(signal.SIGTERM)
+    for line in proc.stdout:
+        if "shutting down" in line:
+            break
+    proc.send_signal(second)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + second, output
+    assert f"{second.name} again during shutdown" in output
+
+
 def test_a_second_signal_exits_at_once(
     hanging_daemon: subprocess.Popen[str], socket_path: str
 ) -> None:
     thread, errors = stuck_send(socket_path)
-    hanging_daemon.send_signal(signal.SIGTERM)
-    assert hanging_daemon.stdout is not None
-    for line in hanging_daemon.stdout:
-        if "shutting down" in line:
-            break
-    hanging_daemon.send_signal(signal.SIGTERM)
-    output, _ = hanging_daemon.communicate(timeout=60)
     # The graceful path would exit 0 after the grace; the second signal exits 128 + 15.
-    assert hanging_daemon.returncode == 128 + signal.SIGTERM, output
-    assert "SIGTERM again during shutdown" in output
+    signal_twice(hanging_daemon, signal.SIGTERM)
     thread.join(30)
     assert len(errors) == 1
 
@@ -128,13 +134,4 @@ def test_a_second_signal_exits_even_while_a_callback_blocks_the_loop(
             time.sleep(120)  # a plain teardown that blocks the event loop
         """
     )
-    proc = serve_module(tmp_path, socket_path, "blocker", blocker)
-    assert proc.stdout is not None
-    proc.send_signal(signal.SIGTERM)
-    for line in proc.stdout:
-        if "shutting down" in line:
-            break
-    proc.send_signal(signal.SIGINT)
-    output, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGINT, output
-    assert "SIGINT again during shutdown" in output
+    signal_twice(serve_module(tmp_path, socket_path, "blocker", blocker), signal.SIGINT)
