@@ -8,8 +8,9 @@ Three ports, all created by ``setup``:
   only get and reply. A ``k2u`` command on the control port drives kernel->user traffic at
   the connection with that token.
 * ``\\BenchCtl``: a coroutine MessageNotify taking JSON commands: ``k2u`` (run FltSendMessage
-  senders for a warm-up and a window, then answer with the count and latencies measured in
-  the daemon), ``gc`` (collect garbage, answer with the daemon's RSS and connection count),
+  senders for a warm-up and a window, then answer with the count, latencies and the
+  daemon's CPU time measured in the daemon over the window), ``cpu`` (the daemon's CPU time
+  so far, user and system, in ns), ``gc`` (collect garbage, answer with the daemon's RSS and connection count),
   ``tracemalloc`` (allocation sites grouped by line, when started with
   ``--set _bench_filter.tracemalloc=1``).
 
@@ -86,6 +87,12 @@ async def setup(flt: Filter) -> None:
         counts: list[int] = []
         errors: list[int] = []
         latencies: list[int] = []
+        # The daemon's CPU time over the window, sampled by timers at its two ends.
+        cpu: list[int] = []
+        loop = asyncio.get_running_loop()
+        for at in (start, end):
+            delay = (at - time.perf_counter_ns()) / 1e9
+            loop.call_later(delay, lambda: cpu.append(time.process_time_ns()))
 
         async def sender() -> None:
             ns = time.perf_counter_ns
@@ -110,6 +117,8 @@ async def setup(flt: Filter) -> None:
             latencies.extend(lat)
 
         await asyncio.gather(*(sender() for _ in range(int(cmd["senders"]))))
+        while len(cpu) < 2:  # the last sender may return before the closing timer fires
+            await asyncio.sleep(0.001)
         latencies.sort()
         n = len(latencies)
         return {
@@ -118,6 +127,7 @@ async def setup(flt: Filter) -> None:
             "p50_ns": latencies[(n - 1) // 2] if n else None,
             "p99_ns": latencies[int((n - 1) * 0.99)] if n else None,
             "errors": sum(errors),
+            "cpu_ns": cpu[1] - cpu[0],
         }
 
     def memory() -> dict[str, Any]:
@@ -148,6 +158,8 @@ async def setup(flt: Filter) -> None:
         kind = cmd.get("cmd")
         if kind == "k2u":
             result = await drive(cmd)
+        elif kind == "cpu":
+            result = {"cpu_ns": time.process_time_ns()}
         elif kind == "gc":
             result = memory()
         elif kind == "tracemalloc":

@@ -33,7 +33,9 @@ from typing import Any, Final
 
 BENCH_DIR: Final = Path(__file__).resolve().parent
 BUILD_DIR: Final = BENCH_DIR / "_build"
-C_SOURCE: Final = BENCH_DIR / "c" / "ipcbench.c"
+C_DIR: Final = BENCH_DIR / "c"
+#: Headers the C programs include: the Windows side's wire encoder and decoder among them.
+C_INCLUDE: Final = BENCH_DIR.parent / "client" / "windows" / "include"
 
 #: The benchmark filter module the daemon loads (benchmarks/_bench_filter.py).
 FILTER_MODULE: Final = "_bench_filter"
@@ -488,6 +490,7 @@ def start_server(
     ready: str,
     placement: Placement,
     env: dict[str, str] | None = None,
+    cwd: str | None = None,
 ) -> Server:
     """Start ``argv_for(address)`` pinned to the server CPU; wait until it prints ``ready``.
 
@@ -508,6 +511,7 @@ def start_server(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=full_env,
+            cwd=cwd,
         )
     placement.pin_server(proc.pid)
     server = Server(name, proc, address, tmpdir, log_path)
@@ -545,17 +549,27 @@ def daemon_argv(loop: str, extra: Sequence[str] = ()) -> Callable[[str], list[st
     return argv
 
 
-def start_daemon(loop: str, placement: Placement, extra: Sequence[str] = ()) -> Server:
-    """The fltemu daemon under test, in its own process, with ``_bench_filter`` loaded."""
+def start_daemon(
+    loop: str, placement: Placement, extra: Sequence[str] = (), source: Path | None = None
+) -> Server:
+    """The fltemu daemon under test, in its own process, with ``_bench_filter`` loaded.
+
+    ``source``: a directory holding another ``fltemu`` package to run instead of the
+    installed one (``bench_daemon.py --base``).
+    """
     pythonpath = str(BENCH_DIR)
+    if source is not None:
+        pythonpath = f"{source}{os.pathsep}{pythonpath}"
     if os.environ.get("PYTHONPATH"):
         pythonpath += os.pathsep + os.environ["PYTHONPATH"]
     return start_server(
-        f"fltemu daemon ({loop})",
+        f"fltemu daemon ({loop})" + (f" from {source}" if source else ""),
         daemon_argv(loop, extra),
         "fltemu: listening on",
         placement,
         env={"PYTHONPATH": pythonpath},
+        # ``python -m`` puts the working directory first on sys.path.
+        cwd=str(source) if source is not None else None,
     )
 
 
@@ -581,25 +595,26 @@ class CBuild:
     note: str
 
 
-def build_c() -> CBuild:
-    """Compile c/ipcbench.c with ``cc -O2`` into _build/ (once; rebuilt when the source changes).
+def build_c(name: str = "ipcbench") -> CBuild:
+    """Compile ``c/NAME.c`` with ``cc -O2`` into _build/ (once; rebuilt when a source changes).
 
     Without a compiler (or when it fails) the benchmarks carry on with Python-only numbers.
     """
     cc = shutil.which("cc")
     if cc is None:
-        return CBuild(None, "no C compiler (cc) found: C reference not run, no ratios to C")
+        return CBuild(None, "no C compiler (cc) found: C programs not run, no ratios to C")
     BUILD_DIR.mkdir(exist_ok=True)
-    binary = BUILD_DIR / "ipcbench"
-    if binary.exists() and binary.stat().st_mtime >= C_SOURCE.stat().st_mtime:
+    source = C_DIR / f"{name}.c"
+    binary = BUILD_DIR / name
+    newest = max(p.stat().st_mtime for p in [source, *C_DIR.glob("*.h"), *C_INCLUDE.glob("*.h")])
+    if binary.exists() and binary.stat().st_mtime >= newest:
         return CBuild(binary, f"{binary} (cc -O2)")
-    tmp = BUILD_DIR / f"ipcbench.{os.getpid()}.tmp"
+    tmp = BUILD_DIR / f"{name}.{os.getpid()}.tmp"
+    argv = [cc, "-O2", "-Wall", "-Wextra", f"-I{C_INCLUDE}", "-o", str(tmp), str(source)]
     try:
-        result = subprocess.run(
-            [cc, "-O2", "-o", str(tmp), str(C_SOURCE)], capture_output=True, text=True, timeout=120
-        )
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.SubprocessError) as exc:
-        return CBuild(None, f"cc failed ({exc}): C reference not run")
+        return CBuild(None, f"cc failed ({exc}): {name} not run")
     if result.returncode != 0:
         tmp.unlink(missing_ok=True)
         return CBuild(None, f"cc failed: {result.stderr.strip()[:500]}")

@@ -17,115 +17,15 @@
  * Build: cc -O2 -o ipcbench ipcbench.c   (benchmarks/_harness.py does it at run time).
  */
 #define _GNU_SOURCE
-#include <errno.h>
-#include <fcntl.h>
 #include <poll.h>
-#include <signal.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <time.h>
-#include <unistd.h>
 
-#define HEADER_BYTES 4u
-#define READ_CHUNK_BYTES (256u * 1024u) /* one read(2) takes at most this much */
+static const char prog_name[] = "ipcbench";
+#include "iobuf.h"
+
 #define MAX_FRAME_BYTES (64u * 1024u * 1024u)
 #define MAX_FDS 8192
-
-static volatile sig_atomic_t stop_requested;
-
-static void on_signal(int sig) {
-    (void)sig;
-    stop_requested = 1;
-}
-
-static void die(const char *what) {
-    fprintf(stderr, "ipcbench: %s: %s\n", what, strerror(errno));
-    exit(1);
-}
-
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static uint32_t get_le32(const unsigned char *p) {
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-}
-
-static void put_le32(unsigned char *p, uint32_t v) {
-    p[0] = (unsigned char)v;
-    p[1] = (unsigned char)(v >> 8);
-    p[2] = (unsigned char)(v >> 16);
-    p[3] = (unsigned char)(v >> 24);
-}
-
-static void set_nonblocking(int fd) {
-    int flags = fcntl(fd, F_GETFL, 0);
-    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) die("fcntl");
-}
-
-/* A growable byte buffer: [start, len) holds data. */
-typedef struct {
-    unsigned char *data;
-    size_t start, len, cap;
-} buffer;
-
-static void buf_reserve(buffer *b, size_t extra) {
-    if (b->start && b->start + b->len + extra > b->cap) {
-        memmove(b->data, b->data + b->start, b->len);
-        b->start = 0;
-    }
-    if (b->start + b->len + extra > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->start + b->len + extra) cap *= 2;
-        b->data = realloc(b->data, cap);
-        if (!b->data) die("realloc");
-        b->cap = cap;
-    }
-}
-
-static void buf_append(buffer *b, const void *src, size_t n) {
-    buf_reserve(b, n);
-    memcpy(b->data + b->start + b->len, src, n);
-    b->len += n;
-}
-
-static void buf_consume(buffer *b, size_t n) {
-    b->start += n;
-    b->len -= n;
-    if (!b->len) b->start = 0;
-}
-
-/* Write what is pending; returns -1 on a broken connection, else bytes still pending. */
-static ssize_t flush_out(int fd, buffer *out) {
-    while (out->len) {
-        ssize_t n = write(fd, out->data + out->start, out->len);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-            return -1;
-        }
-        buf_consume(out, (size_t)n);
-    }
-    return (ssize_t)out->len;
-}
-
-/* Read once into `in`; returns bytes read, 0 at EOF, -1 on error, -2 if nothing was ready. */
-static ssize_t read_some(int fd, buffer *in) {
-    buf_reserve(in, READ_CHUNK_BYTES);
-    for (;;) {
-        ssize_t n = read(fd, in->data + in->start + in->len, READ_CHUNK_BYTES);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return -2;
-        if (n > 0) in->len += (size_t)n;
-        return n;
-    }
-}
 
 /* ------------------------------------------------------------------------------------------ */
 /* server                                                                                     */
@@ -378,12 +278,7 @@ static void usage(void) {
 
 int main(int argc, char **argv) {
     if (argc < 3) usage();
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    install_stop_handlers();
 
     if (strcmp(argv[1], "server") == 0) return run_server(argv[2]);
     if (strcmp(argv[1], "client") != 0) usage();
