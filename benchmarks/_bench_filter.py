@@ -10,7 +10,8 @@ Three ports, all created by ``setup``:
 * ``\\BenchCtl``: a coroutine MessageNotify taking JSON commands: ``k2u`` (run FltSendMessage
   senders for a warm-up and a window, then answer with the count, latencies and the
   daemon's CPU time measured in the daemon over the window), ``cpu`` (the daemon's CPU time
-  so far, user and system, in ns), ``gc`` (collect garbage, answer with the daemon's RSS and connection count),
+  so far, user and system, in ns), ``gc`` (collect garbage, answer with the daemon's RSS
+  and connection count),
   ``tracemalloc`` (allocation sites grouped by line, when started with
   ``--set _bench_filter.tracemalloc=1``).
 

@@ -182,12 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     loop = args.loop[0]
     with contextlib.ExitStack() as stack:
         start = {"daemon": lambda: h.start_daemon(loop, placement)}
-        impls = [h.Impl("fltemu", {"impl": "fltemu", "loop": loop}, "daemon", _runner(build, timing))]
+        labels = {"impl": "fltemu", "loop": loop}
+        impls = [h.Impl("fltemu", labels, "daemon", _runner(build, timing))]
         if args.base:
             tree = stack.enter_context(checkout(args.base))
             start["base"] = lambda: h.start_daemon(loop, placement, source=tree)
-            labels = {"impl": f"fltemu@{args.base}", "loop": loop}
-            impls.insert(0, h.Impl("base", labels, "base", _runner(build, timing)))
+            base_labels = {"impl": f"fltemu@{args.base}", "loop": loop}
+            impls.insert(0, h.Impl("base", base_labels, "base", _runner(build, timing)))
         configs = [
             {"mode": m, "depth": d, "payload": p}
             for m in args.modes
