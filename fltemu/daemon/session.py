@@ -207,6 +207,7 @@ class Session(asyncio.BufferedProtocol):
 
     def _process_events(self) -> None:
         wire = self._wire
+        send = self._send
         self._in_batch = True
         outstanding = wire.outstanding
         try:
@@ -232,7 +233,13 @@ class Session(asyncio.BufferedProtocol):
                     # when pool memory runs out; replies, cancels and EOF still get through.
                     self._refuse(event)  # type: ignore[arg-type]
                 elif cls is SendRequest:
-                    self._on_send(event)  # type: ignore[arg-type]
+                    assert port is not None
+                    outcome = port.user_send(event.data, event.out_size)  # type: ignore[attr-defined]
+                    if type(outcome) is tuple and len(outcome) == 2:
+                        # A plain MessageNotify's answer: the common case, no sections.
+                        send(SendResult(event.rid, outcome[0], outcome[1]))  # type: ignore[attr-defined]
+                    else:
+                        self._send_outcome(event.rid, outcome)  # type: ignore[attr-defined]
                 elif cls is GetRequest:
                     assert port is not None
                     status = port.user_get(event.rid, event.buffer_size)  # type: ignore[attr-defined]
@@ -263,13 +270,11 @@ class Session(asyncio.BufferedProtocol):
         else:
             self._send(GetResult(request.rid, status))
 
-    def _on_send(self, request: SendRequest) -> None:
-        assert self.port is not None
-        outcome = self.port.user_send(request.data, request.out_size)
+    def _send_outcome(self, rid: int, outcome: SendOutcome | asyncio.Task[SendOutcome]) -> None:
+        """Answer a SendRequest: now, or when its coroutine MessageNotify has run."""
         if isinstance(outcome, tuple):
-            self._send_result(request.rid, outcome)
+            self._send_result(rid, outcome)
             return
-        rid = request.rid
 
         def done(task: asyncio.Task[SendOutcome]) -> None:
             if self._closed:

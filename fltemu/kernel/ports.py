@@ -64,6 +64,12 @@ _DISCONNECTED: Final = NtStatus.STATUS_PORT_DISCONNECTED
 _UNSUCCESSFUL: Final = NtStatus.STATUS_UNSUCCESSFUL
 _NO_RESOURCES: Final = NtStatus.STATUS_INSUFFICIENT_RESOURCES
 _STATUS_MEMBERS: Final = cast("dict[object, NtStatus]", NtStatus._value2member_map_)
+#: Success statuses a MessageNotify result may carry as they are (not STATUS_PENDING, which
+#: fails the send, §2.5), keyed by value; look up only an int or NtStatus (True or 0.0 would
+#: match too).
+_PLAIN_SUCCESS: Final = {
+    int(s): s for s in NtStatus if 0 <= int(s) <= 0x7FFFFFFF and s is not NtStatus.STATUS_PENDING
+}
 
 #: Section handles in a MessageNotify output: offset of the 8-byte handle -> section content.
 Sections = dict[int, bytes]
@@ -342,6 +348,17 @@ class ClientPort:
         return self._message_outcome(result, out_size)
 
     def _message_outcome(self, result: Any, out_size: int) -> SendOutcome:
+        # The common shape first, (a success status, bytes that fit): no further checks apply.
+        if type(result) is tuple and len(result) == 2:
+            raw, output = result
+            status = _PLAIN_SUCCESS.get(raw) if type(raw) is NtStatus or type(raw) is int else None
+            if (
+                status is not None
+                and type(output) is bytes
+                and len(output) <= out_size
+                and len(output) <= self.server_port.filter.manager.max_message_bytes
+            ):
+                return status, output
         name = self.server_port.name
         sections: Any = None
         try:

@@ -108,6 +108,7 @@ NEED_DATA: Final = _NeedData()
 
 _U = Role.USER
 _K = Role.KERNEL
+_OPEN: Final = State.OPEN
 
 # (state, sender, message type) -> next state. Absent pairs are illegal.
 _TRANSITIONS: Final[dict[tuple[State, Role, type], State]] = {
@@ -300,6 +301,23 @@ class WireConnection:
         # Raises LocalProtocolError for any violation; callers convert on the inbound path.
         state = self.state
         cls = type(message)
+        if state is _OPEN:
+            # The traffic of an open connection, checked without the general table: a request
+            # from the user registers its id, a result from the kernel retires one.
+            if sender is _U:
+                result_type = _RESULT_FOR.get(cls)
+                if result_type is not None:
+                    rid = message.rid  # type: ignore[attr-defined]
+                    if rid in self._outstanding:
+                        raise LocalProtocolError(f"request id {rid} reused while still outstanding")
+                    self._outstanding[rid] = result_type
+                    return
+            elif cls in _RESULT_TYPES:
+                rid = message.rid  # type: ignore[attr-defined]
+                expected = self._outstanding.pop(rid, None)
+                if expected is cls:
+                    return
+                self._retire_failed(rid, cls, expected)
         if cls is Goodbye and sender is _K:
             # The daemon may say goodbye in any state, even after a failure, to tell the
             # peer why it is being disconnected.
@@ -323,12 +341,7 @@ class WireConnection:
             rid = message.rid  # type: ignore[attr-defined]
             expected = self._outstanding.pop(rid, None)
             if expected is not cls:
-                if expected is not None:
-                    self._outstanding[rid] = expected
-                raise LocalProtocolError(
-                    f"{cls.__name__} for request id {rid}, which "
-                    + ("is not outstanding" if expected is None else f"wants {expected.__name__}")
-                )
+                self._retire_failed(rid, cls, expected)
         elif cls is Section:
             rid = message.rid  # type: ignore[attr-defined]
             if self._outstanding.get(rid) is not SendResult:
@@ -341,6 +354,16 @@ class WireConnection:
         elif (cls is Connect or cls is Control) and message.version < 1:  # type: ignore[attr-defined]
             raise LocalProtocolError("protocol versions start at 1")
         self.state = new_state
+
+    def _retire_failed(self, rid: int, cls: type, expected: type | None) -> None:
+        # A result for an id that is not outstanding, or of the wrong type: put back what was
+        # popped and raise.
+        if expected is not None:
+            self._outstanding[rid] = expected
+        raise LocalProtocolError(
+            f"{cls.__name__} for request id {rid}, which "
+            + ("is not outstanding" if expected is None else f"wants {expected.__name__}")
+        )
 
 
 class _Eof:
