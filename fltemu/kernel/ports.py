@@ -67,7 +67,7 @@ _STATUS_MEMBERS: Final = cast("dict[object, NtStatus]", NtStatus._value2member_m
 #: Success statuses a MessageNotify result may carry as they are (not STATUS_PENDING, which
 #: fails the send, §2.5), keyed by value; look up only an int or NtStatus (True or 0.0 would
 #: match too).
-_PLAIN_SUCCESS: Final = {
+_PLAIN_SUCCESS: Final[dict[int, NtStatus]] = {
     int(s): s for s in NtStatus if 0 <= int(s) <= 0x7FFFFFFF and s is not NtStatus.STATUS_PENDING
 }
 
@@ -351,14 +351,14 @@ class ClientPort:
         # The common shape first, (a success status, bytes that fit): no further checks apply.
         if type(result) is tuple and len(result) == 2:
             raw, output = result
-            status = _PLAIN_SUCCESS.get(raw) if type(raw) is NtStatus or type(raw) is int else None
+            plain = _PLAIN_SUCCESS.get(raw) if type(raw) is NtStatus or type(raw) is int else None
             if (
-                status is not None
+                plain is not None
                 and type(output) is bytes
                 and len(output) <= out_size
                 and len(output) <= self.server_port.filter.manager.max_message_bytes
             ):
-                return status, output
+                return plain, output
         name = self.server_port.name
         sections: Any = None
         try:
