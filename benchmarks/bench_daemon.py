@@ -112,6 +112,7 @@ def emit_rows(
     configs: list[dict[str, Any]],
     results: dict[tuple[str, int], list[h.RunResult]],
     timing: h.Timing,
+    base: str | None,
 ) -> None:
     """One row per (daemon, configuration); ``× base`` pairs runs of the same repeat."""
     for index, config in enumerate(configs):
@@ -134,6 +135,7 @@ def emit_rows(
                 ]
                 ratio = _median([a / b if a and b else None for a, b in pairs])
                 row["cpu_ratio_base"] = round(ratio, 3) if ratio is not None else None
+            row["base"] = base
             row["repeats"] = len(runs)
             row["warmup_s"] = timing.warmup_s
             row["measure_s"] = timing.measure_s
@@ -184,10 +186,15 @@ def main(argv: list[str] | None = None) -> int:
         start = {"daemon": lambda: h.start_daemon(loop, placement)}
         labels = {"impl": "fltemu", "loop": loop}
         impls = [h.Impl("fltemu", labels, "daemon", _runner(build, timing))]
-        if args.base:
-            tree = stack.enter_context(checkout(args.base))
+        base = args.base
+        try:
+            tree = stack.enter_context(checkout(base)) if base else None
+        except RuntimeError as exc:  # a shallow clone, an unknown revision
+            out.note(f"# the daemon of {base} is not measured: {exc}")
+            tree = base = None
+        if tree is not None:
             start["base"] = lambda: h.start_daemon(loop, placement, source=tree)
-            base_labels = {"impl": f"fltemu@{args.base}", "loop": loop}
+            base_labels = {"impl": f"fltemu@{base}", "loop": loop}
             impls.insert(0, h.Impl("base", base_labels, "base", _runner(build, timing)))
         configs = [
             {"mode": m, "depth": d, "payload": p}
@@ -196,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             for d in args.depth
         ]
         results = h.run_matrix(impls, configs, timing, start, out)
-    emit_rows(out, impls, configs, results, timing)
+    emit_rows(out, impls, configs, results, timing, base)
     if not args.json:
         print(h.format_table(out.rows[1:], COLUMNS))
     h.finish(out, noise)

@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any, Final
 
 import _harness as h
+import bench_daemon
 from bench_connections import IDLE_COLUMNS, MEMORY_COLUMNS
 
 SCRIPTS: Final = {
+    "daemon": "bench_daemon.py",
     "baseline": "baseline.py",
     "roundtrip": "bench_roundtrip.py",
     "kernel_to_user": "bench_kernel_to_user.py",
@@ -59,76 +61,63 @@ def _find_loop(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | Non
         found = _find(rows, loop=loop, **match)
         if found is not None:
             return found
-    return None
+    return _find(rows, **match)
+
+
+def _reference(row: dict[str, Any], metric: str) -> str:
+    if metric == "cpu_ratio_base":
+        return f"fltemu@{row.get('base')}" if row.get("base") else "-"
+    if metric == "ratio_bare":
+        return "bare uvloop " + (
+            "sequential" if row.get("readers") == 1 or row.get("scenario") == "seq" else "same load"
+        )
+    return "-"
 
 
 def evaluate(rows: list[dict[str, Any]], payload: int = 64) -> list[dict[str, Any]]:
-    """One row per target: fltemu's figure, the references', and whether it holds."""
+    """One row per target: fltemu's figure, its reference's, and whether it holds."""
     out: list[dict[str, Any]] = []
-    rt = [r for r in rows if r.get("bench") == "roundtrip"]
-    k2u = [r for r in rows if r.get("bench") == "kernel_to_user"]
-    conn = [r for r in rows if r.get("bench") == "connections"]
     for target in h.TARGETS:
-        tid = target["id"]
-        row: dict[str, Any] = {"bench": "target", "id": tid, "what": target["what"]}
-        found: dict[str, Any] | None = None
-        c_row = bare_row = None
-        if tid in ("seq-sync", "seq-async", "conc8", "pipe64"):
-            scenario = tid.split("-")[0]
-            client = "sync" if tid == "seq-sync" else "async"
-            same = {"scenario": scenario, "payload": payload}
-            found = _find_loop(rt, impl="fltemu", client=client, **same)
-            c_row = _find(rt, impl="C", **same)
-            bare_row = _find_loop(rt, impl="bare", client=client, **same) or _find_loop(
-                rt, impl="bare", client="async", **same
-            )
-        elif tid == "k2u64":
-            same = {"readers": 64, "payload": payload}
-            found = _find_loop(k2u, impl="fltemu", client="async", **same)
-            c_row = _find(k2u, impl="C", **same)
-            bare_row = _find_loop(k2u, impl="bare", client="async", **same)
-            if found is not None:
-                row["ratio_c_pipe64"] = found.get("ratio_c_pipe64")
-        else:
-            found = _find(conn, kind="summary")
-        value = found.get(target["metric"]) if found else None
+        row: dict[str, Any] = {"bench": "target", "id": target["id"], "what": target["what"]}
+        metric = target["metric"]
+        match = dict(target["match"])
+        if target["bench"] != "connections":
+            match["payload"] = payload
+        scope = [r for r in rows if r.get("bench") == target["bench"]]
+        found = _find_loop(scope, **match)
+        value = found.get(metric) if found else None
+        row["metric"] = metric
         row["value"] = value
-        row["metric"] = target["metric"]
+        if found is not None:
+            row["loop"] = found.get("loop")
+            row["fltemu_msgs_per_s"] = found.get("msgs_per_s")
+            row["reference"] = _reference(found, metric)
+            if metric == "cpu_ratio_base":
+                row["cpu_us_per_msg"] = found.get("cpu_us_per_msg")
         if value is None:
             row["figure"] = "-"
-        elif target["metric"] == "msgs_per_s":
-            row["figure"] = h.format_rate(float(value)) + " msg/s"
-        elif target["metric"] == "ratio_c":
-            row["figure"] = f"{value:.2f} × C"
-        elif target["metric"] == "kib_per_connection":
+        elif metric.startswith(("ratio", "cpu_ratio")):
+            row["figure"] = f"{value:.2f} ×"
+        elif metric == "kib_per_connection":
             row["figure"] = f"{value:.1f} KiB"
         else:
             row["figure"] = f"{value:.1f} %"
         if "min" in target:
-            row["target"] = (
-                f">= {target['min']:g} × C"
-                if target["metric"] == "ratio_c"
-                else f">= {h.format_rate(target['min'])} msg/s"
-            )
-            row["holds"] = value is not None and value >= target["min"]
+            row["target"] = f">= {target['min']:.2f} ×"
+            row["holds"] = None if value is None else value >= target["min"]
+        elif "max" in target:
+            unit = {"kib_per_connection": " KiB", "max_abs_change_pct": " %"}.get(metric, " ×")
+            row["target"] = f"<= {target['max']:.2f}{unit}"
+            row["holds"] = None if value is None else value <= target["max"]
         else:
-            unit = " KiB" if target["metric"] == "kib_per_connection" else " %"
-            row["target"] = f"<= {target['max']:g}{unit}"
-            row["holds"] = value is not None and value <= target["max"]
-        if value is None:
+            row["target"] = "(reported)"
             row["holds"] = None
-        if found is not None and "msgs_per_s" in found:
-            row["loop"] = found.get("loop")
-            row["fltemu_msgs_per_s"] = found["msgs_per_s"]
-            row["ratio_c"] = found.get("ratio_c")
-            row["ratio_bare"] = found.get("ratio_bare")
-        row["c_msgs_per_s"] = c_row["msgs_per_s"] if c_row else None
-        row["bare_msgs_per_s"] = bare_row["msgs_per_s"] if bare_row else None
         out.append(row)
     return out
 
 
 TABLES: Final = {
+    "daemon": bench_daemon.COLUMNS,
     "baseline": [
         ("impl", "impl"),
         ("client", "client"),
@@ -175,14 +164,58 @@ TARGET_COLUMNS: Final = [
     ("what", "target"),
     ("loop", "loop"),
     ("fltemu_msgs_per_s", "fltemu msg/s"),
-    ("c_msgs_per_s", "C msg/s"),
-    ("bare_msgs_per_s", "bare msg/s"),
-    ("ratio_c", "× C"),
-    ("ratio_bare", "× bare"),
-    ("figure", "figure"),
+    ("reference", "reference"),
+    ("figure", "fltemu × ref"),
     ("target", "goal"),
     ("verdict", "holds?"),
 ]
+
+#: The lines of README.md that ``--write-readme`` replaces.
+README_START: Final = "<!-- run_all.py --write-readme: start -->"
+README_END: Final = "<!-- run_all.py --write-readme: end -->"
+
+
+def readme_block(env: dict[str, Any], targets: list[dict[str, Any]]) -> str:
+    """The README's speed table: one run's targets, with the machine and versions it ran on."""
+    lines = [
+        README_START,
+        f"One `python benchmarks/run_all.py` run, {env['time'][:10]}: {env['cpu_model']}, "
+        f"{env['cpu_count']} CPUs, {env['os']}, Python {env['python']}, msgspec "
+        f"{env['msgspec']}, uvloop {env['uvloop']}. Absolute rates differ between machines "
+        "(by 2x between two VMs of the same kind); compare the ratios, each to a reference "
+        "measured in the same run.",
+        "",
+        "| target | fltemu | reference | fltemu × reference | goal | holds? |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in targets:
+        rate = t.get("fltemu_msgs_per_s")
+        figure = h.format_rate(float(rate)) + " msg/s" if rate else ""
+        if t.get("cpu_us_per_msg") is not None:
+            figure = f"{t['cpu_us_per_msg']} µs CPU/msg"
+        if t["metric"] in ("kib_per_connection", "max_abs_change_pct"):
+            figure, shown = t["figure"], ""
+        else:
+            shown = t["figure"]
+        lines.append(
+            f"| {t['what']} | {figure} | {t.get('reference', '-')} | {shown} | "
+            f"{t['target']} | {t['verdict']} |"
+        )
+    lines.append(README_END)
+    return "\n".join(lines)
+
+
+def write_readme(path: Path, block: str) -> None:
+    """Replace the marked block of ``path`` with ``block``.
+
+    Raises:
+        SystemExit: the file has no such block.
+    """
+    text = path.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise SystemExit(f"{path}: no block between {README_START!r} and {README_END!r}")
+    path.write_text(text[:start] + block + text[end + len(README_END) :])
 
 
 def print_tables(name: str, rows: list[dict[str, Any]]) -> None:
@@ -213,6 +246,18 @@ def main(argv: list[str] | None = None) -> int:
         help=f"which scripts to run (default: all: {','.join(SCRIPTS)})",
     )
     parser.add_argument("--save", metavar="FILE", help="also write every JSON row to FILE")
+    parser.add_argument(
+        "--write-readme",
+        metavar="FILE",
+        help="replace the speed table of FILE (README.md) with this run's targets",
+    )
+    parser.add_argument(
+        "--base",
+        metavar="REV",
+        default=bench_daemon.CPU_BASE_REV,
+        help="the revision whose daemon CPU per message the CPU targets compare with "
+        f"(default {bench_daemon.CPU_BASE_REV}; 'none' to skip)",
+    )
     parser.add_argument(
         "--loop",
         type=h.choices_list(["uvloop", "asyncio"]),
@@ -256,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
             extra += ["--loop", ",".join(args.loop)]
         if args.client and name in ("roundtrip", "kernel_to_user"):
             extra += ["--client", ",".join(args.client)]
+        if name == "daemon" and args.base != "none":
+            extra += ["--base", args.base]
         script_rows = run_script(name, passthrough, extra)
         rows += script_rows
         for row in script_rows:
@@ -265,15 +312,20 @@ def main(argv: list[str] | None = None) -> int:
             print_tables(name, script_rows)
     targets = evaluate(rows)
     for target in targets:
-        target["verdict"] = {True: "yes", False: "NO", None: "not measured"}[target["holds"]]
+        if target["value"] is None:
+            target["verdict"] = "not measured"
+        else:
+            target["verdict"] = {True: "yes", False: "NO", None: "reported"}[target["holds"]]
         out.emit(target)
     if not args.json:
-        print("## fltemu against the targets (64 B; ratios are to the C pair of the same run)")
+        print("## fltemu against the targets (64 B; each ratio is to a reference of the same run)")
         print(h.format_table(targets, TARGET_COLUMNS))
     h.finish(out, noise)
     if args.save:
         rows += targets + [out.rows[-1]]
         Path(args.save).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if args.write_readme:
+        write_readme(Path(args.write_readme), readme_block(env, targets))
     return 0
 
 

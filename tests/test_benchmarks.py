@@ -119,20 +119,37 @@ def test_connections() -> None:
 
 
 def test_run_all() -> None:
-    # baseline.py is covered above and no target needs it.
-    scripts = "roundtrip,kernel_to_user,connections"
-    rows = run_script("run_all.py", "--quick", "--json", "--scripts", scripts)
+    # baseline.py is covered above and no target needs it; HEAD as the CPU base exists in
+    # every clone, shallow ones too.
+    scripts = "daemon,roundtrip,kernel_to_user,connections"
+    rows = run_script(
+        "run_all.py", "--quick", "--json", "--scripts", scripts, "--base", "HEAD", timeout=110
+    )
     check_env(rows)
+    daemon = of(rows, bench="daemon", impl="fltemu")
+    assert {(r["mode"], r["depth"]) for r in daemon} == {
+        (m, d) for m in ("k2u", "send") for d in (1, 64)
+    }
+    for row in daemon:
+        assert row["cpu_us_per_msg"] > 0
+        assert row["cpu_ratio_base"] is not None
+    assert of(rows, bench="daemon", impl="fltemu@HEAD")
     targets = of(rows, bench="target")
     assert [t["id"] for t in targets] == [
+        "cpu-k2u64",
+        "cpu-send64",
+        "k2u64",
+        "k2u1",
         "seq-sync",
         "seq-async",
         "conc8",
         "pipe64",
-        "k2u64",
+        "pipe64-sync",
+        "k2u64-sync",
         "idle-mem",
         "idle-effect",
     ]
     for target in targets:
         assert {"what", "value", "target", "holds", "verdict"} <= target.keys()
         assert target["value"] is not None
+        assert target["verdict"] in ("yes", "NO", "reported")
