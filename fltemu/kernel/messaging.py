@@ -129,7 +129,8 @@ class MessageQueues:
     Args:
         channel: where getter completions go.
         on_event: optional observer called with a short event name ("deliver", "bounce",
-            "timeout") for counters; never on the hot path's critical decisions.
+            "timeout"); never on the hot path's critical decisions. The counts of delivered
+            and timed-out messages are kept here without it.
     """
 
     __slots__ = (
@@ -138,8 +139,10 @@ class MessageQueues:
         "_next_message_id",
         "_replies",
         "_senders",
+        "delivered",
         "is_failed",
         "on_event",
+        "timed_out",
     )
 
     def __init__(self, channel: Channel, on_event: Callable[[str], None] | None = None) -> None:
@@ -152,6 +155,9 @@ class MessageQueues:
         self._next_message_id = 1
         self.is_failed = False
         self.on_event = on_event
+        #: Messages handed to a getter, and senders that timed out.
+        self.delivered = 0
+        self.timed_out = 0
 
     def __repr__(self) -> str:
         return (
@@ -240,8 +246,19 @@ class MessageQueues:
         if self.is_failed:
             pending.resolve(_DISCONNECTED)
             return pending
-        self._senders[pending] = None
-        self._pump()
+        getters = self._getters
+        if getters and not self._senders:
+            # Nobody waits before this sender: it takes the first getter large enough, as
+            # _pump would, without queueing.
+            need = pending.need
+            for token, size in getters.items():
+                if size >= need:
+                    del getters[token]
+                    self._deliver(token, pending)
+                    break
+        if not pending.message_id and not pending.future.done():
+            self._senders[pending] = None
+            self._pump()
         if pending.future.done():
             return pending
         if timeout is not None:
@@ -287,6 +304,7 @@ class MessageQueues:
     def _expire(self, pending: PendingSend) -> None:
         pending.timer = None
         self.withdraw(pending)
+        self.timed_out += 1
         if self.on_event is not None:
             self.on_event("timeout")
         pending.resolve(_TIMEOUT)
@@ -349,5 +367,6 @@ class MessageQueues:
                 pending.reply_length + FILTER_HEADER_BYTES,
                 pending.data,
             )
+        self.delivered += 1
         if self.on_event is not None:
             self.on_event("deliver")

@@ -183,14 +183,14 @@ class ClientPort:
         self.process = process
         self.cookie: object = None
         self.state = ClientPortState.CONNECTING
-        self.queues = MessageQueues(channel, self._count)
+        self.queues = MessageQueues(channel)
         self._channel = channel
         #: FltCloseClientPort has been called (the driver's variable is NULL).
         self.is_kernel_closed = False
         self.has_slot = True
         self.sends_from_user = 0
-        self.messages_delivered = 0
-        self.messages_timed_out = 0
+        # Kept: the daemon's payload limit is checked per message, three attributes away.
+        self._max_message_bytes = server_port.filter.manager.max_message_bytes
         self._inflight: set[asyncio.Task[SendOutcome]] = set()
         self._notified = False
         self._teardown: asyncio.Task[None] | None = None
@@ -200,6 +200,16 @@ class ClientPort:
             f"<ClientPort #{self.id} to {self.server_port.name!r} {self.state.value} "
             f"pid={self.process.pid} {self.queues!r}>"
         )
+
+    @property
+    def messages_delivered(self) -> int:
+        """Kernel messages handed to a FilterGetMessage of this connection."""
+        return self.queues.delivered
+
+    @property
+    def messages_timed_out(self) -> int:
+        """FltSendMessage calls to this connection that returned STATUS_TIMEOUT."""
+        return self.queues.timed_out
 
     @property
     def is_connected(self) -> bool:
@@ -224,7 +234,7 @@ class ClientPort:
         """FilterReplyMessage (§3.4); see ``MessageQueues.reply`` for the statuses."""
         if self.state is not ClientPortState.CONNECTED:
             return _DISCONNECTED
-        if len(data) > self.server_port.filter.manager.max_message_bytes:
+        if len(data) > self._max_message_bytes:
             # The daemon's limit, not Windows': the sender keeps waiting for a reply that fits.
             return _NO_RESOURCES
         return self.queues.reply(message_id, status, data)
@@ -247,7 +257,7 @@ class ClientPort:
         notify = server_port.message_notify
         if notify is None:
             return NtStatus.STATUS_INVALID_DEVICE_REQUEST, b""
-        if len(data) > server_port.filter.manager.max_message_bytes:
+        if len(data) > self._max_message_bytes:
             return _NO_RESOURCES, b""
         self.sends_from_user += 1
         if server_port.message_notify_is_async:
@@ -316,12 +326,6 @@ class ClientPort:
 
     # --- internals ---------------------------------------------------------------------------
 
-    def _count(self, event: str) -> None:
-        if event == "deliver":
-            self.messages_delivered += 1
-        elif event == "timeout":
-            self.messages_timed_out += 1
-
     def _start_task(self, coro: Awaitable[SendOutcome]) -> asyncio.Task[SendOutcome]:
         task: asyncio.Task[SendOutcome] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
         self._inflight.add(task)
@@ -356,7 +360,7 @@ class ClientPort:
                 plain is not None
                 and type(output) is bytes
                 and len(output) <= out_size
-                and len(output) <= self.server_port.filter.manager.max_message_bytes
+                and len(output) <= self._max_message_bytes
             ):
                 return plain, output
         name = self.server_port.name
@@ -405,7 +409,7 @@ class ClientPort:
                 out_size,
             )
             out = out[:out_size]
-        limit = self.server_port.filter.manager.max_message_bytes
+        limit = self._max_message_bytes
         if len(out) > limit:
             log.warning(
                 "MessageNotify of port %r returned %d bytes, over the daemon's %d-byte message "
@@ -423,7 +427,7 @@ class ClientPort:
         """The valid entries of a MessageNotify's ``{offset: content}``: an 8-byte handle
         inside the output, content within the daemon's message limit."""
         name = self.server_port.name
-        limit = self.server_port.filter.manager.max_message_bytes
+        limit = self._max_message_bytes
         valid: Sections = {}
         try:
             items = list(sections.items())
