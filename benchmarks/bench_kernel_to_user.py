@@ -3,8 +3,10 @@
 The daemon (``fltemu serve --filter _bench_filter``, own process, server CPU) runs
 ``senders`` concurrent FltSendMessage loops (``flt.send_message(client_port, payload,
 reply_length=...)``) at one connection of ``\\BenchK2U``. That connection belongs to this
-process (client CPU), where ``readers`` workers each loop ``get_message`` + ``reply`` (async:
-tasks sharing one AsyncPort; sync: threads sharing one Port). A second connection, to
+process (client CPU), where ``readers`` workers each answer a message and wait for the next
+(async: tasks sharing one AsyncPort; sync: threads sharing one Port), with ``reply_and_get``
+(the reply and the next get in one write: one round trip per message) or, with ``--reader
+separate``, ``reply`` then ``get_message`` (two round trips). A second connection, to
 ``\\BenchCtl``, starts the run and collects the result; the daemon counts the
 ``send_message`` calls that complete (message delivered, reply received) inside the window
 and measures their latency, so a rate here is kernel messages answered per second.
@@ -77,23 +79,28 @@ def run_fltemu(
     reply: bytes,
     seed: int,
     timing: h.Timing,
+    combined: bool = True,
 ) -> h.RunResult:
     """One run: ``senders`` kernel loops against ``readers`` get+reply workers."""
     token = f"k2u-{os.getpid()}-{next(_tokens)}"
     command = _command(token, payload, len(reply), senders, seed, timing)
     buffer_size = payload + _HEADER_BYTES
     if client == "sync":
-        return _run_sync(server.address, token, command, readers, buffer_size, reply)
+        return _run_sync(server.address, token, command, readers, buffer_size, reply, combined)
 
     async def main() -> h.RunResult:
         port = await fltuser.aconnect(h.K2U_PORT, context=token.encode(), address=server.address)
         ctl = await fltuser.aconnect(h.CTL_PORT, address=server.address)
 
         async def reader() -> None:
-            get, answer = port.get_message, port.reply
+            get, answer, answer_and_get = port.get_message, port.reply, port.reply_and_get
+            message = await get(buffer_size)
             while True:
-                message = await get(buffer_size)
-                await answer(message.message_id, reply)
+                if combined:
+                    message = await answer_and_get(message.message_id, reply, buffer_size)
+                else:
+                    await answer(message.message_id, reply)
+                    message = await get(buffer_size)
 
         tasks = [asyncio.create_task(reader()) for _ in range(readers)]
         try:
@@ -110,16 +117,26 @@ def run_fltemu(
 
 
 def _run_sync(
-    address: str, token: str, command: bytes, readers: int, buffer_size: int, reply: bytes
+    address: str,
+    token: str,
+    command: bytes,
+    readers: int,
+    buffer_size: int,
+    reply: bytes,
+    combined: bool,
 ) -> h.RunResult:
     port = fltuser.connect(h.K2U_PORT, context=token.encode(), address=address)
     ctl = fltuser.connect(h.CTL_PORT, address=address)
 
     def reader() -> None:
         try:
+            message = port.get_message(buffer_size)
             while True:
-                message = port.get_message(buffer_size)
-                port.reply(message.message_id, reply)
+                if combined:
+                    message = port.reply_and_get(message.message_id, reply, buffer_size)
+                else:
+                    port.reply(message.message_id, reply)
+                    message = port.get_message(buffer_size)
         except fltuser.HResultError:
             return  # the port was closed: the run is over
 
@@ -136,7 +153,13 @@ def _run_sync(
 
 
 def fltemu_impl(
-    client: str, loop: str, timing: h.Timing, seed: int, senders: int | None, reply_size: int | None
+    client: str,
+    loop: str,
+    timing: h.Timing,
+    seed: int,
+    senders: int | None,
+    reply_size: int | None,
+    combined: bool = True,
 ) -> h.Impl:
     """fltemu kernel->user traffic with one client flavour, as a run_matrix implementation."""
 
@@ -153,9 +176,11 @@ def fltemu_impl(
             reply=h.payload_bytes(size, seed + 1),
             seed=seed,
             timing=timing,
+            combined=combined,
         )
 
-    labels = {"impl": "fltemu", "client": client, "loop": loop}
+    reader = "reply_and_get" if combined else "reply, get"
+    labels = {"impl": "fltemu", "client": client, "loop": loop, "reader": reader}
     return h.Impl(f"fltemu/{client}/{loop}", labels, f"daemon-{loop}", run)
 
 
@@ -164,6 +189,7 @@ COLUMNS: Final = [
     ("client", "client"),
     ("loop", "loop"),
     ("readers", "readers"),
+    ("reader", "reader calls"),
     ("payload", "payload B"),
     ("msgs_per_s", "msg/s"),
     ("spread_pct", "±%"),
@@ -201,6 +227,13 @@ def main(argv: list[str] | None = None) -> int:
         help="bytes of each reply (default: the payload size, as an echo)",
     )
     parser.add_argument(
+        "--reader",
+        choices=["combined", "separate"],
+        default="combined",
+        help="how a reader answers and waits again: reply_and_get (combined, default) or "
+        "reply then get_message (separate)",
+    )
+    parser.add_argument(
         "--baseline",
         type=h.choices_list(["c", "bare", "none"]),
         default=["c", "bare"],
@@ -230,7 +263,15 @@ def main(argv: list[str] | None = None) -> int:
     for loop in args.loop:
         for client in args.client:
             impls.append(
-                fltemu_impl(client, loop, timing, args.seed, args.senders, args.reply_size)
+                fltemu_impl(
+                    client,
+                    loop,
+                    timing,
+                    args.seed,
+                    args.senders,
+                    args.reply_size,
+                    args.reader == "combined",
+                )
             )
     start = baseline.reference_servers(build, bare_loops, "msgpack", placement)
     for loop in args.loop:

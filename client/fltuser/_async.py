@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Final, TypeVar, cast
 
+from fltemu.errors import HResultError
 from fltemu.wire import is_trusted_peer, resolve_address
 
 from ._base import (
@@ -189,6 +190,7 @@ class AsyncPort:
             self.send = _serialized(self.send, lock)  # type: ignore[method-assign]
             self.get_message = _serialized(self.get_message, lock)  # type: ignore[method-assign]
             self.reply = _serialized(self.reply, lock)  # type: ignore[method-assign]
+            self.reply_and_get = _serialized(self.reply_and_get, lock)  # type: ignore[method-assign]
 
     def __repr__(self) -> str:
         return f"<fltuser.AsyncPort {self._core.port_name!r} {self._core.state.value}>"
@@ -236,25 +238,8 @@ class AsyncPort:
         stashed = self._core.take_stashed(buffer_size)
         if stashed is not None:
             return stashed
-        waiter: asyncio.Future[Message] = self._protocol.loop.create_future()
-        rid, frame = self._core.get_request(buffer_size, waiter)
-        self._write(frame)
-        try:
-            if timeout is None:
-                return await waiter
-            async with asyncio.timeout(timeout):
-                return await waiter
-        except (asyncio.CancelledError, TimeoutError):
-            cancel = self._core.abandon_get(rid)
-            if cancel:
-                self._write(cancel)
-            elif cancel is None and not waiter.cancelled() and waiter.exception() is None:
-                # The message came just as we gave up: it goes to the next reader. (One that
-                # reached the cancelled future was requeued by the protocol already.)
-                done, out = self._core.requeue(waiter.result())
-                self._protocol.write(out)
-                self._protocol.complete(done)
-            raise
+        rid, waiter = self._start_get(buffer_size)
+        return await self._finish_get(rid, waiter, timeout)
 
     async def reply(self, message_id: int, data: bytes = b"", status: int = 0) -> None:
         """FilterReplyMessage; see ``Port.reply``."""
@@ -263,6 +248,82 @@ class AsyncPort:
         waiter: asyncio.Future[None] = self._protocol.loop.create_future()
         self._write(self._core.reply_request(message_id, status, data, waiter))
         await waiter
+
+    async def reply_and_get(
+        self,
+        message_id: int,
+        data: bytes,
+        buffer_size: int,
+        status: int = 0,
+        timeout: float | None = None,
+    ) -> Message:
+        """FilterReplyMessage, then FilterGetMessage, in one write; see ``Port.reply_and_get``.
+
+        The usual loop of an agent (answer a message, wait for the next) in one round trip
+        to the daemon instead of two. If the reply fails, or the task is cancelled, the get
+        is withdrawn (a message already on its way goes to the next reader) and the error
+        raised.
+        """
+        if self._protocol.paused:
+            await self._protocol.drain()
+        core = self._core
+        reply_waiter: asyncio.Future[None] = self._protocol.loop.create_future()
+        self._write(core.reply_request(message_id, status, data, reply_waiter))
+        try:
+            stashed = core.take_stashed(buffer_size)
+        except HResultError:
+            await reply_waiter  # the reply's outcome first, as reply() then get_message()
+            raise
+        rid, waiter = (0, None) if stashed is not None else self._start_get(buffer_size)
+        try:
+            await reply_waiter
+        except BaseException:
+            if waiter is not None:
+                self._withdraw_get(rid, waiter)
+            elif stashed is not None:
+                self._hand_on(stashed)
+            raise
+        if waiter is None:
+            assert stashed is not None
+            return stashed
+        return await self._finish_get(rid, waiter, timeout)
+
+    def _start_get(self, buffer_size: int) -> tuple[int, asyncio.Future[Message]]:
+        waiter: asyncio.Future[Message] = self._protocol.loop.create_future()
+        rid, frame = self._core.get_request(buffer_size, waiter)
+        self._write(frame)
+        return rid, waiter
+
+    async def _finish_get(
+        self, rid: int, waiter: asyncio.Future[Message], timeout: float | None
+    ) -> Message:
+        try:
+            if timeout is None:
+                return await waiter
+            async with asyncio.timeout(timeout):
+                return await waiter
+        except (asyncio.CancelledError, TimeoutError):
+            self._withdraw_get(rid, waiter)
+            raise
+
+    def _withdraw_get(self, rid: int, waiter: asyncio.Future[Message]) -> None:
+        """The caller of get ``rid`` gave up: cancel the getter, or hand its message on."""
+        cancel = self._core.abandon_get(rid)
+        if cancel:
+            self._write(cancel)
+        if not waiter.done():
+            # Nobody awaits it any more; an answer that still comes is requeued (a message)
+            # or dropped by the protocol.
+            waiter.cancel()
+        elif cancel is None and not waiter.cancelled() and waiter.exception() is None:
+            # The message came just as we gave up: it goes to the next reader. (One that
+            # reached the cancelled future was requeued by the protocol already.)
+            self._hand_on(waiter.result())
+
+    def _hand_on(self, message: Message) -> None:
+        done, out = self._core.requeue(message)
+        self._protocol.write(out)
+        self._protocol.complete(done)
 
     async def aclose(self) -> None:
         """CloseHandle: disconnect, and return once the filter's DisconnectNotify has run.

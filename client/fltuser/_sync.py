@@ -22,6 +22,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
+from fltemu.errors import HResultError
 from fltemu.wire import is_trusted_peer, resolve_address
 
 from ._base import (
@@ -94,6 +95,7 @@ class Port:
             self.send = _serialized(self.send, lock)  # type: ignore[method-assign]
             self.get_message = _serialized(self.get_message, lock)  # type: ignore[method-assign]
             self.reply = _serialized(self.reply, lock)  # type: ignore[method-assign]
+            self.reply_and_get = _serialized(self.reply_and_get, lock)  # type: ignore[method-assign]
         self._poller = select.poll()
         self._poller.register(sock, select.POLLIN)
         self._rbuf = memoryview(bytearray(READ_BUFFER_BYTES))
@@ -170,18 +172,7 @@ class Port:
                 return stashed
             rid, frame = self._core.get_request(buffer_size, waiter)
         self._write(frame)
-        try:
-            return self._wait(waiter, deadline)  # type: ignore[return-value]
-        except TimeoutError:
-            with self._lock:
-                cancel = self._core.abandon_get(rid)
-            if cancel is None:
-                # Answered just as we gave up: the reading thread is handing the answer over
-                # right now. Take it: a message must never be lost (API.md §5a).
-                return self._take_answer(waiter)  # type: ignore[return-value]
-            if cancel:
-                self._write(cancel)
-            raise
+        return self._finish_get(rid, waiter, deadline)
 
     def reply(self, message_id: int, data: bytes = b"", status: int = 0) -> None:
         """FilterReplyMessage: answer the kernel message ``message_id``.
@@ -199,6 +190,85 @@ class Port:
         waiter = _Waiter()
         self._request(lambda: self._core.reply_request(message_id, status, data, waiter))
         self._wait(waiter, None)
+
+    def reply_and_get(
+        self,
+        message_id: int,
+        data: bytes,
+        buffer_size: int,
+        status: int = 0,
+        timeout: float | None = None,
+    ) -> Message:
+        """FilterReplyMessage, then FilterGetMessage, sent in one write.
+
+        The usual loop of an agent (answer a message, wait for the next) in one round trip
+        to the daemon instead of two; otherwise exactly ``reply`` followed by ``get_message``.
+
+        Raises:
+            HResultError: ``reply``'s errors (the get is then withdrawn: a message already on
+                its way goes to the next reader), then ``get_message``'s.
+            TimeoutError: as ``get_message``; ``timeout`` counts from the call.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        reply_waiter, waiter = _Waiter(), _Waiter()
+        rid = 0
+        stashed: Message | None = None
+        get_error: HResultError | None = None
+        with self._lock:
+            frame = self._core.reply_request(message_id, status, data, reply_waiter)
+            try:
+                stashed = self._core.take_stashed(buffer_size)
+            except HResultError as exc:
+                get_error = exc  # raised after the reply, as get_message would
+            if stashed is None and get_error is None:
+                rid, get_frame = self._core.get_request(buffer_size, waiter)
+                frame += get_frame
+        self._write(frame)
+        try:
+            self._wait(reply_waiter, None)
+        except BaseException:
+            if rid:
+                try:
+                    stashed = self._withdraw_get(rid, waiter)
+                except HResultError:
+                    pass  # the get failed too (disconnected): the reply's error is the one
+            if stashed is not None:
+                self._hand_on(stashed)
+            raise
+        if get_error is not None:
+            raise get_error
+        if stashed is not None:
+            return stashed
+        return self._finish_get(rid, waiter, deadline)
+
+    def _finish_get(self, rid: int, waiter: _Waiter, deadline: float | None) -> Message:
+        try:
+            return self._wait(waiter, deadline)  # type: ignore[return-value]
+        except TimeoutError:
+            message = self._withdraw_get(rid, waiter)
+            if message is not None:
+                return message
+            raise
+
+    def _withdraw_get(self, rid: int, waiter: _Waiter) -> Message | None:
+        """The caller of get ``rid`` gives up: cancel its getter. Returns the message when it
+        was answered already (the reading thread is handing it over right now: a message must
+        never be lost, API.md §5a); raises the get's error if that was its answer."""
+        with self._lock:
+            cancel = self._core.abandon_get(rid)
+        if cancel is None:
+            return self._take_answer(waiter)  # type: ignore[return-value]
+        if cancel:
+            self._write(cancel)
+        return None
+
+    def _hand_on(self, message: Message) -> None:
+        """Give a message this caller will not take to the next reader."""
+        with self._lock:
+            done, out = self._core.requeue(message)
+        if out:
+            self._write(out)
+        self._complete(done)
 
     def close(self) -> None:
         """CloseHandle: disconnect, and return once the filter's DisconnectNotify has run.

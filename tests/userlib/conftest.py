@@ -31,6 +31,18 @@ class SyncDriverPort:
     async def reply(self, message_id: int, data: bytes = b"", status: int = 0) -> None:
         await asyncio.to_thread(self.port.reply, message_id, data, status)
 
+    async def reply_and_get(
+        self,
+        message_id: int,
+        data: bytes,
+        buffer_size: int,
+        status: int = 0,
+        timeout: float | None = None,
+    ) -> fltuser.Message:
+        return await asyncio.to_thread(
+            self.port.reply_and_get, message_id, data, buffer_size, status, timeout
+        )
+
     async def close(self) -> None:
         await asyncio.to_thread(self.port.close)
 
@@ -53,6 +65,16 @@ class AsyncDriverPort:
 
     async def reply(self, message_id: int, data: bytes = b"", status: int = 0) -> None:
         await self.port.reply(message_id, data, status)
+
+    async def reply_and_get(
+        self,
+        message_id: int,
+        data: bytes,
+        buffer_size: int,
+        status: int = 0,
+        timeout: float | None = None,
+    ) -> fltuser.Message:
+        return await self.port.reply_and_get(message_id, data, buffer_size, status, timeout)
 
     async def close(self) -> None:
         await self.port.aclose()

@@ -15,7 +15,7 @@ import pytest
 import fltuser
 from fltemu import NtStatus, SecurityDescriptor, StatusError
 from fltemu.daemon import Daemon
-from fltemu.kernel import ClientPort, Filter, ServerPort
+from fltemu.kernel import ClientPort, Filter, SendMessageResult, ServerPort
 
 from ..helpers import until
 
@@ -354,6 +354,38 @@ async def test_reply_twice_is_no_waiter_3_4(driver: Any, harness: Harness) -> No
     assert hr(exc) == 0x801F0020
     assert isinstance(exc.value, fltuser.NoWaiterForReplyError)
     await sent
+
+
+async def test_reply_and_get_is_a_reply_then_a_get_2_8_3_4(driver: Any, harness: Harness) -> None:
+    port = await driver.connect(PORT)
+    client = await harness.client()
+    first = asyncio.create_task(harness.flt.send_message(client, b"one", reply_length=2))
+    msg = await port.get_message(64)
+    second = asyncio.create_task(harness.flt.send_message(client, b"two", reply_length=2))
+    nxt = await port.reply_and_get(msg.message_id, b"ok", 64)
+    assert await first == SendMessageResult(NtStatus.STATUS_SUCCESS, b"ok")
+    assert (nxt.message_id, nxt.data) == (2, b"two")
+    # The reply goes out even when no message follows; the get then times out and is withdrawn.
+    with pytest.raises(TimeoutError):
+        await port.reply_and_get(nxt.message_id, b"no", 64, NtStatus.STATUS_VIRUS_INFECTED, 0.05)
+    assert await second == SendMessageResult(NtStatus.STATUS_VIRUS_INFECTED, b"no")
+    await until(lambda: client.queues.getter_count == 0)
+    await driver.close_all()
+
+
+async def test_reply_and_get_whose_reply_fails_withdraws_the_get_3_4(
+    driver: Any, harness: Harness
+) -> None:
+    port = await driver.connect(PORT)
+    client = await harness.client()
+    with pytest.raises(fltuser.NoWaiterForReplyError):
+        await port.reply_and_get(7, b"late", 64)
+    await until(lambda: client.queues.getter_count == 0)
+    # Nothing was lost or left behind: the next message goes to the next get.
+    sent = asyncio.create_task(harness.flt.send_message(client, b"next"))
+    assert (await port.get_message(64)).data == b"next"
+    assert (await sent).status == NtStatus.STATUS_SUCCESS
+    await driver.close_all()
 
 
 async def test_reply_longer_than_kernel_buffer_overflows_3_4(driver: Any, harness: Harness) -> None:
