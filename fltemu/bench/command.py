@@ -131,9 +131,9 @@ def _limit_lines(report: BenchReport) -> list[str]:
     bound = "at least " if limit.is_lower_bound else ""
     lines = [
         f"  fltemu's own limit: {bound}{limit.throughput:,.0f} msg/s with these settings "
-        f"({how}, one connection), measured for {limit.seconds:.1f} s against its "
-        "instant-reply agent in a process of its own, over the same socket"
-        + (f"; {', '.join(busy)}" if busy else "")
+        f"({how}, one connection)",
+        f"    measured for {limit.seconds:.1f} s against its instant-reply agent in a process of "
+        "its own, over the same socket" + (f"; {', '.join(busy)}" if busy else ""),
     ]
     if report.near_limit:
         lines.append(
