@@ -33,7 +33,7 @@ def percentile_svg(
         histogram: the latencies to draw.
         title: the first line on top (e.g. what ran and its throughput).
         subtitle: the second line (e.g. the run's settings).
-        notes: lines drawn in red inside the plot (e.g. what the curve leaves out).
+        notes: lines in red under the plot (e.g. what the curve leaves out).
     """
     curve = histogram.percentile_curve()
     top_ms = max((v for _, v in curve), default=0) / 1e6 or 1.0
@@ -43,10 +43,11 @@ def percentile_svg(
     def y(value_ns: float) -> float:
         return _TOP + (_H - _TOP - _BOTTOM) * (1 - (value_ns / 1e6) / top_ms)
 
+    height = _H + 18 * len(notes)
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{height}" '
         'font-family="sans-serif" font-size="12">',
-        f'<rect width="{_W}" height="{_H}" fill="white"/>',
+        f'<rect width="{_W}" height="{height}" fill="white"/>',
         f'<text x="{_W / 2}" y="22" text-anchor="middle" font-size="15">{escape(title)}</text>',
         f'<text x="{_W / 2}" y="40" text-anchor="middle">{escape(subtitle)}</text>',
     ]
@@ -74,9 +75,7 @@ def percentile_svg(
             'text-anchor="middle" font-size="15" fill="#c00">no values to plot</text>'
         )
     for i, note in enumerate(notes):
-        parts.append(
-            f'<text x="{_LEFT + 8}" y="{_TOP + 18 + 16 * i}" fill="#c00">{escape(note)}</text>'
-        )
+        parts.append(f'<text x="{_LEFT}" y="{_H + 18 * i}" fill="#c00">{escape(note)}</text>')
     parts.append(
         f'<text x="{_W / 2}" y="{_H - 20}" text-anchor="middle">percentile (log scale of '
         "1/(1 - p): each step right adds a nine)</text>"
