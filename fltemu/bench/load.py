@@ -344,12 +344,12 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def _session_cpu_seconds(session: int) -> float | None:
-    """User + system CPU seconds of every live process in a session, with the children they
-    waited for (Linux ``/proc``; ``None`` elsewhere).
+def _tree_cpu_seconds(leader: int) -> float | None:
+    """User + system CPU seconds of every live process whose Unix session id is ``leader``,
+    with the children they waited for (Linux ``/proc``; ``None`` elsewhere).
 
-    The agent is started as a session leader, so this covers a wrapper (a shell, ``fltemu
-    wine``) and whatever it starts, not only the first process.
+    The agent is started under setsid, so this covers a wrapper (a shell, ``fltemu wine``)
+    and whatever it starts, not only the first process.
     """
     try:
         pids = [name for name in os.listdir("/proc") if name.isdigit()]
@@ -363,7 +363,7 @@ def _session_cpu_seconds(session: int) -> float | None:
                 fields = f.read().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue  # gone meanwhile
-        if int(fields[3]) != session:  # state ppid pgrp session ...
+        if int(fields[3]) != leader:  # state ppid pgrp sid ...
             continue
         found = True
         ticks += sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
@@ -610,12 +610,12 @@ async def run_bench(
                         raise
                     raise BenchError(_with_output(str(exc), _tail(output))) from None
                 report.connections = len(run.connections)
-                agent_cpu = _session_cpu_seconds(agent.pid) if agent is not None else None
+                agent_cpu = _tree_cpu_seconds(agent.pid) if agent is not None else None
                 own_cpu = time.process_time()
                 report.elapsed = await run.drive(config.duration, progress)
                 report.fltemu_cpu_seconds = time.process_time() - own_cpu
                 if agent is not None:
-                    end_cpu = _session_cpu_seconds(agent.pid)
+                    end_cpu = _tree_cpu_seconds(agent.pid)
                     if agent_cpu is not None and end_cpu is not None:
                         report.agent_startup_cpu_seconds = agent_cpu
                         report.agent_cpu_seconds = max(0.0, end_cpu - agent_cpu)
@@ -678,11 +678,11 @@ async def _check_limit(flt: Filter, config: BenchConfig, address: str) -> LimitC
                 return LimitCheck(None, error=_with_output(str(exc), _tail(output)))
             await run.drive(LIMIT_WARMUP_SECONDS, None)
             run.restart(BenchReport(calibration, address))
-            agent_cpu = _session_cpu_seconds(agent.pid)
+            agent_cpu = _tree_cpu_seconds(agent.pid)
             own_cpu = time.process_time()
             elapsed = await run.drive(LIMIT_SECONDS, None)
             own = (time.process_time() - own_cpu) / elapsed
-            end_cpu = _session_cpu_seconds(agent.pid)
+            end_cpu = _tree_cpu_seconds(agent.pid)
             theirs = None
             if agent_cpu is not None and end_cpu is not None:
                 theirs = max(0.0, end_cpu - agent_cpu) / elapsed
@@ -729,7 +729,7 @@ async def _wait_for_agent(
 
 
 async def _stop_agent(agent: asyncio.subprocess.Process) -> tuple[int, signal.Signals | None]:
-    """Stop the agent's session (SIGTERM, then SIGKILL after 5 s); its exit status and the
+    """Stop the agent's process group (SIGTERM, then SIGKILL after 5 s); its exit status and the
     signal fltemu sent last, if any."""
     sent: signal.Signals | None = None
     if agent.returncode is None:

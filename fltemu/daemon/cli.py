@@ -174,11 +174,11 @@ and percentiles count answered messages only. Timeouts and other statuses are co
 them, with the messages still in flight when the run stopped: sent = answered + not
 answered + in flight.
 
-The agent is started in a session of its own with FLTEMU_SOCKET set to the bench's socket
-and, when fltemu runs in a virtual environment, that environment first on PATH (so `python`
-is the one with fltuser). Its output goes to a temporary file; the last lines are shown when
-it fails. The CPU time of its processes during the run is reported. Without an agent command,
-start your agent yourself against the socket printed on stderr.
+The agent is started under setsid (a process group of its own) with FLTEMU_SOCKET set to
+the bench's socket and, when fltemu runs in a virtual environment, that environment first on
+PATH (so `python` is the one with fltuser). Its output goes to a temporary file; the last
+lines are shown when it fails. The CPU time of its processes during the run is reported.
+Without an agent command, start your agent yourself against the socket printed on stderr.
 
 After the run, unless --no-limit-check, fltemu measures its own limit: for about 1 s, the same
 mode, concurrency (open loop: 4x the rate), message and reply length against its built-in
