@@ -9,7 +9,8 @@ import pytest
 
 
 @pytest.mark.parametrize(
-    "module", ["fltemu.status", "fltemu.kernel.messaging", "fltemu.bench.histogram"]
+    "module",
+    ["fltemu.status", "fltemu.kernel.messaging", "fltemu.bench.histogram", "fltemu.bench.load"],
 )
 def test_docstring_examples(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module))

@@ -13,27 +13,55 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Final
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field, replace
+from typing import IO, Any, Final
 
 from ..daemon import Daemon
 from ..errors import FltEmuError
-from ..kernel import ClientPort, SecurityDescriptor
+from ..kernel import ClientPort, Filter, SecurityDescriptor, ServerPort
 from ..status import NtStatus
 from .histogram import LatencyHistogram
 
-__all__ = ["BenchConfig", "BenchError", "BenchReport", "Progress", "run_bench"]
+__all__ = [
+    "BenchConfig",
+    "BenchError",
+    "BenchReport",
+    "LimitCheck",
+    "Progress",
+    "describe_exit",
+    "run_bench",
+]
 
 #: Open loop: messages in flight beyond which new ones are counted as skipped rather than
 #: sent, so that a dead agent cannot make the generator grow without bound.
 MAX_IN_FLIGHT: Final = 10_000
 #: How often the progress callback runs, in seconds.
 PROGRESS_INTERVAL: Final = 1.0
+#: Lines of the agent's output (stdout and stderr together) kept for the report.
+AGENT_OUTPUT_LINES: Final = 20
+#: How long an agent whose connections all broke gets to exit by itself before fltemu stops
+#: it, so that its own exit status (and last words) are what the report shows.
+AGENT_EXIT_GRACE: Final = 1.0
+#: The limit check: a warm-up (not counted), then the measured calibration run, in seconds.
+#: One second holds thousands of round trips at any rate where the check matters.
+LIMIT_WARMUP_SECONDS: Final = 0.2
+LIMIT_SECONDS: Final = 1.0
+#: The limit check in open loop offers this many times the run's rate: sustaining all of it
+#: proves the limit far enough above the run's rate, falling short measures the limit.
+LIMIT_OFFER_FACTOR: Final = 4.0
+#: The agent's throughput within this factor of fltemu's own limit earns a warning.
+LIMIT_FACTOR: Final = 2.0
+#: Getters the instant-reply agent keeps pending: one more than the messages in flight (so
+#: the next get is always parked), at most this many (each is an open request on the
+#: connection, of which the daemon allows 1024).
+LIMIT_MAX_GETTERS: Final = 256
+#: The port name of the calibration run, hosted on the same daemon beside the user's port.
+LIMIT_PORT: Final = "\\FltemuBenchLimitCheck"
 
 
 class BenchError(FltEmuError):
@@ -58,6 +86,7 @@ class BenchConfig:
         max_connections: connections the port accepts; messages go round-robin.
         connect_timeout: how long to wait for the agent to connect.
         everyone: admit every local user to the port (default: root and this user).
+        limit_check: after the run, measure what fltemu alone sustains with these settings.
     """
 
     port: str
@@ -73,6 +102,7 @@ class BenchConfig:
     max_connections: int = 1
     connect_timeout: float = 30.0
     everyone: bool = False
+    limit_check: bool = True
 
 
 @dataclass
@@ -81,38 +111,169 @@ class Progress:
 
     elapsed: float
     sent: int
-    completed: int
-    succeeded: int
+    answered: int
     timeouts: int
     p99_ns: int
 
 
 @dataclass
+class LimitCheck:
+    """What fltemu alone sustained with a run's settings, against its instant-reply agent.
+
+    The calibration run uses the run's mode, concurrency, message, reply length and timeout,
+    one connection, and ``python -m fltemu.bench.instant`` in a process of its own as the
+    agent, over the same daemon and socket. Its figure is a ceiling for any agent: a real
+    agent can only be slower than one that answers at once.
+
+    Attributes:
+        throughput: answered messages per second, or ``None`` when the check failed.
+        seconds: how long the measured part ran.
+        concurrency: closed loop: messages in flight.
+        offered_rate: open loop: the rate offered (the run's rate x ``LIMIT_OFFER_FACTOR``).
+        fltemu_cpu: fltemu's own process, CPU seconds per second of the calibration run.
+        agent_cpu: the instant-reply agent's, likewise (``None`` where /proc is missing).
+        error: why there is no figure.
+    """
+
+    throughput: float | None
+    seconds: float = 0.0
+    concurrency: int | None = None
+    offered_rate: float | None = None
+    fltemu_cpu: float | None = None
+    agent_cpu: float | None = None
+    error: str | None = None
+
+    @property
+    def is_lower_bound(self) -> bool:
+        """The figure understates the limit: all the offered rate went through, or the
+        instant-reply agent, not fltemu, was the busier process."""
+        if self.throughput is None:
+            return False
+        if self.offered_rate is not None and self.throughput >= 0.95 * self.offered_rate:
+            return True
+        return (
+            self.fltemu_cpu is not None
+            and self.agent_cpu is not None
+            and self.agent_cpu > self.fltemu_cpu
+        )
+
+    def is_near(self, throughput: float) -> bool:
+        """``throughput`` is within ``LIMIT_FACTOR`` of this limit: it may be fltemu's."""
+        return bool(self.throughput) and throughput * LIMIT_FACTOR >= (self.throughput or 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary."""
+        return {
+            "throughput": None if self.throughput is None else round(self.throughput, 3),
+            "lower_bound": self.is_lower_bound,
+            "seconds": round(self.seconds, 6),
+            "mode": "open" if self.offered_rate is not None else "closed",
+            "concurrency": self.concurrency,
+            "offered_rate": self.offered_rate,
+            "fltemu_cpu": None if self.fltemu_cpu is None else round(self.fltemu_cpu, 3),
+            "agent_cpu": None if self.agent_cpu is None else round(self.agent_cpu, 3),
+            "measured": "answered msg/s of fltemu's own process (daemon and load) against "
+            "python -m fltemu.bench.instant, an instant-reply agent in a process of its own, "
+            "same socket and settings, one connection",
+            "error": self.error,
+        }
+
+
+def describe_exit(returncode: int, signalled: signal.Signals | None = None) -> str:
+    """An exit status in words; ``signalled`` is the signal fltemu sent the agent, if any.
+
+    >>> describe_exit(-15, signal.SIGTERM)
+    'stopped by fltemu (SIGTERM)'
+    >>> describe_exit(2)
+    'exited with status 2'
+    >>> describe_exit(-9)
+    'killed by SIGKILL'
+    """
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        if signalled is not None and signalled.name == name:
+            return f"stopped by fltemu ({name})"
+        return f"killed by {name}"
+    if signalled is not None:
+        return f"exited with status {returncode} after fltemu sent {signalled.name}"
+    return f"exited with status {returncode}"
+
+
+@dataclass
 class BenchReport:
-    """What a run measured."""
+    """What a run measured.
+
+    ``sent`` = ``answered`` + ``not_answered`` + ``in_flight``: every message FltSendMessage
+    returned for (``completed``) is answered, or not answered with the status it returned;
+    the rest were still in flight when the run stopped and were withdrawn. Throughput and the
+    latency histogram count answered messages only.
+    """
 
     config: BenchConfig
     address: str
     elapsed: float = 0.0
     sent: int = 0
     completed: int = 0
+    answered: int = 0
     skipped: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
+    failures: Counter[str] = field(default_factory=Counter)
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     agent_pid: int | None = None
     agent_cpu_seconds: float | None = None
+    agent_startup_cpu_seconds: float | None = None
     agent_exit: int | None = None
+    agent_signalled: signal.Signals | None = None
+    agent_ended_by_itself: bool = False
+    agent_output: list[str] = field(default_factory=list)
+    fltemu_cpu_seconds: float | None = None
     connections: int = 0
+    limit: LimitCheck | None = None
 
     @property
     def throughput(self) -> float:
         """Answered messages per second."""
-        return self.completed / self.elapsed if self.elapsed > 0 else 0.0
+        return self.answered / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def not_answered(self) -> int:
+        """Messages FltSendMessage returned for without an answer (timeout, disconnect...)."""
+        return self.completed - self.answered
+
+    @property
+    def in_flight(self) -> int:
+        """Messages still waiting for delivery or reply when the run stopped (withdrawn)."""
+        return self.sent - self.completed
 
     @property
     def timeouts(self) -> int:
         """Messages whose FltSendMessage returned STATUS_TIMEOUT."""
-        return self.statuses.get(NtStatus.STATUS_TIMEOUT.name, 0)
+        return self.failures.get(NtStatus.STATUS_TIMEOUT.name, 0)
+
+    @property
+    def agent_failed(self) -> bool:
+        """The agent ended before fltemu stopped it, or with a status that says it failed."""
+        code = self.agent_exit
+        if code is None:
+            return False
+        if self.agent_ended_by_itself:
+            return True
+        sig = self.agent_signalled
+        return code != 0 and not (sig is not None and code in (-sig, 128 + sig))
+
+    @property
+    def agent_exit_text(self) -> str | None:
+        """The agent's exit status in words."""
+        if self.agent_exit is None:
+            return None
+        return describe_exit(self.agent_exit, self.agent_signalled)
+
+    def per_second(self, n: int) -> float:
+        """``n`` over the run's duration."""
+        return n / self.elapsed if self.elapsed > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary."""
@@ -126,15 +287,31 @@ class BenchReport:
             "message_bytes": len(c.payload),
             "reply_length": c.reply_length,
             "timeout": c.timeout,
+            "duration": c.duration,
+            "count": c.count,
             "connections": self.connections,
+            "address": self.address,
             "elapsed": round(self.elapsed, 6),
             "sent": self.sent,
             "completed": self.completed,
+            "answered": self.answered,
+            "not_answered": self.not_answered,
+            "in_flight": self.in_flight,
             "skipped": self.skipped,
             "throughput": round(self.throughput, 3),
             "statuses": dict(self.statuses),
+            "failures": {
+                name: {
+                    "count": n,
+                    "per_second": round(self.per_second(n), 3),
+                    "share_of_sent": round(n / self.sent, 6) if self.sent else 0.0,
+                }
+                for name, n in self.failures.most_common()
+            },
             "timeouts": self.timeouts,
             "latency_ms": {
+                "of": "answered messages",
+                "count": h.count,
                 "p50": h.percentile(50) / 1e6,
                 "p90": h.percentile(90) / 1e6,
                 "p99": h.percentile(99) / 1e6,
@@ -143,22 +320,105 @@ class BenchReport:
                 "mean": round(h.mean / 1e6, 6),
             },
             "agent": {
+                "command": list(c.agent) or None,
                 "pid": self.agent_pid,
-                "cpu_seconds": self.agent_cpu_seconds,
+                "cpu_seconds": _round(self.agent_cpu_seconds),
+                "startup_cpu_seconds": _round(self.agent_startup_cpu_seconds),
                 "exit": self.agent_exit,
+                "exit_text": self.agent_exit_text,
+                "failed": self.agent_failed,
+                "output_tail": self.agent_output,
             },
+            "fltemu_cpu_seconds": _round(self.fltemu_cpu_seconds),
+            "limit": None if self.limit is None else self.limit.to_dict(),
+            "near_limit": self.near_limit,
         }
 
+    @property
+    def near_limit(self) -> bool:
+        """The throughput is within ``LIMIT_FACTOR`` of what fltemu alone sustained."""
+        return self.limit is not None and self.limit.is_near(self.throughput)
 
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a live process and its waited-for children (Linux)."""
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _tree_cpu_seconds(leader: int) -> float | None:
+    """User + system CPU seconds of every live process whose Unix session id is ``leader``,
+    with the children they waited for (Linux ``/proc``; ``None`` elsewhere).
+
+    The agent is started under setsid, so this covers a wrapper (a shell, ``fltemu wine``)
+    and whatever it starts, not only the first process.
+    """
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+        pids = [name for name in os.listdir("/proc") if name.isdigit()]
     except OSError:
         return None
-    ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
-    return ticks / os.sysconf("SC_CLK_TCK")
+    ticks = 0
+    found = False
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[3]) != leader:  # state ppid pgrp sid ...
+            continue
+        found = True
+        ticks += sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK") if found else None
+
+
+def _agent_env(address: str) -> dict[str, str]:
+    """The agent's environment: FLTEMU_SOCKET, and fltemu's virtual environment (if it runs
+    in one) activated, so that ``python`` in the agent command has fltuser."""
+    env = {**os.environ, "FLTEMU_SOCKET": address}
+    if sys.prefix != sys.base_prefix:
+        bindir = os.path.dirname(sys.executable)
+        path = env.get("PATH", os.defpath).split(os.pathsep)
+        env["PATH"] = os.pathsep.join([bindir, *(p for p in path if p != bindir)])
+        env["VIRTUAL_ENV"] = sys.prefix
+        env.pop("PYTHONHOME", None)
+    return env
+
+
+async def _start_agent(
+    command: tuple[str, ...], address: str, output: IO[bytes]
+) -> asyncio.subprocess.Process:
+    try:
+        return await asyncio.create_subprocess_exec(
+            *command,
+            env=_agent_env(address),
+            stdout=output,
+            stderr=output,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        if isinstance(exc, FileNotFoundError) and os.sep not in command[0]:
+            why += " (not found on PATH)"
+        raise BenchError(f"cannot start the agent {command[0]!r}: {why}") from exc
+
+
+def _tail(output: IO[bytes], lines: int = AGENT_OUTPUT_LINES) -> list[str]:
+    """The last ``lines`` lines written to ``output``."""
+    try:
+        size = output.seek(0, os.SEEK_END)
+        output.seek(max(0, size - 200 * lines))
+        text = output.read().decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return []
+    found = text.splitlines()
+    if size > 200 * lines and found:
+        found = found[1:]  # the first line is probably cut
+    return [line.rstrip() for line in found[-lines:]]
+
+
+def _with_output(message: str, output: list[str]) -> str:
+    if not output:
+        return message + "; it printed nothing"
+    return message + "; its last output:\n" + "\n".join(f"  | {line}" for line in output)
 
 
 class _Run:
@@ -169,6 +429,12 @@ class _Run:
         self.connected = asyncio.Event()
         self.next_connection = 0
         self.stop = asyncio.Event()
+        self.agent_gone = False
+
+    def restart(self, report: BenchReport) -> None:
+        """Count afresh (after a warm-up) on the same connections."""
+        self.report = report
+        self.stop = asyncio.Event()
 
     def target(self) -> ClientPort | None:
         live = [c for c in self.connections if c.is_connected]
@@ -177,14 +443,19 @@ class _Run:
         self.next_connection = (self.next_connection + 1) % len(live)
         return live[self.next_connection]
 
-    def record(self, status: NtStatus, latency_ns: int) -> None:
+    def record(self, status: NtStatus, is_answered: bool, latency_ns: int) -> None:
         report = self.report
         report.completed += 1
         report.statuses[status.name] += 1
-        report.latency.record(latency_ns)
+        if is_answered:
+            report.answered += 1
+            report.latency.record(latency_ns)
+        else:
+            report.failures[status.name] += 1
         if status == NtStatus.STATUS_PORT_DISCONNECTED and not any(
             c.is_connected for c in self.connections
         ):
+            self.agent_gone = True
             self.stop.set()  # the agent is gone: nothing more can be measured
 
     async def one(self, started_ns: int) -> None:
@@ -192,11 +463,19 @@ class _Run:
         target = self.target()
         self.report.sent += 1
         if target is None:
-            self.record(NtStatus.STATUS_PORT_DISCONNECTED, time.perf_counter_ns() - started_ns)
+            self.record(
+                NtStatus.STATUS_PORT_DISCONNECTED, False, time.perf_counter_ns() - started_ns
+            )
             return
         flt = target.server_port.filter
         result = await flt.send_message(target, config.payload, config.reply_length, config.timeout)
-        self.record(result.status, time.perf_counter_ns() - started_ns)
+        # An answer is a reply (whatever status the agent put in it), or, when none was asked
+        # for, the delivery; a timeout or a disconnect leaves ``reply`` None.
+        if config.reply_length is None:
+            is_answered = result.status == NtStatus.STATUS_SUCCESS
+        else:
+            is_answered = result.reply is not None
+        self.record(result.status, is_answered, time.perf_counter_ns() - started_ns)
 
     def budget_left(self) -> bool:
         count = self.config.count
@@ -214,31 +493,89 @@ class _Run:
         start = time.perf_counter_ns()
         tasks: set[asyncio.Task[None]] = set()
         i = 0
-        while self.budget_left():
-            scheduled = start + i * interval_ns
-            delay = (scheduled - time.perf_counter_ns()) / 1e9
-            if delay > 0:
-                await asyncio.sleep(delay)
-            i += 1
-            if not self.budget_left():
-                break
-            if len(tasks) >= MAX_IN_FLIGHT:
-                self.report.skipped += 1
-                continue
-            task = asyncio.get_running_loop().create_task(self.one(scheduled))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        if tasks:
-            await asyncio.gather(*tasks)
+        try:
+            while self.budget_left():
+                scheduled = start + i * interval_ns
+                delay = (scheduled - time.perf_counter_ns()) / 1e9
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                i += 1
+                if not self.budget_left():
+                    break
+                if len(tasks) >= MAX_IN_FLIGHT:
+                    self.report.skipped += 1
+                    continue
+                task = asyncio.get_running_loop().create_task(self.one(scheduled))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks)
+        finally:
+            # The end of the run (its duration, the agent gone) withdraws what is still in
+            # flight, as the closed loop's cancelled senders do: nothing is counted after it.
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def drive(
+        self, duration: float | None, progress: Callable[[Progress], None] | None
+    ) -> float:
+        """Send for ``duration`` (or until the count), then withdraw what is in flight;
+        returns the elapsed seconds."""
+        started = time.perf_counter()
+        ticker = asyncio.get_running_loop().create_task(_tick(self, started, progress))
+        load = self.open_loop(self.config.rate) if self.config.rate else self.closed_loop()
+        try:
+            if duration is not None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(duration):
+                        await load
+            else:
+                await load
+        finally:
+            self.stop.set()
+            ticker.cancel()
+        return time.perf_counter() - started
+
+
+def _host(
+    flt: Filter, name: str, run: _Run, max_connections: int, everyone: bool
+) -> Coroutine[Any, Any, ServerPort]:
+    def on_connect(client_port: ClientPort, cookie: object, context: bytes) -> int:
+        run.connections.append(client_port)
+        run.connected.set()
+        return 0
+
+    async def on_disconnect(cookie: object) -> None:
+        for c in run.connections:
+            if not c.is_connected:
+                await flt.close_client_port(c)
+
+    return flt.create_communication_port(
+        name,
+        connect_notify=on_connect,
+        disconnect_notify=on_disconnect,
+        max_connections=max_connections,
+        security=SecurityDescriptor.allow(everyone=True) if everyone else None,
+    )
 
 
 async def run_bench(
-    config: BenchConfig, progress: Callable[[Progress], None] | None = None
+    config: BenchConfig,
+    progress: Callable[[Progress], None] | None = None,
+    listening: Callable[[str], None] | None = None,
 ) -> BenchReport:
     """Host ``config.port``, wait for the agent, drive the load, and report.
 
+    Args:
+        config: the run.
+        progress: called every ``PROGRESS_INTERVAL`` seconds during the run.
+        listening: called with the socket's path once it accepts connections.
+
     Raises:
-        BenchError: no agent connected within ``connect_timeout``, or the agent exited first.
+        BenchError: the agent could not be started, exited before connecting, or none
+            connected within ``connect_timeout``.
     """
     tmp: tempfile.TemporaryDirectory[str] | None = None
     address = config.address
@@ -248,61 +585,123 @@ async def run_bench(
     report = BenchReport(config, address)
     run = _Run(config, report)
     agent: asyncio.subprocess.Process | None = None
-    try:
-        async with Daemon(address) as daemon:
-            flt = daemon.register_filter("bench")
-
-            def on_connect(client_port: ClientPort, cookie: object, context: bytes) -> int:
-                run.connections.append(client_port)
-                run.connected.set()
-                return 0
-
-            async def on_disconnect(cookie: object) -> None:
-                for c in run.connections:
-                    if not c.is_connected:
-                        await flt.close_client_port(c)
-
-            await flt.create_communication_port(
-                config.port,
-                connect_notify=on_connect,
-                disconnect_notify=on_disconnect,
-                max_connections=config.max_connections,
-                security=SecurityDescriptor.allow(everyone=True) if config.everyone else None,
-            )
-            if config.agent:
-                agent = await asyncio.create_subprocess_exec(
-                    *config.agent,
-                    env={**os.environ, "FLTEMU_SOCKET": address},
-                    stdout=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-                report.agent_pid = agent.pid
-            await _wait_for_agent(run, agent, config.connect_timeout)
-            report.connections = len(run.connections)
-            started = time.perf_counter()
-            ticker = asyncio.get_running_loop().create_task(_tick(run, started, progress))
-            load = run.open_loop(config.rate) if config.rate else run.closed_loop()
-            try:
-                if config.duration is not None:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(config.duration):
-                            await load
-                else:
-                    await load
-            finally:
-                run.stop.set()
-                ticker.cancel()
-                report.elapsed = time.perf_counter() - started
+    with contextlib.ExitStack() as files:
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    daemon = await stack.enter_async_context(Daemon(address))
+                except OSError as exc:
+                    raise BenchError(f"cannot serve on {address}: {exc.strerror or exc}") from exc
+                flt = daemon.register_filter("bench")
+                await _host(flt, config.port, run, config.max_connections, config.everyone)
+                if listening is not None:
+                    listening(address)
+                output: IO[bytes] | None = None
+                if config.agent:
+                    # A file, not a pipe: the agent's output costs this process nothing
+                    # during the run, and its tail is read once at the end.
+                    output = files.enter_context(tempfile.TemporaryFile())
+                    agent = await _start_agent(config.agent, address, output)
+                    report.agent_pid = agent.pid
+                try:
+                    await _wait_for_agent(run, agent, config.connect_timeout)
+                except BenchError as exc:
+                    if agent is None or output is None or agent.returncode is None:
+                        raise
+                    raise BenchError(_with_output(str(exc), _tail(output))) from None
+                report.connections = len(run.connections)
+                agent_cpu = _tree_cpu_seconds(agent.pid) if agent is not None else None
+                own_cpu = time.process_time()
+                report.elapsed = await run.drive(config.duration, progress)
+                report.fltemu_cpu_seconds = time.process_time() - own_cpu
+                if agent is not None:
+                    end_cpu = _tree_cpu_seconds(agent.pid)
+                    if agent_cpu is not None and end_cpu is not None:
+                        report.agent_startup_cpu_seconds = agent_cpu
+                        report.agent_cpu_seconds = max(0.0, end_cpu - agent_cpu)
+                    if run.agent_gone:
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(AGENT_EXIT_GRACE):
+                                await agent.wait()
+                        report.agent_ended_by_itself = agent.returncode is not None
+                    report.agent_exit, report.agent_signalled = await _stop_agent(agent)
+                    agent = None
+                    assert output is not None
+                    report.agent_output = _tail(output)
+                if config.limit_check:
+                    report.limit = await _check_limit(flt, config, address)
+        finally:
             if agent is not None:
-                report.agent_cpu_seconds = _cpu_seconds(agent.pid)
-                report.agent_exit = await _stop_agent(agent)
-                agent = None
-    finally:
-        if agent is not None:
-            await _stop_agent(agent)
-        if tmp is not None:
-            tmp.cleanup()
+                await _stop_agent(agent)
+            if tmp is not None:
+                tmp.cleanup()
     return report
+
+
+async def _check_limit(flt: Filter, config: BenchConfig, address: str) -> LimitCheck:
+    """Run the calibration: the same settings against the instant-reply agent."""
+    open_rate = config.rate * LIMIT_OFFER_FACTOR if config.rate else None
+    calibration = replace(
+        config,
+        port=LIMIT_PORT,
+        rate=open_rate,
+        count=None,
+        duration=LIMIT_SECONDS,
+        agent=(),
+        max_connections=1,
+        limit_check=False,
+    )
+    concurrency = None if open_rate else config.concurrency
+    getters = min(LIMIT_MAX_GETTERS, (concurrency or LIMIT_MAX_GETTERS) + 1)
+    run = _Run(calibration, BenchReport(calibration, address))
+    try:
+        server_port = await _host(flt, LIMIT_PORT, run, 1, everyone=False)
+    except FltEmuError as exc:  # the run's own port has that name
+        return LimitCheck(None, error=str(exc))
+    command = (
+        sys.executable,
+        "-m",
+        "fltemu.bench.instant",
+        LIMIT_PORT,
+        "--getters",
+        str(getters),
+        "--buffer-size",
+        str(len(config.payload) + 16),
+    )
+    agent: asyncio.subprocess.Process | None = None
+    with tempfile.TemporaryFile() as output:
+        try:
+            agent = await _start_agent(command, address, output)
+            try:
+                await _wait_for_agent(run, agent, config.connect_timeout)
+            except BenchError as exc:
+                return LimitCheck(None, error=_with_output(str(exc), _tail(output)))
+            await run.drive(LIMIT_WARMUP_SECONDS, None)
+            run.restart(BenchReport(calibration, address))
+            agent_cpu = _tree_cpu_seconds(agent.pid)
+            own_cpu = time.process_time()
+            elapsed = await run.drive(LIMIT_SECONDS, None)
+            own = (time.process_time() - own_cpu) / elapsed
+            end_cpu = _tree_cpu_seconds(agent.pid)
+            theirs = None
+            if agent_cpu is not None and end_cpu is not None:
+                theirs = max(0.0, end_cpu - agent_cpu) / elapsed
+            return LimitCheck(
+                run.report.answered / elapsed,
+                seconds=elapsed,
+                concurrency=concurrency,
+                offered_rate=open_rate,
+                fltemu_cpu=own,
+                agent_cpu=theirs,
+            )
+        except BenchError as exc:
+            return LimitCheck(None, error=str(exc))
+        finally:
+            for c in run.connections:
+                await flt.close_client_port(c)  # the agent sees 0x80070006 and exits
+            await flt.close_communication_port(server_port)
+            if agent is not None:
+                await _stop_agent(agent)
 
 
 async def _wait_for_agent(
@@ -324,24 +723,29 @@ async def _wait_for_agent(
         return
     if exited is not None and exited in done:
         raise BenchError(
-            f"the agent exited with status {exited.result()} before connecting to {run.config.port}"
+            f"the agent {describe_exit(exited.result())} before connecting to {run.config.port}"
         )
     raise BenchError(f"no agent connected to {run.config.port} within {timeout:g} s")
 
 
-async def _stop_agent(agent: asyncio.subprocess.Process) -> int:
+async def _stop_agent(agent: asyncio.subprocess.Process) -> tuple[int, signal.Signals | None]:
+    """Stop the agent's process group (SIGTERM, then SIGKILL after 5 s); its exit status and the
+    signal fltemu sent last, if any."""
+    sent: signal.Signals | None = None
     if agent.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(agent.pid, signal.SIGTERM)
+            sent = signal.SIGTERM
         try:
             async with asyncio.timeout(5):
                 await agent.wait()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(agent.pid, signal.SIGKILL)
+                sent = signal.SIGKILL
             await agent.wait()
     assert agent.returncode is not None
-    return agent.returncode
+    return agent.returncode, sent
 
 
 async def _tick(run: _Run, started: float, progress: Callable[[Progress], None] | None) -> None:
@@ -354,8 +758,7 @@ async def _tick(run: _Run, started: float, progress: Callable[[Progress], None] 
             Progress(
                 elapsed=time.perf_counter() - started,
                 sent=r.sent,
-                completed=r.completed,
-                succeeded=r.statuses.get(NtStatus.STATUS_SUCCESS.name, 0),
+                answered=r.answered,
                 timeouts=r.timeouts,
                 p99_ns=r.latency.percentile(99),
             )

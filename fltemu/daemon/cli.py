@@ -169,10 +169,24 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
   fltemu bench '\\MyPort' --rate 2000 --duration 30 --reply-length 4 --plot latency.svg -- ./agent
   fltemu bench '\\MyPort' --concurrency 64 --count 100000 --json --address /tmp/b.sock
 
-The agent is started with FLTEMU_SOCKET set to the bench's socket, its stdout discarded; its
-CPU time is reported. Without an agent command, start your agent yourself against the
-printed socket. Exit status: 0 when the run completed (whatever the statuses), 1 when no
-agent connected or it exited first, 2 for bad arguments.
+A message is answered when the agent replied (or, with no reply asked, took it); throughput
+and percentiles count answered messages only. Timeouts and other statuses are counted beside
+them, with the messages still in flight when the run stopped: sent = answered + not
+answered + in flight.
+
+The agent is started under setsid (a process group of its own) with FLTEMU_SOCKET set to
+the bench's socket and, when fltemu runs in a virtual environment, that environment first on
+PATH (so `python` is the one with fltuser). Its output goes to a temporary file; the last
+lines are shown when it fails. The CPU time of its processes during the run is reported.
+Without an agent command, start your agent yourself against the socket printed on stderr.
+
+After the run, unless --no-limit-check, fltemu measures its own limit: for about 1 s, the same
+mode, concurrency (open loop: 4x the rate), message and reply length against its built-in
+instant-reply agent in a process of its own, over the same socket, and warns when your
+agent's throughput is within 2x of it, where the figures may be fltemu's, not your agent's.
+
+Exit status: 0 when the run completed (whatever the statuses), 1 when the agent could not be
+started, no agent connected or it exited first, 2 for bad arguments.
 """,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -241,7 +255,18 @@ agent connected or it exited first, 2 for bad arguments.
         help="admit any local user to the port (default: root and your user)",
     )
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
-    bench.add_argument("--plot", metavar="FILE.svg", help="write a latency percentile plot (SVG)")
+    bench.add_argument(
+        "--plot",
+        metavar="FILE.svg",
+        help="write a latency percentile plot (SVG; checked writable before the run)",
+    )
+    bench.add_argument(
+        "--limit-check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after the run, measure what fltemu alone sustains with the same settings (about "
+        "1.5 s) and warn when the agent is within 2x of it (default: on)",
+    )
     bench.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,

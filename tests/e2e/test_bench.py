@@ -3,23 +3,43 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from fltemu.bench.command import format_report, plot_report
 from fltemu.bench.histogram import LatencyHistogram
+from fltemu.bench.load import BenchConfig, BenchReport, LimitCheck
 from fltemu.bench.plot import percentile_svg
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
 
 
-def bench(*args: str, agent: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+def bench(
+    *args: str,
+    agent: list[str] | None = None,
+    limit_check: bool = False,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    # The limit check costs a calibration run; only the tests about it ask for one.
     command = [sys.executable, "-m", "fltemu", "bench", *args]
+    if not limit_check:
+        command.append("--no-limit-check")
     if agent is not None:
         command += ["--", *agent]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+
+
+def silent_agent(port: str = "\\BenchPort") -> list[str]:
+    """An agent that takes every message and never replies."""
+    code = f"import fltuser\np = fltuser.connect({port!r})\nwhile True:\n    p.get_message(4096)\n"
+    return [sys.executable, "-c", code]
 
 
 def slow_agent(delay: float, port: str = "\\BenchPort") -> list[str]:
@@ -43,8 +63,10 @@ def test_fast_agent_answers_everything(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert report["sent"] == report["completed"] == 200
+    assert report["sent"] == report["completed"] == report["answered"] == 200
+    assert report["not_answered"] == report["in_flight"] == 0
     assert report["statuses"] == {"STATUS_SUCCESS": 200}
+    assert report["failures"] == {}
     assert report["timeouts"] == 0
     assert (
         0
@@ -70,8 +92,9 @@ def test_slow_agent_shows_timeouts_in_the_report() -> None:
         agent=slow_agent(0.5),
     )
     assert proc.returncode == 0, proc.stderr
-    assert "STATUS_TIMEOUT 4" in proc.stdout
-    assert "latency (ms):" in proc.stdout and "agent: pid" in proc.stdout
+    assert "not answered 4: STATUS_TIMEOUT 4 (100.0% of sent" in proc.stdout
+    assert "answered 0\n" in proc.stdout and "none answered" in proc.stdout
+    assert "throughput 0.0 msg/s" in proc.stdout and "agent: pid" in proc.stdout
 
 
 def test_open_loop_without_reply() -> None:
@@ -181,3 +204,245 @@ def test_bench_against_the_example_scanner_agent() -> None:
     report = json.loads(proc.stdout)
     assert report["statuses"] == {"STATUS_SUCCESS": 100}
     assert report["agent"]["cpu_seconds"] is not None
+
+
+def test_timed_out_messages_are_not_answered(tmp_path: Path) -> None:
+    # An agent that never replies: every message times out, none is answered.
+    plot = tmp_path / "p.svg"
+    proc = bench(
+        "\\BenchPort",
+        "--count",
+        "5",
+        "--reply-length",
+        "1",
+        "--timeout",
+        "0.05",
+        "--json",
+        "--plot",
+        str(plot),
+        agent=silent_agent(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert (report["sent"], report["completed"], report["answered"]) == (5, 5, 0)
+    assert report["not_answered"] == report["timeouts"] == 5
+    assert report["failures"]["STATUS_TIMEOUT"]["count"] == 5
+    assert report["failures"]["STATUS_TIMEOUT"]["share_of_sent"] == 1.0
+    assert report["throughput"] == 0
+    assert report["latency_ms"]["count"] == 0 and report["latency_ms"]["p50"] == 0
+    svg = plot.read_text()
+    assert "n=0" in svg and "STATUS_TIMEOUT 5 (100.0%)" in svg and "<polyline" not in svg
+
+
+@pytest.mark.parametrize("mode", [["--concurrency", "3"], ["--rate", "20"]])
+def test_messages_in_flight_at_the_end_are_reported(mode: list[str]) -> None:
+    # The agent never replies and the timeout is longer than the run: whatever was sent is
+    # still in flight when the run stops, and nothing is counted after it.
+    proc = bench(
+        "\\BenchPort",
+        *mode,
+        "--duration",
+        "1",
+        "--timeout",
+        "100",
+        "--reply-length",
+        "1",
+        "--json",
+        agent=silent_agent(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["sent"] >= 1
+    assert report["in_flight"] == report["sent"]
+    assert report["completed"] == report["answered"] == 0 and report["statuses"] == {}
+    if mode[0] == "--concurrency":
+        assert report["sent"] == 3
+
+
+def test_agent_command_that_does_not_exist() -> None:
+    proc = bench("\\BenchPort", "--count", "1", agent=["fltemu-no-such-agent", "--x"])
+    assert proc.returncode == 1
+    assert "cannot start the agent 'fltemu-no-such-agent'" in proc.stderr
+    assert "not found on PATH" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unwritable_plot_is_refused_before_the_run(tmp_path: Path) -> None:
+    marker = tmp_path / "agent-ran"
+    agent = [sys.executable, "-c", f"open({str(marker)!r}, 'w')"]
+    proc = bench(
+        "\\BenchPort", "--count", "1", "--plot", str(tmp_path / "no" / "x.svg"), agent=agent
+    )
+    assert proc.returncode == 2
+    assert "--plot" in proc.stderr and "No such file or directory" in proc.stderr
+    assert not marker.exists()
+
+
+def test_plot_that_is_not_svg_is_refused(tmp_path: Path) -> None:
+    png = tmp_path / "x.png"
+    proc = bench("\\BenchPort", "--count", "1", "--plot", str(png), agent=silent_agent())
+    assert proc.returncode == 2
+    assert "must end in .svg" in proc.stderr
+    assert not png.exists()
+
+
+def test_agent_output_is_shown_when_it_fails_to_connect() -> None:
+    agent = [
+        sys.executable,
+        "-c",
+        "import sys; print('ERROR: Connecting to filter port: 0x80070002'); sys.exit(2)",
+    ]
+    proc = bench("\\BenchPort", "--count", "1", agent=agent)
+    assert proc.returncode == 1
+    assert "the agent exited with status 2 before connecting to \\BenchPort" in proc.stderr
+    assert "| ERROR: Connecting to filter port: 0x80070002" in proc.stderr
+
+
+def test_agent_output_is_shown_when_it_dies_mid_run() -> None:
+    crash = [
+        sys.executable,
+        "-c",
+        "import fltuser; p = fltuser.connect('\\\\BenchPort'); p.get_message(4096); "
+        "raise RuntimeError('the agent broke here')",
+    ]
+    proc = bench("\\BenchPort", "--duration", "30", "--reply-length", "1", agent=crash)
+    assert proc.returncode == 0, proc.stderr
+    assert "exited with status 1\n" in proc.stdout
+    assert "| RuntimeError: the agent broke here" in proc.stdout
+
+
+def test_the_temporary_socket_is_printed() -> None:
+    proc = bench("\\BenchPort", "--count", "1", "--connect-timeout", "0.2")
+    assert proc.returncode == 1
+    found = re.search(r"serving \\BenchPort on (/\S+/fltemu\.sock);", proc.stderr)
+    assert found, proc.stderr
+    assert f"FLTEMU_SOCKET={found[1]}" in proc.stderr
+
+
+def test_agent_cpu_counts_the_run_only_and_its_exit_is_in_words() -> None:
+    # The agent burns 0.5 s of CPU before it connects: start-up, not the run's.
+    code = (
+        "import time, fltuser\n"
+        "while time.process_time() < 0.5: pass\n"
+        "p = fltuser.connect('\\\\BenchPort')\n"
+        "while True:\n"
+        "    m = p.get_message(4096)\n"
+        "    p.reply(m.message_id, b'1')\n"
+    )
+    args = ("\\BenchPort", "--count", "5", "--reply-length", "1")
+    proc = bench(*args, "--json", agent=[sys.executable, "-c", code])
+    assert proc.returncode == 0, proc.stderr
+    agent = json.loads(proc.stdout)["agent"]
+    assert agent["startup_cpu_seconds"] >= 0.4  # /proc counts in ticks
+    assert agent["cpu_seconds"] < agent["startup_cpu_seconds"]
+    assert agent["exit"] == -signal.SIGTERM and agent["exit_text"] == "stopped by fltemu (SIGTERM)"
+    assert agent["failed"] is False
+    text = bench(*args, agent=slow_agent(0)).stdout
+    assert "stopped by fltemu (SIGTERM)" in text and "exit status -15" not in text
+
+
+def test_python_in_the_agent_command_is_fltemus_own(tmp_path: Path) -> None:
+    # As the documented example has it: `fltemu bench ... -- python examples/...`, run from a
+    # shell where the virtual environment is not activated.
+    env = {**os.environ, "PATH": os.pathsep.join([str(tmp_path), "/usr/bin", "/bin"])}
+    env.pop("VIRTUAL_ENV", None)
+    agent = ["python", str(EXAMPLES / "slow_agent.py"), "--port", "\\BenchPort", "--delay", "0"]
+    proc = bench(
+        "\\BenchPort", "--count", "20", "--reply-length", "1", "--json", agent=agent, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["answered"] == 20
+
+
+def test_limit_check_runs_after_the_run_and_says_what_it_measured() -> None:
+    args = ("\\BenchPort", "--count", "50", "--concurrency", "2", "--reply-length", "1")
+    proc = bench(*args, "--json", agent=slow_agent(0), limit_check=True)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    limit = report["limit"]
+    assert limit["error"] is None and limit["throughput"] > 0
+    assert (limit["mode"], limit["concurrency"]) == ("closed", 2)
+    assert "instant-reply agent in a process of its own" in limit["measured"]
+    assert limit["fltemu_cpu"] is not None
+    assert isinstance(report["near_limit"], bool)
+    assert report["answered"] == 50  # the calibration's messages are not the run's
+    text = bench(*args, agent=slow_agent(0), limit_check=True).stdout
+    assert "fltemu's own limit: " in text and "msg/s with these settings" in text
+    off = bench(*args, "--json", agent=slow_agent(0))
+    assert json.loads(off.stdout)["limit"] is None
+
+
+def test_limit_check_in_open_loop_offers_more_than_the_run() -> None:
+    args = ("\\BenchPort", "--rate", "50", "--count", "10", "--reply-length", "1", "--json")
+    proc = bench(*args, agent=slow_agent(0), limit_check=True)
+    assert proc.returncode == 0, proc.stderr
+    limit = json.loads(proc.stdout)["limit"]
+    assert (limit["mode"], limit["offered_rate"], limit["error"]) == ("open", 200.0, None)
+
+
+def _report(**fields: object) -> BenchReport:
+    config = BenchConfig("\\P", rate=300.0, reply_length=1, timeout=0.05, duration=4.0)
+    report = BenchReport(config, "/tmp/x.sock", elapsed=4.0, connections=1)
+    for name, value in fields.items():
+        setattr(report, name, value)
+    return report
+
+
+def test_report_counts_answered_only_and_failures_beside_them() -> None:
+    report = _report(
+        sent=1200,
+        completed=1192,
+        answered=2,
+        statuses=Counter(STATUS_TIMEOUT=1186, STATUS_PORT_DISCONNECTED=4, STATUS_SUCCESS=2),
+        failures=Counter(STATUS_TIMEOUT=1186, STATUS_PORT_DISCONNECTED=4),
+    )
+    report.latency.record(2_000_000)
+    report.latency.record(3_000_000)
+    text = format_report(report)
+    assert "throughput 0.5 msg/s (answered messages only)" in text
+    assert "answered 2: STATUS_SUCCESS 2" in text
+    assert "STATUS_TIMEOUT 1186 (98.8% of sent, 296.5/s)" in text
+    assert "in flight at the end 8 (withdrawn" in text
+    svg = plot_report(report)
+    assert "open loop at 300 msg/s, 64-byte messages, reply 1 bytes, timeout 0.05 s, 4 s" in svg
+    assert "0.5 answered msg/s" in svg and "n=2" in svg
+    assert "STATUS_TIMEOUT 1186 (98.8%)" in svg and "withdrawn: 8" in svg
+    assert "log scale" in svg
+
+
+def test_short_run_gets_no_share_of_a_core() -> None:
+    report = _report(elapsed=0.03, agent_pid=1, agent_cpu_seconds=0.21, agent_exit=0)
+    text = format_report(report)
+    assert "CPU 0.21 s during the run (too short a run for a share" in text
+    assert "% of one core" not in text
+
+
+@pytest.mark.parametrize(
+    ("limit", "warned"),
+    [
+        (LimitCheck(1000.0, seconds=1.0, concurrency=1), True),  # 600 * 2 >= 1000
+        (LimitCheck(1300.0, seconds=1.0, concurrency=1), False),
+        (LimitCheck(None, error="the agent exited with status 1"), False),
+    ],
+)
+def test_warning_within_twice_the_limit(limit: LimitCheck, warned: bool) -> None:
+    report = _report(sent=2400, completed=2400, answered=2400, limit=limit)
+    assert report.throughput == 600
+    assert report.near_limit is warned
+    text = format_report(report)
+    assert ("WARNING: the agent's 600 msg/s is within 2x" in text) is warned
+    assert ("may be fltemu" in plot_report(report)) is warned
+    if limit.error:
+        assert "fltemu's own limit: not measured: the agent exited with status 1" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [
+        (["noslash"], "bad port name 'noslash': STATUS_OBJECT_PATH_SYNTAX_BAD"),
+        (["\\P", "--address", "/nonexistent/b.sock"], "cannot serve on /nonexistent/b.sock: "),
+    ],
+)
+def test_unusable_port_or_address_is_an_error(args: list[str], text: str) -> None:
+    proc = bench(*args, "--count", "1", "--connect-timeout", "0.1")
+    assert proc.returncode == 1
+    assert f"fltemu bench: error: {text}" in proc.stderr and "Traceback" not in proc.stderr
