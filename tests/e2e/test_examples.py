@@ -231,7 +231,7 @@ def test_minispy_agent_logs_records_until_unload(
     while len(seen) < 2:
         line = agent.wait_for(lambda line: line.startswith("IRP "), "a record")
         for path in (first, second):
-            if line.endswith(f" {path}"):
+            if line.endswith(f" {path} "):  # a create's name ends in its empty ECP text
                 seen[path.name] = line
     for line in seen.values():
         fields = line.split()
