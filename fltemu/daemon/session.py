@@ -265,7 +265,7 @@ class Session(asyncio.BufferedProtocol):
 
     def _on_send(self, request: SendRequest) -> None:
         assert self.port is not None
-        outcome = self.port.user_send(request.data, request.out_size)
+        outcome = self.port.user_send(request.data, request.out_size, request.out_address)
         if isinstance(outcome, tuple):
             self._send_result(request.rid, outcome)
             return

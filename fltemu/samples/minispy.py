@@ -15,10 +15,12 @@ calls FltSendMessage; the user program asks with FilterSendMessage and a ``COMMA
   ``MINISPYVER {2, 0}``, 4 bytes;
 * any other command → STATUS_INVALID_PARAMETER.
 
-The sample also checks that the *output pointer* is aligned (pointer-aligned for the log,
-ULONG-aligned for the version) and answers STATUS_DATATYPE_MISALIGNMENT otherwise. That
-cannot be emulated: the user's buffer never crosses the socket, only its size does, and the
-daemon's buffer is always aligned — so fltemu never returns STATUS_DATATYPE_MISALIGNMENT.
+After those size checks, the sample checks that the *output pointer* is aligned
+(pointer-aligned, 8 bytes, for the log; ULONG-aligned for the version) and answers
+STATUS_DATATYPE_MISALIGNMENT (the client sees 0x800703E6) otherwise. The user's buffer never
+crosses the socket, but its address's low bits do (``output_buffer_address``, protocol §7.1):
+fltemu's fltlib.dll sends the real ones, the Python client none (its buffers count as
+aligned).
 
 Records are the x64 ``LOG_RECORD``: a 152-byte header (``Length``, ``SequenceNumber``,
 ``RecordType``, ``Reserved``, the 136-byte ``RECORD_DATA``) and the NUL-terminated UTF-16
@@ -87,7 +89,7 @@ from ._sources import (
     parse_source,
     sample_state,
 )
-from ._structs import POINTER_BYTES, read_u32, round_to_size, system_time_now
+from ._structs import POINTER_BYTES, ULONG, is_aligned, read_u32, round_to_size, system_time_now
 
 __all__ = [
     "COMMAND_MESSAGE",
@@ -188,6 +190,7 @@ _NO_ECP_DATA: Final = ""
 
 _SUCCESS: Final = NtStatus.STATUS_SUCCESS
 _INVALID_PARAMETER: Final = NtStatus.STATUS_INVALID_PARAMETER
+_MISALIGNED: Final = NtStatus.STATUS_DATATYPE_MISALIGNMENT
 
 
 class MiniSpyCommand(enum.IntEnum):
@@ -410,7 +413,9 @@ class MiniSpyState:
         port, self.client_port = self.client_port, None
         await self.flt.close_client_port(port)
 
-    def message_notify(self, cookie: object, data: bytes, out_size: int) -> tuple[NtStatus, bytes]:
+    def message_notify(
+        self, cookie: object, data: bytes, out_size: int, output_buffer_address: int = 0
+    ) -> tuple[NtStatus, bytes]:
         """SpyMessage: GetMiniSpyLog and GetMiniSpyVersion; see the module docstring."""
         try:
             command = read_u32(data, 0)
@@ -419,10 +424,15 @@ class MiniSpyState:
             if command == MiniSpyCommand.GetMiniSpyLog:
                 if out_size == 0:  # OutputBuffer == NULL || OutputBufferSize == 0
                     return _INVALID_PARAMETER, b""
+                # IS_ALIGNED(OutputBuffer, sizeof(PVOID)) (a 64-bit caller's check).
+                if not is_aligned(output_buffer_address, POINTER_BYTES):
+                    return _MISALIGNED, b""
                 return self.get_log(out_size)
             if command == MiniSpyCommand.GetMiniSpyVersion:
                 if out_size < MINISPYVER.size:
                     return _INVALID_PARAMETER, b""
+                if not is_aligned(output_buffer_address, ULONG.size):
+                    return _MISALIGNED, b""
                 return _SUCCESS, MINISPYVER.pack(MINISPY_MAJ_VERSION, MINISPY_MIN_VERSION)
             return _INVALID_PARAMETER, b""
         except Exception:

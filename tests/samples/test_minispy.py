@@ -19,7 +19,7 @@ from fltemu.samples import minispy
 from fltemu.samples.minispy import MiniSpyCommand, SpyOperation
 
 from ..helpers import until
-from . import place, running
+from . import place, running, send_from
 
 PORT = minispy.PORT_NAME
 #: The user program's buffer (mspyLog.c: BUFFER_SIZE).
@@ -295,3 +295,28 @@ async def test_teardown_stops_the_source_and_frees_the_records(daemon: Daemon) -
     assert not state.records and state.records_allocated == 0
     assert not state.static_buffer_in_use
     assert not flt.server_ports
+
+
+async def test_misaligned_output_buffers_minispy_c(daemon: Daemon) -> None:
+    # SpyMessage: after the size checks, IS_ALIGNED(OutputBuffer, sizeof(PVOID)) for the log
+    # and IS_ALIGNED(OutputBuffer, sizeof(ULONG)) for the version, else
+    # STATUS_DATATYPE_MISALIGNMENT; the address's low bits come with the request.
+    misaligned = NtStatus.STATUS_DATATYPE_MISALIGNMENT
+    async with running(daemon, minispy) as flt:
+        state = minispy.state_of(flt)
+        state.log_operation(SpyOperation("kept", minispy.IRP_MJ_READ))
+        cases = [
+            (GET_LOG, BUFFER, 0x3C, misaligned),  # 4-aligned is not pointer-aligned
+            (GET_LOG, BUFFER, 0x01, misaligned),
+            (GET_LOG, 0, 0x01, NtStatus.STATUS_INVALID_PARAMETER),  # the size check first
+            (GET_VERSION, 4, 0x3E, misaligned),
+            (GET_VERSION, 3, 0x3E, NtStatus.STATUS_INVALID_PARAMETER),
+            (GET_VERSION, 4, 0x3C, NtStatus.STATUS_SUCCESS),
+        ]
+        for data, out_size, address, status in cases:
+            result = await send_from(daemon, PORT, data, out_size, address)
+            assert result.status == status, (data, out_size, address)
+        assert len(state.records) == 1  # no misaligned GetMiniSpyLog took the record
+        result = await send_from(daemon, PORT, GET_LOG, BUFFER, 0x38)
+        assert result.status == NtStatus.STATUS_SUCCESS
+        assert [r.name for r in parse(result.data)] == ["kept"]
