@@ -87,7 +87,7 @@ def test_scanner_agent_against_the_builtin_scanner_via_fltemu_wine(
     watched.mkdir()
     with serve(
         socket_path, "--filter", "scanner", "--set", f"scanner.source=dir:{watched}",
-        "--set", "scanner.extensions=txt", "--set", "scanner.interval=0.05",
+        "--set", "scanner.extensions=txt",
     ):  # fmt: skip
         env = dict(os.environ, WINEPREFIX=str(wine_prefix.path))
         argv = [
@@ -100,7 +100,8 @@ def test_scanner_agent_against_the_builtin_scanner_via_fltemu_wine(
             for name, content in (("foul.txt", b"some foul text\n"), ("ok.txt", b"clean\n")):
                 staged = tmp_path / name
                 staged.write_bytes(content)
-                os.replace(staged, watched / name)
+                os.replace(staged, watched / name)  # no open yet: nothing to scan
+                (watched / name).read_bytes()  # an open: ScannerPostCreate's scan
                 verdict = agent.expect("Scanner: message")
                 expected = "unsafe" if b"foul" in content else "safe"
                 assert verdict.endswith(
