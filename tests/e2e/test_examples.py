@@ -159,7 +159,7 @@ def test_scanner_agent_judges_foul_files_unsafe(
     agents.append(agent)
     agent.wait_for(lambda line: "connected to \\ScannerPort" in line, "the connect line")
 
-    # examples/README.md's scanner session: the same files, the same lines.
+    # examples/README.md's scanner walkthrough: the same files, the same lines.
     foul = b"some foul text\n"  # 15 bytes
     clean = b"nothing wrong here\n"  # 19 bytes
     # A rename into the folder is no open; reading the file is (ScannerPostCreate).
