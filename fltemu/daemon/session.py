@@ -234,7 +234,7 @@ class Session(asyncio.BufferedProtocol):
                     self._refuse(event)  # type: ignore[arg-type]
                 elif cls is SendRequest:
                     assert port is not None
-                    outcome = port.user_send(event.data, event.out_size)  # type: ignore[attr-defined]
+                    outcome = port.user_send(event.data, event.out_size, event.out_address)  # type: ignore[attr-defined]
                     if type(outcome) is tuple and len(outcome) == 2:
                         # A plain MessageNotify's answer: the common case, no sections.
                         send(SendResult(event.rid, outcome[0], outcome[1]))  # type: ignore[attr-defined]

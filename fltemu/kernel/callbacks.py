@@ -57,6 +57,13 @@ class MessageNotify(Protocol):
     Return STATUS_SUCCESS or ``(status, output)``; ``len(output)`` is ReturnOutputBufferLength.
     Raising ``StatusError`` fails the send with its status; any other exception is logged and
     fails it with STATUS_UNSUCCESSFUL.
+
+    A callback that declares a parameter ``output_buffer_address`` (a keyword, with a
+    default) also gets the caller's ``OutputBuffer`` address modulo 256, for the alignment
+    checks a driver makes with ``IS_ALIGNED(OutputBuffer, n)``: ``address % n`` is what the
+    real pointer would give for any n up to 256. It is 0 (aligned) when the client does not
+    know its address (the Python client); fltemu's fltlib.dll sends the real low bits
+    (protocol §7.1). Callbacks without the parameter are called with three arguments.
     """
 
     def __call__(

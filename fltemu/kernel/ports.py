@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import inspect
 import itertools
 import logging
@@ -76,6 +77,23 @@ Sections = dict[int, bytes]
 #: What FilterSendMessage gets: MessageNotify's status and output, and the sections whose
 #: handles that output carries, when it carries any.
 SendOutcome = tuple[NtStatus, bytes] | tuple[NtStatus, bytes, Sections]
+
+
+#: The optional keyword of a MessageNotify that wants the output buffer's address (its low
+#: bits, protocol §7.1), for the alignment checks a driver makes with IS_ALIGNED.
+OUTPUT_BUFFER_ADDRESS: Final = "output_buffer_address"
+
+
+def takes_keyword(func: object, name: str) -> bool:
+    """True when ``func`` has a parameter ``name`` that can be passed by keyword."""
+    try:
+        parameter = inspect.signature(func).parameters.get(name)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and parameter.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.KEYWORD_ONLY,
+    )
 
 
 def is_async_callable(func: object) -> bool:
@@ -139,6 +157,9 @@ class ServerPort:
         # Classified once here so the hot path never inspects the callback again.
         self.message_notify_is_async = message_notify is not None and is_async_callable(
             message_notify
+        )
+        self.message_notify_takes_address = message_notify is not None and takes_keyword(
+            message_notify, OUTPUT_BUFFER_ADDRESS
         )
 
     def __repr__(self) -> str:
@@ -239,8 +260,13 @@ class ClientPort:
             return _NO_RESOURCES
         return self.queues.reply(message_id, status, data)
 
-    def user_send(self, data: bytes, out_size: int) -> SendOutcome | asyncio.Task[SendOutcome]:
+    def user_send(
+        self, data: bytes, out_size: int, out_address: int = 0
+    ) -> SendOutcome | asyncio.Task[SendOutcome]:
         """FilterSendMessage: run MessageNotify and return its status and output (§2.5, §3.2).
+
+        ``out_address`` is the low bits of the caller's output buffer address (0: aligned or
+        unknown); a MessageNotify with an ``output_buffer_address`` parameter gets it.
 
         A plain MessageNotify runs inline and its outcome is returned; a coroutine one runs in
         a Task, which is returned. Pre-checks fail without calling it: STATUS_PORT_DISCONNECTED
@@ -260,6 +286,8 @@ class ClientPort:
         if len(data) > self._max_message_bytes:
             return _NO_RESOURCES, b""
         self.sends_from_user += 1
+        if server_port.message_notify_takes_address:
+            notify = functools.partial(notify, output_buffer_address=out_address)
         if server_port.message_notify_is_async:
             coro = self._await_message_notify(notify(self.cookie, data, out_size), out_size)
             return self._start_task(coro)

@@ -2,7 +2,9 @@
 
 A sample's ``source`` setting picks one of three sources:
 
-* ``dir:PATH`` — a real directory, polled with ``os.scandir`` every ``interval`` seconds
+* ``dir:PATH`` — a real directory. A sample that gives ``from_activity`` (the scanner) gets
+  its files' opens, writes and closes from Linux's inotify (``_inotify``). Otherwise it is
+  polled with ``os.scandir`` every ``interval`` seconds
   (recursively; symbolic links are not followed). Files that appear are *created*, files whose
   inode, size or modification time changed are *changed*, files that vanish are *deleted*.
   The first poll, made before ``setup`` returns, is the baseline: files already there are
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 from typing import Final, Generic, TypeAlias, TypeVar
 
 from ..kernel import Filter
+from ._inotify import ActivityWatcher, FileActivity
 
 __all__ = [
     "sample_state",
@@ -370,9 +373,13 @@ class SourceRunner(Generic[T]):
         max_inflight: the most events handled at once.
         alive: whether the filter still runs; the source stops by itself once it returns
             false (a filter unloaded without its teardown must not go on producing).
+        from_activity: when given, a ``dir:`` source is not polled but watched with inotify
+            (``_inotify``, Linux only) and this turns each open, write or close after write
+            into an event; ``from_file`` is then unused.
 
     Raises:
-        ValueError: a ``dir:`` path that is not a directory.
+        ValueError: a ``dir:`` path that is not a directory; ``from_activity`` given where
+            inotify is not available (not Linux).
     """
 
     def __init__(
@@ -390,6 +397,7 @@ class SourceRunner(Generic[T]):
         concurrent: bool = True,
         max_inflight: int = MAX_INFLIGHT,
         alive: Callable[[], bool] | None = None,
+        from_activity: Callable[[FileActivity], T | None] | None = None,
     ) -> None:
         self.sample = sample
         self.spec = spec
@@ -403,11 +411,13 @@ class SourceRunner(Generic[T]):
         self._from_file = from_file
         self._synthesize = synthesize
         self._alive = alive
-        self._watcher = (
-            DirectoryWatcher(spec.path, want=want, read_bytes=read_bytes)
-            if isinstance(spec, DirSource)
-            else None
-        )
+        self._from_activity = from_activity
+        self._watcher: DirectoryWatcher | None = None
+        self._activity_watcher: ActivityWatcher | None = None
+        if isinstance(spec, DirSource) and from_activity is not None:
+            self._activity_watcher = ActivityWatcher(spec.path, want=want, read_bytes=read_bytes)
+        elif isinstance(spec, DirSource):
+            self._watcher = DirectoryWatcher(spec.path, want=want, read_bytes=read_bytes)
         self._slots = asyncio.Semaphore(max_inflight)
         self._producer: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
@@ -431,8 +441,13 @@ class SourceRunner(Generic[T]):
 
     @property
     def watcher(self) -> DirectoryWatcher | None:
-        """The ``dir:`` source's watcher, if that is the source."""
+        """The polled ``dir:`` source's watcher, if that is the source."""
         return self._watcher
+
+    @property
+    def activity_watcher(self) -> ActivityWatcher | None:
+        """The inotify ``dir:`` source's watcher, if that is the source."""
+        return self._activity_watcher
 
     async def start(self) -> None:
         """Start the source; a ``dir:`` source takes its baseline before this returns."""
@@ -442,6 +457,9 @@ class SourceRunner(Generic[T]):
         if self._watcher is not None:
             await asyncio.to_thread(self._watcher.poll)
             self._producer = loop.create_task(self._poll_forever(self._watcher))
+        elif self._activity_watcher is not None:
+            self._activity_watcher.open()  # watching from now on, before setup returns
+            self._producer = loop.create_task(self._watch_forever(self._activity_watcher))
         elif isinstance(self.spec, SyntheticSource):
             self._producer = loop.create_task(self._tick_forever(self.spec.rate))
         log.info("%s: source %s", self.sample, _describe(self.spec))
@@ -452,6 +470,8 @@ class SourceRunner(Generic[T]):
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        if self._activity_watcher is not None:
+            self._activity_watcher.close()
 
     async def stop(self) -> None:
         """Stop making events and cancel those being handled; returns when all have ended."""
@@ -478,6 +498,26 @@ class SourceRunner(Generic[T]):
                 event = self._from_file(change)
                 if event is not None:
                     await self._dispatch(event)
+
+    async def _watch_forever(self, watcher: ActivityWatcher) -> None:
+        assert self._from_activity is not None
+        try:
+            while True:
+                try:
+                    activities = await watcher.next_batch()
+                except OSError:
+                    log.exception(
+                        "%s: reading inotify events of %s failed", self.sample, watcher.root
+                    )
+                    return
+                if self._stopped_by_unload():
+                    return
+                for activity in activities:
+                    event = self._from_activity(activity)
+                    if event is not None:
+                        await self._dispatch(event)
+        finally:
+            watcher.close()
 
     async def _tick_forever(self, rate: float) -> None:
         loop = asyncio.get_running_loop()

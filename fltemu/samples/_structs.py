@@ -17,6 +17,7 @@ __all__ = [
     "HANDLE",
     "POINTER_BYTES",
     "ULONG",
+    "is_aligned",
     "pad",
     "read_u32",
     "read_u64",
@@ -41,6 +42,18 @@ def system_time_now() -> int:
     True
     """
     return time.time_ns() // 100 + EPOCH_1601_OFFSET_100NS
+
+
+def is_aligned(address: int, alignment: int) -> bool:
+    """IS_ALIGNED: is ``address`` a multiple of ``alignment`` (a power of two)?
+
+    ``address`` may be just the low bits a MessageNotify gets as ``output_buffer_address``:
+    the answer is the same for any alignment up to 256.
+
+    >>> is_aligned(0x38, 8), is_aligned(0x3C, 8), is_aligned(0x3C, 4)
+    (True, False, True)
+    """
+    return address & (alignment - 1) == 0
 
 
 def round_to_size(length: int, alignment: int) -> int:

@@ -54,8 +54,12 @@ ScanThreadId; union {HANDLE FileHandle; AVSCAN_RESULT ScanResult}}``, 32 bytes o
 
 The sample reads ScanId (offset 8), ScanResult (24) and FileHandle (24, 8 bytes) even when the
 input is shorter — undefined on Windows (garbage or an access violation); fltemu answers
-STATUS_INVALID_PARAMETER for an input that ends before a field the command reads. Output
-pointer alignment (STATUS_DATATYPE_MISALIGNMENT) cannot be checked over a socket.
+STATUS_INVALID_PARAMETER for an input that ends before a field the command reads. The output
+pointer's alignment is checked where the sample checks it: create-section wants it
+HANDLE-aligned (8 bytes) after the size check and before the ScanId lookup, else
+STATUS_DATATYPE_MISALIGNMENT (0x800703E6 for the client); the check of AvIsFileModified
+(BOOLEAN, 1 byte) never fails. The address is the low bits the client sends (protocol §7.1):
+fltemu's fltlib.dll sends the real ones, the Python client none (aligned).
 
 **Unloading** (AvUnload, run by ``teardown``): new scans fail with STATUS_FLT_DELETING_OBJECT
 (nothing is sent), then ``{AvMsgFilterUnloading}`` goes to the abort global with a 4-byte
@@ -106,7 +110,7 @@ from ._sources import (
     parse_source,
     sample_state,
 )
-from ._structs import HANDLE, ULONG, pad, read_u32, read_u64
+from ._structs import HANDLE, ULONG, is_aligned, pad, read_u32, read_u64
 
 __all__ = [
     "ABORT_PORT_NAME",
@@ -536,15 +540,17 @@ class AvScanState:
         await self.flt.close_client_port(port)
         log.info("avscan: %s disconnected", cookie.name)
 
-    def message_notify(self, cookie: object, data: bytes, out_size: int) -> tuple[Any, ...]:
+    def message_notify(
+        self, cookie: object, data: bytes, out_size: int, output_buffer_address: int = 0
+    ) -> tuple[Any, ...]:
         """AvMessageNotifyCallback: the user's commands; see the module docstring."""
         try:
-            return self._message(data, out_size)
+            return self._message(data, out_size, output_buffer_address)
         except Exception:
             log.exception("avscan: AvMessageNotifyCallback failed")
             return NtStatus.STATUS_UNSUCCESSFUL, b""
 
-    def _message(self, data: bytes, out_size: int) -> tuple[Any, ...]:
+    def _message(self, data: bytes, out_size: int, out_address: int) -> tuple[Any, ...]:
         command = read_u32(data, 0)
         if command is None:
             return _INVALID_PARAMETER, b""
@@ -552,6 +558,8 @@ class AvScanState:
         if command == AvScanCommand.AvCmdCreateSectionForDataScan:
             if raw_scan_id is None or out_size < HANDLE.size:
                 return _INVALID_PARAMETER, b""
+            if not is_aligned(out_address, HANDLE.size):  # IS_ALIGNED(OutputBuffer, HANDLE)
+                return NtStatus.STATUS_DATATYPE_MISALIGNMENT, b""
             ctx = self.scans.get(_signed64(raw_scan_id))
             if ctx is None:
                 return STATUS_NOT_FOUND, b""
@@ -587,6 +595,7 @@ class AvScanState:
         if command == AvScanCommand.AvIsFileModified:
             if read_u64(data, _UNION_OFFSET) is None or out_size < 1:
                 return _INVALID_PARAMETER, b""
+            # IS_ALIGNED(OutputBuffer, sizeof(BOOLEAN)) holds for every address.
             return NtStatus.STATUS_INVALID_HANDLE, b""
         return _INVALID_PARAMETER, b""
 

@@ -15,10 +15,12 @@ calls FltSendMessage; the user program asks with FilterSendMessage and a ``COMMA
   ``MINISPYVER {2, 0}``, 4 bytes;
 * any other command → STATUS_INVALID_PARAMETER.
 
-The sample also checks that the *output pointer* is aligned (pointer-aligned for the log,
-ULONG-aligned for the version) and answers STATUS_DATATYPE_MISALIGNMENT otherwise. That
-cannot be emulated: the user's buffer never crosses the socket, only its size does, and the
-daemon's buffer is always aligned — so fltemu never returns STATUS_DATATYPE_MISALIGNMENT.
+After those size checks, the sample checks that the *output pointer* is aligned
+(pointer-aligned, 8 bytes, for the log; ULONG-aligned for the version) and answers
+STATUS_DATATYPE_MISALIGNMENT (the client sees 0x800703E6) otherwise. The user's buffer never
+crosses the socket, but its address's low bits do (``output_buffer_address``, protocol §7.1):
+fltemu's fltlib.dll sends the real ones, the Python client none (its buffers count as
+aligned).
 
 Records are the x64 ``LOG_RECORD``: a 152-byte header (``Length``, ``SequenceNumber``,
 ``RecordType``, ``Reserved``, the 136-byte ``RECORD_DATA``) and the NUL-terminated UTF-16
@@ -44,8 +46,23 @@ Settings (``fltemu serve --filter minispy --set minispy.KEY=VALUE``):
 * ``interval`` — seconds between two polls of ``dir:`` (default 0.2).
 * ``seed`` — the ``synthetic:`` generator's seed (default 0).
 
+Names are what the Vista-and-later build (every build of the sample today) writes: a create's
+is formatted ``"%wZ %wZ"`` with the ECP text, which is empty because fltemu has no extra
+create parameters, so **a create's name ends in one space** and the user program prints it
+so; other operations carry the bare name (``record_name``).
+
 The state is reachable as ``flt.context`` (or ``state_of(flt)``).
-Not emulated: the Vista+ build's ECP text after a create's name, and FILETAG records.
+
+Differences from Microsoft's code, and why (also in ``docs/fltmgr-semantics.md`` §7.5):
+
+* No ECPs (EcpCount 0, KnownEcpMask 0, empty ECP text) and no FILETAG records: a Linux
+  directory has neither extra create parameters nor reparse tags.
+* The alignment checks see only what the client says of its output buffer: the low bits of
+  its address when the client knows them (fltemu's fltlib.dll, protocol §7.1), "aligned"
+  from the Python client. The 32-bit-process case (ULONG alignment under IoIs32bitProcess)
+  is not modelled: every caller is checked as a 64-bit one.
+* ``dir:`` operations have process and thread ids 0 and no pre/post times of their own:
+  polling sees a change after the fact, not who made it.
 Not here: the user half, the sources (``_sources``).
 """
 
@@ -72,7 +89,7 @@ from ._sources import (
     parse_source,
     sample_state,
 )
-from ._structs import POINTER_BYTES, read_u32, round_to_size, system_time_now
+from ._structs import POINTER_BYTES, ULONG, is_aligned, read_u32, round_to_size, system_time_now
 
 __all__ = [
     "COMMAND_MESSAGE",
@@ -87,6 +104,7 @@ __all__ = [
     "MiniSpyState",
     "SpyOperation",
     "build_log_record",
+    "record_name",
     "setup",
     "state_of",
     "teardown",
@@ -167,8 +185,12 @@ DEFAULT_MAX_RECORDS: Final = 500
 #: The largest ``max_records`` accepted: 100 000 records of at most 1008 bytes, ~100 MB.
 MAX_MAX_RECORDS: Final = 100_000
 
+#: The ECP text of a create that carried no extra create parameters (an empty UNICODE_STRING).
+_NO_ECP_DATA: Final = ""
+
 _SUCCESS: Final = NtStatus.STATUS_SUCCESS
 _INVALID_PARAMETER: Final = NtStatus.STATUS_INVALID_PARAMETER
+_MISALIGNED: Final = NtStatus.STATUS_DATATYPE_MISALIGNMENT
 
 
 class MiniSpyCommand(enum.IntEnum):
@@ -214,21 +236,40 @@ def _i64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def build_log_record(sequence: int, record_type: int, op: SpyOperation) -> bytes:
-    """A LOG_RECORD as SpyNewRecord, SpySetRecordName and SpyGetLog leave it.
+def record_name(op: SpyOperation) -> str | None:
+    """The text SpySetRecordNameAndEcpData puts in a record's ``Name``, before the cut.
 
-    The name is cut to MAX_NAME_WCHARS_LESS_NULL code units and NUL-terminated; ``Length``
-    covers header, name and NUL, rounded up to 8 bytes; a record without a name gets an empty
-    one, as SpyGetLog gives it.
+    The Vista-and-later build (every build of the sample today) formats a create's name as
+    ``"%wZ %wZ"`` with the ECP string that SpyParseEcps built, which is empty when the create
+    carried no ECPs (always here: fltemu has no ECPs): the name and one space. Other
+    operations get the name alone (``"%wZ"``). When the result is longer than
+    MAX_NAME_WCHARS_LESS_NULL, ``_snwprintf`` fails and the sample keeps that many code
+    units, so a long create name loses its space with the rest.
+    """
+    if op.name is None:
+        return None
+    if op.major == IRP_MJ_CREATE:
+        return f"{op.name} {_NO_ECP_DATA}"
+    return op.name
+
+
+def build_log_record(sequence: int, record_type: int, op: SpyOperation) -> bytes:
+    """A LOG_RECORD as SpyNewRecord, SpySetRecordNameAndEcpData and SpyGetLog leave it.
+
+    The name (``record_name``: a create's ends in a space) is cut to
+    MAX_NAME_WCHARS_LESS_NULL code units and NUL-terminated; ``Length`` covers header, name
+    and NUL, rounded up to 8 bytes; a record without a name gets an empty one, as SpyGetLog
+    gives it.
     """
     now = system_time_now()
     a1, a2, a3, a4, a5 = op.args
+    text = record_name(op)
     status = op.status & 0xFFFFFFFF
-    if op.name is None:
+    if text is None:
         name = b""
         length = LOG_RECORD.size + round_to_size(2, POINTER_BYTES)
     else:
-        encoded = op.name.encode("utf-16-le", "surrogatepass")
+        encoded = text.encode("utf-16-le", "surrogatepass")
         name = encoded[: MAX_NAME_WCHARS_LESS_NULL * 2]
         length = round_to_size(LOG_RECORD.size + len(name) + 2, POINTER_BYTES)
     header = LOG_RECORD.pack(
@@ -372,7 +413,9 @@ class MiniSpyState:
         port, self.client_port = self.client_port, None
         await self.flt.close_client_port(port)
 
-    def message_notify(self, cookie: object, data: bytes, out_size: int) -> tuple[NtStatus, bytes]:
+    def message_notify(
+        self, cookie: object, data: bytes, out_size: int, output_buffer_address: int = 0
+    ) -> tuple[NtStatus, bytes]:
         """SpyMessage: GetMiniSpyLog and GetMiniSpyVersion; see the module docstring."""
         try:
             command = read_u32(data, 0)
@@ -381,10 +424,15 @@ class MiniSpyState:
             if command == MiniSpyCommand.GetMiniSpyLog:
                 if out_size == 0:  # OutputBuffer == NULL || OutputBufferSize == 0
                     return _INVALID_PARAMETER, b""
+                # IS_ALIGNED(OutputBuffer, sizeof(PVOID)) (a 64-bit caller's check).
+                if not is_aligned(output_buffer_address, POINTER_BYTES):
+                    return _MISALIGNED, b""
                 return self.get_log(out_size)
             if command == MiniSpyCommand.GetMiniSpyVersion:
                 if out_size < MINISPYVER.size:
                     return _INVALID_PARAMETER, b""
+                if not is_aligned(output_buffer_address, ULONG.size):
+                    return _MISALIGNED, b""
                 return _SUCCESS, MINISPYVER.pack(MINISPY_MAJ_VERSION, MINISPY_MIN_VERSION)
             return _INVALID_PARAMETER, b""
         except Exception:

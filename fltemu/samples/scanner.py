@@ -23,20 +23,39 @@ in ``ScannerState.verdicts`` (the latest ``history``). The state is reachable as
 Settings (``fltemu serve --filter scanner --set scanner.KEY=VALUE``):
 
 * ``source`` — ``inject`` (the default: the sample scans nothing by itself, messages come
-  from ``fltemu send`` or ``ScannerState.scan``), ``dir:PATH`` (a file with a scanned
-  extension that appears is scanned as the sample's post-create scan, one that changes as its
-  pre-write scan, with the file's first 1024 bytes) or ``synthetic:RATE`` (RATE made-up
-  ``.doc`` files a second, about one in four containing "foul").
+  from ``fltemu send`` or ``ScannerState.scan``), ``dir:PATH`` (files with a scanned
+  extension under PATH, watched with Linux's inotify, ``_inotify``: every open is the
+  post-create scan of the file's first 1024 bytes, every write the pre-write scan of the
+  bytes it wrote, every close of a handle opened for write the pre-cleanup rescan of the
+  file's first bytes; Linux only) or ``synthetic:RATE`` (RATE made-up ``.doc`` files a
+  second, about one in four containing "foul").
 * ``extensions`` — comma-separated, compared case-insensitively; default ``doc`` (the
   sample's default when its ``Extensions`` registry value is missing).
-* ``interval`` — seconds between two polls of ``dir:`` (default 0.2).
+* ``interval`` — accepted for the other samples' sake; the scanner's ``dir:`` does not poll.
 * ``seed`` — the ``synthetic:`` generator's seed (default 0).
 * ``history`` — how many verdicts are kept (default 100).
 
-Not emulated: the scanner skipping the I/O of its own user process (a polled directory
-cannot tell who wrote), and the 4096-byte read of a 4K-sector volume (the real filter reads
-``max(1024, SectorSize)`` bytes and may report ``BytesToScan`` above 1024; here the volume
-has 512-byte sectors, so ``BytesToScan`` is at most 1024).
+Differences from Microsoft's code, and why (also in ``docs/fltmgr-semantics.md`` §7.5):
+
+* inotify reports an open, a write and a close *after* they happened, so nothing is blocked
+  (the verdict says what would be) and a scan may see later bytes than Windows would (an
+  open's scan may already see what was written next).
+* A write's bytes are not reported: the scan carries what the write(s) added at the end of
+  the file (up to 1024 bytes), or, when the file did not grow (an overwrite in place), its
+  first 1024 bytes. Writes inotify merged into one event are scanned as one; a truncation
+  that leaves nothing sends nothing, like a zero-length write.
+* Handles cannot be told apart: every write and every close after write of a scanned file is
+  scanned, where Windows scans only handles opened after the filter attached, not by the
+  scanner's own process, and whose open was found safe (an unsafe open is undone there, so
+  its writes never happen). Identical opens that inotify merged are scanned once.
+* The I/O of the scanner's own user process is scanned too: inotify does not say who acted.
+  The filter's own reads of a file (to scan it) are recognised and cause no scan.
+* A rename into the folder is no open and is not scanned (the Windows filter does not hook
+  renames either). A file opened for write before the source started is still scanned at
+  its writes and close (Windows has no handle context for it and would not).
+* The 4096-byte read of a 4K-sector volume (the real filter reads ``max(1024, SectorSize)``
+  bytes and may report ``BytesToScan`` above 1024): here the volume has 512-byte sectors, so
+  ``BytesToScan`` is at most 1024.
 Not here: the user half (``fltuser`` clients), the sources (``_sources``).
 """
 
@@ -54,12 +73,11 @@ from typing import Final
 
 from ..kernel import ClientPort, Filter, FilterState, ProcessInfo, ServerPort, ServerPortState
 from ..status import NtStatus
+from ._inotify import FileActivity, FileActivityKind
 from ._sources import (
     DEFAULT_INTERVAL,
     MAX_INTERVAL,
     MIN_INTERVAL,
-    FileEvent,
-    FileEventKind,
     SampleSettings,
     SourceRunner,
     parse_source,
@@ -132,6 +150,13 @@ class ScanOperation(enum.Enum):
     #: ScannerPreCleanup's rescan: an unsafe file is only reported.
     CLEANUP = "cleanup"
 
+
+#: Which scan each inotify activity stands for.
+_OPERATIONS: Final = {
+    FileActivityKind.OPENED: ScanOperation.OPEN,
+    FileActivityKind.WRITTEN: ScanOperation.WRITE,
+    FileActivityKind.CLOSED_AFTER_WRITE: ScanOperation.CLEANUP,
+}
 
 _BLOCKED_TEXT: Final = {
     ScanOperation.OPEN: "would be blocked: the open is undone with STATUS_ACCESS_DENIED",
@@ -312,13 +337,11 @@ class ScannerState:
 
     # --- sources ------------------------------------------------------------------------------
 
-    def request_from_file(self, event: FileEvent) -> ScanRequest | None:
-        """A ``dir:`` change: created → post-create scan, changed → pre-write scan."""
-        if event.kind is FileEventKind.DELETED or event.content is None:
+    def request_from_activity(self, activity: FileActivity) -> ScanRequest | None:
+        """A ``dir:`` open, write or close after write, as the sample's three scans."""
+        if activity.content is None:  # gone before it could be read
             return None
-        if event.kind is FileEventKind.CREATED:
-            return ScanRequest(event.path, event.content, ScanOperation.OPEN)
-        return ScanRequest(event.path, event.content, ScanOperation.WRITE)
+        return ScanRequest(activity.path, activity.content, _OPERATIONS[activity.kind])
 
     def synthesize(self, rng: random.Random, n: int) -> ScanRequest:
         """The n-th made-up file: random words, about one in four with "foul" in them."""
@@ -378,7 +401,8 @@ async def setup(flt: Filter) -> None:
         "scanner",
         source,
         handle=state.handle,
-        from_file=state.request_from_file,
+        from_file=lambda event: None,  # unused: dir: is watched with inotify
+        from_activity=state.request_from_activity,
         synthesize=state.synthesize,
         interval=interval,
         seed=seed,

@@ -21,6 +21,7 @@ from .framing import (
 from .messages import (
     OPTION_DISCONNECT_NOTICE,
     OPTION_SECTIONS,
+    OUT_ADDRESS_MODULUS,
     PROTOCOL_VERSION,
     WINDOWS_OPTIONS,
     Connect,
@@ -56,6 +57,7 @@ __all__ = [
     "NEED_DATA",
     "OPTION_DISCONNECT_NOTICE",
     "OPTION_SECTIONS",
+    "OUT_ADDRESS_MODULUS",
     "PROTOCOL_VERSION",
     "WINDOWS_OPTIONS",
     "Connect",

@@ -15,6 +15,7 @@ import msgspec
 __all__ = [
     "OPTION_DISCONNECT_NOTICE",
     "OPTION_SECTIONS",
+    "OUT_ADDRESS_MODULUS",
     "PROTOCOL_VERSION",
     "WINDOWS_OPTIONS",
     "Connect",
@@ -53,6 +54,12 @@ OPTION_DISCONNECT_NOTICE: Final = 0x8000_0000
 OPTION_SECTIONS: Final = 0x4000_0000
 
 
+#: ``SendRequest.out_address`` is the output buffer's address modulo this: its low 8 bits
+#: answer every alignment check up to 256 bytes the way the real pointer would, and the
+#: checks Microsoft's samples make need at most 8 (sizeof(PVOID), sizeof(HANDLE)).
+OUT_ADDRESS_MODULUS: Final = 256
+
+
 #: An unsigned 32-bit integer: statuses (NTSTATUS values are sent unsigned), ULONG sizes.
 U32 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFF_FFFF)]
 #: An unsigned 64-bit integer: request ids and message ids (ULONGLONG). msgpack integers
@@ -77,11 +84,17 @@ class Connect(_Message, frozen=True, tag=1):
 
 
 class SendRequest(_Message, frozen=True, tag=2):
-    """FilterSendMessage: ``data`` is the input buffer, ``out_size`` the output buffer size."""
+    """FilterSendMessage: ``data`` is the input buffer, ``out_size`` the output buffer size.
+
+    ``out_address`` is ``lpOutBuffer`` modulo OUT_ADDRESS_MODULUS, for MessageNotify's
+    alignment checks (protocol §7.1); 0 (aligned) when the client does not know the address,
+    as the Python client does not.
+    """
 
     rid: U64
     data: bytes
     out_size: U32
+    out_address: Annotated[int, msgspec.Meta(ge=0, lt=OUT_ADDRESS_MODULUS)] = 0
 
 
 class GetRequest(_Message, frozen=True, tag=3):

@@ -133,3 +133,51 @@ async def test_closed_during_connect_notify_is_announced_2_6(daemon: Daemon) -> 
         assert await client.read() == Disconnected(int(NtStatus.STATUS_PORT_DISCONNECTED))
     finally:
         await client.close()
+
+
+async def test_message_notify_gets_the_output_buffer_address_when_it_asks(daemon: Daemon) -> None:
+    # SendRequest.out_address (protocol §7.1) reaches a MessageNotify that declares
+    # output_buffer_address, sync or async; one without the parameter gets three arguments.
+    flt = daemon.register_filter("address")
+    seen: list[tuple[str, int | None]] = []
+
+    def plain(cookie: object, data: bytes, out_size: int) -> Any:
+        seen.append(("plain", None))
+        return NtStatus.STATUS_SUCCESS
+
+    def sync(cookie: object, data: bytes, out_size: int, *, output_buffer_address: int = 0) -> Any:
+        seen.append(("sync", output_buffer_address))
+        return NtStatus.STATUS_SUCCESS
+
+    async def coro(
+        cookie: object, data: bytes, out_size: int, output_buffer_address: int = 0
+    ) -> Any:
+        seen.append(("async", output_buffer_address))
+        return NtStatus.STATUS_SUCCESS
+
+    for name, notify in (("\\Plain", plain), ("\\Sync", sync), ("\\Async", coro)):
+        await flt.create_communication_port(
+            name,
+            connect_notify=lambda client_port, cookie, context: NtStatus.STATUS_SUCCESS,
+            disconnect_notify=lambda cookie: None,
+            message_notify=notify,
+            max_connections=1,
+        )
+        client = await RawClient.open(daemon.address)
+        try:
+            await client.send(Connect(PROTOCOL_VERSION, name))
+            assert (await client.read()).status == 0
+            await client.send(SendRequest(1, b"x", 8, 0x3C))
+            assert await client.read() == SendResult(1, 0)
+            await client.send(SendRequest(2, b"x", 8))  # no address: aligned
+            assert await client.read() == SendResult(2, 0)
+        finally:
+            await client.close()
+    assert seen == [
+        ("plain", None),
+        ("plain", None),
+        ("sync", 0x3C),
+        ("sync", 0),
+        ("async", 0x3C),
+        ("async", 0),
+    ]

@@ -154,21 +154,21 @@ def test_scanner_agent_judges_foul_files_unsafe(
         f"scanner.source=dir:{watched}",
         "--set",
         "scanner.extensions=doc,txt",
-        "--set",
-        "scanner.interval=0.05",
     )
     agent = Agent("scanner_agent.py", "--address", socket_path)
     agents.append(agent)
     agent.wait_for(lambda line: "connected to \\ScannerPort" in line, "the connect line")
 
+    # examples/README.md's scanner walkthrough: the same files, the same lines.
     foul = b"some foul text\n"  # 15 bytes
-    clean = b"a perfectly clean text\n"  # 23 bytes
-    drop(watched, "foul.txt", foul, tmp_path / "staging")
+    clean = b"nothing wrong here\n"  # 19 bytes
+    # A rename into the folder is no open; reading the file is (ScannerPostCreate).
+    drop(watched, "a.txt", foul, tmp_path / "staging").read_bytes()
     first = agent.wait_for(lambda line: line.startswith("Scanner: message"), "a verdict")
-    drop(watched, "clean.txt", clean, tmp_path / "staging")
+    drop(watched, "b.txt", clean, tmp_path / "staging").read_bytes()
     second = agent.wait_for(lambda line: line.startswith("Scanner: message"), "a verdict")
-    assert first.endswith(f"(1048 bytes): scanned {len(foul)} bytes: unsafe"), first
-    assert second.endswith(f"(1048 bytes): scanned {len(clean)} bytes: safe"), second
+    assert first == "Scanner: message 1 (1048 bytes): scanned 15 bytes: unsafe", first
+    assert second == "Scanner: message 2 (1048 bytes): scanned 19 bytes: safe", second
 
     unloaded = fltemu("unload", "scanner", address=socket_path)
     assert unloaded.returncode == 0, unloaded.stderr
@@ -177,8 +177,8 @@ def test_scanner_agent_judges_foul_files_unsafe(
 
     code, log = served.stop()
     assert code == 0, log
-    assert f"open {watched / 'foul.txt'}: UNSAFE" in log
-    assert f"open {watched / 'clean.txt'}: SAFE" in log
+    assert f"open {watched / 'a.txt'}: UNSAFE (would be blocked" in log
+    assert f"open {watched / 'b.txt'}: SAFE" in log
 
 
 def test_scanner_agent_count_with_synthetic_files(
@@ -231,7 +231,7 @@ def test_minispy_agent_logs_records_until_unload(
     while len(seen) < 2:
         line = agent.wait_for(lambda line: line.startswith("IRP "), "a record")
         for path in (first, second):
-            if line.endswith(f" {path}"):
+            if line.endswith(f" {path} "):  # a create's name ends in its empty ECP text
                 seen[path.name] = line
     for line in seen.values():
         fields = line.split()

@@ -22,7 +22,7 @@ from fltemu.samples.avscan import (
 )
 
 from ..helpers import until
-from . import place, running
+from . import place, running, send_from
 
 SCAN = avscan.SCAN_PORT_NAME
 ABORT = avscan.ABORT_PORT_NAME
@@ -458,3 +458,25 @@ async def test_empty_files_are_not_sent_avscan_c(daemon: Daemon, tmp_path: Path)
         0,
         AvScanResult.AvScanResultClean,
     )
+
+
+async def test_misaligned_output_buffers_communication_c(daemon: Daemon) -> None:
+    # AvMessageNotifyCallback: create-section checks the size, then IS_ALIGNED(OutputBuffer,
+    # sizeof(HANDLE)), then the ScanId; AvIsFileModified's BOOLEAN alignment always holds.
+    misaligned = NtStatus.STATUS_DATATYPE_MISALIGNMENT
+    create = AvScanCommand.AvCmdCreateSectionForDataScan
+    async with running(daemon, avscan):
+        cases = [
+            (command(create, 99), 8, 0x3C, misaligned),  # before the unknown ScanId
+            (command(create, 99), 4, 0x3C, NtStatus.STATUS_INVALID_PARAMETER),
+            (command(create, 99), 8, 0x38, avscan.STATUS_NOT_FOUND),
+            (
+                command(AvScanCommand.AvIsFileModified, 0, 0, 0x44),
+                1,
+                0x3F,
+                NtStatus.STATUS_INVALID_HANDLE,
+            ),
+        ]
+        for data, out_size, address, status in cases:
+            result = await send_from(daemon, SCAN, data, out_size, address, context(1))
+            assert result.status == status, (data, out_size, address)

@@ -19,7 +19,7 @@ from fltemu.samples import minispy
 from fltemu.samples.minispy import MiniSpyCommand, SpyOperation
 
 from ..helpers import until
-from . import place, running
+from . import place, running, send_from
 
 PORT = minispy.PORT_NAME
 #: The user program's buffer (mspyLog.c: BUFFER_SIZE).
@@ -127,7 +127,7 @@ async def test_get_log_returns_whole_records(daemon: Daemon) -> None:
             assert info.value.hresult == 0x80070103  # STATUS_NO_MORE_ENTRIES
             assert info.value.ntstatus == NtStatus.STATUS_NO_MORE_ENTRIES
             for name in ("a", "bb", "ccc"):
-                assert state.log_operation(SpyOperation(name, minispy.IRP_MJ_CREATE))
+                assert state.log_operation(SpyOperation(name, minispy.IRP_MJ_READ))
             # 160 bytes each; a 400-byte buffer takes two, the third stays.
             first = parse(await port.send(GET_LOG, 400))
             assert [(r.sequence, r.name, r.length) for r in first] == [
@@ -161,6 +161,36 @@ async def test_names_are_cut_and_nul_terminated(daemon: Daemon) -> None:
     assert [r.major for r in records] == [4, 2, 3]
 
 
+async def test_create_names_end_in_the_empty_ecp_text(daemon: Daemon) -> None:
+    # SpySetRecordNameAndEcpData: "%wZ %wZ" for a create (ECP text empty without ECPs),
+    # "%wZ" otherwise; _snwprintf's overflow keeps the first 427 code units, space or not.
+    longest = minispy.MAX_NAME_WCHARS_LESS_NULL
+    async with running(daemon, minispy) as flt:
+        state = minispy.state_of(flt)
+        for name, major in (
+            ("\\Device\\HarddiskVolume1\\a.txt", minispy.IRP_MJ_CREATE),
+            ("\\Device\\HarddiskVolume1\\a.txt", minispy.IRP_MJ_CLEANUP),
+            ("abc", minispy.IRP_MJ_CREATE),
+            ("abc", minispy.IRP_MJ_READ),
+            ("c" * (longest - 1), minispy.IRP_MJ_CREATE),  # with its space: exactly 427
+            ("d" * longest, minispy.IRP_MJ_CREATE),  # one over: cut, no space
+        ):
+            state.log_operation(SpyOperation(name, major))
+        async with await fltuser.aconnect(PORT, address=daemon.address) as port:
+            records = parse(await port.send(GET_LOG, BUFFER))
+    assert [r.name for r in records] == [
+        "\\Device\\HarddiskVolume1\\a.txt ",
+        "\\Device\\HarddiskVolume1\\a.txt",
+        "abc ",
+        "abc",
+        "c" * (longest - 1) + " ",
+        "d" * longest,
+    ]
+    # Length counts the space: 152 + 2 * 4 + 2 → 168 for the create, 160 for the read.
+    assert [r.length for r in records[2:4]] == [168, 160]
+    assert records[4].length == records[5].length == minispy.MAX_LOG_RECORD_LENGTH
+
+
 async def test_record_limit_uses_the_static_buffer_then_drops(daemon: Daemon) -> None:
     async with running(daemon, minispy, max_records="3") as flt:
         state = minispy.state_of(flt)
@@ -184,7 +214,7 @@ async def test_record_limit_uses_the_static_buffer_then_drops(daemon: Daemon) ->
 async def test_records_wait_for_a_client_and_survive_a_reconnect(daemon: Daemon) -> None:
     async with running(daemon, minispy) as flt:
         state = minispy.state_of(flt)
-        state.log_operation(SpyOperation("before", 0))
+        state.log_operation(SpyOperation("before", minispy.IRP_MJ_READ))
         port = await asyncio.to_thread(fltuser.connect, PORT, address=daemon.address)
         try:
             await until(lambda: state.client_port is not None)
@@ -193,7 +223,7 @@ async def test_records_wait_for_a_client_and_survive_a_reconnect(daemon: Daemon)
         finally:
             await asyncio.to_thread(port.close)
         await until(lambda: state.client_port is None)
-        state.log_operation(SpyOperation("between", 0))
+        state.log_operation(SpyOperation("between", minispy.IRP_MJ_READ))
         async with await fltuser.aconnect(PORT, address=daemon.address) as again:
             (record,) = parse(await again.send(GET_LOG, BUFFER))
             assert record.name == "between"
@@ -214,7 +244,8 @@ async def test_dir_source_logs_create_write_delete(daemon: Daemon, tmp_path: Pat
             os.remove(target)
             await until(lambda: len(state.records) == 3)
             records = parse(await port.send(GET_LOG, BUFFER))
-    assert [r.name for r in records] == [str(target)] * 3
+    # The create's name carries the Vista build's "%wZ %wZ" with an empty ECP string.
+    assert [r.name for r in records] == [f"{target} ", str(target), str(target)]
     assert [r.major for r in records] == [
         minispy.IRP_MJ_CREATE,
         minispy.IRP_MJ_WRITE,
@@ -264,3 +295,28 @@ async def test_teardown_stops_the_source_and_frees_the_records(daemon: Daemon) -
     assert not state.records and state.records_allocated == 0
     assert not state.static_buffer_in_use
     assert not flt.server_ports
+
+
+async def test_misaligned_output_buffers_minispy_c(daemon: Daemon) -> None:
+    # SpyMessage: after the size checks, IS_ALIGNED(OutputBuffer, sizeof(PVOID)) for the log
+    # and IS_ALIGNED(OutputBuffer, sizeof(ULONG)) for the version, else
+    # STATUS_DATATYPE_MISALIGNMENT; the address's low bits come with the request.
+    misaligned = NtStatus.STATUS_DATATYPE_MISALIGNMENT
+    async with running(daemon, minispy) as flt:
+        state = minispy.state_of(flt)
+        state.log_operation(SpyOperation("kept", minispy.IRP_MJ_READ))
+        cases = [
+            (GET_LOG, BUFFER, 0x3C, misaligned),  # 4-aligned is not pointer-aligned
+            (GET_LOG, BUFFER, 0x01, misaligned),
+            (GET_LOG, 0, 0x01, NtStatus.STATUS_INVALID_PARAMETER),  # the size check first
+            (GET_VERSION, 4, 0x3E, misaligned),
+            (GET_VERSION, 3, 0x3E, NtStatus.STATUS_INVALID_PARAMETER),
+            (GET_VERSION, 4, 0x3C, NtStatus.STATUS_SUCCESS),
+        ]
+        for data, out_size, address, status in cases:
+            result = await send_from(daemon, PORT, data, out_size, address)
+            assert result.status == status, (data, out_size, address)
+        assert len(state.records) == 1  # no misaligned GetMiniSpyLog took the record
+        result = await send_from(daemon, PORT, GET_LOG, BUFFER, 0x38)
+        assert result.status == NtStatus.STATUS_SUCCESS
+        assert [r.name for r in parse(result.data)] == ["kept"]

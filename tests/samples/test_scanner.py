@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from fltemu.samples import scanner
 from fltemu.samples.scanner import ScanOperation
 
 from ..helpers import until
-from . import place, running
+from . import running
 
 PORT = scanner.PORT_NAME
 #: FILTER_MESSAGE_HEADER + SCANNER_NOTIFICATION: the 1048 bytes scanUser.c asks for.
@@ -167,45 +168,76 @@ async def test_content_is_cut_to_1024_bytes(daemon: Daemon) -> None:
             assert (await scan).bytes_to_scan == 1024
 
 
-async def test_dir_source_scans_new_files_with_their_content(
+async def test_dir_source_scans_opens_writes_and_cleanups_as_scanner_c(
     daemon: Daemon, tmp_path: Path
 ) -> None:
+    # ScannerPostCreate scans every open, ScannerPreWrite the written bytes, ScannerPreCleanup
+    # rescans a file opened for write; inotify's IN_OPEN, IN_MODIFY and IN_CLOSE_WRITE.
     watched = tmp_path / "watched"
     watched.mkdir()
-    (watched / "before.doc").write_bytes(b"there before setup: the baseline")
-    settings = {"source": f"dir:{watched}", "interval": "0.01", "extensions": "doc, .TXT"}
+    before = watched / "before.doc"
+    before.write_bytes(b"there before setup, foul")
+    sentinel = watched / "sentinel.doc"
+    sentinel.write_bytes(b"the last one")
+    settings = {"source": f"dir:{watched}", "extensions": "doc, .TXT"}
     async with running(daemon, scanner, **settings) as flt:
         state = scanner.state_of(flt)
-        watcher = state.runner.watcher if state.runner else None
-        assert watcher is not None and watcher.file_count == 1
-        port = await asyncio.to_thread(fltuser.connect, PORT, address=daemon.address)
-        try:
+        watcher = state.runner.activity_watcher if state.runner else None
+        assert watcher is not None and watcher.directory_count == 1
+        async with await fltuser.aconnect(PORT, address=daemon.address) as port:
             await until(lambda: state.client_port is not None)
-            place(watched, "skipped.bin", b"foul, but not a scanned extension")
-            polls = watcher.polls
-            await until(lambda: watcher.polls >= polls + 2)
+
+            async def answer() -> bytes:
+                message = await port.get_message(MESSAGE_BYTES, timeout=5)
+                _, content = notification(message)
+                await port.reply(message.message_id, bytes([scanner.FOUL_STRING not in content]))
+                return content
+
+            (watched / "skipped.bin").write_bytes(b"foul, but not a scanned extension")
             sub = watched / "sub"
             sub.mkdir()
-            target = place(sub, "letter.TXT", b"some foul language")
-            message = await asyncio.to_thread(port.get_message, MESSAGE_BYTES, 5.0)
-            assert notification(message) == (18, b"some foul language")
-            safe = scanner.FOUL_STRING not in notification(message)[1]
-            await asyncio.to_thread(port.reply, message.message_id, bytes([safe]))
-            await until(lambda: len(state.verdicts) == 1)
-            verdict = state.verdicts[0]
-            assert verdict.name == str(target)
-            assert verdict.operation is ScanOperation.OPEN
-            assert not verdict.safe and verdict.would_block
-            # A change is the pre-write scan, with the new content.
-            place(sub, "letter.TXT", b"all clean now, longer than before")
-            message = await asyncio.to_thread(port.get_message, MESSAGE_BYTES, 5.0)
-            assert notification(message)[1] == b"all clean now, longer than before"
-            await asyncio.to_thread(port.reply, message.message_id, b"\x01")
-            await until(lambda: len(state.verdicts) == 2)
-            assert state.verdicts[1].operation is ScanOperation.WRITE
-            assert state.verdicts[1].safe
-        finally:
-            await asyncio.to_thread(port.close)
+            await until(lambda: watcher.directory_count == 2)  # a new directory is watched
+            target = sub / "letter.TXT"
+            with target.open("wb") as f:
+                await until(lambda: len(state.verdicts) == 1)  # the open: empty, not sent
+                f.write(b"some foul language")
+                f.flush()
+                assert await answer() == b"some foul language"
+                f.write(b", then clean text")
+                f.flush()
+                assert await answer() == b", then clean text"  # the write's bytes only
+            # The close of a handle opened for write: the rescan, from the file's start.
+            assert await answer() == b"some foul language, then clean text"
+            # An open for reading: the post-create scan, and no rescan.
+            assert before.read_bytes()
+            assert await answer() == b"there before setup, foul"
+            # The scanner's own reads caused nothing: the next message is the next open's.
+            assert sentinel.read_bytes()
+            assert await answer() == b"the last one"
+            await until(lambda: len(state.verdicts) == 6)
+    verdicts = [(v.name, v.operation, v.sent, v.safe, v.would_block) for v in state.verdicts]
+    open_, write, cleanup = ScanOperation.OPEN, ScanOperation.WRITE, ScanOperation.CLEANUP
+    assert verdicts == [
+        (str(target), open_, False, True, False),
+        (str(target), write, True, False, True),
+        (str(target), write, True, True, False),
+        (str(target), cleanup, True, False, False),  # unsafe, but a cleanup only reports
+        (str(before), open_, True, False, True),
+        (str(sentinel), open_, True, True, False),
+    ]
+    assert watcher.fd == -1  # teardown closed the inotify descriptor
+
+
+async def test_dir_source_needs_inotify(
+    daemon: Daemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "platform", "darwin")
+    flt = daemon.register_filter("scanner")
+    flt.settings = {"source": f"dir:{tmp_path}"}
+    with pytest.raises(ValueError, match="inotify"):
+        await scanner.setup(flt)
+    assert not flt.server_ports
+    await flt.unload()
 
 
 async def test_synthetic_source_sends_seeded_content(daemon: Daemon) -> None:

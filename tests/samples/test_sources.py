@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 from pathlib import Path
 
 import pytest
 
 from fltemu.daemon import Daemon
 from fltemu.samples import minispy
+from fltemu.samples._inotify import (
+    IN_Q_OVERFLOW,
+    ActivityWatcher,
+    FileActivity,
+    FileActivityKind,
+    RawEvent,
+    parse_events,
+)
 from fltemu.samples._sources import (
     DirectoryWatcher,
     DirSource,
@@ -101,3 +110,42 @@ async def test_a_source_stops_when_its_filter_unloads_without_teardown(daemon: D
     await flt.unload()
     await until(lambda: not runner.is_running)
     await minispy.teardown(flt)
+
+
+async def test_activity_watcher_reads_batches_and_closes(tmp_path: Path) -> None:
+    watcher = ActivityWatcher(str(tmp_path), want=lambda p: p.endswith(".doc"), read_bytes=4)
+    watcher.open()
+    fd = watcher.fd
+    try:
+        assert os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify"
+
+        async def next_activity() -> tuple[FileActivityKind, bytes | None]:
+            batch: list[FileActivity] = []
+            while not batch:
+                batch = await watcher.next_batch()
+            (activity,) = batch
+            return activity.kind, activity.content
+
+        with (tmp_path / "a.doc").open("wb") as f:
+            (tmp_path / "a.txt").write_bytes(b"not wanted")
+            assert await next_activity() == (FileActivityKind.OPENED, b"")
+            f.write(b"abcdefgh")
+            f.flush()
+            # The bytes the write added, cut to read_bytes.
+            assert await next_activity() == (FileActivityKind.WRITTEN, b"abcd")
+            f.write(b"ijkl")
+            f.flush()
+            assert await next_activity() == (FileActivityKind.WRITTEN, b"ijkl")
+        assert await next_activity() == (FileActivityKind.CLOSED_AFTER_WRITE, b"abcd")
+        # A full kernel queue drops events: counted and logged, and nothing is reported.
+        overflow = struct.pack("=iIII", -1, IN_Q_OVERFLOW, 0, 0)
+        assert list(parse_events(overflow + b"\x01\x02")) == [RawEvent(-1, IN_Q_OVERFLOW, "")]
+    finally:
+        watcher.close()
+    assert watcher.fd == -1 and watcher.directory_count == 0
+    watcher.close()  # twice is harmless
+    try:
+        link: str | None = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        link = None
+    assert link != "anon_inode:inotify"

@@ -71,7 +71,7 @@ def test_minispy_agent_polls_the_builtin_minispy(
         (watched / "seen.txt").write_bytes(b"x")
         record = agent.expect("record")
         assert record.startswith("record seq=1 major=0 name=")  # IRP_MJ_CREATE
-        assert record.endswith("seen.txt"), record
+        assert record.endswith("seen.txt "), record  # "%wZ %wZ", an empty ECP text
         unloaded = fltemu("unload", "minispy", "--address", socket_path)
         assert unloaded.returncode == 0, unloaded.stderr
         assert agent.expect("The kernel component") == (
@@ -87,7 +87,7 @@ def test_scanner_agent_against_the_builtin_scanner_via_fltemu_wine(
     watched.mkdir()
     with serve(
         socket_path, "--filter", "scanner", "--set", f"scanner.source=dir:{watched}",
-        "--set", "scanner.extensions=txt", "--set", "scanner.interval=0.05",
+        "--set", "scanner.extensions=txt",
     ):  # fmt: skip
         env = dict(os.environ, WINEPREFIX=str(wine_prefix.path))
         argv = [
@@ -100,7 +100,8 @@ def test_scanner_agent_against_the_builtin_scanner_via_fltemu_wine(
             for name, content in (("foul.txt", b"some foul text\n"), ("ok.txt", b"clean\n")):
                 staged = tmp_path / name
                 staged.write_bytes(content)
-                os.replace(staged, watched / name)
+                os.replace(staged, watched / name)  # no open yet: nothing to scan
+                (watched / name).read_bytes()  # an open: ScannerPostCreate's scan
                 verdict = agent.expect("Scanner: message")
                 expected = "unsafe" if b"foul" in content else "safe"
                 assert verdict.endswith(
@@ -227,3 +228,31 @@ def test_avscan_agent_maps_real_sections_of_the_builtin_avscan(
         )
         assert agent.expect("bye") == "bye"
         assert agent.proc.wait(ANSWER_WAIT) == 0
+
+
+def test_misaligned_output_buffers_reach_the_samples_checks(
+    socket_path: str, start_agent: AgentFactory
+) -> None:
+    # fltlib.dll sends lpOutBuffer's low bits (protocol §7.1), so minispy's and avscan's
+    # IS_ALIGNED checks see the agent's real buffer: STATUS_DATATYPE_MISALIGNMENT reaches the
+    # agent as fltlib translates it, HRESULT_FROM_WIN32(ERROR_NOACCESS).
+    from fltemu.samples import avscan, minispy
+
+    log = struct.pack("<II", minispy.MiniSpyCommand.GetMiniSpyLog, 0).hex()
+    version = struct.pack("<II", minispy.MiniSpyCommand.GetMiniSpyVersion, 0).hex()
+    create = struct.pack(
+        "<I4xqI4xQ", avscan.AvScanCommand.AvCmdCreateSectionForDataScan, 99, 0, 0
+    ).hex()
+    with serve(socket_path, "--filter", "minispy", "--filter", "avscan"):
+        spy = start_agent(socket_path)
+        assert spy.cmd(f"connect {minispy.PORT_NAME}") == "connect 0x00000000"
+        assert spy.cmd(f"sendat {log} 4096 4") == "sendat 0x800703e6 n=0 out="
+        assert spy.cmd(f"sendat {log} 4096 8") == "sendat 0x80070103 n=0 out="  # aligned: empty
+        assert spy.cmd(f"sendat {version} 4 2") == "sendat 0x800703e6 n=0 out="
+        assert spy.cmd(f"sendat {version} 4 4") == "sendat 0x00000000 n=4 out=02000000"
+        assert spy.cmd(f"send {version} 4") == "send 0x00000000 n=4 out=02000000"
+        av = start_agent(socket_path)
+        context = struct.pack("<I", avscan.AvConnectionType.AvConnectForScan).hex()
+        assert av.cmd(f"connect {avscan.SCAN_PORT_NAME} {context}") == "connect 0x00000000"
+        assert av.cmd(f"sendat {create} 8 12") == "sendat 0x800703e6 n=0 out="
+        assert av.cmd(f"sendat {create} 8 0") == "sendat 0x80070490 n=0 out="  # STATUS_NOT_FOUND

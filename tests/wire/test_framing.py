@@ -303,9 +303,10 @@ def test_write_frame_appends_and_reports_the_payload_size() -> None:
 def test_write_frame_length_is_little_endian() -> None:
     out = bytearray()
     size = write_frame(msgspec.msgpack.Encoder(), SendRequest(1, b"z" * 70000, 0), out)
-    assert size == 70000 + 9  # fixarray, tag, rid, bin32 marker + 4-byte length, out_size
+    # fixarray, tag, rid, bin32 marker + 4-byte length, out_size, out_address
+    assert size == 70000 + 10
     assert out[:4] == size.to_bytes(4, "little")
-    assert out[4:9] == bytes.fromhex("94 02 01 c6 00")
+    assert out[4:9] == bytes.fromhex("95 02 01 c6 00")
 
 
 @pytest.mark.parametrize("role", list(Role), ids=lambda r: r.value)

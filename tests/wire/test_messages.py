@@ -16,6 +16,7 @@ from fltemu.errors import RemoteProtocolError
 from fltemu.wire import (
     OPTION_DISCONNECT_NOTICE,
     OPTION_SECTIONS,
+    OUT_ADDRESS_MODULUS,
     PROTOCOL_VERSION,
     Connect,
     ConnectionInfo,
@@ -65,12 +66,17 @@ WIRE_CASES: list[tuple[Any, bytes]] = [
     ),
     (
         SendRequest(rid=7, data=b"\x00\xff", out_size=4096),
-        bytes.fromhex("0a000000940207c4 02 00ffcd 1000"),
+        bytes.fromhex("0b000000950207c4 02 00ffcd 1000 00"),
     ),
     (
         # 256 bytes of data need bin16, and the length prefix needs two bytes.
         SendRequest(rid=1, data=b"x" * 256, out_size=0),
-        bytes.fromhex("07010000940201c5 0100") + b"x" * 256 + b"\x00",
+        bytes.fromhex("08010000950201c5 0100") + b"x" * 256 + b"\x00\x00",
+    ),
+    (
+        # An output buffer at an address ending in 0x3c (protocol §7.1).
+        SendRequest(rid=1, data=b"hello", out_size=64, out_address=0x3C),
+        bytes.fromhex("0c000000 950201c405 68656c6c6f 40 3c"),
     ),
     (
         GetRequest(rid=300, buffer_size=1048),
@@ -261,7 +267,7 @@ def test_the_other_directions_decoder_refuses_it(case: tuple[Any, bytes]) -> Non
 # A newer peer appends fields (with defaults); an older decoder must ignore them.
 NEWER_PEER: list[tuple[list[Any], Any]] = [
     ([1, 1, "\\P", b"c", 2, "future", 7], Connect(1, "\\P", b"c", 2)),
-    ([2, 1, b"d", 8, [1, 2]], SendRequest(1, b"d", 8)),
+    ([2, 1, b"d", 8, 0, [1, 2]], SendRequest(1, b"d", 8)),
     ([3, 1, 64, None], GetRequest(1, 64)),
     ([4, 1, 2, 0, b"", {"k": 1}], ReplyRequest(1, 2, 0, b"")),
     ([5, 1, 1.5], GetCancel(1)),
@@ -276,6 +282,8 @@ NEWER_PEER: list[tuple[list[Any], Any]] = [
 OLDER_PEER: list[tuple[list[Any], Any]] = [
     ([1, 1, "\\P"], Connect(1, "\\P", b"", 0)),
     ([1, 1, "\\P", b"c"], Connect(1, "\\P", b"c", 0)),
+    # A client that does not know its output buffer's address: aligned (protocol §7.1).
+    ([2, 1, b"d", 8], SendRequest(1, b"d", 8, 0)),
     ([16, 1, 0], ConnectResult(1, 0, 0)),
     ([17, 4, 0xC0000010], SendResult(4, 0xC0000010, b"")),
     ([18, 2, 0xC0000120], GetResult(2, 0xC0000120, 0, 0, b"", 0)),
@@ -394,3 +402,12 @@ def test_malformed_payloads_are_remote_protocol_errors(payload: bytes) -> None:
             _reader(union).feed(frame(payload), list().append)
         assert isinstance(info.value.__cause__, msgspec.DecodeError)
         assert info.value.status_hint == 0xC000000D  # STATUS_INVALID_PARAMETER
+
+
+@pytest.mark.parametrize("out_address", [-1, OUT_ADDRESS_MODULUS, 2**32, True, None])
+def test_send_request_out_address_is_the_low_8_bits(out_address: Any) -> None:
+    # lpOutBuffer modulo 256 (protocol §7.1): a whole address, or anything else, is malformed.
+    assert OUT_ADDRESS_MODULUS == 256
+    assert _decode([2, 1, b"d", 8, 255]) == SendRequest(1, b"d", 8, 255)
+    with pytest.raises(msgspec.ValidationError):
+        _decode([2, 1, b"d", 8, out_address])

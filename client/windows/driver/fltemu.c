@@ -619,8 +619,13 @@ static NTSTATUS do_request(conn *c, PIRP irp, ULONG code)
     const unsigned char *in = irp->AssociatedIrp.SystemBuffer;
     ULONGLONG rid;
     NTSTATUS status;
+    ULONG out_address = 0;
 
     if (code == IOCTL_FLTEMU_CONNECT) return do_connect(c, irp, in, in_len);
+    if (FLTEMU_IS_SEND_AT(code)) {
+        out_address = FLTEMU_SEND_AT_LOW(code);
+        code = IOCTL_FLTEMU_SEND;
+    }
     if (!begin_request(c, &rid, &status)) return status;
 
     ULONGLONG payload = code == IOCTL_FLTEMU_SEND ? in_len : code == IOCTL_FLTEMU_REPLY ? in_len : 0;
@@ -635,11 +640,12 @@ static NTSTATUS do_request(conn *c, PIRP irp, ULONG code)
     switch (code) {
     case IOCTL_FLTEMU_SEND:
         kind = KIND_SEND;
-        wire_put_array(&o, 4);
+        wire_put_array(&o, 5);
         wire_put_uint(&o, WIRE_SEND_REQUEST);
         wire_put_uint(&o, rid);
         wire_put_bin(&o, in, in_len);
         wire_put_uint(&o, out_len);
+        wire_put_uint(&o, out_address);
         break;
     case IOCTL_FLTEMU_GET:
         kind = KIND_GET;
@@ -736,8 +742,8 @@ static NTSTATUS NTAPI dispatch_ioctl(PDEVICE_OBJECT device, PIRP irp)
     ULONG code = sp->Parameters.DeviceIoControl.IoControlCode;
     NTSTATUS status;
     if (!c) status = STATUS_INVALID_HANDLE;
-    else if (code == IOCTL_FLTEMU_CONNECT || code == IOCTL_FLTEMU_SEND || code == IOCTL_FLTEMU_GET ||
-             code == IOCTL_FLTEMU_REPLY)
+    else if (code == IOCTL_FLTEMU_CONNECT || code == IOCTL_FLTEMU_SEND || FLTEMU_IS_SEND_AT(code) ||
+             code == IOCTL_FLTEMU_GET || code == IOCTL_FLTEMU_REPLY)
         status = do_request(c, irp, code);
     else status = STATUS_INVALID_DEVICE_REQUEST;
     if (status != STATUS_PENDING) complete(irp, status, 0);

@@ -236,8 +236,10 @@ HRESULT WINAPI FilterSendMessage(HANDLE hPort, LPVOID lpInBuffer, DWORD dwInBuff
     if (!lpBytesReturned) return E_INVALIDARG;
     *lpBytesReturned = 0;
     if (!lpInBuffer || !dwInBufferSize) return E_INVALIDARG;
-    st = ioctl_sync(hPort, IOCTL_FLTEMU_SEND, lpInBuffer, dwInBufferSize, lpOutBuffer,
-                    lpOutBuffer ? dwOutBufferSize : 0, &info);
+    /* The output buffer's low address bits go with the request, so that MessageNotify's
+     * alignment checks see this buffer's (protocol §7.1). */
+    st = ioctl_sync(hPort, IOCTL_FLTEMU_SEND_AT((ULONG_PTR)lpOutBuffer), lpInBuffer, dwInBufferSize,
+                    lpOutBuffer, lpOutBuffer ? dwOutBufferSize : 0, &info);
     if (!NT_ERROR(st)) *lpBytesReturned = (DWORD)info;
     return flt_hresult(st);
 }

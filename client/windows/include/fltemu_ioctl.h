@@ -28,8 +28,15 @@
  * Completes with the ConnectResult's status (or a local connect(2) failure, see below). */
 #define IOCTL_FLTEMU_CONNECT FLTEMU_CTL(0x801u)
 /* in: the message (FilterSendMessage's lpInBuffer); out: lpOutBuffer.
- * Completes with MessageNotify's status; Information = bytes of output. */
+ * Completes with MessageNotify's status; Information = bytes of output.
+ * IOCTL_FLTEMU_SEND_AT(low) is the same send for an lpOutBuffer whose address modulo 256 is
+ * `low` (the daemon's SendRequest.out_address, for MessageNotify's IS_ALIGNED checks,
+ * protocol §7.1).  METHOD_BUFFERED hides the caller's buffer from the driver, so the low bits
+ * travel in the function number, 0x900 to 0x9FF; IOCTL_FLTEMU_SEND counts as aligned. */
 #define IOCTL_FLTEMU_SEND FLTEMU_CTL(0x802u)
+#define IOCTL_FLTEMU_SEND_AT(low) FLTEMU_CTL(0x900u | ((unsigned)(low) & 0xFFu))
+#define FLTEMU_IS_SEND_AT(code) (((code) & ~(0xFFu << 2)) == FLTEMU_CTL(0x900u))
+#define FLTEMU_SEND_AT_LOW(code) (((code) >> 2) & 0xFFu)
 /* in: nothing; out: FILTER_MESSAGE_HEADER + message.  Information = 16 + message length
  * on success, the required size on STATUS_BUFFER_TOO_SMALL.  Cancellable. */
 #define IOCTL_FLTEMU_GET FLTEMU_CTL(0x803u)
@@ -38,7 +45,7 @@
 
 /* Version of this contract; the driver refuses a connect of another version with
  * STATUS_REVISION_MISMATCH, so a DLL and driver from different builds never mix. */
-#define FLTEMU_IOCTL_VERSION 2u
+#define FLTEMU_IOCTL_VERSION 3u
 
 /* Limits checked by both sides.  The context is a WORD; the socket path fits sun_path. */
 #define FLTEMU_MAX_CONTEXT 65535u

@@ -5,6 +5,8 @@
  *   connect NAME [CTXHEX|-] [OPTIONS]  FilterConnectCommunicationPort        "connect 0x%08x"
  *   connectbad                          NULL context with a size: E_INVALIDARG
  *   send HEX OUTSIZE                    FilterSendMessage      "send 0x%08x n=N out=HEX"
+ *   sendat HEX OUTSIZE SKEW             FilterSendMessage with lpOutBuffer SKEW bytes past a
+ *                                       16-aligned address  "sendat 0x%08x n=N out=HEX"
  *   sendnull                            FilterSendMessage(h, NULL, 0, ...)
  *   sendmap HEX OUTSIZE OFFSET LEN      FilterSendMessage, then map the section handle at OFFSET
  *                                       of the output and read LEN bytes of it
@@ -177,6 +179,18 @@ int main(void)
             out("send 0x%08lx n=%lu out=%s", (unsigned long)hr, got, to_hex(outbuf, got <= outsize ? got : 0, hex));
             free(hex);
             free(outbuf);
+        } else if (!strcmp(cmd, "sendat")) {
+            char a4[32] = "0";
+            sscanf(line, "%*s %*s %*s %31s", a4);
+            size_t n = from_hex(a1, data, sizeof data);
+            DWORD outsize = strtoul(a2, NULL, 0), got = 12345, skew = strtoul(a4, NULL, 0) & 15;
+            unsigned char *block = calloc(1, outsize + 32);
+            unsigned char *outbuf = (unsigned char *)(((ULONG_PTR)block + 15) & ~(ULONG_PTR)15) + skew;
+            HRESULT hr = FilterSendMessage(port, data, (DWORD)n, outbuf, outsize, &got);
+            char *hex = malloc(2 * (got <= outsize ? got : 0) + 1);
+            out("sendat 0x%08lx n=%lu out=%s", (unsigned long)hr, got, to_hex(outbuf, got <= outsize ? got : 0, hex));
+            free(hex);
+            free(block);
         } else if (!strcmp(cmd, "sendmap")) {
             char a4[32] = "", a5[32] = "";
             sscanf(line, "%*s %*s %*s %31s %31s", a4, a5);
