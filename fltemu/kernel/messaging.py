@@ -28,9 +28,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final, cast
-
-import msgspec
 
 from .._limits import FILTER_HEADER_BYTES
 from ..status import NtStatus
@@ -55,9 +54,8 @@ _NO_WAITER: Final = NtStatus.STATUS_FLT_NO_WAITER_FOR_REPLY
 _STATUS_MEMBERS: Final = cast("dict[object, NtStatus]", NtStatus._value2member_map_)
 
 
-# A msgspec Struct rather than a frozen dataclass: built once per kernel message, it costs a
-# twentieth of the dataclass (whose __init__ sets each field through object.__setattr__).
-class SendMessageResult(msgspec.Struct, frozen=True, gc=False):
+@dataclass(frozen=True, slots=True)
+class SendMessageResult:
     """What FltSendMessage returned (an immutable value; compares by its fields).
 
     Attributes:
