@@ -100,6 +100,22 @@ class _Protocol(asyncio.BufferedProtocol):
         elif self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self.flush)
 
+    def buffer(self) -> bytearray | None:
+        """The buffer to encode the next frame into, then call ``added``; ``None`` when the
+        transport is gone (encode a frame of its own and ``write`` it: it is dropped)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return None
+        return self._out
+
+    def added(self) -> None:
+        """A frame was encoded into ``buffer()``: write it as ``write`` would."""
+        self._out_frames += 1
+        if self._out_frames >= WRITE_CHUNK_FRAMES:
+            self.flush()
+        elif self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self.flush)
+
     def flush(self) -> None:
         """Write what is buffered now."""
         if self._flush_handle is not None:
@@ -223,8 +239,12 @@ class AsyncPort:
         """FilterSendMessage; see ``Port.send`` for the results and HRESULTs."""
         if self._protocol.paused:
             await self._protocol.drain()
-        waiter: asyncio.Future[bytes] = self._protocol.loop.create_future()
-        self._write(self._core.send_request(data, out_size, waiter))
+        protocol = self._protocol
+        waiter: asyncio.Future[bytes] = protocol.loop.create_future()
+        out = protocol.buffer()
+        self._core.send_request(data, out_size, waiter, out)
+        if out is not None:
+            protocol.added()
         return await waiter
 
     async def get_message(self, buffer_size: int, timeout: float | None = None) -> Message:
@@ -245,8 +265,12 @@ class AsyncPort:
         """FilterReplyMessage; see ``Port.reply``."""
         if self._protocol.paused:
             await self._protocol.drain()
-        waiter: asyncio.Future[None] = self._protocol.loop.create_future()
-        self._write(self._core.reply_request(message_id, status, data, waiter))
+        protocol = self._protocol
+        waiter: asyncio.Future[None] = protocol.loop.create_future()
+        out = protocol.buffer()
+        self._core.reply_request(message_id, status, data, waiter, out)
+        if out is not None:
+            protocol.added()
         await waiter
 
     async def reply_and_get(
@@ -266,9 +290,12 @@ class AsyncPort:
         """
         if self._protocol.paused:
             await self._protocol.drain()
-        core = self._core
-        reply_waiter: asyncio.Future[None] = self._protocol.loop.create_future()
-        self._write(core.reply_request(message_id, status, data, reply_waiter))
+        core, protocol = self._core, self._protocol
+        reply_waiter: asyncio.Future[None] = protocol.loop.create_future()
+        out = protocol.buffer()
+        core.reply_request(message_id, status, data, reply_waiter, out)
+        if out is not None:
+            protocol.added()
         try:
             stashed = core.take_stashed(buffer_size)
         except HResultError:
@@ -289,9 +316,12 @@ class AsyncPort:
         return await self._finish_get(rid, waiter, timeout)
 
     def _start_get(self, buffer_size: int) -> tuple[int, asyncio.Future[Message]]:
-        waiter: asyncio.Future[Message] = self._protocol.loop.create_future()
-        rid, frame = self._core.get_request(buffer_size, waiter)
-        self._write(frame)
+        protocol = self._protocol
+        waiter: asyncio.Future[Message] = protocol.loop.create_future()
+        out = protocol.buffer()
+        rid, _ = self._core.get_request(buffer_size, waiter, out)
+        if out is not None:
+            protocol.added()
         return rid, waiter
 
     async def _finish_get(

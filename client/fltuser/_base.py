@@ -105,6 +105,8 @@ class PortState(enum.Enum):
     CLOSED = "closed"  # we closed it
 
 
+_CONNECTED: Final = PortState.CONNECTED
+
 #: The bytes of one or more frames, ready to write.
 Frame = bytes | bytearray
 
@@ -192,21 +194,28 @@ class PortCore:
             ntstatus=NtStatus.STATUS_PORT_DISCONNECTED,
         )
 
-    def send_request(self, data: bytes, out_size: int, waiter: object) -> Frame:
-        """FilterSendMessage's frame.
+    def send_request(
+        self, data: bytes, out_size: int, waiter: object, out: bytearray | None = None
+    ) -> Frame:
+        """FilterSendMessage's frame, appended to ``out`` when given (and ``out`` returned).
 
         Raises:
             HResultError: E_INVALIDARG for empty input or a negative size (§3.2);
                 0x800705AA for input over the daemon's size limit; E_HANDLE when unusable.
         """
-        self.check_usable()
+        if self.state is not _CONNECTED:
+            self.check_usable()
         if not data:
             raise _invalid_arg("FilterSendMessage needs a non-empty input buffer")
         if not 0 <= out_size <= _ULONG_MAX:
             raise _invalid_arg("out_size is a DWORD: 0 to 0xFFFFFFFF")
-        self._check_size(len(data))
-        rid = self.wire.next_request_id()
-        frame = self._frame(SendRequest(rid, bytes(data), out_size))
+        wire = self.wire
+        if len(data) > wire.max_message_bytes:
+            self._check_size(len(data))
+        rid = wire.next_request_id()
+        if type(data) is not bytes:
+            data = bytes(data)  # a memoryview's len() need not count bytes
+        frame = self._frame(SendRequest(rid, data, out_size), out)
         self._pending[rid] = _Pending(SendRequest, waiter)
         return frame
 
@@ -229,25 +238,42 @@ class PortCore:
             raise _buffer_too_small(message.size)
         return self._stash.popleft()
 
-    def get_request(self, buffer_size: int, waiter: object) -> tuple[int, Frame]:
-        """FilterGetMessage's frame and its request id (to cancel it with ``abandon_get``)."""
-        self.check_usable()
+    def get_request(
+        self, buffer_size: int, waiter: object, out: bytearray | None = None
+    ) -> tuple[int, Frame]:
+        """FilterGetMessage's frame (appended to ``out`` when given) and its request id (to
+        cancel it with ``abandon_get``)."""
+        if self.state is not _CONNECTED:
+            self.check_usable()
         rid = self.wire.next_request_id()
-        frame = self._frame(GetRequest(rid, buffer_size))
+        frame = self._frame(GetRequest(rid, buffer_size), out)
         self._pending[rid] = _Pending(GetRequest, waiter, buffer_size)
         return rid, frame
 
-    def reply_request(self, message_id: int, status: int, data: bytes, waiter: object) -> Frame:
-        """FilterReplyMessage's frame (``data`` is what follows FILTER_REPLY_HEADER)."""
-        self.check_usable()
+    def reply_request(
+        self,
+        message_id: int,
+        status: int,
+        data: bytes,
+        waiter: object,
+        out: bytearray | None = None,
+    ) -> Frame:
+        """FilterReplyMessage's frame (``data`` is what follows FILTER_REPLY_HEADER), appended
+        to ``out`` when given."""
+        if self.state is not _CONNECTED:
+            self.check_usable()
         if not 0 <= message_id <= 0xFFFFFFFFFFFFFFFF:
             raise _invalid_arg("message_id is a ULONGLONG")
         if not -0x80000000 <= int(status) <= _ULONG_MAX:
             raise _invalid_arg("status is an NTSTATUS: 32 bits, signed or unsigned spelling")
         status_u32 = int(status) & _ULONG_MAX
-        self._check_size(len(data))
-        rid = self.wire.next_request_id()
-        frame = self._frame(ReplyRequest(rid, message_id, status_u32, bytes(data)))
+        wire = self.wire
+        if len(data) > wire.max_message_bytes:
+            self._check_size(len(data))
+        rid = wire.next_request_id()
+        if type(data) is not bytes:
+            data = bytes(data)
+        frame = self._frame(ReplyRequest(rid, message_id, status_u32, data), out)
         self._pending[rid] = _Pending(ReplyRequest, waiter)
         return frame
 
@@ -278,9 +304,11 @@ class PortCore:
         self._out.clear()
         return done, out
 
-    def _frame(self, message: object) -> bytearray:
-        # A frame of its own (no copy into bytes): the flavour writes it and drops it.
-        out = bytearray()
+    def _frame(self, message: object, out: bytearray | None = None) -> bytearray:
+        # A frame of its own (no copy into bytes), which the flavour writes and drops, or
+        # appended to the flavour's output buffer.
+        if out is None:
+            out = bytearray()
         self.wire.send_into(message, out)
         return out
 
