@@ -181,7 +181,12 @@ def fltemu_impl(
 
     reader = "reply_and_get" if combined else "reply, get"
     labels = {"impl": "fltemu", "client": client, "loop": loop, "reader": reader}
-    return h.Impl(f"fltemu/{client}/{loop}", labels, f"daemon-{loop}", run)
+    return h.Impl(_key(labels), labels, f"daemon-{loop}", run)
+
+
+def _key(labels: dict[str, Any]) -> str:
+    key = f"{labels['impl']}/{labels['client']}/{labels['loop']}"
+    return key + ("/separate" if labels.get("reader") == "reply, get" else "")
 
 
 COLUMNS: Final = [
@@ -228,9 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--reader",
-        choices=["combined", "separate"],
-        default="combined",
-        help="how a reader answers and waits again: reply_and_get (combined, default) or "
+        type=h.choices_list(["combined", "separate"]),
+        default=["combined"],
+        help="how a reader answers and waits again: reply_and_get (combined, default) and/or "
         "reply then get_message (separate)",
     )
     parser.add_argument(
@@ -262,17 +267,18 @@ def main(argv: list[str] | None = None) -> int:
         impls.append(baseline.bare_impl("async", loop, "msgpack", timing, args.seed))
     for loop in args.loop:
         for client in args.client:
-            impls.append(
-                fltemu_impl(
-                    client,
-                    loop,
-                    timing,
-                    args.seed,
-                    args.senders,
-                    args.reply_size,
-                    args.reader == "combined",
+            for reader in args.reader:
+                impls.append(
+                    fltemu_impl(
+                        client,
+                        loop,
+                        timing,
+                        args.seed,
+                        args.senders,
+                        args.reply_size,
+                        reader == "combined",
+                    )
                 )
-            )
     start = baseline.reference_servers(build, bare_loops, "msgpack", placement)
     for loop in args.loop:
         start[f"daemon-{loop}"] = lambda loop=loop: h.start_daemon(loop, placement)  # type: ignore[misc]
@@ -316,7 +322,7 @@ def _decorate(
     row["c_ref"] = "C seq" if readers == 1 else f"C {readers} in flight"
     pipe_index = all_configs.index({"readers": 64, "payload": configs[index]["payload"]})
     c_pipe = results.get(("c", pipe_index))
-    key = f"{row['impl']}/{row['client']}/{row['loop']}" if row["impl"] != "C" else "c"
+    key = _key(row) if row["impl"] != "C" else "c"
     runs = results.get((key, index))
     row["ratio_c_pipe64"] = h.paired_ratio(runs, c_pipe) if runs and c_pipe else None
 

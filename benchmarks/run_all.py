@@ -301,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
             extra += ["--loop", ",".join(args.loop)]
         if args.client and name in ("roundtrip", "kernel_to_user"):
             extra += ["--client", ",".join(args.client)]
+        if name == "kernel_to_user":
+            extra += ["--reader", "combined,separate"]
         if name == "daemon" and args.base != "none":
             extra += ["--base", args.base]
         script_rows = run_script(name, passthrough, extra)

@@ -140,6 +140,7 @@ def test_run_all() -> None:
         "cpu-send64",
         "k2u64",
         "k2u1",
+        "k2u1-separate",
         "seq-sync",
         "seq-async",
         "conc8",
