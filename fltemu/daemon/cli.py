@@ -327,7 +327,10 @@ def _add_control_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     ports = add(
         "ports",
         "list filters, server ports and connections (pid, uid, pending getters and senders)",
-        "  fltemu ports\n  fltemu ports --json | jq '.[].ports[].name'\n",
+        "  fltemu ports\n  fltemu ports --json | jq '.[].ports[].name'\n\n"
+        "Connection columns: GETS pending FilterGetMessage calls, SENDS FltSendMessage calls\n"
+        "waiting for a getter, AWAITING messages delivered and waiting for a reply, DELIVERED\n"
+        "and TIMEOUTS kernel messages so far, USER_SENDS FilterSendMessage calls so far.\n",
     )
     ports.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -403,6 +406,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _subparsers(
+    parser: argparse.ArgumentParser,
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return action
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fltemu`` console script and ``python -m fltemu``."""
     parser = build_parser()
@@ -432,11 +442,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "bench":
         from ..bench.command import run_command as run_bench_command
 
-        return run_bench_command(parser, args, agent)
+        return run_bench_command(_subparsers(parser).choices["bench"], args, agent)
+    # Mistakes found after parsing are reported with the sub-command's usage, not fltemu's.
+    command_parser = _subparsers(parser).choices[args.command]
     if args.command != "serve":
         from .ctl import run_command
 
-        return run_command(parser, args)
+        return run_command(command_parser, args)
     logging.basicConfig(
         level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -47,13 +47,17 @@ def snapshot(manager: FilterManager) -> tuple[FilterInfo, ...]:
     filters = []
     for flt in manager.filters.values():
         ports = [
-            _port_info(p) for p in flt._ports if p.state is ServerPortState.OPEN or p.connections
+            _port_info(p)
+            for p in flt._ports
+            if p.state is ServerPortState.OPEN or any(not c.is_kernel_closed for c in p.connections)
         ]
         filters.append(FilterInfo(flt.name, flt.state.value, tuple(ports)))
     return tuple(filters)
 
 
 def _port_info(port: ServerPort) -> PortInfo:
+    # A connection the filter closed (FltCloseClientPort) is gone from the filter's view,
+    # although the user's handle stays open until it is closed: it is not listed.
     connections = tuple(
         ConnectionInfo(
             id=c.id,
@@ -69,6 +73,7 @@ def _port_info(port: ServerPort) -> PortInfo:
             messages_timed_out=c.messages_timed_out,
         )
         for c in sorted(port.connections, key=lambda c: c.id)
+        if not c.is_kernel_closed
     )
     return PortInfo(
         port.name, port.state.value, port.max_connections, port.connection_count, connections
@@ -89,10 +94,20 @@ def _fail(status: NtStatus, message: str) -> ControlResult:
     return ControlResult(PROTOCOL_VERSION, int(status), message)
 
 
+def _port_names(manager: FilterManager) -> str:
+    names = sorted(p.name for f in manager.filters.values() for p in f.server_ports)
+    return ", ".join(names) or "none"
+
+
 def _connections(manager: FilterManager, request: Control) -> list[ClientPort] | ControlResult:
-    ports = _find_ports(manager, request.target)
+    # Names appear as written ('\\ScannerPort' would double every backslash).
+    name = request.target
+    ports = _find_ports(manager, name)
     if not ports:
-        return _fail(NtStatus.STATUS_OBJECT_NAME_NOT_FOUND, f"no port named {request.target!r}")
+        return _fail(
+            NtStatus.STATUS_OBJECT_NAME_NOT_FOUND,
+            f"no port named '{name}' (ports: {_port_names(manager)})",
+        )
     connections = sorted(
         (c for p in ports for c in p.connections if c.is_connected), key=lambda c: c.id
     )
@@ -102,14 +117,11 @@ def _connections(manager: FilterManager, request: Control) -> list[ClientPort] |
             ids = ", ".join(f"#{c.id}" for c in connections) or "none"
             return _fail(
                 NtStatus.STATUS_INVALID_PARAMETER,
-                f"port {request.target!r} has no connection #{request.connection} "
-                f"(connected: {ids})",
+                f"port '{name}' has no connection #{request.connection} (connected: {ids})",
             )
         return chosen
-    if not connections:
-        return _fail(
-            NtStatus.STATUS_PORT_DISCONNECTED, f"port {request.target!r} has no connected client"
-        )
+    if not connections and request.command == "send":
+        return _fail(NtStatus.STATUS_PORT_DISCONNECTED, f"port '{name}' has no connected client")
     return connections
 
 
@@ -120,7 +132,8 @@ async def run_control(manager: FilterManager, request: Control) -> ControlResult
         The ControlResult: STATUS_SUCCESS, or for ``send`` whatever FltSendMessage returned;
         STATUS_OBJECT_NAME_NOT_FOUND (no such port or filter), STATUS_INVALID_PARAMETER (no
         such connection, unknown command, a reply length over 0xFFFFFFEF),
-        STATUS_PORT_DISCONNECTED (no client connected).
+        STATUS_PORT_DISCONNECTED (``send`` to a port with no client connected). A
+        ``disconnect`` of a port with no connection succeeds with a count of 0.
     """
     command = request.command
     if command == "ports":
@@ -131,10 +144,10 @@ async def run_control(manager: FilterManager, request: Control) -> ControlResult
             known = ", ".join(sorted(manager.filters)) or "none"
             return _fail(
                 NtStatus.STATUS_OBJECT_NAME_NOT_FOUND,
-                f"no filter named {request.target!r} (loaded: {known})",
+                f"no filter named '{request.target}' (loaded: {known})",
             )
         await flt.unload_requested()  # its module's teardown first, as FilterUnloadCallback
-        return ControlResult(PROTOCOL_VERSION, 0, f"filter {flt.name!r} unloaded")
+        return ControlResult(PROTOCOL_VERSION, 0, f"filter '{flt.name}' unloaded")
     if command in ("send", "disconnect"):
         found = _connections(manager, request)
         if isinstance(found, ControlResult):

@@ -55,27 +55,53 @@ def _request(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Contr
     return Control(PROTOCOL_VERSION, "unload", args.filter)
 
 
+def _table(rows: list[tuple[object, ...]]) -> list[str]:
+    """Left-aligned columns, each as wide as its widest cell, two spaces apart."""
+    cells = [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+
+
+#: The connection table's columns; one word each, so that ``awk`` can pick them.
+_CONNECTION_COLUMNS = (
+    "ID PORT PID UID STATE GETS SENDS AWAITING DELIVERED TIMEOUTS USER_SENDS".split()
+)
+
+
 def format_ports(filters: tuple[FilterInfo, ...]) -> str:
-    """The human table of ``fltemu ports``."""
+    """The human table of ``fltemu ports``: one row per port, then one per connection."""
     if not filters:
         return "no filters loaded\n"
-    lines = []
+    ports: list[tuple[object, ...]] = [("FILTER", "PORT", "STATE", "CONNECTIONS")]
+    connections: list[tuple[object, ...]] = [tuple(_CONNECTION_COLUMNS)]
     for flt in filters:
-        lines.append(f"filter {flt.name} ({flt.state})")
+        name = flt.name if flt.state == "registered" else f"{flt.name} ({flt.state})"
         if not flt.ports:
-            lines.append("  no ports")
+            ports.append((name, "-", "-", "-"))
         for port in flt.ports:
-            lines.append(
-                f"  {port.name}  {port.state}  connections {port.connection_count}/"
-                f"{port.max_connections}"
-            )
-            for c in port.connections:
-                lines.append(
-                    f"    #{c.id} pid {c.pid} uid {c.uid} {c.state}: "
-                    f"{c.pending_getters} pending gets, {c.blocked_senders} blocked sends, "
-                    f"{c.awaiting_reply} awaiting reply; {c.messages_delivered} delivered, "
-                    f"{c.messages_timed_out} timed out, {c.sends_from_user} sends from user"
+            count = f"{port.connection_count}/{port.max_connections}"
+            ports.append((name, port.name, port.state, count))
+            connections.extend(
+                (
+                    f"#{c.id}",
+                    port.name,
+                    c.pid,
+                    c.uid,
+                    c.state,
+                    c.pending_getters,
+                    c.blocked_senders,
+                    c.awaiting_reply,
+                    c.messages_delivered,
+                    c.messages_timed_out,
+                    c.sends_from_user,
                 )
+                for c in port.connections
+            )
+    lines = _table(ports)
+    if len(connections) > 1:
+        lines += ["", *_table(connections)]
     return "\n".join(lines) + "\n"
 
 
@@ -109,7 +135,11 @@ def _print_result(args: argparse.Namespace, result: ControlResult, out: TextIO) 
         print(f"fltemu: {status}: {result.message}", file=sys.stderr)
         return 1
     if args.command == "disconnect":
-        out.write(f"disconnected {result.count} connection(s)\n")
+        if result.count == 0:
+            out.write(f"'{args.port}' has no connection to disconnect\n")
+        else:
+            plural = "" if result.count == 1 else "s"
+            out.write(f"disconnected {result.count} connection{plural}\n")
     elif result.message:
         out.write(result.message + "\n")
     return 0

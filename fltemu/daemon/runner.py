@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -76,6 +77,16 @@ async def serve(config: DaemonConfig) -> None:
             loop.remove_signal_handler(each)
             signal.signal(each, _exit_now)
 
+    unknown = set(config.settings) - {spec.partition(":")[0] for spec in config.filters}
+    if unknown:
+        raise FilterLoadError(
+            f"--set names filters that are not loaded: {', '.join(sorted(unknown))} "
+            f"(loaded: {', '.join(spec.partition(':')[0] for spec in config.filters)})"
+        )
+    # Filter modules are found in the current folder, as `python -m` would find them (the
+    # console script's sys.path does not have it); appended, so it shadows nothing installed.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, first_signal, sig)
     async with Daemon(
@@ -91,11 +102,6 @@ async def serve(config: DaemonConfig) -> None:
         for spec in config.filters:
             name = spec.partition(":")[0]
             await load_filter(daemon, spec, config.settings.get(name))
-        unknown = set(config.settings) - {spec.partition(":")[0] for spec in config.filters}
-        if unknown:
-            raise FilterLoadError(
-                f"--set names filters that are not loaded: {', '.join(sorted(unknown))}"
-            )
         ports = [p.name for f in daemon.manager.filters.values() for p in f.server_ports]
         loop_name = type(loop).__module__.split(".")[0]
         config.announce(

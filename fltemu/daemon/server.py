@@ -27,7 +27,13 @@ from ..kernel import Filter, FilterManager, SecurityDescriptor
 from ..wire import default_socket_dir, resolve_address
 from .session import READ_BUFFER_BYTES, Session
 
-__all__ = ["DEFAULT_SHUTDOWN_GRACE", "Daemon", "DaemonAddressInUseError"]
+__all__ = [
+    "DEFAULT_SHUTDOWN_GRACE",
+    "Daemon",
+    "DaemonAddressError",
+    "DaemonAddressInUseError",
+    "DaemonAddressUnsafeError",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +45,68 @@ DEFAULT_SHUTDOWN_GRACE: Final = 5.0
 LISTEN_BACKLOG: Final = 1024
 
 
-class DaemonAddressInUseError(FltEmuError, OSError):
+class DaemonAddressError(FltEmuError, OSError):
+    """The daemon cannot listen at its address; the message names the path and what to do.
+
+    An ``OSError`` whose ``errno`` is the system's, and whose text is the explanation alone
+    (no ``[Errno N]`` prefix).
+    """
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class DaemonAddressInUseError(DaemonAddressError):
     """Another daemon is already listening on the address."""
 
 
-class DaemonAddressUnsafeError(FltEmuError, OSError):
+class DaemonAddressUnsafeError(DaemonAddressError):
     """The default socket's private folder exists but is not private to this user."""
+
+
+_OTHER_SOCKET: Final = "choose another socket with --address PATH or FLTEMU_SOCKET"
+
+
+def _who_am_i() -> str:
+    return f"uid {os.geteuid()}, gid {os.getegid()}"
+
+
+def explain_address_error(path: str, exc: OSError) -> DaemonAddressError:
+    """A ``DaemonAddressError`` for an ``OSError`` met while listening on ``path``.
+
+    It names the socket, the folder (with its owner and mode when it exists), the uid the
+    daemon runs as, and what to change: the usual trouble with a bind-mounted socket folder
+    is that it belongs to another user than the daemon's.
+    """
+    if isinstance(exc, DaemonAddressError):
+        return exc
+    folder = os.path.dirname(path) or "."
+    reason = exc.strerror or str(exc)
+    code = exc.errno or errno.EIO
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        owner, owner_uid = "", "UID"
+        try:
+            info = os.stat(folder)
+        except OSError:
+            pass
+        else:
+            owner_uid = str(info.st_uid)
+            owner = (
+                f"; the folder {folder} belongs to uid {info.st_uid}, gid {info.st_gid}, "
+                f"mode {stat.S_IMODE(info.st_mode):o}"
+            )
+        return DaemonAddressError(
+            code,
+            f"cannot create the socket {path}: {reason} (the daemon runs as {_who_am_i()}"
+            f"{owner}). Let the daemon's user write to {folder} (for a bind mount: chown "
+            f"{os.geteuid()} {folder} on the host, or run the daemon as the folder's owner, "
+            f"e.g. docker run --user {owner_uid}), or {_OTHER_SOCKET}",
+        )
+    if code in (errno.ENOENT, errno.ENOTDIR):
+        return DaemonAddressError(
+            code, f"cannot create the socket {path}: the folder {folder} does not exist"
+        )
+    return DaemonAddressError(code, f"cannot listen on {path}: {reason}")
 
 
 def _ensure_private_dir(path: str) -> None:
@@ -69,8 +131,7 @@ def _ensure_private_dir(path: str) -> None:
         problem = f"has mode {stat.S_IMODE(info.st_mode):o}; it must be 700"
     if problem is not None:
         raise DaemonAddressUnsafeError(
-            f"the socket folder {path} {problem}: remove it, or choose another socket with "
-            "--address or FLTEMU_SOCKET"
+            errno.EPERM, f"the socket folder {path} {problem}: remove it, or {_OTHER_SOCKET}"
         )
 
 
@@ -146,9 +207,20 @@ class Daemon:
 
         Raises:
             DaemonAddressInUseError: a daemon already listens there.
-            OSError: the path cannot be used (not a socket, no permission, ...).
+            DaemonAddressError: the path cannot be used (not a socket, no permission, no
+                such folder, ...); the message names the path, the folder and the daemon's uid.
         """
         path = self.address
+        try:
+            await self._listen(path)
+        except OSError as exc:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
+            raise explain_address_error(path, exc) from exc
+        log.debug("listening on %s", path)
+
+    async def _listen(self, path: str) -> None:
         if os.path.dirname(path) == default_socket_dir():
             _ensure_private_dir(os.path.dirname(path))
         _remove_stale_socket(path)
@@ -164,7 +236,6 @@ class Daemon:
             os.umask(old_umask)
         os.chmod(path, self.socket_mode)
         self._inode = os.stat(path).st_ino
-        log.info("listening on %s", path)
 
     async def shutdown(self) -> None:
         """Stop accepting, unload every filter (DisconnectNotify for each connection), close.
@@ -200,7 +271,7 @@ class Daemon:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(server.wait_closed(), 1.0)
         self._unlink_socket()
-        log.info("stopped")
+        log.debug("stopped")
 
     # --- internals ---------------------------------------------------------------------------
 
@@ -250,18 +321,24 @@ def _remove_stale_socket(path: str) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(st.st_mode):
-        raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+        raise DaemonAddressError(
+            errno.EEXIST, f"{path} exists and is not a socket: remove it, or {_OTHER_SOCKET}"
+        )
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.settimeout(1.0)
         probe.connect(path)
     except (ConnectionRefusedError, FileNotFoundError):
-        log.info("removing stale socket %s", path)
+        log.debug("removing stale socket %s", path)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         return
     except OSError as exc:
-        raise OSError(exc.errno, f"cannot probe {path}: {exc.strerror}") from exc
+        raise explain_address_error(path, exc) from exc
     finally:
         probe.close()
-    raise DaemonAddressInUseError(errno.EADDRINUSE, f"a daemon is already listening on {path}")
+    raise DaemonAddressInUseError(
+        errno.EADDRINUSE,
+        f"a daemon is already listening on {path}: stop it (fltemu ports --address {path} "
+        f"shows what it serves), or {_OTHER_SOCKET}",
+    )

@@ -315,7 +315,7 @@ class Session(asyncio.BufferedProtocol):
                 request.port_name, request.context, self.process, self
             )
         except StatusError as exc:
-            log.info("%s: connect to %r failed: %s", self._peer(), request.port_name, exc.status)
+            log.info("%s: connect to '%s' failed: %s", self._peer(), request.port_name, exc.status)
             if not self._closed:
                 self._send(ConnectResult(PROTOCOL_VERSION, int(exc.status)))
                 self._close_after_flush()
@@ -326,7 +326,7 @@ class Session(asyncio.BufferedProtocol):
             return
         self.port = port
         self._options = request.options
-        log.debug("%s: connected to %r as #%d", self._peer(), request.port_name, port.id)
+        log.debug("%s: connected to '%s' as #%d", self._peer(), request.port_name, port.id)
         self._send(ConnectResult(PROTOCOL_VERSION, _SUCCESS, daemon.max_message_bytes))
         if not port.is_connected:
             # The filter closed it already, from ConnectNotify (FltCloseClientPort, §2.6).

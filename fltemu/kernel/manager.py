@@ -117,7 +117,7 @@ class FilterManager:
         if not server_port.security.admits(process):
             raise error_for(
                 NtStatus.STATUS_ACCESS_DENIED,
-                f"port {port_name!r} does not admit uid {process.uid}",
+                f"port '{port_name}' does not admit uid {process.uid}",
             )
         if len(context) > MAX_CONTEXT_BYTES:
             raise error_for(NtStatus.STATUS_INVALID_PARAMETER, "context over 65535 bytes")
@@ -136,7 +136,7 @@ class FilterManager:
             status = NtStatus.STATUS_FLT_DELETING_OBJECT
         if not nt_success(status):
             client_port._refuse()
-            raise error_for(status, f"ConnectNotify of {port_name!r} refused: {status}")
+            raise error_for(status, f"ConnectNotify of '{port_name}' refused: {status}")
         client_port.cookie = cookie
         if client_port.is_kernel_closed:
             client_port.state = ClientPortState.DISCONNECTED
@@ -403,12 +403,12 @@ class Filter:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise  # the connect itself is being cancelled (the client left, shutdown)
-            log.error("ConnectNotify of port %r was cancelled from inside", server_port.name)
+            log.error("ConnectNotify of port '%s' was cancelled from inside", server_port.name)
             return NtStatus.STATUS_UNSUCCESSFUL, None
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException:
-            log.exception("ConnectNotify of port %r raised", server_port.name)
+            log.exception("ConnectNotify of port '%s' raised", server_port.name)
             return NtStatus.STATUS_UNSUCCESSFUL, None
         try:
             if isinstance(result, tuple):
@@ -420,7 +420,7 @@ class Filter:
             return NtStatus(int(raw)), cookie
         except (TypeError, ValueError):
             log.error(
-                "ConnectNotify of port %r returned %r, not a status or (status, cookie)",
+                "ConnectNotify of port '%s' returned %r, not a status or (status, cookie)",
                 server_port.name,
                 result,
             )
@@ -436,10 +436,10 @@ class Filter:
                     await result
         except TimeoutError:
             if grace is None:  # the callback's own TimeoutError
-                log.exception("DisconnectNotify of port %r raised", client_port.server_port.name)
+                log.exception("DisconnectNotify of port '%s' raised", client_port.server_port.name)
             else:
                 log.error(
-                    "DisconnectNotify of port %r did not return within %.1f s; abandoned",
+                    "DisconnectNotify of port '%s' did not return within %.1f s; abandoned",
                     client_port.server_port.name,
                     grace,
                 )
@@ -448,10 +448,10 @@ class Filter:
             if task is not None and task.cancelling():
                 raise
             log.error(
-                "DisconnectNotify of port %r was cancelled from inside",
+                "DisconnectNotify of port '%s' was cancelled from inside",
                 client_port.server_port.name,
             )
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException:
-            log.exception("DisconnectNotify of port %r raised", client_port.server_port.name)
+            log.exception("DisconnectNotify of port '%s' raised", client_port.server_port.name)

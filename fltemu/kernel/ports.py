@@ -254,7 +254,7 @@ class ClientPort:
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException:  # CancelledError too: a plain callback's own failure
-            log.exception("MessageNotify of port %r raised", server_port.name)
+            log.exception("MessageNotify of port '%s' raised", server_port.name)
             return _UNSUCCESSFUL, b""
         # The plain shapes first: inspect.isawaitable costs a third of this whole call.
         if (
@@ -332,12 +332,12 @@ class ClientPort:
             if task is not None and task.cancelling():
                 raise  # we are being cancelled (rundown grace): let it through
             # Something the callback awaited was cancelled under it: a callback failure.
-            log.error("MessageNotify of port %r was cancelled from inside", self.server_port.name)
+            log.error("MessageNotify of port '%s' was cancelled from inside", self.server_port.name)
             return _UNSUCCESSFUL, b""
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException:
-            log.exception("MessageNotify of port %r raised", self.server_port.name)
+            log.exception("MessageNotify of port '%s' raised", self.server_port.name)
             return _UNSUCCESSFUL, b""
         return self._message_outcome(result, out_size)
 
@@ -366,7 +366,7 @@ class ClientPort:
                 raise TypeError(type(output).__name__)
         except (TypeError, ValueError):
             log.error(
-                "MessageNotify of port %r returned %r, not a status, (status, bytes) or "
+                "MessageNotify of port '%s' returned %r, not a status, (status, bytes) or "
                 "(status, bytes, sections)",
                 name,
                 type(result).__name__,
@@ -374,7 +374,7 @@ class ClientPort:
             return _UNSUCCESSFUL, b""
         if status == NtStatus.STATUS_PENDING:
             # On Windows the client would hang forever (§2.5); an emulator must not.
-            log.error("MessageNotify of port %r returned STATUS_PENDING; failing the send", name)
+            log.error("MessageNotify of port '%s' returned STATUS_PENDING; failing the send", name)
             return _UNSUCCESSFUL, b""
         if status == NtStatus.STATUS_BUFFER_TOO_SMALL:
             status = NtStatus.STATUS_FLT_BUFFER_TOO_SMALL  # fltmgr's rewrite (§2.5)
@@ -382,7 +382,7 @@ class ClientPort:
             return status, b""  # lpBytesReturned is 0 on errors (§3.2)
         if len(out) > out_size:
             log.warning(
-                "MessageNotify of port %r returned %d bytes for a %d-byte output buffer; cut",
+                "MessageNotify of port '%s' returned %d bytes for a %d-byte output buffer; cut",
                 name,
                 len(out),
                 out_size,
@@ -391,7 +391,7 @@ class ClientPort:
         limit = self.server_port.filter.manager.max_message_bytes
         if len(out) > limit:
             log.warning(
-                "MessageNotify of port %r returned %d bytes, over the daemon's %d-byte message "
+                "MessageNotify of port '%s' returned %d bytes, over the daemon's %d-byte message "
                 "limit (--max-message-bytes); failing the send",
                 name,
                 len(out),
@@ -411,16 +411,18 @@ class ClientPort:
         try:
             items = list(sections.items())
         except AttributeError:
-            log.error("MessageNotify of port %r returned sections that are not a mapping", name)
+            log.error("MessageNotify of port '%s' returned sections that are not a mapping", name)
             return valid
         for offset, content in items:
             if not (isinstance(offset, int) and 0 <= offset and offset + 8 <= out_len):
                 log.error(
-                    "MessageNotify of port %r: section offset %r is not in the output", name, offset
+                    "MessageNotify of port '%s': section offset %r is not in the output",
+                    name,
+                    offset,
                 )
             elif not isinstance(content, (bytes, bytearray, memoryview)) or len(content) > limit:
                 log.error(
-                    "MessageNotify of port %r: the section at %d is not bytes within the "
+                    "MessageNotify of port '%s': the section at %d is not bytes within the "
                     "message limit",
                     name,
                     offset,
@@ -454,7 +456,7 @@ class ClientPort:
             _, pending = await asyncio.wait(list(self._inflight), timeout=grace)
             if pending and grace is not None:
                 log.warning(
-                    "port %r: cancelling %d MessageNotify call(s) still running after %.1f s",
+                    "port '%s': cancelling %d MessageNotify call(s) still running after %.1f s",
                     self.server_port.name,
                     len(pending),
                     grace,
@@ -480,7 +482,7 @@ class ClientPort:
         self.server_port.filter._forget_if_done(self.server_port)
         if self.has_slot and not self.is_kernel_closed:
             log.debug(
-                "port %r: DisconnectNotify of connection #%d did not call close_client_port; "
+                "port '%s': DisconnectNotify of connection #%d did not call close_client_port; "
                 "the slot is released anyway",
                 self.server_port.name,
                 self.id,
