@@ -28,6 +28,7 @@ from .messages import (
     ConnectResult,
     Control,
     ControlResult,
+    DaemonInfo,
     Disconnected,
     FilterInfo,
     GetCancel,
@@ -41,6 +42,8 @@ from .messages import (
     Section,
     SendRequest,
     SendResult,
+    Trace,
+    TraceEvent,
     UserMessage,
 )
 
@@ -63,6 +66,7 @@ __all__ = [
     "ConnectionInfo",
     "Control",
     "ControlResult",
+    "DaemonInfo",
     "Disconnected",
     "FilterInfo",
     "FrameReader",
@@ -79,6 +83,8 @@ __all__ = [
     "SendRequest",
     "SendResult",
     "State",
+    "Trace",
+    "TraceEvent",
     "UserMessage",
     "WireConnection",
     "default_socket_dir",
