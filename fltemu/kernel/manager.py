@@ -12,6 +12,7 @@ import asyncio
 import enum
 import inspect
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,6 +26,7 @@ from .namespace import PortNamespace
 from .ports import ClientPort, ClientPortState, ServerPort, ServerPortState, is_status
 from .process import ProcessInfo
 from .security import SecurityDescriptor
+from .trace import Tracer, TraceRecord, record
 
 __all__ = ["Filter", "FilterManager", "FilterState"]
 
@@ -69,6 +71,9 @@ class FilterManager:
         #: equivalent (root and the daemon's user) unless the daemon was told to widen it.
         self.default_security = default_security or SecurityDescriptor.default()
         self.rundown_timeout: float | None = None
+        #: Called with a ``TraceRecord`` for each port operation while someone traces
+        #: (``fltemu trace``); ``None`` otherwise.
+        self.tracer: Tracer | None = None
 
     def __repr__(self) -> str:
         return f"<FilterManager filters={sorted(self.filters)} ports={len(self.namespace)}>"
@@ -110,6 +115,39 @@ class FilterManager:
                 STATUS_INVALID_PARAMETER (context over 65535 bytes),
                 STATUS_CONNECTION_COUNT_LIMIT, or whatever failure ConnectNotify returned.
         """
+        if self.tracer is None:
+            return await self._connect(port_name, context, process, channel)
+        try:
+            client_port = await self._connect(port_name, context, process, channel)
+        except StatusError as exc:
+            tracer = self.tracer
+            if tracer is not None:
+                tracer(
+                    TraceRecord(
+                        "connect",
+                        time.time(),
+                        port_name,
+                        pid=process.pid,
+                        uid=process.uid,
+                        status=exc.status,
+                        size=len(context),
+                    )
+                )
+            raise
+        tracer = self.tracer
+        if tracer is not None:
+            tracer(
+                record("connect", client_port, status=NtStatus.STATUS_SUCCESS, size=len(context))
+            )
+        return client_port
+
+    async def _connect(
+        self,
+        port_name: str,
+        context: bytes,
+        process: ProcessInfo,
+        channel: Channel,
+    ) -> ClientPort:
         server_port = self.namespace.lookup(port_name)
         flt = server_port.filter
         if flt.state is not FilterState.REGISTERED:
@@ -323,12 +361,64 @@ class Filter:
             )
             return SendMessageResult(NtStatus.STATUS_INSUFFICIENT_RESOURCES)
         queues = client_port.queues
+        tracer = self.manager.tracer
+        if tracer is not None:
+            return await self._traced_send_message(tracer, client_port, data, reply_length, timeout)
         pending = queues.start_send(bytes(data), reply_length, timeout, client_port.loop)
         try:
             return await pending.future
         except asyncio.CancelledError:
             queues.withdraw(pending)
             raise
+
+    async def _traced_send_message(
+        self,
+        tracer: Tracer,
+        client_port: ClientPort,
+        data: bytes | bytearray | memoryview,
+        reply_length: int | None,
+        timeout: float | None,
+    ) -> SendMessageResult:
+        # send_message with a record before (the message) and after (its outcome).
+        message = bytes(data)
+        tracer(
+            record(
+                "message",
+                client_port,
+                size=len(message),
+                buffer=reply_length,
+                timeout=timeout,
+                data=message,
+            )
+        )
+        started = time.perf_counter()
+        queues = client_port.queues
+        pending = queues.start_send(message, reply_length, timeout, client_port.loop)
+        try:
+            result = await pending.future
+        except asyncio.CancelledError:
+            queues.withdraw(pending)
+            status, reply = NtStatus.STATUS_CANCELLED, None
+            raise
+        else:
+            status, reply = result.status, result.reply
+            return result
+        finally:
+            after = self.manager.tracer
+            if after is not None:
+                after(
+                    record(
+                        "message_done",
+                        client_port,
+                        status=status,
+                        message_id=pending.message_id,
+                        size=len(message),
+                        buffer=reply_length,
+                        reply_size=None if reply is None else len(reply),
+                        latency=time.perf_counter() - started,
+                        data=reply or b"",
+                    )
+                )
 
     async def close_client_port(self, client_port: ClientPort | None) -> None:
         """FltCloseClientPort: end one connection from the kernel side (§2.6).

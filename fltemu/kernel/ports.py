@@ -42,6 +42,7 @@ import enum
 import inspect
 import itertools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -51,6 +52,7 @@ from .channel import DETACHED, Channel
 from .messaging import MessageQueues
 from .process import ProcessInfo
 from .security import SecurityDescriptor
+from .trace import record
 
 if TYPE_CHECKING:
     from .manager import Filter
@@ -137,7 +139,7 @@ class ServerPort:
 
     def __repr__(self) -> str:
         return (
-            f"<ServerPort {self.name!r} {self.state.value} "
+            f"<ServerPort '{self.name}' {self.state.value} "
             f"connections={self.connection_count}/{self.max_connections}>"
         )
 
@@ -179,6 +181,8 @@ class ClientPort:
         self.state = ClientPortState.CONNECTING
         self.queues = MessageQueues(channel, self._count)
         self._channel = channel
+        #: Where ``tracer`` is read: one attribute away on every port operation.
+        self._manager = server_port.filter.manager
         #: FltCloseClientPort has been called (the driver's variable is NULL).
         self.is_kernel_closed = False
         self.has_slot = True
@@ -191,7 +195,7 @@ class ClientPort:
 
     def __repr__(self) -> str:
         return (
-            f"<ClientPort #{self.id} to {self.server_port.name!r} {self.state.value} "
+            f"<ClientPort #{self.id} to '{self.server_port.name}' {self.state.value} "
             f"pid={self.process.pid} {self.queues!r}>"
         )
 
@@ -205,10 +209,15 @@ class ClientPort:
     def user_get(self, token: object, buffer_size: int) -> NtStatus | None:
         """FilterGetMessage: queue a getter; ``None`` means pending (§3.3)."""
         if self.state is not ClientPortState.CONNECTED:
-            return _DISCONNECTED
-        if buffer_size <= 0:
-            return NtStatus.STATUS_INVALID_PARAMETER
-        return self.queues.add_getter(token, buffer_size)
+            status: NtStatus | None = _DISCONNECTED
+        elif buffer_size <= 0:
+            status = NtStatus.STATUS_INVALID_PARAMETER
+        else:
+            status = self.queues.add_getter(token, buffer_size)
+        tracer = self._manager.tracer
+        if tracer is not None:
+            tracer(record("get", self, status=status, buffer=buffer_size))
+        return status
 
     def user_cancel_get(self, token: object) -> None:
         """CancelIoEx on one pending get: it completes with STATUS_CANCELLED (§3.5)."""
@@ -217,13 +226,30 @@ class ClientPort:
     def user_reply(self, message_id: int, status: int, data: bytes) -> NtStatus:
         """FilterReplyMessage (§3.4); see ``MessageQueues.reply`` for the statuses."""
         if self.state is not ClientPortState.CONNECTED:
-            return _DISCONNECTED
-        if len(data) > self.server_port.filter.manager.max_message_bytes:
+            result = _DISCONNECTED
+        elif len(data) > self._manager.max_message_bytes:
             # The daemon's limit, not Windows': the sender keeps waiting for a reply that fits.
-            return _NO_RESOURCES
-        return self.queues.reply(message_id, status, data)
+            result = _NO_RESOURCES
+        else:
+            result = self.queues.reply(message_id, status, data)
+        tracer = self._manager.tracer
+        if tracer is not None:
+            tracer(
+                record(
+                    "reply",
+                    self,
+                    status=result,
+                    message_id=message_id,
+                    size=len(data),
+                    reply_status=status,
+                    data=data,
+                )
+            )
+        return result
 
-    def user_send(self, data: bytes, out_size: int) -> SendOutcome | asyncio.Task[SendOutcome]:
+    def user_send(
+        self, data: bytes, out_size: int, *, _traced: bool = False
+    ) -> SendOutcome | asyncio.Task[SendOutcome]:
         """FilterSendMessage: run MessageNotify and return its status and output (§2.5, §3.2).
 
         A plain MessageNotify runs inline and its outcome is returned; a coroutine one runs in
@@ -232,7 +258,11 @@ class ClientPort:
         STATUS_INVALID_DEVICE_REQUEST (the port has no MessageNotify),
         STATUS_INSUFFICIENT_RESOURCES (input over the daemon's message limit). Output over
         that limit fails the call with STATUS_INSUFFICIENT_RESOURCES too.
+
+        (``_traced`` is internal: the traced call runs the untraced one.)
         """
+        if not _traced and self._manager.tracer is not None:
+            return self._traced_user_send(data, out_size)
         if self.state is not ClientPortState.CONNECTED:
             return _DISCONNECTED, b""
         if not data:
@@ -265,6 +295,44 @@ class ClientPort:
             return self._start_task(self._await_message_notify(result, out_size))
         return self._message_outcome(result, out_size)
 
+    def _traced_user_send(
+        self, data: bytes, out_size: int
+    ) -> SendOutcome | asyncio.Task[SendOutcome]:
+        started = time.perf_counter()
+        outcome = self.user_send(data, out_size, _traced=True)
+
+        def trace(result: SendOutcome | None) -> None:
+            tracer = self._manager.tracer
+            if tracer is None:
+                return
+            status = result[0] if result is not None else NtStatus.STATUS_CANCELLED
+            output = result[1] if result is not None else b""
+            tracer(
+                record(
+                    "send",
+                    self,
+                    status=status,
+                    size=len(data),
+                    buffer=out_size,
+                    reply_size=len(output),
+                    latency=time.perf_counter() - started,
+                    data=data,
+                )
+            )
+
+        if isinstance(outcome, tuple):
+            trace(outcome)
+        else:
+            outcome.add_done_callback(
+                lambda task: trace(None if task.cancelled() or task.exception() else task.result())
+            )
+        return outcome
+
+    def _trace_disconnect(self, text: str) -> None:
+        tracer = self._manager.tracer
+        if tracer is not None:
+            tracer(record("disconnect", self, text=text))
+
     def user_closing(self) -> None:
         """The synchronous start of CloseHandle's cleanup (§2.4 steps 1-3).
 
@@ -274,6 +342,7 @@ class ClientPort:
         """
         if self.state is ClientPortState.CONNECTED:
             self.state = ClientPortState.DISCONNECTING
+            self._trace_disconnect("the user closed its handle (CloseHandle)")
         self.queues.fail_all()
 
     async def user_close(self) -> None:
@@ -294,6 +363,7 @@ class ClientPort:
         self.is_kernel_closed = True
         if self.state is ClientPortState.CONNECTED:
             self.state = ClientPortState.DISCONNECTED
+            self._trace_disconnect("the filter closed it (FltCloseClientPort)")
             self.queues.fail_all()
             self._channel.kernel_disconnected()
         elif self.state is ClientPortState.CONNECTING:
@@ -304,6 +374,7 @@ class ClientPort:
         """The filter is unloading: disconnect, run down, DisconnectNotify (§6.6)."""
         if self.state is ClientPortState.CONNECTED:
             self.state = ClientPortState.DISCONNECTING
+            self._trace_disconnect("the filter unloaded (FltUnregisterFilter)")
             self.queues.fail_all()
             self._channel.kernel_disconnected()
         await self._run_down()
