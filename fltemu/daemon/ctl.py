@@ -8,15 +8,17 @@ from __future__ import annotations
 import argparse
 import binascii
 import sys
+import time
 from typing import TextIO
 
 import msgspec
 
 from ..status import NtStatus
-from ..wire import PROTOCOL_VERSION, Control, ControlResult, FilterInfo
-from .control import ControlError, call
+from ..wire import PROTOCOL_VERSION, Control, ControlResult, DaemonInfo, FilterInfo, Trace
+from .control import ControlError, call, trace, wait_ready
+from .tracefmt import format_event, json_event
 
-__all__ = ["format_ports", "run_command"]
+__all__ = ["format_ports", "format_status", "run_command"]
 
 
 def _message_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> bytes:
@@ -145,8 +147,81 @@ def _print_result(args: argparse.Namespace, result: ControlResult, out: TextIO) 
     return 0
 
 
+def format_status(info: DaemonInfo) -> str:
+    """The text of ``fltemu status``."""
+    state = "ready" if info.ready else "starting (filters not set up yet)"
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.started))
+    return (
+        f"fltemu {info.version} daemon on {info.address}: {state}\n"
+        f"pid {info.pid}, uid {info.uid}, loop {info.loop}, listening since {since}\n"
+        f"{info.filters} filters, {info.ports} ports, {info.connections} connections\n"
+    )
+
+
+def _status(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        result = call(Control(PROTOCOL_VERSION, "status"), args.address)
+    except ControlError as exc:
+        print(f"fltemu: error: {exc}", file=sys.stderr)
+        return 1
+    if result.daemon is None:
+        print(f"fltemu: {NtStatus(result.status)}: {result.message}", file=sys.stderr)
+        return 1
+    if args.json:
+        out.write(msgspec.json.encode(result.daemon).decode() + "\n")
+    else:
+        out.write(format_status(result.daemon))
+    return 0 if result.daemon.ready else 1
+
+
+def _wait(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        result = wait_ready(args.address, args.timeout)
+    except TimeoutError as exc:
+        print(f"fltemu: error: no daemon ready after {args.timeout:g} s: {exc}", file=sys.stderr)
+        return 1
+    except ControlError as exc:
+        print(f"fltemu: error: {exc}", file=sys.stderr)
+        return 1
+    assert result.daemon is not None
+    out.write(f"fltemu: daemon ready on {result.daemon.address}\n")
+    return 0
+
+
+def _trace(args: argparse.Namespace, out: TextIO) -> int:
+    request = Trace(PROTOCOL_VERSION, args.port, args.connection, args.kinds, args.preview_bytes)
+    seen = 0
+    try:
+        for event in trace(request, args.address):
+            if args.json:
+                out.write(json_event(event) + "\n")
+            else:
+                out.write(format_event(event, decode=not args.no_decode) + "\n")
+            out.flush()
+            if event.kind != "start":
+                seen += 1
+                if args.count is not None and seen >= args.count:
+                    break
+    except ControlError as exc:
+        print(f"fltemu: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
 def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Run one control sub-command; returns the exit status."""
+    out = sys.stdout
+    try:
+        if args.command == "status":
+            return _status(args, out)
+        if args.command == "wait":
+            return _wait(args, out)
+        if args.command == "trace":
+            return _trace(args, out)
+    except KeyboardInterrupt:
+        return 130
     request = _request(parser, args)
     try:
         result = call(request, args.address)

@@ -6,6 +6,7 @@ Not here: argument parsing (``cli``), the daemon object (``server``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -43,6 +44,8 @@ class DaemonConfig:
     #: filter name -> {key: value}, from ``--set NAME.KEY=VALUE``.
     settings: dict[str, dict[str, str]] = field(default_factory=dict)
     announce: Callable[[str], None] = field(default=print)
+    #: Where to write the ready line too (``--ready-file``); removed at shutdown.
+    ready_file: str | None = None
 
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -96,6 +99,7 @@ async def serve(config: DaemonConfig) -> None:
         default_security=SecurityDescriptor.allow(
             config.allow_uids, config.allow_gids, everyone=config.allow_everyone
         ),
+        ready_at_start=False,
     ) as daemon:
         # Leaving this block shuts the daemon down: each filter's teardown (its
         # FilterUnloadCallback) and unload, newest first, every wait bounded by the grace.
@@ -104,15 +108,32 @@ async def serve(config: DaemonConfig) -> None:
             await load_filter(daemon, spec, config.settings.get(name))
         ports = [p.name for f in daemon.manager.filters.values() for p in f.server_ports]
         loop_name = type(loop).__module__.split(".")[0]
-        config.announce(
+        line = (
             f"fltemu: listening on {daemon.address} "
             f"(loop: {loop_name}; ports: {', '.join(ports) or 'none'})"
         )
-        await stop.wait()
+        daemon.mark_ready()
+        if config.ready_file is not None:
+            _write_ready_file(config.ready_file, line)
+        config.announce(line)
+        try:
+            await stop.wait()
+        finally:
+            if config.ready_file is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(config.ready_file)
         log.info("shutting down")
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.remove_signal_handler(sig)
         signal.signal(sig, signal.SIG_DFL)
+
+
+def _write_ready_file(path: str, line: str) -> None:
+    # Written aside and renamed: whoever sees the file sees it whole.
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "w") as f:
+        f.write(line + "\n")
+    os.replace(temporary, path)
 
 
 def _exit_now(signum: int, frame: object) -> None:

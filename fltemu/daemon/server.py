@@ -17,15 +17,18 @@ import logging
 import os
 import socket
 import stat
+import time
 from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, Final
 
+from .. import __version__
 from .._limits import DEFAULT_MAX_MESSAGE_BYTES
 from ..errors import FltEmuError
 from ..kernel import Filter, FilterManager, SecurityDescriptor
-from ..wire import default_socket_dir, resolve_address
+from ..wire import DaemonInfo, Trace, WireConnection, default_socket_dir, resolve_address
 from .session import READ_BUFFER_BYTES, Session
+from .trace import TraceHub, TraceSubscriber
 
 __all__ = [
     "DEFAULT_SHUTDOWN_GRACE",
@@ -146,6 +149,9 @@ class Daemon:
         shutdown_grace: seconds that shutdown waits for in-flight MessageNotify calls.
         default_security: what ports created with ``security=None`` admit (default: root and
             the daemon's user, like FltBuildDefaultSecurityDescriptor).
+        ready_at_start: whether the daemon is ready (``fltemu status``, ``fltemu wait``) as
+            soon as it listens; ``fltemu serve`` says no, and calls ``mark_ready`` once its
+            filter modules are set up.
     """
 
     def __init__(
@@ -156,6 +162,7 @@ class Daemon:
         socket_mode: int = 0o600,
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
         default_security: SecurityDescriptor | None = None,
+        ready_at_start: bool = True,
     ) -> None:
         if max_message_bytes <= 0:
             raise ValueError("max_message_bytes must be positive")
@@ -172,6 +179,12 @@ class Daemon:
         self._session_ids = itertools.count(1)
         self._inode: int | None = None
         self._read_view: memoryview | None = None
+        self._ready_at_start = ready_at_start
+        #: Whether the daemon is ready: listening, and its filters set up.
+        self.is_ready = False
+        #: When it started listening (``time.time()``), 0 before.
+        self.started = 0.0
+        self.trace_hub = TraceHub(self.manager)
 
     def __repr__(self) -> str:
         state = "listening" if self._server is not None else "stopped"
@@ -184,6 +197,27 @@ class Daemon:
             StatusError: STATUS_OBJECT_NAME_COLLISION when a filter of that name is loaded.
         """
         return self.manager.register_filter(name)
+
+    def mark_ready(self) -> None:
+        """Say that the daemon is ready (its filters are set up): ``fltemu wait`` returns."""
+        self.is_ready = True
+
+    def info(self) -> DaemonInfo:
+        """What ``fltemu status`` shows: version, pid, uid, socket, loop, readiness, counts."""
+        loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+        filters = list(self.manager.filters.values())
+        return DaemonInfo(
+            version=__version__,
+            pid=os.getpid(),
+            uid=os.geteuid(),
+            address=self.address,
+            loop=loop,
+            ready=self.is_ready and self._server is not None,
+            started=self.started,
+            filters=len(filters),
+            ports=sum(len(f.server_ports) for f in filters),
+            connections=sum(1 for _ in self.manager.connections()),
+        )
 
     @property
     def sessions(self) -> frozenset[Session]:
@@ -218,6 +252,8 @@ class Daemon:
                 self._server.close()
                 self._server = None
             raise explain_address_error(path, exc) from exc
+        self.started = time.time()
+        self.is_ready = self._ready_at_start
         log.debug("listening on %s", path)
 
     async def _listen(self, path: str) -> None:
@@ -246,6 +282,7 @@ class Daemon:
         server, self._server = self._server, None
         if server is None:
             return
+        self.is_ready = False
         server.close()
         self.manager.rundown_timeout = self.shutdown_grace
         # Newest first, as the modules were loaded: one's teardown may rely on an older one.
@@ -259,6 +296,7 @@ class Daemon:
                 log.error(
                     "filter %r did not unload within %.1f s", flt.name, self.shutdown_grace * 3
                 )
+        self.trace_hub.close_all("the daemon is shutting down")
         for session in list(self._sessions):
             session.close()
         await self._finish_tasks()
@@ -280,6 +318,11 @@ class Daemon:
         if self._read_view is None:
             self._read_view = memoryview(bytearray(READ_BUFFER_BYTES))
         return self._read_view
+
+    def _start_trace(
+        self, transport: asyncio.BaseTransport, wire: WireConnection, request: Trace
+    ) -> None:
+        TraceSubscriber(self.trace_hub, transport, wire, request).start()
 
     def _next_session_id(self) -> int:
         return next(self._session_ids)
