@@ -22,11 +22,14 @@ examples:
   fltemu serve --filter echo --address /tmp/f.sock
   fltemu serve --filter mypkg.myfilter          # awaits mypkg.myfilter.setup(flt)
   fltemu serve --filter mypkg.myfilter:start    # awaits mypkg.myfilter.start(flt)
+  fltemu serve --set scanner.source=dir:/tmp/scan --set scanner.extensions=doc,txt
+  fltemu serve --quiet & fltemu wait --timeout 30   # in a script: go on once it is ready
 
 The socket is --address, else $FLTEMU_SOCKET, else $XDG_RUNTIME_DIR/fltemu.sock, else
-/tmp/fltemu-<uid>/fltemu.sock. One line "fltemu: listening on PATH ..." is printed once clients can
-connect. SIGINT or SIGTERM shuts down cleanly: every connection is disconnected and each
-DisconnectNotify runs.
+/tmp/fltemu-<uid>/fltemu.sock. Filter modules are imported from the current folder and
+PYTHONPATH. One line "fltemu: listening on PATH ..." is printed once clients can connect (not
+with --quiet); -v logs the start-up details too. SIGINT or SIGTERM shuts down cleanly: every
+connection is disconnected and each DisconnectNotify runs.
 """
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .._limits import DEFAULT_MAX_MESSAGE_BYTES
+from ..errors import FltEmuError
 from ..kernel import SecurityDescriptor
 from .loader import FilterLoadError, load_filter
 from .server import Daemon
@@ -22,6 +23,10 @@ from .server import Daemon
 __all__ = ["DaemonConfig", "LoopChoiceError", "loop_factory", "run"]
 
 log = logging.getLogger(__name__)
+
+
+class ReadyFileError(FltEmuError):
+    """``--ready-file`` cannot be written."""
 
 
 class LoopChoiceError(RuntimeError):
@@ -131,9 +136,12 @@ async def serve(config: DaemonConfig) -> None:
 def _write_ready_file(path: str, line: str) -> None:
     # Written aside and renamed: whoever sees the file sees it whole.
     temporary = f"{path}.{os.getpid()}.tmp"
-    with open(temporary, "w") as f:
-        f.write(line + "\n")
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w") as f:
+            f.write(line + "\n")
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise ReadyFileError(f"--ready-file {path}: {exc.strerror or exc}") from exc
 
 
 def _exit_now(signum: int, frame: object) -> None:

@@ -119,3 +119,11 @@ def test_every_command_has_version(command: str) -> None:
     proc = fltemu(command, "--version")
     assert proc.returncode == 0
     assert proc.stdout == f"fltemu {fltuser.__version__}\n"
+
+
+def test_an_unwritable_ready_file_is_named(socket_path: str, tmp_path: Path) -> None:
+    ready = tmp_path / "missing" / "ready"
+    proc = fltemu("serve", "--address", socket_path, "--filter", "echo", "--ready-file", str(ready))
+    assert proc.returncode == 1
+    assert proc.stderr.endswith(f"fltemu: error: --ready-file {ready}: No such file or directory\n")
+    assert not Path(socket_path).exists()
