@@ -3,6 +3,10 @@
 #   docker build -t fltemu .
 #   docker run -d --name fltemu -v fltemu-sock:/run/fltemu fltemu
 # Agent containers mount the same volume and set FLTEMU_SOCKET=/run/fltemu/fltemu.sock.
+# A bind mount instead of a volume: the host folder must be writable by the uid the daemon
+# runs as (10001 here: `chown 10001 /host/folder`), or run the container as the folder's
+# owner (`docker run --user "$(stat -c %u /host/folder)" ...`); otherwise the daemon exits
+# with an error that names the folder, its owner and its own uid.
 FROM python:3.11-slim
 
 # A fixed uid/gid, so that client containers can be given the same group if you tighten
@@ -24,9 +28,11 @@ WORKDIR /home/fltemu
 ENV FLTEMU_SOCKET=/run/fltemu/fltemu.sock
 VOLUME ["/run/fltemu"]
 
-# Healthy once a client can connect to the echo sample's port.
+# Healthy once the daemon answers on its control connection and its filters are set up,
+# whatever filters it serves (`fltemu status` exits 0 then). The check runs as the daemon's
+# user, the one control commands admit.
 HEALTHCHECK --interval=5s --timeout=5s --start-period=5s --retries=5 \
-    CMD ["python", "-c", "import fltuser; fltuser.connect('\\\\EchoPort').close()"]
+    CMD ["fltemu", "status"]
 
 # Inside a CI network the shared volume is the trust boundary: anyone who can mount it may
 # connect, whatever uid its container runs as. To restrict, replace --socket-mode 666

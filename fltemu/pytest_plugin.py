@@ -10,16 +10,37 @@ Fixtures:
   ``fltemu_serve_args`` fixture; drive it with ``send``, ``ports``, ``disconnect``, ``unload``.
 
 Both set nothing global: pass ``.address`` to your agent (for example as ``FLTEMU_SOCKET``).
-Not here: the helpers themselves (``fltemu.testing``).
+Installing fltemu's ``test`` extra brings pytest-asyncio, whose start-up warns about an unset
+``asyncio_default_fixture_loop_scope`` in every suite that does not set it; this plugin
+silences that one warning (only when the option is unset), so that installing fltemu does
+not make a user's run noisy. Not here: the helpers themselves (``fltemu.testing``).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import pytest
 
 from .testing import DaemonProcess, DaemonThread
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Before pytest-asyncio's own ``pytest_configure``: silence its unset-option warning."""
+    try:
+        scope = config.getini("asyncio_default_fixture_loop_scope")
+    except ValueError:  # pytest-asyncio is not installed
+        return
+    if not scope:
+        # The user chose nothing; pytest-asyncio then keeps its current behaviour, which is
+        # all that warning is about. Every other warning stays as the user configured it.
+        warnings.filterwarnings(
+            "ignore",
+            message='The configuration option "asyncio_default_fixture_loop_scope" is unset',
+            category=pytest.PytestDeprecationWarning,
+        )
 
 
 @pytest.fixture

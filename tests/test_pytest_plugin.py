@@ -24,13 +24,28 @@ def run(pytester: pytest.Pytester, source: str, passed: int) -> None:
     result.assert_outcomes(passed=passed)
 
 
-def test_readme_example_runs(pytester: pytest.Pytester) -> None:
+def readme_example() -> str:
     text = README.read_text()
     marker = "<!-- the example below is run by tests/test_pytest_plugin.py -->"
     assert marker in text, "the README lost its pytest plugin example"
     block = re.search(r"```python\n(.*?)```", text[text.index(marker) :], re.S)
     assert block is not None
-    run(pytester, block.group(1), passed=1)
+    return block.group(1)
+
+
+def test_readme_example_runs(pytester: pytest.Pytester) -> None:
+    run(pytester, readme_example(), passed=1)
+
+
+def test_readme_example_is_quiet_in_a_suite_with_no_configuration(
+    pytester: pytest.Pytester,
+) -> None:
+    # As a user runs it: their own folder, no pytest configuration at all.
+    pytester.makepyfile(test_my_agent=readme_example())
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
+    result.assert_outcomes(passed=1)
+    output = "\n".join(result.outlines + result.errlines)
+    assert "Warning" not in output and "warnings summary" not in output, output
 
 
 def test_in_process_daemon_from_a_plain_test(pytester: pytest.Pytester) -> None:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from fltemu import __version__
 from fltemu.errors import (
     AccessDeniedHResultError,
     ClosedResourceError,
@@ -58,6 +59,7 @@ __all__ = [
     "PortClosedError",
     "UnknownHResultError",
     "Win32Error",
+    "__version__",
     "aconnect",
     "connect",
     "flt_hresult_from_ntstatus",

@@ -5,6 +5,6 @@ Not here: protocol rules (``fltemu.wire``) and port semantics (``fltemu.kernel``
 
 from __future__ import annotations
 
-from .server import Daemon, DaemonAddressInUseError
+from .server import Daemon, DaemonAddressError, DaemonAddressInUseError
 
-__all__ = ["Daemon", "DaemonAddressInUseError"]
+__all__ = ["Daemon", "DaemonAddressError", "DaemonAddressInUseError"]

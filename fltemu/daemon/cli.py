@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -11,7 +10,9 @@ from .. import __version__
 from .._limits import DEFAULT_MAX_MESSAGE_BYTES
 from ..errors import FltEmuError
 from .loader import BUILTIN_FILTERS
+from .logs import LOG_FORMATS, configure_logging
 from .runner import DaemonConfig, LoopChoiceError, run
+from .trace import TRACE_KINDS
 
 __all__ = ["build_parser", "main"]
 
@@ -21,11 +22,14 @@ examples:
   fltemu serve --filter echo --address /tmp/f.sock
   fltemu serve --filter mypkg.myfilter          # awaits mypkg.myfilter.setup(flt)
   fltemu serve --filter mypkg.myfilter:start    # awaits mypkg.myfilter.start(flt)
+  fltemu serve --set scanner.source=dir:/tmp/scan --set scanner.extensions=doc,txt
+  fltemu serve --quiet & fltemu wait --timeout 30   # in a script: go on once it is ready
 
 The socket is --address, else $FLTEMU_SOCKET, else $XDG_RUNTIME_DIR/fltemu.sock, else
-/tmp/fltemu-<uid>/fltemu.sock. One line "fltemu: listening on PATH ..." is printed once clients can
-connect. SIGINT or SIGTERM shuts down cleanly: every connection is disconnected and each
-DisconnectNotify runs.
+/tmp/fltemu-<uid>/fltemu.sock. Filter modules are imported from the current folder and
+PYTHONPATH. One line "fltemu: listening on PATH ..." is printed once clients can connect (not
+with --quiet); -v logs the start-up details too. SIGINT or SIGTERM shuts down cleanly: every
+connection is disconnected and each DisconnectNotify runs.
 """
 
 
@@ -104,10 +108,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--log-level",
-        default="INFO",
+        default=None,
         type=str.upper,
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        help="log level (default: INFO)",
+        help="log level (default: INFO, DEBUG with -v, WARNING with --quiet); the daemon logs "
+        "what filters and clients do, never the start-up details unless asked",
+    )
+    serve.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log the details too (filters loaded, connections, control commands): "
+        "--log-level DEBUG",
+    )
+    serve.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print no ready line and log only warnings and errors",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text for people, json for log collectors: one JSON object per line with "
+        "time, level, logger, message (default: text)",
     )
     serve.add_argument(
         "--max-message-bytes",
@@ -143,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
         "whose shared volume is the trust boundary)",
     )
     serve.add_argument(
+        "--ready-file",
+        metavar="PATH",
+        help="write the ready line to this file once clients can connect, removed at "
+        "shutdown (for scripts that cannot read stdout; see also 'fltemu wait')",
+    )
+    _add_version(serve)
+    serve.add_argument(
         "--socket-mode",
         type=_octal,
         default=0o600,
@@ -153,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_control_commands(sub)
     _add_bench(sub)
     _add_wine(sub)
+    for name in ("bench", "wine"):
+        _add_version(sub.choices[name])
     return parser
 
 
@@ -347,12 +381,78 @@ def _add_control_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         p.add_argument("--address", metavar="PATH", help="the daemon's socket")
+        _add_version(p)
         return p
+
+    status = add(
+        "status",
+        "say whether a daemon answers and is ready: its version, pid, socket and counts",
+        "  fltemu status\n  fltemu status --json\n  fltemu status --address /run/fltemu/fltemu.sock"
+        "   # a container health check\n",
+    )
+    status.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    wait = add(
+        "wait",
+        "wait until a daemon is ready (listening, filters set up), for scripts and CI",
+        "  fltemu serve & fltemu wait --timeout 30 && ./run-agent-tests\n"
+        "  fltemu wait --address /run/fltemu/fltemu.sock --timeout 60\n",
+    )
+    wait.add_argument(
+        "--timeout",
+        type=_non_negative_float,
+        metavar="SECONDS",
+        help="give up after this long, with exit status 1 (default: wait forever)",
+    )
+
+    trace = add(
+        "trace",
+        "show the traffic between the kernel side and the agents, live, one line per event",
+        "  fltemu trace                             # every port\n"
+        "  fltemu trace '\\ScannerPort'              # one port\n"
+        "  fltemu trace '\\ScannerPort' --connection 3 --type message,reply\n"
+        "  fltemu trace --json | jq 'select(.kind == \"message_done\") | .latency'\n\n"
+        "Events: connect, disconnect (pid, uid), send (FilterSendMessage), get\n"
+        "(FilterGetMessage), message (FltSendMessage started), message_done (its status,\n"
+        "message id, reply size and latency), reply (FilterReplyMessage). Each shows the first\n"
+        "bytes of its payload in hex and ASCII, and the built-in samples' messages decoded into\n"
+        "their fields. A reader that cannot keep up loses events, and is told how many.\n",
+    )
+    trace.add_argument("port", metavar="PORT", nargs="?", default="", help="only this port")
+    trace.add_argument(
+        "--connection", type=_non_negative_int, metavar="ID", help="only this connection"
+    )
+    trace.add_argument(
+        "--type",
+        dest="kinds",
+        type=_trace_kinds,
+        default=(),
+        metavar="KIND[,KIND...]",
+        help="only these kinds of events (" + ", ".join(TRACE_KINDS) + ")",
+    )
+    trace.add_argument(
+        "--bytes",
+        dest="preview_bytes",
+        type=_non_negative_int,
+        default=32,
+        metavar="N",
+        help="payload bytes to show per event (default: 32; at most 4096)",
+    )
+    trace.add_argument(
+        "--no-decode", action="store_true", help="do not decode the built-in samples' messages"
+    )
+    trace.add_argument("--json", action="store_true", help="one JSON object per event")
+    trace.add_argument(
+        "--count", type=_positive_int, metavar="N", help="stop after N events (start not counted)"
+    )
 
     ports = add(
         "ports",
         "list filters, server ports and connections (pid, uid, pending getters and senders)",
-        "  fltemu ports\n  fltemu ports --json | jq '.[].ports[].name'\n",
+        "  fltemu ports\n  fltemu ports --json | jq '.[].ports[].name'\n\n"
+        "Connection columns: GETS pending FilterGetMessage calls, SENDS FltSendMessage calls\n"
+        "waiting for a getter, AWAITING messages delivered and waiting for a reply, DELIVERED\n"
+        "and TIMEOUTS kernel messages so far, USER_SENDS FilterSendMessage calls so far.\n",
     )
     ports.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -408,6 +508,20 @@ def _add_control_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     unload.add_argument("filter", metavar="FILTER", help="filter name, as 'fltemu ports' shows")
 
 
+def _add_version(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action="version", version=f"fltemu {__version__}")
+
+
+def _trace_kinds(text: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in TRACE_KINDS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown event kind {', '.join(unknown)}; kinds: {', '.join(TRACE_KINDS)}"
+        )
+    return kinds
+
+
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text, 0)
@@ -426,6 +540,13 @@ def _non_negative_float(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError("must be >= 0")
     return value
+
+
+def _subparsers(
+    parser: argparse.ArgumentParser,
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return action
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -457,16 +578,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "bench":
         from ..bench.command import run_command as run_bench_command
 
-        return run_bench_command(parser, args, agent)
+        return run_bench_command(_subparsers(parser).choices["bench"], args, agent)
+    # Mistakes found after parsing are reported with the sub-command's usage, not fltemu's.
+    command_parser = _subparsers(parser).choices[args.command]
     if args.command != "serve":
         from .ctl import run_command
 
-        return run_command(parser, args)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+        return run_command(command_parser, args)
+    level = args.log_level or ("DEBUG" if args.verbose else "WARNING" if args.quiet else "INFO")
+    configure_logging(level, args.log_format)
     filters = tuple(args.filters) or tuple(sorted(BUILTIN_FILTERS))
     settings: dict[str, dict[str, str]] = {}
     for name, key, value in args.settings:
@@ -481,7 +601,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         allow_uids=tuple(args.allow_uids),
         allow_gids=tuple(args.allow_gids),
         allow_everyone=args.allow_everyone,
-        announce=lambda line: print(line, flush=True),
+        announce=(lambda line: None) if args.quiet else (lambda line: print(line, flush=True)),
+        ready_file=args.ready_file,
     )
     try:
         run(config)

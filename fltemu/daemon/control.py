@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import socket
+import time
+from collections.abc import Callable, Iterator
 from typing import Final
 
 from ..errors import FltEmuError, ProtocolError
@@ -21,20 +23,32 @@ from ..wire import (
     ConnectionInfo,
     Control,
     ControlResult,
+    DaemonInfo,
     FilterInfo,
     Goodbye,
     PortInfo,
     Role,
+    Trace,
+    TraceEvent,
     WireConnection,
     is_trusted_peer,
     resolve_address,
 )
 from .peer import socket_peer
 
-__all__ = ["COMMANDS", "ControlError", "call", "may_control", "run_control", "snapshot"]
+__all__ = [
+    "COMMANDS",
+    "ControlError",
+    "call",
+    "may_control",
+    "run_control",
+    "snapshot",
+    "trace",
+    "wait_ready",
+]
 
 #: The commands ``Control.command`` may name.
-COMMANDS: Final = ("ports", "send", "disconnect", "unload")
+COMMANDS: Final = ("status", "ports", "send", "disconnect", "unload")
 
 
 def may_control(process: ProcessInfo) -> bool:
@@ -47,13 +61,17 @@ def snapshot(manager: FilterManager) -> tuple[FilterInfo, ...]:
     filters = []
     for flt in manager.filters.values():
         ports = [
-            _port_info(p) for p in flt._ports if p.state is ServerPortState.OPEN or p.connections
+            _port_info(p)
+            for p in flt._ports
+            if p.state is ServerPortState.OPEN or any(not c.is_kernel_closed for c in p.connections)
         ]
         filters.append(FilterInfo(flt.name, flt.state.value, tuple(ports)))
     return tuple(filters)
 
 
 def _port_info(port: ServerPort) -> PortInfo:
+    # A connection the filter closed (FltCloseClientPort) is gone from the filter's view,
+    # although the user's handle stays open until it is closed: it is not listed.
     connections = tuple(
         ConnectionInfo(
             id=c.id,
@@ -69,6 +87,7 @@ def _port_info(port: ServerPort) -> PortInfo:
             messages_timed_out=c.messages_timed_out,
         )
         for c in sorted(port.connections, key=lambda c: c.id)
+        if not c.is_kernel_closed
     )
     return PortInfo(
         port.name, port.state.value, port.max_connections, port.connection_count, connections
@@ -89,10 +108,20 @@ def _fail(status: NtStatus, message: str) -> ControlResult:
     return ControlResult(PROTOCOL_VERSION, int(status), message)
 
 
+def _port_names(manager: FilterManager) -> str:
+    names = sorted(p.name for f in manager.filters.values() for p in f.server_ports)
+    return ", ".join(names) or "none"
+
+
 def _connections(manager: FilterManager, request: Control) -> list[ClientPort] | ControlResult:
-    ports = _find_ports(manager, request.target)
+    # Names appear as written ('\\ScannerPort' would double every backslash).
+    name = request.target
+    ports = _find_ports(manager, name)
     if not ports:
-        return _fail(NtStatus.STATUS_OBJECT_NAME_NOT_FOUND, f"no port named {request.target!r}")
+        return _fail(
+            NtStatus.STATUS_OBJECT_NAME_NOT_FOUND,
+            f"no port named '{name}' (ports: {_port_names(manager)})",
+        )
     connections = sorted(
         (c for p in ports for c in p.connections if c.is_connected), key=lambda c: c.id
     )
@@ -102,27 +131,39 @@ def _connections(manager: FilterManager, request: Control) -> list[ClientPort] |
             ids = ", ".join(f"#{c.id}" for c in connections) or "none"
             return _fail(
                 NtStatus.STATUS_INVALID_PARAMETER,
-                f"port {request.target!r} has no connection #{request.connection} "
-                f"(connected: {ids})",
+                f"port '{name}' has no connection #{request.connection} (connected: {ids})",
             )
         return chosen
-    if not connections:
-        return _fail(
-            NtStatus.STATUS_PORT_DISCONNECTED, f"port {request.target!r} has no connected client"
-        )
+    if not connections and request.command == "send":
+        return _fail(NtStatus.STATUS_PORT_DISCONNECTED, f"port '{name}' has no connected client")
     return connections
 
 
-async def run_control(manager: FilterManager, request: Control) -> ControlResult:
+async def run_control(
+    manager: FilterManager,
+    request: Control,
+    daemon_info: Callable[[], DaemonInfo] | None = None,
+) -> ControlResult:
     """Carry out one control command.
 
+    Args:
+        manager: the daemon's Filter Manager.
+        request: the command.
+        daemon_info: what ``status`` answers with (the daemon's ``info``).
+
     Returns:
-        The ControlResult: STATUS_SUCCESS, or for ``send`` whatever FltSendMessage returned;
+        The ControlResult: STATUS_SUCCESS, or for ``send`` whatever FltSendMessage returned,
+        for ``status`` STATUS_PENDING while the daemon is not ready yet;
         STATUS_OBJECT_NAME_NOT_FOUND (no such port or filter), STATUS_INVALID_PARAMETER (no
         such connection, unknown command, a reply length over 0xFFFFFFEF),
-        STATUS_PORT_DISCONNECTED (no client connected).
+        STATUS_PORT_DISCONNECTED (``send`` to a port with no client connected). A
+        ``disconnect`` of a port with no connection succeeds with a count of 0.
     """
     command = request.command
+    if command == "status" and daemon_info is not None:
+        info = daemon_info()
+        status = NtStatus.STATUS_SUCCESS if info.ready else NtStatus.STATUS_PENDING
+        return ControlResult(PROTOCOL_VERSION, int(status), daemon=info)
     if command == "ports":
         return ControlResult(PROTOCOL_VERSION, 0, filters=snapshot(manager))
     if command == "unload":
@@ -131,10 +172,10 @@ async def run_control(manager: FilterManager, request: Control) -> ControlResult
             known = ", ".join(sorted(manager.filters)) or "none"
             return _fail(
                 NtStatus.STATUS_OBJECT_NAME_NOT_FOUND,
-                f"no filter named {request.target!r} (loaded: {known})",
+                f"no filter named '{request.target}' (loaded: {known})",
             )
         await flt.unload_requested()  # its module's teardown first, as FilterUnloadCallback
-        return ControlResult(PROTOCOL_VERSION, 0, f"filter {flt.name!r} unloaded")
+        return ControlResult(PROTOCOL_VERSION, 0, f"filter '{flt.name}' unloaded")
     if command in ("send", "disconnect"):
         found = _connections(manager, request)
         if isinstance(found, ControlResult):
@@ -166,20 +207,17 @@ class ControlError(FltEmuError):
     """The daemon could not be reached or broke off the exchange."""
 
 
-def call(request: Control, address: str | None = None) -> ControlResult:
-    """Send one control command and wait for its answer (blocking).
+class NoDaemonError(ControlError):
+    """Nothing listens at the address (yet)."""
 
-    Raises:
-        ControlError: no daemon listens at the address, or it closed without answering.
-    """
-    path = resolve_address(address)
-    wire = WireConnection(Role.USER)
+
+def _open(path: str, request: Control | Trace, wire: WireConnection) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         try:
             sock.connect(path)
         except OSError as exc:
-            raise ControlError(
+            raise NoDaemonError(
                 f"no fltemu daemon is listening on {path} ({exc.strerror or exc}); "
                 "start one with 'fltemu serve', or pass --address / set FLTEMU_SOCKET"
             ) from exc
@@ -190,6 +228,22 @@ def call(request: Control, address: str | None = None) -> ControlResult:
                 f"FLTEMU_TRUST_UID={uid} to talk to it anyway"
             )
         sock.sendall(wire.send(request))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def call(request: Control, address: str | None = None) -> ControlResult:
+    """Send one control command and wait for its answer (blocking).
+
+    Raises:
+        ControlError: no daemon listens at the address, or it closed without answering.
+    """
+    path = resolve_address(address)
+    wire = WireConnection(Role.USER)
+    sock = _open(path, request, wire)
+    try:
         while True:
             data = sock.recv(65536)
             wire.receive_data(data)
@@ -206,3 +260,71 @@ def call(request: Control, address: str | None = None) -> ControlResult:
         raise ControlError(f"talking to the daemon at {path} failed: {exc}") from exc
     finally:
         sock.close()
+
+
+def trace(request: Trace, address: str | None = None) -> Iterator[TraceEvent]:
+    """Open a trace connection and yield its events as they come (blocking), the ``start``
+    event first, until the daemon ends the trace (then it returns) or the caller stops.
+
+    Raises:
+        ControlError: no daemon, not allowed (root and the daemon's user only), or the
+            connection broke.
+    """
+    path = resolve_address(address)
+    wire = WireConnection(Role.USER)
+    sock = _open(path, request, wire)
+    started = False
+    try:
+        while True:
+            data = sock.recv(65536)
+            wire.receive_data(data)
+            while (event := wire.next_event()) is not NEED_DATA:
+                if isinstance(event, TraceEvent):
+                    started = True
+                    yield event
+                elif isinstance(event, Goodbye):
+                    if not started:
+                        raise ControlError(f"the daemon refused: {event.reason}")
+                    return
+            if not data:
+                if not started:
+                    raise ControlError("the daemon closed the connection without answering")
+                return
+    except ProtocolError as exc:
+        raise ControlError(f"the daemon at {path} answered nonsense: {exc}") from exc
+    except OSError as exc:
+        raise ControlError(f"talking to the daemon at {path} failed: {exc}") from exc
+    finally:
+        sock.close()
+
+
+def wait_ready(
+    address: str | None = None, timeout: float | None = None, interval: float = 0.1
+) -> ControlResult:
+    """Wait until a daemon answers ``status`` as ready; returns that answer (blocking).
+
+    Raises:
+        TimeoutError: none was ready within ``timeout`` seconds (``None``: wait forever);
+            the message says what was seen last.
+        ControlError: a daemon answered but refused (another user's daemon, say).
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last = "no daemon answered"
+    while True:
+        try:
+            result = call(Control(PROTOCOL_VERSION, "status"), address)
+        except NoDaemonError as exc:
+            last = str(exc)
+        else:
+            if result.status == NtStatus.STATUS_SUCCESS:
+                return result
+            if result.status != NtStatus.STATUS_PENDING:
+                raise ControlError(
+                    f"the daemon answered {NtStatus(result.status)}: {result.message}"
+                )
+            last = "the daemon is starting (its filters are not set up yet)"
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError(last)
+        time.sleep(
+            interval if deadline is None else max(0.0, min(interval, deadline - time.monotonic()))
+        )

@@ -8,15 +8,17 @@ from __future__ import annotations
 import argparse
 import binascii
 import sys
+import time
 from typing import TextIO
 
 import msgspec
 
 from ..status import NtStatus
-from ..wire import PROTOCOL_VERSION, Control, ControlResult, FilterInfo
-from .control import ControlError, call
+from ..wire import PROTOCOL_VERSION, Control, ControlResult, DaemonInfo, FilterInfo, Trace
+from .control import ControlError, call, trace, wait_ready
+from .tracefmt import format_event, json_event
 
-__all__ = ["format_ports", "run_command"]
+__all__ = ["format_ports", "format_status", "run_command"]
 
 
 def _message_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> bytes:
@@ -55,27 +57,53 @@ def _request(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Contr
     return Control(PROTOCOL_VERSION, "unload", args.filter)
 
 
+def _table(rows: list[tuple[object, ...]]) -> list[str]:
+    """Left-aligned columns, each as wide as its widest cell, two spaces apart."""
+    cells = [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+
+
+#: The connection table's columns; one word each, so that ``awk`` can pick them.
+_CONNECTION_COLUMNS = (
+    "ID PORT PID UID STATE GETS SENDS AWAITING DELIVERED TIMEOUTS USER_SENDS".split()
+)
+
+
 def format_ports(filters: tuple[FilterInfo, ...]) -> str:
-    """The human table of ``fltemu ports``."""
+    """The human table of ``fltemu ports``: one row per port, then one per connection."""
     if not filters:
         return "no filters loaded\n"
-    lines = []
+    ports: list[tuple[object, ...]] = [("FILTER", "PORT", "STATE", "CONNECTIONS")]
+    connections: list[tuple[object, ...]] = [tuple(_CONNECTION_COLUMNS)]
     for flt in filters:
-        lines.append(f"filter {flt.name} ({flt.state})")
+        name = flt.name if flt.state == "registered" else f"{flt.name} ({flt.state})"
         if not flt.ports:
-            lines.append("  no ports")
+            ports.append((name, "-", "-", "-"))
         for port in flt.ports:
-            lines.append(
-                f"  {port.name}  {port.state}  connections {port.connection_count}/"
-                f"{port.max_connections}"
-            )
-            for c in port.connections:
-                lines.append(
-                    f"    #{c.id} pid {c.pid} uid {c.uid} {c.state}: "
-                    f"{c.pending_getters} pending gets, {c.blocked_senders} blocked sends, "
-                    f"{c.awaiting_reply} awaiting reply; {c.messages_delivered} delivered, "
-                    f"{c.messages_timed_out} timed out, {c.sends_from_user} sends from user"
+            count = f"{port.connection_count}/{port.max_connections}"
+            ports.append((name, port.name, port.state, count))
+            connections.extend(
+                (
+                    f"#{c.id}",
+                    port.name,
+                    c.pid,
+                    c.uid,
+                    c.state,
+                    c.pending_getters,
+                    c.blocked_senders,
+                    c.awaiting_reply,
+                    c.messages_delivered,
+                    c.messages_timed_out,
+                    c.sends_from_user,
                 )
+                for c in port.connections
+            )
+    lines = _table(ports)
+    if len(connections) > 1:
+        lines += ["", *_table(connections)]
     return "\n".join(lines) + "\n"
 
 
@@ -109,14 +137,91 @@ def _print_result(args: argparse.Namespace, result: ControlResult, out: TextIO) 
         print(f"fltemu: {status}: {result.message}", file=sys.stderr)
         return 1
     if args.command == "disconnect":
-        out.write(f"disconnected {result.count} connection(s)\n")
+        if result.count == 0:
+            out.write(f"'{args.port}' has no connection to disconnect\n")
+        else:
+            plural = "" if result.count == 1 else "s"
+            out.write(f"disconnected {result.count} connection{plural}\n")
     elif result.message:
         out.write(result.message + "\n")
     return 0
 
 
+def format_status(info: DaemonInfo) -> str:
+    """The text of ``fltemu status``."""
+    state = "ready" if info.ready else "starting (filters not set up yet)"
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.started))
+    return (
+        f"fltemu {info.version} daemon on {info.address}: {state}\n"
+        f"pid {info.pid}, uid {info.uid}, loop {info.loop}, listening since {since}\n"
+        f"{info.filters} filters, {info.ports} ports, {info.connections} connections\n"
+    )
+
+
+def _status(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        result = call(Control(PROTOCOL_VERSION, "status"), args.address)
+    except ControlError as exc:
+        print(f"fltemu: error: {exc}", file=sys.stderr)
+        return 1
+    if result.daemon is None:
+        print(f"fltemu: {NtStatus(result.status)}: {result.message}", file=sys.stderr)
+        return 1
+    if args.json:
+        out.write(msgspec.json.encode(result.daemon).decode() + "\n")
+    else:
+        out.write(format_status(result.daemon))
+    return 0 if result.daemon.ready else 1
+
+
+def _wait(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        result = wait_ready(args.address, args.timeout)
+    except TimeoutError as exc:
+        print(f"fltemu: error: no daemon ready after {args.timeout:g} s: {exc}", file=sys.stderr)
+        return 1
+    except ControlError as exc:
+        print(f"fltemu: error: {exc}", file=sys.stderr)
+        return 1
+    assert result.daemon is not None
+    out.write(f"fltemu: daemon ready on {result.daemon.address}\n")
+    return 0
+
+
+def _trace(args: argparse.Namespace, out: TextIO) -> int:
+    request = Trace(PROTOCOL_VERSION, args.port, args.connection, args.kinds, args.preview_bytes)
+    seen = 0
+    try:
+        for event in trace(request, args.address):
+            if args.json:
+                out.write(json_event(event) + "\n")
+            else:
+                out.write(format_event(event, decode=not args.no_decode) + "\n")
+            out.flush()
+            if event.kind != "start":
+                seen += 1
+                if args.count is not None and seen >= args.count:
+                    break
+    except ControlError as exc:
+        print(f"fltemu: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
 def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Run one control sub-command; returns the exit status."""
+    out = sys.stdout
+    try:
+        if args.command == "status":
+            return _status(args, out)
+        if args.command == "wait":
+            return _wait(args, out)
+        if args.command == "trace":
+            return _trace(args, out)
+    except KeyboardInterrupt:
+        return 130
     request = _request(parser, args)
     try:
         result = call(request, args.address)

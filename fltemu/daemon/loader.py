@@ -1,8 +1,9 @@
 """Imports the filter modules named on the command line and runs their setup and teardown.
 
 A filter module has ``async def setup(flt: fltemu.Filter) -> None`` and optionally
-``async def teardown(flt)``; ``module:function`` names another entry point. Built-in samples
-have short names. Not here: the daemon itself (``server``).
+``async def teardown(flt)``; ``module:function`` names another entry point, and an optional
+``SETTINGS`` (the keys it reads from ``flt.settings``) makes an unknown ``--set`` key an error.
+Built-in samples have short names. Not here: the daemon itself (``server``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -72,12 +74,29 @@ async def load_filter(
         module = importlib.import_module(module_path)
     except ImportError as exc:
         known = ", ".join(sorted(BUILTIN_FILTERS))
+        hint = ""
+        missing = getattr(exc, "name", None)
+        if isinstance(exc, ModuleNotFoundError) and missing and module_path.startswith(missing):
+            hint = (
+                f"; the current folder ({os.getcwd()}) and PYTHONPATH are searched: run from "
+                "the folder that holds it, or set PYTHONPATH=/path/to/that/folder"
+            )
         raise FilterLoadError(
-            f"--filter {spec!r}: cannot import {module_path!r} ({exc}); built-in filters: {known}"
+            f"--filter {spec}: cannot import {module_path} ({exc}){hint}; built-in filters: {known}"
         ) from exc
     entry: Any = getattr(module, func_name, None)
     if not callable(entry):
-        raise FilterLoadError(f"--filter {spec!r}: {module_path} has no function {func_name}()")
+        raise FilterLoadError(f"--filter {spec}: {module_path} has no function {func_name}()")
+    declared = getattr(module, "SETTINGS", None)
+    if settings and declared is not None:
+        unknown = sorted(set(settings) - set(declared))
+        if unknown:
+            keys = ", ".join(f"{name}.{key}" for key in sorted(declared)) or "none"
+            raise FilterLoadError(
+                f"--set {', '.join(f'{name}.{key}' for key in unknown)}: "
+                f"{'no such setting' if len(unknown) == 1 else 'no such settings'}; "
+                f"filter {name} reads {keys}"
+            )
     flt = daemon.register_filter(name)
     flt.settings = dict(settings or {})
     teardown = getattr(module, "teardown", None) if func_name == "setup" else None
@@ -91,8 +110,8 @@ async def load_filter(
     except Exception as exc:
         # Whatever setup started before it failed is the teardown's to stop.
         await flt.unload_requested()
-        raise FilterLoadError(f"--filter {spec!r}: {func_name}() raised {exc!r}") from exc
-    log.info("loaded filter %r (%s)", name, module_path)
+        raise FilterLoadError(f"--filter {spec}: {func_name}() raised {exc!r}") from exc
+    log.debug("loaded filter %s (%s)", name, module_path)
     return LoadedFilter(spec, flt, flt.unload_callback)
 
 

@@ -17,17 +17,26 @@ import logging
 import os
 import socket
 import stat
+import time
 from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, Final
 
+from .. import __version__
 from .._limits import DEFAULT_MAX_MESSAGE_BYTES
 from ..errors import FltEmuError
 from ..kernel import Filter, FilterManager, SecurityDescriptor
-from ..wire import default_socket_dir, resolve_address
+from ..wire import DaemonInfo, Trace, WireConnection, default_socket_dir, resolve_address
 from .session import READ_BUFFER_BYTES, Session
+from .trace import TraceHub, TraceSubscriber
 
-__all__ = ["DEFAULT_SHUTDOWN_GRACE", "Daemon", "DaemonAddressInUseError"]
+__all__ = [
+    "DEFAULT_SHUTDOWN_GRACE",
+    "Daemon",
+    "DaemonAddressError",
+    "DaemonAddressInUseError",
+    "DaemonAddressUnsafeError",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +48,68 @@ DEFAULT_SHUTDOWN_GRACE: Final = 5.0
 LISTEN_BACKLOG: Final = 1024
 
 
-class DaemonAddressInUseError(FltEmuError, OSError):
+class DaemonAddressError(FltEmuError, OSError):
+    """The daemon cannot listen at its address; the message names the path and what to do.
+
+    An ``OSError`` whose ``errno`` is the system's, and whose text is the explanation alone
+    (no ``[Errno N]`` prefix).
+    """
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class DaemonAddressInUseError(DaemonAddressError):
     """Another daemon is already listening on the address."""
 
 
-class DaemonAddressUnsafeError(FltEmuError, OSError):
+class DaemonAddressUnsafeError(DaemonAddressError):
     """The default socket's private folder exists but is not private to this user."""
+
+
+_OTHER_SOCKET: Final = "choose another socket with --address PATH or FLTEMU_SOCKET"
+
+
+def _who_am_i() -> str:
+    return f"uid {os.geteuid()}, gid {os.getegid()}"
+
+
+def explain_address_error(path: str, exc: OSError) -> DaemonAddressError:
+    """A ``DaemonAddressError`` for an ``OSError`` met while listening on ``path``.
+
+    It names the socket, the folder (with its owner and mode when it exists), the uid the
+    daemon runs as, and what to change: the usual trouble with a bind-mounted socket folder
+    is that it belongs to another user than the daemon's.
+    """
+    if isinstance(exc, DaemonAddressError):
+        return exc
+    folder = os.path.dirname(path) or "."
+    reason = exc.strerror or str(exc)
+    code = exc.errno or errno.EIO
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        owner, owner_uid = "", "UID"
+        try:
+            info = os.stat(folder)
+        except OSError:
+            pass
+        else:
+            owner_uid = str(info.st_uid)
+            owner = (
+                f"; the folder {folder} belongs to uid {info.st_uid}, gid {info.st_gid}, "
+                f"mode {stat.S_IMODE(info.st_mode):o}"
+            )
+        return DaemonAddressError(
+            code,
+            f"cannot create the socket {path}: {reason} (the daemon runs as {_who_am_i()}"
+            f"{owner}). Let the daemon's user write to {folder} (for a bind mount: chown "
+            f"{os.geteuid()} {folder} on the host, or run the daemon as the folder's owner, "
+            f"e.g. docker run --user {owner_uid}), or {_OTHER_SOCKET}",
+        )
+    if code in (errno.ENOENT, errno.ENOTDIR):
+        return DaemonAddressError(
+            code, f"cannot create the socket {path}: the folder {folder} does not exist"
+        )
+    return DaemonAddressError(code, f"cannot listen on {path}: {reason}")
 
 
 def _ensure_private_dir(path: str) -> None:
@@ -69,8 +134,7 @@ def _ensure_private_dir(path: str) -> None:
         problem = f"has mode {stat.S_IMODE(info.st_mode):o}; it must be 700"
     if problem is not None:
         raise DaemonAddressUnsafeError(
-            f"the socket folder {path} {problem}: remove it, or choose another socket with "
-            "--address or FLTEMU_SOCKET"
+            errno.EPERM, f"the socket folder {path} {problem}: remove it, or {_OTHER_SOCKET}"
         )
 
 
@@ -85,6 +149,9 @@ class Daemon:
         shutdown_grace: seconds that shutdown waits for in-flight MessageNotify calls.
         default_security: what ports created with ``security=None`` admit (default: root and
             the daemon's user, like FltBuildDefaultSecurityDescriptor).
+        ready_at_start: whether the daemon is ready (``fltemu status``, ``fltemu wait``) as
+            soon as it listens; ``fltemu serve`` says no, and calls ``mark_ready`` once its
+            filter modules are set up.
     """
 
     def __init__(
@@ -95,6 +162,7 @@ class Daemon:
         socket_mode: int = 0o600,
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
         default_security: SecurityDescriptor | None = None,
+        ready_at_start: bool = True,
     ) -> None:
         if max_message_bytes <= 0:
             raise ValueError("max_message_bytes must be positive")
@@ -111,6 +179,12 @@ class Daemon:
         self._session_ids = itertools.count(1)
         self._inode: int | None = None
         self._read_view: memoryview | None = None
+        self._ready_at_start = ready_at_start
+        #: Whether the daemon is ready: listening, and its filters set up.
+        self.is_ready = False
+        #: When it started listening (``time.time()``), 0 before.
+        self.started = 0.0
+        self.trace_hub = TraceHub(self.manager)
 
     def __repr__(self) -> str:
         state = "listening" if self._server is not None else "stopped"
@@ -123,6 +197,27 @@ class Daemon:
             StatusError: STATUS_OBJECT_NAME_COLLISION when a filter of that name is loaded.
         """
         return self.manager.register_filter(name)
+
+    def mark_ready(self) -> None:
+        """Say that the daemon is ready (its filters are set up): ``fltemu wait`` returns."""
+        self.is_ready = True
+
+    def info(self) -> DaemonInfo:
+        """What ``fltemu status`` shows: version, pid, uid, socket, loop, readiness, counts."""
+        loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+        filters = list(self.manager.filters.values())
+        return DaemonInfo(
+            version=__version__,
+            pid=os.getpid(),
+            uid=os.geteuid(),
+            address=self.address,
+            loop=loop,
+            ready=self.is_ready and self._server is not None,
+            started=self.started,
+            filters=len(filters),
+            ports=sum(len(f.server_ports) for f in filters),
+            connections=sum(1 for _ in self.manager.connections()),
+        )
 
     @property
     def sessions(self) -> frozenset[Session]:
@@ -146,9 +241,22 @@ class Daemon:
 
         Raises:
             DaemonAddressInUseError: a daemon already listens there.
-            OSError: the path cannot be used (not a socket, no permission, ...).
+            DaemonAddressError: the path cannot be used (not a socket, no permission, no
+                such folder, ...); the message names the path, the folder and the daemon's uid.
         """
         path = self.address
+        try:
+            await self._listen(path)
+        except OSError as exc:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
+            raise explain_address_error(path, exc) from exc
+        self.started = time.time()
+        self.is_ready = self._ready_at_start
+        log.debug("listening on %s", path)
+
+    async def _listen(self, path: str) -> None:
         if os.path.dirname(path) == default_socket_dir():
             _ensure_private_dir(os.path.dirname(path))
         _remove_stale_socket(path)
@@ -164,7 +272,6 @@ class Daemon:
             os.umask(old_umask)
         os.chmod(path, self.socket_mode)
         self._inode = os.stat(path).st_ino
-        log.info("listening on %s", path)
 
     async def shutdown(self) -> None:
         """Stop accepting, unload every filter (DisconnectNotify for each connection), close.
@@ -175,6 +282,7 @@ class Daemon:
         server, self._server = self._server, None
         if server is None:
             return
+        self.is_ready = False
         server.close()
         self.manager.rundown_timeout = self.shutdown_grace
         # Newest first, as the modules were loaded: one's teardown may rely on an older one.
@@ -188,6 +296,7 @@ class Daemon:
                 log.error(
                     "filter %r did not unload within %.1f s", flt.name, self.shutdown_grace * 3
                 )
+        self.trace_hub.close_all("the daemon is shutting down")
         for session in list(self._sessions):
             session.close()
         await self._finish_tasks()
@@ -200,7 +309,7 @@ class Daemon:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(server.wait_closed(), 1.0)
         self._unlink_socket()
-        log.info("stopped")
+        log.debug("stopped")
 
     # --- internals ---------------------------------------------------------------------------
 
@@ -209,6 +318,11 @@ class Daemon:
         if self._read_view is None:
             self._read_view = memoryview(bytearray(READ_BUFFER_BYTES))
         return self._read_view
+
+    def _start_trace(
+        self, transport: asyncio.BaseTransport, wire: WireConnection, request: Trace
+    ) -> None:
+        TraceSubscriber(self.trace_hub, transport, wire, request).start()
 
     def _next_session_id(self) -> int:
         return next(self._session_ids)
@@ -250,18 +364,24 @@ def _remove_stale_socket(path: str) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(st.st_mode):
-        raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+        raise DaemonAddressError(
+            errno.EEXIST, f"{path} exists and is not a socket: remove it, or {_OTHER_SOCKET}"
+        )
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.settimeout(1.0)
         probe.connect(path)
     except (ConnectionRefusedError, FileNotFoundError):
-        log.info("removing stale socket %s", path)
+        log.debug("removing stale socket %s", path)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         return
     except OSError as exc:
-        raise OSError(exc.errno, f"cannot probe {path}: {exc.strerror}") from exc
+        raise explain_address_error(path, exc) from exc
     finally:
         probe.close()
-    raise DaemonAddressInUseError(errno.EADDRINUSE, f"a daemon is already listening on {path}")
+    raise DaemonAddressInUseError(
+        errno.EADDRINUSE,
+        f"a daemon is already listening on {path}: stop it (fltemu ports --address {path} "
+        f"shows what it serves), or {_OTHER_SOCKET}",
+    )

@@ -37,6 +37,7 @@ from ..wire import (
     Section,
     SendRequest,
     SendResult,
+    Trace,
     WireConnection,
 )
 from .control import may_control, run_control
@@ -256,6 +257,9 @@ class Session(asyncio.BufferedProtocol):
                     self._on_connect(event)  # type: ignore[arg-type]
                 elif cls is Control:
                     self._on_control(event)  # type: ignore[arg-type]
+                elif cls is Trace:
+                    self._on_trace(event)  # type: ignore[arg-type]
+                    break
                 elif event is EOF:
                     break
         finally:
@@ -320,7 +324,7 @@ class Session(asyncio.BufferedProtocol):
                 request.port_name, request.context, self.process, self
             )
         except StatusError as exc:
-            log.info("%s: connect to %r failed: %s", self._peer(), request.port_name, exc.status)
+            log.info("%s: connect to '%s' failed: %s", self._peer(), request.port_name, exc.status)
             if not self._closed:
                 self._send(ConnectResult(PROTOCOL_VERSION, int(exc.status)))
                 self._close_after_flush()
@@ -331,7 +335,7 @@ class Session(asyncio.BufferedProtocol):
             return
         self.port = port
         self._options = request.options
-        log.debug("%s: connected to %r as #%d", self._peer(), request.port_name, port.id)
+        log.debug("%s: connected to '%s' as #%d", self._peer(), request.port_name, port.id)
         self._send(ConnectResult(PROTOCOL_VERSION, _SUCCESS, daemon.max_message_bytes))
         if not port.is_connected:
             # The filter closed it already, from ConnectNotify (FltCloseClientPort, §2.6).
@@ -353,10 +357,30 @@ class Session(asyncio.BufferedProtocol):
         self._send(ControlResult(PROTOCOL_VERSION, int(status), text))
         self._close_after_flush()
 
+    def _on_trace(self, request: Trace) -> None:
+        # A trace connection: once allowed, a TraceSubscriber takes the transport over.
+        if request.version != PROTOCOL_VERSION:
+            status, text = NtStatus.STATUS_REVISION_MISMATCH, "protocol version mismatch"
+        elif not may_control(self.process) or self._transport is None:
+            status = NtStatus.STATUS_ACCESS_DENIED
+            text = "tracing is for root and the daemon's own user"
+        else:
+            log.info("%s: trace started (%s)", self._peer(), request.port or "all ports")
+            transport, self._transport = self._transport, None
+            self._closed = True
+            self._daemon._sessions.discard(self)
+            self._daemon._start_trace(transport, self._wire, request)
+            return
+        log.info("%s: trace refused: %s", self._peer(), text)
+        self._send(Goodbye(int(status), text))
+        self._close_after_flush()
+
     async def _control(self, request: Control) -> None:
-        log.info("%s: control %s %s", self._peer(), request.command, request.target)
+        # Readiness probes (fltemu wait / status) would flood the log.
+        level = logging.DEBUG if request.command == "status" else logging.INFO
+        log.log(level, "%s: control %s %s", self._peer(), request.command, request.target)
         try:
-            result = await run_control(self._daemon.manager, request)
+            result = await run_control(self._daemon.manager, request, self._daemon.info)
         finally:
             self._control_task = None
         self._send(result)

@@ -12,6 +12,7 @@ import asyncio
 import enum
 import inspect
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,6 +26,7 @@ from .namespace import PortNamespace
 from .ports import ClientPort, ClientPortState, ServerPort, ServerPortState, is_status
 from .process import ProcessInfo
 from .security import SecurityDescriptor
+from .trace import Tracer, TraceRecord, record
 
 __all__ = ["Filter", "FilterManager", "FilterState"]
 
@@ -69,6 +71,9 @@ class FilterManager:
         #: equivalent (root and the daemon's user) unless the daemon was told to widen it.
         self.default_security = default_security or SecurityDescriptor.default()
         self.rundown_timeout: float | None = None
+        #: Called with a ``TraceRecord`` for each port operation while someone traces
+        #: (``fltemu trace``); ``None`` otherwise.
+        self.tracer: Tracer | None = None
 
     def __repr__(self) -> str:
         return f"<FilterManager filters={sorted(self.filters)} ports={len(self.namespace)}>"
@@ -110,6 +115,39 @@ class FilterManager:
                 STATUS_INVALID_PARAMETER (context over 65535 bytes),
                 STATUS_CONNECTION_COUNT_LIMIT, or whatever failure ConnectNotify returned.
         """
+        if self.tracer is None:
+            return await self._connect(port_name, context, process, channel)
+        try:
+            client_port = await self._connect(port_name, context, process, channel)
+        except StatusError as exc:
+            tracer = self.tracer
+            if tracer is not None:
+                tracer(
+                    TraceRecord(
+                        "connect",
+                        time.time(),
+                        port_name,
+                        pid=process.pid,
+                        uid=process.uid,
+                        status=exc.status,
+                        size=len(context),
+                    )
+                )
+            raise
+        tracer = self.tracer
+        if tracer is not None:
+            tracer(
+                record("connect", client_port, status=NtStatus.STATUS_SUCCESS, size=len(context))
+            )
+        return client_port
+
+    async def _connect(
+        self,
+        port_name: str,
+        context: bytes,
+        process: ProcessInfo,
+        channel: Channel,
+    ) -> ClientPort:
         server_port = self.namespace.lookup(port_name)
         flt = server_port.filter
         if flt.state is not FilterState.REGISTERED:
@@ -117,7 +155,7 @@ class FilterManager:
         if not server_port.security.admits(process):
             raise error_for(
                 NtStatus.STATUS_ACCESS_DENIED,
-                f"port {port_name!r} does not admit uid {process.uid}",
+                f"port '{port_name}' does not admit uid {process.uid}",
             )
         if len(context) > MAX_CONTEXT_BYTES:
             raise error_for(NtStatus.STATUS_INVALID_PARAMETER, "context over 65535 bytes")
@@ -136,7 +174,7 @@ class FilterManager:
             status = NtStatus.STATUS_FLT_DELETING_OBJECT
         if not nt_success(status):
             client_port._refuse()
-            raise error_for(status, f"ConnectNotify of {port_name!r} refused: {status}")
+            raise error_for(status, f"ConnectNotify of '{port_name}' refused: {status}")
         client_port.cookie = cookie
         if client_port.is_kernel_closed:
             client_port.state = ClientPortState.DISCONNECTED
@@ -323,12 +361,64 @@ class Filter:
             )
             return SendMessageResult(NtStatus.STATUS_INSUFFICIENT_RESOURCES)
         queues = client_port.queues
+        tracer = self.manager.tracer
+        if tracer is not None:
+            return await self._traced_send_message(tracer, client_port, data, reply_length, timeout)
         pending = queues.start_send(bytes(data), reply_length, timeout, client_port.loop)
         try:
             return await pending.future
         except asyncio.CancelledError:
             queues.withdraw(pending)
             raise
+
+    async def _traced_send_message(
+        self,
+        tracer: Tracer,
+        client_port: ClientPort,
+        data: bytes | bytearray | memoryview,
+        reply_length: int | None,
+        timeout: float | None,
+    ) -> SendMessageResult:
+        # send_message with a record before (the message) and after (its outcome).
+        message = bytes(data)
+        tracer(
+            record(
+                "message",
+                client_port,
+                size=len(message),
+                buffer=reply_length,
+                timeout=timeout,
+                data=message,
+            )
+        )
+        started = time.perf_counter()
+        queues = client_port.queues
+        pending = queues.start_send(message, reply_length, timeout, client_port.loop)
+        try:
+            result = await pending.future
+        except asyncio.CancelledError:
+            queues.withdraw(pending)
+            status, reply = NtStatus.STATUS_CANCELLED, None
+            raise
+        else:
+            status, reply = result.status, result.reply
+            return result
+        finally:
+            after = self.manager.tracer
+            if after is not None:
+                after(
+                    record(
+                        "message_done",
+                        client_port,
+                        status=status,
+                        message_id=pending.message_id,
+                        size=len(message),
+                        buffer=reply_length,
+                        reply_size=None if reply is None else len(reply),
+                        latency=time.perf_counter() - started,
+                        data=reply or b"",
+                    )
+                )
 
     async def close_client_port(self, client_port: ClientPort | None) -> None:
         """FltCloseClientPort: end one connection from the kernel side (§2.6).
@@ -403,12 +493,12 @@ class Filter:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise  # the connect itself is being cancelled (the client left, shutdown)
-            log.error("ConnectNotify of port %r was cancelled from inside", server_port.name)
+            log.error("ConnectNotify of port '%s' was cancelled from inside", server_port.name)
             return NtStatus.STATUS_UNSUCCESSFUL, None
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException:
-            log.exception("ConnectNotify of port %r raised", server_port.name)
+            log.exception("ConnectNotify of port '%s' raised", server_port.name)
             return NtStatus.STATUS_UNSUCCESSFUL, None
         try:
             if isinstance(result, tuple):
@@ -420,7 +510,7 @@ class Filter:
             return NtStatus(int(raw)), cookie
         except (TypeError, ValueError):
             log.error(
-                "ConnectNotify of port %r returned %r, not a status or (status, cookie)",
+                "ConnectNotify of port '%s' returned %r, not a status or (status, cookie)",
                 server_port.name,
                 result,
             )
@@ -436,10 +526,10 @@ class Filter:
                     await result
         except TimeoutError:
             if grace is None:  # the callback's own TimeoutError
-                log.exception("DisconnectNotify of port %r raised", client_port.server_port.name)
+                log.exception("DisconnectNotify of port '%s' raised", client_port.server_port.name)
             else:
                 log.error(
-                    "DisconnectNotify of port %r did not return within %.1f s; abandoned",
+                    "DisconnectNotify of port '%s' did not return within %.1f s; abandoned",
                     client_port.server_port.name,
                     grace,
                 )
@@ -448,10 +538,10 @@ class Filter:
             if task is not None and task.cancelling():
                 raise
             log.error(
-                "DisconnectNotify of port %r was cancelled from inside",
+                "DisconnectNotify of port '%s' was cancelled from inside",
                 client_port.server_port.name,
             )
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException:
-            log.exception("DisconnectNotify of port %r raised", client_port.server_port.name)
+            log.exception("DisconnectNotify of port '%s' raised", client_port.server_port.name)

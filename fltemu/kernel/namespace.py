@@ -63,13 +63,13 @@ class PortNamespace:
         """
         bad = check_port_name(port.name)
         if bad is not None:
-            raise error_for(bad, f"bad port name {port.name!r}: {bad}")
+            raise error_for(bad, f"bad port name '{port.name}': {bad}")
         if port.name in self._ports or (
             port.case_insensitive
             and any(name.casefold() == port.name.casefold() for name in self._ports)
         ):
             raise error_for(
-                NtStatus.STATUS_OBJECT_NAME_COLLISION, f"a port named {port.name!r} exists"
+                NtStatus.STATUS_OBJECT_NAME_COLLISION, f"a port named '{port.name}' exists"
             )
         self._ports[port.name] = port
 
@@ -91,5 +91,5 @@ class PortNamespace:
             return port
         bad = check_port_name(name)
         if bad is not None:
-            raise error_for(bad, f"bad port name {name!r}: {bad}")
-        raise error_for(NtStatus.STATUS_OBJECT_NAME_NOT_FOUND, f"no port named {name!r}")
+            raise error_for(bad, f"bad port name '{name}': {bad}")
+        raise error_for(NtStatus.STATUS_OBJECT_NAME_NOT_FOUND, f"no port named '{name}'")

@@ -43,6 +43,7 @@ import functools
 import inspect
 import itertools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -52,6 +53,7 @@ from .channel import DETACHED, Channel
 from .messaging import MessageQueues
 from .process import ProcessInfo
 from .security import SecurityDescriptor
+from .trace import record
 
 if TYPE_CHECKING:
     from .manager import Filter
@@ -164,7 +166,7 @@ class ServerPort:
 
     def __repr__(self) -> str:
         return (
-            f"<ServerPort {self.name!r} {self.state.value} "
+            f"<ServerPort '{self.name}' {self.state.value} "
             f"connections={self.connection_count}/{self.max_connections}>"
         )
 
@@ -206,6 +208,8 @@ class ClientPort:
         self.state = ClientPortState.CONNECTING
         self.queues = MessageQueues(channel)
         self._channel = channel
+        #: Where ``tracer`` is read: one attribute away on every port operation.
+        self._manager = server_port.filter.manager
         #: FltCloseClientPort has been called (the driver's variable is NULL).
         self.is_kernel_closed = False
         self.has_slot = True
@@ -218,7 +222,7 @@ class ClientPort:
 
     def __repr__(self) -> str:
         return (
-            f"<ClientPort #{self.id} to {self.server_port.name!r} {self.state.value} "
+            f"<ClientPort #{self.id} to '{self.server_port.name}' {self.state.value} "
             f"pid={self.process.pid} {self.queues!r}>"
         )
 
@@ -242,10 +246,15 @@ class ClientPort:
     def user_get(self, token: object, buffer_size: int) -> NtStatus | None:
         """FilterGetMessage: queue a getter; ``None`` means pending (§3.3)."""
         if self.state is not ClientPortState.CONNECTED:
-            return _DISCONNECTED
-        if buffer_size <= 0:
-            return NtStatus.STATUS_INVALID_PARAMETER
-        return self.queues.add_getter(token, buffer_size)
+            status: NtStatus | None = _DISCONNECTED
+        elif buffer_size <= 0:
+            status = NtStatus.STATUS_INVALID_PARAMETER
+        else:
+            status = self.queues.add_getter(token, buffer_size)
+        tracer = self._manager.tracer
+        if tracer is not None:
+            tracer(record("get", self, status=status, buffer=buffer_size))
+        return status
 
     def user_cancel_get(self, token: object) -> None:
         """CancelIoEx on one pending get: it completes with STATUS_CANCELLED (§3.5)."""
@@ -254,14 +263,29 @@ class ClientPort:
     def user_reply(self, message_id: int, status: int, data: bytes) -> NtStatus:
         """FilterReplyMessage (§3.4); see ``MessageQueues.reply`` for the statuses."""
         if self.state is not ClientPortState.CONNECTED:
-            return _DISCONNECTED
-        if len(data) > self._max_message_bytes:
+            result = _DISCONNECTED
+        elif len(data) > self._max_message_bytes:
             # The daemon's limit, not Windows': the sender keeps waiting for a reply that fits.
-            return _NO_RESOURCES
-        return self.queues.reply(message_id, status, data)
+            result = _NO_RESOURCES
+        else:
+            result = self.queues.reply(message_id, status, data)
+        tracer = self._manager.tracer
+        if tracer is not None:
+            tracer(
+                record(
+                    "reply",
+                    self,
+                    status=result,
+                    message_id=message_id,
+                    size=len(data),
+                    reply_status=status,
+                    data=data,
+                )
+            )
+        return result
 
     def user_send(
-        self, data: bytes, out_size: int, out_address: int = 0
+        self, data: bytes, out_size: int, out_address: int = 0, *, _traced: bool = False
     ) -> SendOutcome | asyncio.Task[SendOutcome]:
         """FilterSendMessage: run MessageNotify and return its status and output (§2.5, §3.2).
 
@@ -274,7 +298,11 @@ class ClientPort:
         STATUS_INVALID_DEVICE_REQUEST (the port has no MessageNotify),
         STATUS_INSUFFICIENT_RESOURCES (input over the daemon's message limit). Output over
         that limit fails the call with STATUS_INSUFFICIENT_RESOURCES too.
+
+        (``_traced`` is internal: the traced call runs the untraced one.)
         """
+        if not _traced and self._manager.tracer is not None:
+            return self._traced_user_send(data, out_size, out_address)
         if self.state is not ClientPortState.CONNECTED:
             return _DISCONNECTED, b""
         if not data:
@@ -298,7 +326,7 @@ class ClientPort:
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException:  # CancelledError too: a plain callback's own failure
-            log.exception("MessageNotify of port %r raised", server_port.name)
+            log.exception("MessageNotify of port '%s' raised", server_port.name)
             return _UNSUCCESSFUL, b""
         # The plain shapes first: inspect.isawaitable costs a third of this whole call.
         if (
@@ -309,6 +337,44 @@ class ClientPort:
             return self._start_task(self._await_message_notify(result, out_size))
         return self._message_outcome(result, out_size)
 
+    def _traced_user_send(
+        self, data: bytes, out_size: int, out_address: int
+    ) -> SendOutcome | asyncio.Task[SendOutcome]:
+        started = time.perf_counter()
+        outcome = self.user_send(data, out_size, out_address, _traced=True)
+
+        def trace(result: SendOutcome | None) -> None:
+            tracer = self._manager.tracer
+            if tracer is None:
+                return
+            status = result[0] if result is not None else NtStatus.STATUS_CANCELLED
+            output = result[1] if result is not None else b""
+            tracer(
+                record(
+                    "send",
+                    self,
+                    status=status,
+                    size=len(data),
+                    buffer=out_size,
+                    reply_size=len(output),
+                    latency=time.perf_counter() - started,
+                    data=data,
+                )
+            )
+
+        if isinstance(outcome, tuple):
+            trace(outcome)
+        else:
+            outcome.add_done_callback(
+                lambda task: trace(None if task.cancelled() or task.exception() else task.result())
+            )
+        return outcome
+
+    def _trace_disconnect(self, text: str) -> None:
+        tracer = self._manager.tracer
+        if tracer is not None:
+            tracer(record("disconnect", self, text=text))
+
     def user_closing(self) -> None:
         """The synchronous start of CloseHandle's cleanup (§2.4 steps 1-3).
 
@@ -318,6 +384,7 @@ class ClientPort:
         """
         if self.state is ClientPortState.CONNECTED:
             self.state = ClientPortState.DISCONNECTING
+            self._trace_disconnect("the user closed its handle (CloseHandle)")
         self.queues.fail_all()
 
     async def user_close(self) -> None:
@@ -338,6 +405,7 @@ class ClientPort:
         self.is_kernel_closed = True
         if self.state is ClientPortState.CONNECTED:
             self.state = ClientPortState.DISCONNECTED
+            self._trace_disconnect("the filter closed it (FltCloseClientPort)")
             self.queues.fail_all()
             self._channel.kernel_disconnected()
         elif self.state is ClientPortState.CONNECTING:
@@ -348,6 +416,7 @@ class ClientPort:
         """The filter is unloading: disconnect, run down, DisconnectNotify (§6.6)."""
         if self.state is ClientPortState.CONNECTED:
             self.state = ClientPortState.DISCONNECTING
+            self._trace_disconnect("the filter unloaded (FltUnregisterFilter)")
             self.queues.fail_all()
             self._channel.kernel_disconnected()
         await self._run_down()
@@ -370,12 +439,12 @@ class ClientPort:
             if task is not None and task.cancelling():
                 raise  # we are being cancelled (rundown grace): let it through
             # Something the callback awaited was cancelled under it: a callback failure.
-            log.error("MessageNotify of port %r was cancelled from inside", self.server_port.name)
+            log.error("MessageNotify of port '%s' was cancelled from inside", self.server_port.name)
             return _UNSUCCESSFUL, b""
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException:
-            log.exception("MessageNotify of port %r raised", self.server_port.name)
+            log.exception("MessageNotify of port '%s' raised", self.server_port.name)
             return _UNSUCCESSFUL, b""
         return self._message_outcome(result, out_size)
 
@@ -415,7 +484,7 @@ class ClientPort:
                 raise TypeError(type(output).__name__)
         except (TypeError, ValueError):
             log.error(
-                "MessageNotify of port %r returned %r, not a status, (status, bytes) or "
+                "MessageNotify of port '%s' returned %r, not a status, (status, bytes) or "
                 "(status, bytes, sections)",
                 name,
                 type(result).__name__,
@@ -423,7 +492,7 @@ class ClientPort:
             return _UNSUCCESSFUL, b""
         if status == NtStatus.STATUS_PENDING:
             # On Windows the client would hang forever (§2.5); an emulator must not.
-            log.error("MessageNotify of port %r returned STATUS_PENDING; failing the send", name)
+            log.error("MessageNotify of port '%s' returned STATUS_PENDING; failing the send", name)
             return _UNSUCCESSFUL, b""
         if status == NtStatus.STATUS_BUFFER_TOO_SMALL:
             status = NtStatus.STATUS_FLT_BUFFER_TOO_SMALL  # fltmgr's rewrite (§2.5)
@@ -431,7 +500,7 @@ class ClientPort:
             return status, b""  # lpBytesReturned is 0 on errors (§3.2)
         if len(out) > out_size:
             log.warning(
-                "MessageNotify of port %r returned %d bytes for a %d-byte output buffer; cut",
+                "MessageNotify of port '%s' returned %d bytes for a %d-byte output buffer; cut",
                 name,
                 len(out),
                 out_size,
@@ -440,7 +509,7 @@ class ClientPort:
         limit = self._max_message_bytes
         if len(out) > limit:
             log.warning(
-                "MessageNotify of port %r returned %d bytes, over the daemon's %d-byte message "
+                "MessageNotify of port '%s' returned %d bytes, over the daemon's %d-byte message "
                 "limit (--max-message-bytes); failing the send",
                 name,
                 len(out),
@@ -460,16 +529,18 @@ class ClientPort:
         try:
             items = list(sections.items())
         except AttributeError:
-            log.error("MessageNotify of port %r returned sections that are not a mapping", name)
+            log.error("MessageNotify of port '%s' returned sections that are not a mapping", name)
             return valid
         for offset, content in items:
             if not (isinstance(offset, int) and 0 <= offset and offset + 8 <= out_len):
                 log.error(
-                    "MessageNotify of port %r: section offset %r is not in the output", name, offset
+                    "MessageNotify of port '%s': section offset %r is not in the output",
+                    name,
+                    offset,
                 )
             elif not isinstance(content, (bytes, bytearray, memoryview)) or len(content) > limit:
                 log.error(
-                    "MessageNotify of port %r: the section at %d is not bytes within the "
+                    "MessageNotify of port '%s': the section at %d is not bytes within the "
                     "message limit",
                     name,
                     offset,
@@ -503,7 +574,7 @@ class ClientPort:
             _, pending = await asyncio.wait(list(self._inflight), timeout=grace)
             if pending and grace is not None:
                 log.warning(
-                    "port %r: cancelling %d MessageNotify call(s) still running after %.1f s",
+                    "port '%s': cancelling %d MessageNotify call(s) still running after %.1f s",
                     self.server_port.name,
                     len(pending),
                     grace,
@@ -529,7 +600,7 @@ class ClientPort:
         self.server_port.filter._forget_if_done(self.server_port)
         if self.has_slot and not self.is_kernel_closed:
             log.debug(
-                "port %r: DisconnectNotify of connection #%d did not call close_client_port; "
+                "port '%s': DisconnectNotify of connection #%d did not call close_client_port; "
                 "the slot is released anyway",
                 self.server_port.name,
                 self.id,

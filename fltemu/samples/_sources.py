@@ -462,7 +462,7 @@ class SourceRunner(Generic[T]):
             self._producer = loop.create_task(self._watch_forever(self._activity_watcher))
         elif isinstance(self.spec, SyntheticSource):
             self._producer = loop.create_task(self._tick_forever(self.spec.rate))
-        log.info("%s: source %s", self.sample, _describe(self.spec))
+        log.debug("%s: source %s", self.sample, _describe(self.spec))
 
     async def stop_producing(self) -> None:
         """Stop making events; those being handled go on."""
@@ -540,7 +540,7 @@ class SourceRunner(Generic[T]):
     def _stopped_by_unload(self) -> bool:
         if self._alive is None or self._alive():
             return False
-        log.info("%s: the filter is gone; its source stops", self.sample)
+        log.debug("%s: the filter is gone; its source stops", self.sample)
         return True
 
     async def _dispatch(self, event: T) -> None:

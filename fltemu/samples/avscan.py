@@ -465,7 +465,11 @@ class AvScanState:
             timeout=self.unload_timeout,
         )
         self.unload_status = result.status
-        log.info("avscan: unloading message: %s", result.status)
+        # No agent connected is the usual case at shutdown, not news.
+        quiet = result.status == NtStatus.STATUS_PORT_DISCONNECTED
+        log.log(
+            logging.DEBUG if quiet else logging.INFO, "avscan: unloading message: %s", result.status
+        )
         return result.status
 
     async def abort_all_scans(self) -> None:
@@ -525,7 +529,7 @@ class AvScanState:
             return NtStatus.STATUS_INVALID_PARAMETER_3
         kind = AvConnectionType(raw)
         self.client_ports[kind] = client_port
-        log.info("avscan: %s connected through %r", kind.name, client_port.server_port.name)
+        log.info("avscan: %s connected through %s", kind.name, client_port.server_port.name)
         return _SUCCESS, kind
 
     async def disconnect_notify(self, cookie: object) -> None:

@@ -29,6 +29,7 @@ from .messages import (
     ConnectResult,
     Control,
     ControlResult,
+    DaemonInfo,
     Disconnected,
     FilterInfo,
     GetCancel,
@@ -42,6 +43,8 @@ from .messages import (
     Section,
     SendRequest,
     SendResult,
+    Trace,
+    TraceEvent,
     UserMessage,
 )
 
@@ -65,6 +68,7 @@ __all__ = [
     "ConnectionInfo",
     "Control",
     "ControlResult",
+    "DaemonInfo",
     "Disconnected",
     "FilterInfo",
     "FrameReader",
@@ -81,6 +85,8 @@ __all__ = [
     "SendRequest",
     "SendResult",
     "State",
+    "Trace",
+    "TraceEvent",
     "UserMessage",
     "WireConnection",
     "default_socket_dir",

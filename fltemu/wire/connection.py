@@ -16,6 +16,7 @@ which plays fltlib) and ``Role.KERNEL`` (the daemon, which plays fltmgr). Both e
     OPEN: USER sends SendRequest / GetRequest / ReplyRequest / GetCancel,
           KERNEL sends SendResult / GetResult / ReplyResult.
     IDLE --USER sends Control--> CONTROL --KERNEL sends ControlResult--> CLOSED
+    IDLE --USER sends Trace--> TRACE: KERNEL sends TraceEvent, until either end closes
     any --KERNEL sends Goodbye--> CLOSED (ERROR stays ERROR)        any --EOF--> CLOSED
     any --illegal input--> ERROR
 
@@ -66,6 +67,8 @@ from .messages import (
     Section,
     SendRequest,
     SendResult,
+    Trace,
+    TraceEvent,
     UserMessage,
 )
 
@@ -91,6 +94,7 @@ class State(enum.Enum):
     IDLE = "idle"
     CONNECTING = "connecting"
     CONTROL = "control"
+    TRACE = "trace"
     OPEN = "open"
     CLOSED = "closed"
     ERROR = "error"
@@ -115,6 +119,8 @@ _TRANSITIONS: Final[dict[tuple[State, Role, type], State]] = {
     (State.IDLE, _U, Connect): State.CONNECTING,
     (State.IDLE, _U, Control): State.CONTROL,
     (State.CONTROL, _K, ControlResult): State.CLOSED,
+    (State.IDLE, _U, Trace): State.TRACE,
+    (State.TRACE, _K, TraceEvent): State.TRACE,
     (State.CONNECTING, _K, ConnectResult): State.OPEN,  # CLOSED when the status is a failure
     (State.OPEN, _U, SendRequest): State.OPEN,
     (State.OPEN, _U, GetRequest): State.OPEN,
@@ -351,7 +357,7 @@ class WireConnection:
         elif cls is ConnectResult:
             if not nt_success(message.status):  # type: ignore[attr-defined]
                 new_state = State.CLOSED
-        elif (cls is Connect or cls is Control) and message.version < 1:  # type: ignore[attr-defined]
+        elif (cls is Connect or cls is Control or cls is Trace) and message.version < 1:  # type: ignore[attr-defined]
             raise LocalProtocolError("protocol versions start at 1")
         self.state = new_state
 

@@ -23,6 +23,7 @@ __all__ = [
     "ConnectionInfo",
     "Control",
     "ControlResult",
+    "DaemonInfo",
     "Disconnected",
     "FilterInfo",
     "GetCancel",
@@ -36,6 +37,8 @@ __all__ = [
     "Section",
     "SendRequest",
     "SendResult",
+    "Trace",
+    "TraceEvent",
     "UserMessage",
 ]
 
@@ -126,7 +129,8 @@ class GetCancel(_Message, frozen=True, tag=5):
 class Control(_Message, frozen=True, tag=6):
     """A control command: the first and only request of a control connection.
 
-    ``command`` is ``ports`` (list filters, ports and connections), ``send`` (FltSendMessage
+    ``command`` is ``status`` (is the daemon ready: ``ControlResult.daemon``), ``ports``
+    (list filters, ports and connections), ``send`` (FltSendMessage
     of ``data`` to connection ``connection`` of port ``target``, or its oldest connection),
     ``disconnect`` (FltCloseClientPort of that connection, or of all the port's connections)
     or ``unload`` (FltUnregisterFilter of filter ``target``). Only root and the daemon's user
@@ -140,6 +144,22 @@ class Control(_Message, frozen=True, tag=6):
     data: bytes = b""
     reply_length: U32 | None = None
     timeout: Annotated[float, msgspec.Meta(ge=0)] | None = None
+
+
+class Trace(_Message, frozen=True, tag=7):
+    """Start a trace connection: the first and only request of a connection that then receives
+    a ``TraceEvent`` for each port operation, until either end closes it.
+
+    ``port`` (exact name) and ``connection`` (id) narrow the events to one port or one
+    connection; ``kinds`` to some kinds (empty: all). ``preview_bytes`` is how many leading
+    bytes of each payload an event carries. Only root and the daemon's user may send it.
+    """
+
+    version: U32
+    port: str = ""
+    connection: U64 | None = None
+    kinds: tuple[str, ...] = ()
+    preview_bytes: U32 = 64
 
 
 # --- kernel → user ----------------------------------------------------------------------------
@@ -210,6 +230,56 @@ class Section(_Message, frozen=True, tag=23):
     data: bytes
 
 
+class TraceEvent(_Message, frozen=True, tag=24):
+    """One event of a trace connection (protocol §17.2).
+
+    ``kind`` is ``start`` (the first event: tracing is on; ``text`` says what is traced),
+    ``connect`` (FilterConnectCommunicationPort: ``status``, ``size`` of the context),
+    ``disconnect`` (``text`` says who ended it), ``send`` (FilterSendMessage: ``size`` in,
+    ``buffer`` the output buffer; ``status`` and ``reply_size`` out, ``latency`` of
+    MessageNotify), ``get`` (FilterGetMessage issued with a ``buffer``-byte buffer; ``status``
+    only when it failed at once), ``message`` (FltSendMessage started: ``size``, ``buffer``
+    the reply length or ``None``, ``timeout``), ``message_done`` (its end: ``status``,
+    ``message_id``, ``reply_size``, ``latency``), ``reply`` (FilterReplyMessage of
+    ``message_id``: ``size``, ``reply_status`` the user's status, ``status`` the result) or
+    ``dropped`` (``count`` events were not sent because this reader was too slow).
+    ``data`` holds the first bytes of the payload. Times are seconds.
+    """
+
+    kind: str
+    time: float
+    port: str = ""
+    connection: U64 = 0
+    pid: int | None = None
+    uid: int | None = None
+    status: U32 | None = None
+    message_id: U64 = 0
+    size: U64 = 0
+    buffer: U64 | None = None
+    reply_size: U64 | None = None
+    reply_status: U32 | None = None
+    timeout: float | None = None
+    latency: float | None = None
+    data: bytes = b""
+    count: U64 = 0
+    text: str = ""
+
+
+class DaemonInfo(msgspec.Struct, frozen=True):
+    """What ``status`` tells about the daemon (a map on the wire, for readable JSON)."""
+
+    version: str
+    pid: int
+    uid: int
+    address: str
+    loop: str
+    ready: bool
+    started: float
+    filters: int
+    ports: int
+    connections: int
+
+
 class ConnectionInfo(msgspec.Struct, frozen=True):
     """One connection in a ``ports`` listing (a map on the wire, for readable JSON)."""
 
@@ -249,7 +319,8 @@ class ControlResult(_Message, frozen=True, tag=21):
 
     ``status`` is the command's NTSTATUS (for ``send``, what FltSendMessage returned),
     ``message`` explains a failure, ``reply`` is ``send``'s reply bytes, ``filters`` the
-    ``ports`` listing and ``count`` how many connections ``disconnect`` closed.
+    ``ports`` listing, ``count`` how many connections ``disconnect`` closed and ``daemon``
+    the ``status`` answer.
     """
 
     version: U32
@@ -258,9 +329,10 @@ class ControlResult(_Message, frozen=True, tag=21):
     reply: bytes | None = None
     filters: tuple[FilterInfo, ...] = ()
     count: int = 0
+    daemon: DaemonInfo | None = None
 
 
-UserMessage = Connect | SendRequest | GetRequest | ReplyRequest | GetCancel | Control
+UserMessage = Connect | SendRequest | GetRequest | ReplyRequest | GetCancel | Control | Trace
 KernelMessage = (
     ConnectResult
     | SendResult
@@ -270,4 +342,5 @@ KernelMessage = (
     | ControlResult
     | Disconnected
     | Section
+    | TraceEvent
 )

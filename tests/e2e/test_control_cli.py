@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -37,8 +38,16 @@ def test_ports_table_and_json(served: Served, socket_path: str) -> None:
     with fltuser.connect("\\EchoPort", address=socket_path):
         table = fltemu("ports", address=socket_path)
         assert table.returncode == 0, table.stderr
-        assert "filter echo (registered)" in table.stdout
-        assert "\\EchoPort  open  connections 1/64" in table.stdout
+        header, row, blank, connection_header, connection = table.stdout.splitlines()
+        assert header.split() == ["FILTER", "PORT", "STATE", "CONNECTIONS"]
+        assert row.split() == ["echo", "\\EchoPort", "open", "1/64"]
+        assert connection_header.split()[:5] == ["ID", "PORT", "PID", "UID", "STATE"]
+        assert connection.split()[1:5] == [
+            "\\EchoPort",
+            str(os.getpid()),
+            str(os.getuid()),
+            "connected",
+        ]
         as_json = fltemu("ports", "--json", address=socket_path)
         document = json.loads(as_json.stdout)
         assert document[0]["ports"][0]["connections"][0]["uid"] is not None
@@ -88,12 +97,15 @@ def test_send_timeout_is_reported_and_fails(served: Served, socket_path: str) ->
 @pytest.mark.parametrize(
     ("args", "code", "text"),
     [
-        (["send", "\\Nope", "--data", "x"], 1, "no port named"),
+        (["send", "\\Nope", "--data", "x"], 1, "no port named '\\Nope' (ports: \\EchoPort)"),
         (["send", "\\EchoPort", "--data", "x"], 1, "no connected client"),
         (["send", "\\EchoPort", "--file", "/nonexistent/file"], 2, "No such file"),
         (["send", "\\EchoPort", "--hex", "zz"], 2, "--hex"),
+        (["send", "\\EchoPort", "--hex", "zz"], 2, "usage: fltemu send"),
+        (["send", "\\EchoPort", "--file", "/nonexistent"], 2, "usage: fltemu send"),
+        (["disconnect", "\\Nope"], 1, "no port named '\\Nope' (ports: \\EchoPort)"),
         (["disconnect", "\\EchoPort", "42"], 1, "no connection #42"),
-        (["unload", "nosuch"], 1, "no filter named 'nosuch'"),
+        (["unload", "nosuch"], 1, "no filter named 'nosuch' (loaded: echo)"),
     ],
 )
 def test_mistakes_say_what_is_wrong(
@@ -102,6 +114,26 @@ def test_mistakes_say_what_is_wrong(
     proc = fltemu(*args, address=socket_path)
     assert proc.returncode == code
     assert text in proc.stdout + proc.stderr
+    assert "\\\\" not in proc.stdout + proc.stderr  # names as written, not repr()'d
+
+
+def test_disconnect_without_connections_succeeds(served: Served, socket_path: str) -> None:
+    proc = fltemu("disconnect", "\\EchoPort", address=socket_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "'\\EchoPort' has no connection to disconnect\n"
+
+
+def test_ports_stops_listing_a_connection_after_disconnect(
+    served: Served, socket_path: str
+) -> None:
+    with fltuser.connect("\\EchoPort", address=socket_path):
+        assert "connected" in fltemu("ports", address=socket_path).stdout
+        assert fltemu("disconnect", "\\EchoPort", address=socket_path).returncode == 0
+        table = fltemu("ports", address=socket_path).stdout  # the handle is still open
+        assert table.splitlines() == [
+            "FILTER  PORT       STATE  CONNECTIONS",
+            "echo    \\EchoPort  open   0/64",
+        ]
 
 
 def test_disconnect_and_unload(served: Served, socket_path: str) -> None:

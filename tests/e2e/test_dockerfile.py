@@ -45,17 +45,63 @@ def test_image_cmd_serves_and_its_healthcheck_passes(tmp_path: Path) -> None:
         banner = daemon.stdout.readline()
         assert socket_path in banner and "\\EchoPort" in banner
         assert oct(os.stat(socket_path).st_mode & 0o777) == "0o666"
-        health = _exec_form(_instruction("HEALTHCHECK").split("CMD", 1)[1])
-        assert health[0] == "python"
-        proc = subprocess.run(
-            [sys.executable, *health[1:]], env=env, capture_output=True, text=True, timeout=30
-        )
-        assert proc.returncode == 0, proc.stderr
+        assert _health(env).returncode == 0
     finally:
         daemon.terminate()
         _, err = daemon.communicate(timeout=30)
     assert daemon.returncode == 0, err
     assert "Traceback" not in err
+
+
+def _health(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    health = _exec_form(_instruction("HEALTHCHECK").split("CMD", 1)[1])
+    assert health[0] == "fltemu"
+    return subprocess.run(
+        [sys.executable, "-m", "fltemu", *health[1:]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_healthcheck_checks_the_daemon_not_a_port(tmp_path: Path) -> None:
+    # A container started with the user's own filter (no \EchoPort): healthy once it serves.
+    (tmp_path / "myfilter.py").write_text(
+        "async def setup(flt):\n"
+        "    await flt.create_communication_port('\\\\Mine', connect_notify=lambda *a: 0,\n"
+        "        disconnect_notify=lambda c: None, max_connections=1)\n"
+    )
+    socket_path = str(tmp_path / "fltemu.sock")
+    env = {**os.environ, "FLTEMU_SOCKET": socket_path, "PYTHONPATH": str(tmp_path)}
+    unhealthy = _health(env)  # nothing serves yet
+    assert unhealthy.returncode == 1 and "no fltemu daemon" in unhealthy.stderr
+    cmd = _exec_form(_instruction("CMD"))
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "fltemu", *cmd[1:], "--filter", "myfilter"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert daemon.stdout is not None and "\\Mine" in daemon.stdout.readline()
+        healthy = _health(env)
+        assert healthy.returncode == 0, healthy.stderr
+    finally:
+        daemon.terminate()
+        _, err = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0, err
+
+
+def test_the_build_context_leaves_out_the_repository_and_virtualenvs() -> None:
+    ignored = (DOCKERFILE.parent / ".dockerignore").read_text().split()
+    assert {".git", ".venv", "tests"} <= set(ignored)
+    lines = DOCKERFILE.read_text().splitlines()
+    # COPY SOURCE... DEST: the sources are what the build needs from the context.
+    copied = {name for line in lines if line.startswith("COPY ") for name in line.split()[1:-1]}
+    assert copied == {"pyproject.toml", "README.md", "fltemu", "client"}
+    assert not copied & set(ignored)
 
 
 def test_image_runs_as_a_non_root_user() -> None:

@@ -674,7 +674,7 @@ async def test_output_longer_than_buffer_is_cut_and_logged_9_9(
     rec.message = (S.STATUS_SUCCESS, b"0123456789")
     with caplog.at_level(logging.WARNING, logger="fltemu"):
         assert await outcome(mn_user.port.user_send(b"in", 4)) == (S.STATUS_SUCCESS, b"0123")
-    assert "\\\\MN" in caplog.text and "10 bytes" in caplog.text
+    assert "'\\MN'" in caplog.text and "10 bytes" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="fltemu"):
         assert await outcome(mn_user.port.user_send(b"in", 0)) == (S.STATUS_SUCCESS, b"")
@@ -706,7 +706,7 @@ async def test_other_exception_is_unsuccessful_and_logged_5a(
     with caplog.at_level(logging.ERROR, logger="fltemu"):
         assert await outcome(mn_user.port.user_send(b"in", 4)) == (S.STATUS_UNSUCCESSFUL, b"")
     [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert "\\\\MN" in record.getMessage()
+    assert "'\\MN'" in record.getMessage()
     assert record.exc_info is not None and record.exc_info[0] is KeyError
     # The connection is unharmed.
     rec.message = (S.STATUS_SUCCESS, b"ok")

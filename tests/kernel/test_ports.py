@@ -207,7 +207,7 @@ async def test_connect_notify_raising_other_exception_2_3(
     )
     with caplog.at_level(logging.ERROR, logger="fltemu"):
         await expect_status(S.STATUS_UNSUCCESSFUL, connect("\\Broken"))
-    assert any("\\\\Broken" in r.getMessage() and r.exc_info is not None for r in caplog.records), (
+    assert any("'\\Broken'" in r.getMessage() and r.exc_info is not None for r in caplog.records), (
         caplog.text
     )
     assert port.connection_count == 0
@@ -522,7 +522,7 @@ async def test_disconnect_notify_that_raises_is_logged_2_4(
     with caplog.at_level(logging.ERROR, logger="fltemu"):
         await user.port.user_close()
     assert any(
-        "DisconnectNotify" in r.getMessage() and "\\\\Raising" in r.getMessage() and r.exc_info
+        "DisconnectNotify" in r.getMessage() and "'\\Raising'" in r.getMessage() and r.exc_info
         for r in caplog.records
     ), caplog.text
     assert user.port.state is ClientPortState.DISCONNECTED

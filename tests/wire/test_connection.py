@@ -36,6 +36,8 @@ from fltemu.wire import (
     SendRequest,
     SendResult,
     State,
+    Trace,
+    TraceEvent,
     WireConnection,
     max_frame_bytes,
     resolve_address,
@@ -121,10 +123,14 @@ _REQUEST_FOR: dict[type, Callable[[int], Any]] = {
 def receiver_for(message: Any) -> WireConnection:
     """A connection at the receiving end of ``message``, in a state where it is legal."""
     if isinstance(message, USER_TYPES):
-        first = isinstance(message, Connect | Control)
+        first = isinstance(message, Connect | Control | Trace)
         return kernel_in(State.IDLE if first else State.OPEN)
     if isinstance(message, ConnectResult):
         return user_in(State.CONNECTING)
+    if isinstance(message, TraceEvent):
+        conn = WireConnection(Role.USER)
+        conn.send(Trace(1))
+        return conn
     if isinstance(message, ControlResult):
         conn = WireConnection(Role.USER)
         conn.send(Control(1, "ports"))
@@ -138,10 +144,15 @@ def receiver_for(message: Any) -> WireConnection:
 def sender_for(message: Any) -> WireConnection:
     """A connection at the sending end of ``message``, in a state where it is legal."""
     if isinstance(message, USER_TYPES):
-        first = isinstance(message, Connect | Control)
+        first = isinstance(message, Connect | Control | Trace)
         return user_in(State.IDLE if first else State.OPEN)
     if isinstance(message, ConnectResult):
         return kernel_in(State.CONNECTING)
+    if isinstance(message, TraceEvent):
+        conn = WireConnection(Role.KERNEL)
+        conn.receive_data(encode(Trace(1)))
+        assert len(drain(conn)) == 1
+        return conn
     if isinstance(message, ControlResult):
         conn = WireConnection(Role.KERNEL)
         conn.receive_data(encode(Control(1, "ports")))
@@ -159,6 +170,8 @@ def expected_state_after(message: Any) -> State:
         return State.CONNECTING
     if isinstance(message, Control):
         return State.CONTROL
+    if isinstance(message, Trace | TraceEvent):
+        return State.TRACE
     if isinstance(message, ControlResult):
         return State.CLOSED
     if isinstance(message, ConnectResult):

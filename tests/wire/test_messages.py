@@ -37,12 +37,14 @@ from fltemu.wire import (
     Section,
     SendRequest,
     SendResult,
+    Trace,
+    TraceEvent,
     UserMessage,
     write_frame,
 )
 from tests.helpers import frame, raw_frame
 
-USER_TYPES = (Connect, SendRequest, GetRequest, ReplyRequest, GetCancel, Control)
+USER_TYPES = (Connect, SendRequest, GetRequest, ReplyRequest, GetCancel, Control, Trace)
 KERNEL_TYPES = (
     ConnectResult,
     SendResult,
@@ -52,6 +54,7 @@ KERNEL_TYPES = (
     ControlResult,
     Disconnected,
     Section,
+    TraceEvent,
 )
 
 # (message, exact frame bytes). At least one case per message type.
@@ -131,7 +134,17 @@ WIRE_CASES: list[tuple[Any, bytes]] = [
         b"\x1a\x00\x00\x00\x98\x06\x01\xa4send\xa2\\P\x03\xc4\x02hi\x01"
         b"\xcb?\xe0\x00\x00\x00\x00\x00\x00",
     ),
-    (ControlResult(1, 0), b"\x08\x00\x00\x00\x97\x15\x01\x00\xa0\xc0\x90\x00"),
+    (ControlResult(1, 0), b"\x09\x00\x00\x00\x98\x15\x01\x00\xa0\xc0\x90\x00\xc0"),
+    (
+        Trace(1, "\\P", None, ("send",), 16),
+        b"\x0e\x00\x00\x00\x96\x07\x01\xa2\\P\xc0\x91\xa4send\x10",
+    ),
+    (
+        TraceEvent("send", 1.5, "\\P", 3, 10, 0, status=0, size=2, data=b"hi"),
+        bytes.fromhex(
+            "26000000dc001218a473656e64cb3ff8000000000000a25c50030a00000002c0c0c0c0c0c402686900a0"
+        ),
+    ),
     (
         # The listing inside is made of maps (readable JSON for `fltemu ports --json`).
         ControlResult(
@@ -156,12 +169,12 @@ WIRE_CASES: list[tuple[Any, bytes]] = [
             ),
             2,
         ),
-        b"\xfe\x00\x00\x00\x97\x15\x01\x00\xa0\xc4\x02ok\x91\x83\xa4name\xa1f\xa5state"
+        b"\xff\x00\x00\x00\x98\x15\x01\x00\xa0\xc4\x02ok\x91\x83\xa4name\xa1f\xa5state"
         b"\xaaregistered\xa5ports\x91\x85\xa4name\xa2\\P\xa5state\xa4open\xafmax_connections"
         b"\x01\xb0connection_count\x01\xabconnections\x91\x8b\xa2id\x07\xa3pidd\xa3uid\x00"
         b"\xa3gid\x00\xa5state\xa9connected\xafpending_getters\x01\xafblocked_senders\x00"
         b"\xaeawaiting_reply\x00\xafsends_from_user\x02\xb2messages_delivered\x03"
-        b"\xb2messages_timed_out\x00\x02",
+        b"\xb2messages_timed_out\x00\x02\xc0",
     ),
     # The frames of protocol.md §15 that came with the capability bits (§5a).
     (Disconnected(0xC0000037), bytes.fromhex("07000000 9216 cec0000037")),
@@ -233,6 +246,8 @@ def test_tags_are_pinned_and_unique() -> None:
         ControlResult: 21,
         Disconnected: 22,
         Section: 23,
+        Trace: 7,
+        TraceEvent: 24,
     }
 
 
@@ -339,12 +354,12 @@ def _reader(union: Any) -> FrameReader:
     ("union", "payload"),
     [
         (UserMessage, [0, 1]),
-        (UserMessage, [7, 1]),
+        (UserMessage, [8, 1]),
         (UserMessage, [15, 1]),
         (UserMessage, [16, 1, 0]),  # a kernel tag sent to the kernel
         (UserMessage, [-1, 1]),
         (UserMessage, [2**40, 1]),
-        (KernelMessage, [24, 1]),
+        (KernelMessage, [25, 1]),
         (KernelMessage, [1, 1, "\\P"]),  # a user tag sent to the user
         (KernelMessage, [255]),
     ],

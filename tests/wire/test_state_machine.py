@@ -36,6 +36,8 @@ from fltemu.wire import (
     SendRequest,
     SendResult,
     State,
+    Trace,
+    TraceEvent,
     WireConnection,
 )
 from tests.helpers import WirePair, drain, frame
@@ -49,6 +51,7 @@ USER_TYPES: tuple[type, ...] = (
     ReplyRequest,
     GetCancel,
     Control,
+    Trace,
 )
 KERNEL_TYPES: tuple[type, ...] = (
     ConnectResult,
@@ -59,6 +62,7 @@ KERNEL_TYPES: tuple[type, ...] = (
     ControlResult,
     Disconnected,
     Section,
+    TraceEvent,
 )
 ALL_TYPES = USER_TYPES + KERNEL_TYPES
 REQUESTS: dict[type, type] = {
@@ -92,7 +96,12 @@ def legal(state: State, sender: Role, message: Any, outstanding: dict[int, type]
             return State.CONNECTING
         if cls is Control and sender is Role.USER and message.version >= 1:
             return State.CONTROL
+        if cls is Trace and sender is Role.USER and message.version >= 1:
+            return State.TRACE
         return None
+    if state is State.TRACE:
+        # The daemon streams events; the user only listens (and closes).
+        return State.TRACE if cls is TraceEvent and sender is Role.KERNEL else None
     if state is State.CONTROL:
         # One command, one answer, then the connection is over.
         return State.CLOSED if cls is ControlResult and sender is Role.KERNEL else None
@@ -155,6 +164,8 @@ def drive(role: Role, state: State, route: str = "") -> WireConnection:
         from_user(Connect(1, "\\P"))
     elif state is State.CONTROL:
         from_user(Control(1, "ports"))
+    elif state is State.TRACE:
+        from_user(Trace(1))
     elif state is State.OPEN:
         to_open()
     elif state is State.CLOSED:
@@ -285,6 +296,8 @@ def representatives(cls: type) -> list[Any]:
         ControlResult: [ControlResult(1, 0), ControlResult(1, 0xC0000034, "no port")],
         Disconnected: [Disconnected(0xC0000037)],
         Section: [Section(1, 0, b"x"), Section(2, 8, b""), Section(99, 0, b"x")],
+        Trace: [Trace(1), Trace(0, "\\P", 3, ("send",), 16)],
+        TraceEvent: [TraceEvent("start", 1.5), TraceEvent("dropped", 2.0, count=7)],
     }
     return table[cls]
 
@@ -315,7 +328,7 @@ def test_every_state_role_and_message(state: State, role: Role, direction: str, 
 
 def test_the_model_allows_something_in_every_live_state() -> None:
     # Guard against a model that refuses everything (which the checks above would accept).
-    for state in (State.IDLE, State.CONNECTING, State.CONTROL, State.OPEN):
+    for state in (State.IDLE, State.CONNECTING, State.CONTROL, State.OPEN, State.TRACE):
         allowed = [
             (role, m)
             for role in Role
@@ -360,6 +373,23 @@ MESSAGE_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     ControlResult: st.builds(ControlResult, st.integers(0, 3), statuses, st.text(max_size=20)),
     Disconnected: st.builds(Disconnected, statuses),
     Section: st.builds(Section, rids, u32, payloads),
+    Trace: st.builds(
+        Trace,
+        st.integers(-2, 3),
+        st.text(max_size=20),
+        st.one_of(st.none(), st.integers(0, 2**64 - 1)),
+        st.lists(st.sampled_from(["send", "get", "bogus"]), max_size=3).map(tuple),
+        u32,
+    ),
+    TraceEvent: st.builds(
+        TraceEvent,
+        st.sampled_from(["start", "send", "message", "dropped"]),
+        st.floats(0, 2e9),
+        st.text(max_size=20),
+        st.integers(0, 2**64 - 1),
+        status=st.one_of(st.none(), statuses),
+        data=payloads,
+    ),
 }
 messages = st.one_of(*MESSAGE_STRATEGIES.values())
 
