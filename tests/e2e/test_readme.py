@@ -141,7 +141,7 @@ def test_the_quickstart_as_written(
 
     # 3. Write the two files.
     write = blocks(quickstart, "sh")[2].strip().replace("/tmp/scan", scan)
-    subprocess.run(["bash", "-c", write], check=True, timeout=WAIT)
+    subprocess.run(["bash", "-c", write], check=True, timeout=WAIT, stdout=subprocess.DEVNULL)
     verdicts = [
         agent.wait_for(lambda line: line.startswith("Scanner: message "), "a verdict")
         for _ in range(2)
