@@ -12,7 +12,10 @@ so no Python client stands between the load and the daemon:
 
 ``cpu µs/msg`` is the daemon process's user + system CPU time over the window divided by the
 messages completed in it: unlike a rate, it hardly depends on how fast this machine wakes a
-vCPU, so it is the figure to compare across changes. With ``--base REV`` the daemon of
+vCPU, so it is the figure to compare across changes. For sends, the same client also drives
+``baseline.py``'s bare uvloop server (``--raw``: no handshake; its CPU time read from /proc),
+the least Python that answers such a request, so ``cpu × bare`` says how far the daemon is
+from that floor. With ``--base REV`` the daemon of
 another revision (a ``git worktree`` of this repository) runs the same load in the same run,
 so ``× base`` compares the two daemons measured minutes apart; ``run_all.py`` uses it for
 the target "a third of the CPU per message of REV".
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import _harness as h
+import baseline
 
 #: The revision whose CPU per message the speed targets are set against (``run_all.py``).
 CPU_BASE_REV: Final = "efc5622"
@@ -49,17 +53,22 @@ COLUMNS: Final = [
     ("cpu_pct", "daemon cpu %"),
     ("ratio_base", "msg/s × base"),
     ("cpu_ratio_base", "cpu × base"),
+    ("cpu_ratio_bare", "cpu × bare"),
 ]
 
 
 def run_fltload(
-    build: h.CBuild, server: h.Server, config: dict[str, Any], timing: h.Timing
-) -> h.RunResult:
-    """One run of the native client against ``server``."""
+    build: h.CBuild, server: h.Server, config: dict[str, Any], timing: h.Timing, raw: bool = False
+) -> h.RunResult | None:
+    """One run of the native client against ``server`` (``raw``: the bare server, sends only)."""
+    if raw and config["mode"] != "send":
+        return None
     assert build.binary is not None
     mode, depth = config["mode"], int(config["depth"])
     argv = [str(build.binary), mode, server.address, "--size", str(config["payload"])]
     argv += ["--readers" if mode == "k2u" else "--inflight", str(depth)]
+    if raw:
+        argv += ["--raw", "--cpu-pid", str(server.proc.pid)]
     argv += ["--warmup-ms", str(max(1, round(timing.warmup_s * 1000)))]
     argv += ["--measure-ms", str(max(1, round(timing.measure_s * 1000)))]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60 + timing.measure_s * 3)
@@ -101,6 +110,13 @@ def _cpu_per_msg(run: h.RunResult) -> float | None:
     return run.extra["daemon_cpu_ns"] / run.count / 1000 if run.count else None
 
 
+def _cpu_ratio(runs: list[h.RunResult], refs: list[h.RunResult]) -> float | None:
+    """Median over repeats of CPU per message over the reference's (runs of one repeat)."""
+    pairs = [(_cpu_per_msg(r), _cpu_per_msg(b)) for r, b in zip(runs, refs, strict=False)]
+    ratio = _median([a / b if a and b else None for a, b in pairs])
+    return round(ratio, 3) if ratio is not None else None
+
+
 def _median(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return statistics.median(present) if present else None
@@ -117,6 +133,7 @@ def emit_rows(
     """One row per (daemon, configuration); ``× base`` pairs runs of the same repeat."""
     for index, config in enumerate(configs):
         base_runs = results.get(("base", index))
+        bare_runs = results.get(("bare", index))
         for impl in impls:
             runs = results.get((impl.key, index))
             if not runs:
@@ -127,14 +144,11 @@ def emit_rows(
             row["cpu_us_per_msg"] = round(cpu, 2) if cpu is not None else None
             busy = _median([r.extra["daemon_cpu_ns"] / r.elapsed_ns * 100 for r in runs])
             row["cpu_pct"] = round(busy) if busy is not None else None
-            if base_runs and impl.key != "base":
+            if base_runs and impl.key == "fltemu":
                 row["ratio_base"] = h.paired_ratio(runs, base_runs)
-                pairs = [
-                    (_cpu_per_msg(r), _cpu_per_msg(b))
-                    for r, b in zip(runs, base_runs, strict=False)
-                ]
-                ratio = _median([a / b if a and b else None for a, b in pairs])
-                row["cpu_ratio_base"] = round(ratio, 3) if ratio is not None else None
+                row["cpu_ratio_base"] = _cpu_ratio(runs, base_runs)
+            if bare_runs and impl.key != "bare":
+                row["cpu_ratio_bare"] = _cpu_ratio(runs, bare_runs)
             row["base"] = base
             row["repeats"] = len(runs)
             row["warmup_s"] = timing.warmup_s
@@ -186,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         start = {"daemon": lambda: h.start_daemon(loop, placement)}
         labels = {"impl": "fltemu", "loop": loop}
         impls = [h.Impl("fltemu", labels, "daemon", _runner(build, timing))]
+        if "send" in args.modes:
+            start["bare"] = lambda: baseline.start_bare_server(loop, "msgpack", placement)
+            bare_labels = {"impl": "bare", "loop": loop}
+            impls.insert(0, h.Impl("bare", bare_labels, "bare", _runner(build, timing, raw=True)))
         base = args.base
         try:
             tree = stack.enter_context(checkout(base)) if base else None
@@ -210,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _runner(build: h.CBuild, timing: h.Timing) -> Any:
-    return lambda server, config: run_fltload(build, server, config, timing)
+def _runner(build: h.CBuild, timing: h.Timing, raw: bool = False) -> Any:
+    return lambda server, config: run_fltload(build, server, config, timing, raw)
 
 
 if __name__ == "__main__":

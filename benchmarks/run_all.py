@@ -94,6 +94,7 @@ def evaluate(rows: list[dict[str, Any]], payload: int = 64) -> list[dict[str, An
             row["reference"] = _reference(found, metric)
             if metric == "cpu_ratio_base":
                 row["cpu_us_per_msg"] = found.get("cpu_us_per_msg")
+                row["cpu_ratio_bare"] = found.get("cpu_ratio_bare")
         if value is None:
             row["figure"] = "-"
         elif metric.startswith(("ratio", "cpu_ratio")):
@@ -193,6 +194,8 @@ def readme_block(env: dict[str, Any], targets: list[dict[str, Any]]) -> str:
         figure = h.format_rate(float(rate)) + " msg/s" if rate else ""
         if t.get("cpu_us_per_msg") is not None:
             figure = f"{t['cpu_us_per_msg']} µs CPU/msg"
+            if t.get("cpu_ratio_bare") is not None:
+                figure += f" ({t['cpu_ratio_bare']:.2f} × the bare uvloop server's)"
         if t["metric"] in ("kib_per_connection", "max_abs_change_pct"):
             figure, shown = t["figure"], ""
         else:

@@ -134,6 +134,9 @@ def test_run_all() -> None:
         assert row["cpu_us_per_msg"] > 0
         assert row["cpu_ratio_base"] is not None
     assert of(rows, bench="daemon", impl="fltemu@HEAD")
+    bare = of(rows, bench="daemon", impl="bare")
+    assert {(r["mode"], r["depth"]) for r in bare} == {("send", 1), ("send", 64)}
+    assert all(r["cpu_ratio_bare"] is not None for r in daemon if r["mode"] == "send")
     targets = of(rows, bench="target")
     assert [t["id"] for t in targets] == [
         "cpu-k2u64",

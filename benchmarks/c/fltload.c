@@ -5,10 +5,13 @@
  * benchmarks/_bench_filter.py, and reports the daemon's CPU time over the measured window.
  *
  *   fltload send PATH [--size N] [--conns K] [--inflight W] [--warmup-ms A] [--measure-ms B]
+ *                     [--raw --cpu-pid PID]
  *       FilterSendMessage to \BenchEcho: K connections, each keeping W SendRequests in flight
  *       (the reply buffer is N bytes, so the echo returns all of them).  Counts the SendResults
  *       that complete inside the window; asks \BenchCtl for the daemon's CPU time
- *       ({"cmd": "cpu"}) when the window opens and when it closes.
+ *       ({"cmd": "cpu"}) when the window opens and when it closes.  With --raw it sends the
+ *       SendRequests without a Connect (to baseline.py's bare server, which answers them the
+ *       same way) and reads the CPU time of process PID from /proc (in clock ticks).
  *   fltload k2u PATH [--size N] [--readers R] [--warmup-ms A] [--measure-ms B]
  *       Kernel->user: one connection to \BenchK2U keeps R GetRequests pending and answers every
  *       message at once with a ReplyRequest of N bytes plus a new GetRequest, in one write per
@@ -184,6 +187,25 @@ static uint64_t json_u64(const char *json, const char *key, uint64_t fallback) {
     return strtoull(at, NULL, 10);
 }
 
+/* The CPU time (user + system) of process `pid` so far, from /proc/PID/stat, in ns. */
+static uint64_t proc_cpu_ns(long pid) {
+    char path[64], text[1024];
+    snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) die("open /proc/PID/stat");
+    size_t n = fread(text, 1, sizeof(text) - 1, f);
+    fclose(f);
+    text[n] = 0;
+    const char *p = strrchr(text, ')'); /* the command name may hold spaces */
+    if (!p) fail("unreadable /proc/PID/stat");
+    unsigned long long utime = 0, stime = 0;
+    /* fields after the name: state ppid pgrp session tty tpgid flags minflt cminflt majflt
+     * cmajflt utime stime */
+    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
+        fail("unreadable /proc/PID/stat");
+    return (utime + stime) * (1000000000ull / (uint64_t)sysconf(_SC_CLK_TCK));
+}
+
 static uint64_t daemon_cpu_ns(conn *ctl, uint64_t rid) {
     char reply[256];
     ctl_call(ctl, rid, "{\"cmd\": \"cpu\"}", reply, sizeof(reply));
@@ -213,8 +235,27 @@ typedef struct {
     uint64_t next_rid;
 } sender;
 
+/* The server's CPU time: from \BenchCtl, or from /proc when `pid` is given (--raw). */
+static uint64_t server_cpu_ns(conn *ctl, uint64_t rid, long pid) {
+    return pid ? proc_cpu_ns(pid) : daemon_cpu_ns(ctl, rid);
+}
+
+/* Connects a socket without the protocol's handshake (--raw). */
+static void raw_connect(conn *c, const char *path) {
+    struct sockaddr_un addr;
+    memset(&addr, 0, sizeof(addr));
+    addr.sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof(addr.sun_path)) fail("socket path too long");
+    strcpy(addr.sun_path, path);
+    memset(c, 0, sizeof(*c));
+    c->fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (c->fd < 0) die("socket");
+    if (connect(c->fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) die("connect");
+    set_nonblocking(c->fd);
+}
+
 static int run_send(const char *path, size_t size, int nconns, unsigned inflight,
-                    uint64_t warmup_ns, uint64_t measure_ns) {
+                    uint64_t warmup_ns, uint64_t measure_ns, long cpu_pid) {
     unsigned char *payload = malloc(size ? size : 1);
     sender *conns = calloc((size_t)nconns, sizeof(*conns));
     struct pollfd *pfds = calloc((size_t)nconns, sizeof(*pfds));
@@ -223,10 +264,13 @@ static int run_send(const char *path, size_t size, int nconns, unsigned inflight
     if (!payload || !conns || !pfds || !samples) die("malloc");
     for (size_t i = 0; i < size; i++) payload[i] = (unsigned char)(i * 31u + 7u);
     conn ctl;
-    port_connect(&ctl, path, CTL_PORT, "");
+    memset(&ctl, 0, sizeof(ctl));
+    ctl.fd = -1;
+    if (!cpu_pid) port_connect(&ctl, path, CTL_PORT, "");
     uint64_t ctl_rid = 1;
     for (int i = 0; i < nconns; i++) {
-        port_connect(&conns[i].c, path, ECHO_PORT, "");
+        if (cpu_pid) raw_connect(&conns[i].c, path);
+        else port_connect(&conns[i].c, path, ECHO_PORT, "");
         conns[i].sent_at = calloc(inflight, sizeof(uint64_t));
         if (!conns[i].sent_at) die("calloc");
         conns[i].next_rid = 1;
@@ -270,7 +314,7 @@ static int run_send(const char *path, size_t size, int nconns, unsigned inflight
                 if (t >= window_start) {
                     if (!started) {
                         started = 1;
-                        cpu_start = daemon_cpu_ns(&ctl, ctl_rid++);
+                        cpu_start = server_cpu_ns(&ctl, ctl_rid++, cpu_pid);
                         t = now_ns();
                         window_start = t; /* the window opens after the CPU sample */
                         window_end = t + measure_ns;
@@ -287,7 +331,7 @@ static int run_send(const char *path, size_t size, int nconns, unsigned inflight
     }
     uint64_t elapsed = now_ns() - window_start;
     if (elapsed > measure_ns) elapsed = measure_ns;
-    cpu_end = started ? daemon_cpu_ns(&ctl, ctl_rid++) : 0;
+    cpu_end = started ? server_cpu_ns(&ctl, ctl_rid++, cpu_pid) : 0;
     uint64_t p50 = 0, p99 = 0;
     if (nsamples) {
         qsort(samples, nsamples, sizeof(uint64_t), cmp_u64);
@@ -296,7 +340,7 @@ static int run_send(const char *path, size_t size, int nconns, unsigned inflight
     }
     print_result(counted, elapsed, p50, p99, errors, cpu_end - cpu_start);
     for (int i = 0; i < nconns; i++) close(conns[i].c.fd);
-    close(ctl.fd);
+    if (ctl.fd >= 0) close(ctl.fd);
     return errors ? 1 : 0;
 }
 
@@ -374,7 +418,7 @@ static int run_k2u(const char *path, size_t size, unsigned readers, uint64_t war
 static void usage(void) {
     fprintf(stderr,
             "usage: fltload send PATH [--size N] [--conns K] [--inflight W] [--warmup-ms A]\n"
-            "                         [--measure-ms B]\n"
+            "                         [--measure-ms B] [--raw --cpu-pid PID]\n"
             "       fltload k2u PATH [--size N] [--readers R] [--warmup-ms A] [--measure-ms B]\n");
     exit(2);
 }
@@ -385,7 +429,13 @@ int main(int argc, char **argv) {
     int k2u = strcmp(argv[1], "k2u") == 0;
     if (!k2u && strcmp(argv[1], "send") != 0) usage();
     long size = 64, conns = 1, inflight = 1, readers = 1, warmup_ms = 300, measure_ms = 1000;
+    long cpu_pid = 0;
+    int raw = 0;
     for (int i = 3; i < argc; i++) {
+        if (!strcmp(argv[i], "--raw") && !k2u) {
+            raw = 1;
+            continue;
+        }
         if (i + 1 >= argc) usage();
         const char *opt = argv[i], *val = argv[++i];
         long v = strtol(val, NULL, 10);
@@ -396,12 +446,14 @@ int main(int argc, char **argv) {
         else if (!strcmp(opt, "--readers") && k2u) readers = v;
         else if (!strcmp(opt, "--warmup-ms")) warmup_ms = v;
         else if (!strcmp(opt, "--measure-ms")) measure_ms = v;
+        else if (!strcmp(opt, "--cpu-pid") && !k2u) cpu_pid = v;
         else usage();
     }
+    if (raw != (cpu_pid > 0)) usage(); /* --raw needs the server's pid, and the other way round */
     if (size < 1 || size > 16 * 1024 * 1024 || conns < 1 || conns > MAX_CONNS || inflight < 1
         || readers < 1 || readers > 1024 || inflight > 1024)
         usage();
     uint64_t warmup = (uint64_t)warmup_ms * 1000000u, measure = (uint64_t)measure_ms * 1000000u;
     if (k2u) return run_k2u(argv[2], (size_t)size, (unsigned)readers, warmup, measure);
-    return run_send(argv[2], (size_t)size, (int)conns, (unsigned)inflight, warmup, measure);
+    return run_send(argv[2], (size_t)size, (int)conns, (unsigned)inflight, warmup, measure, cpu_pid);
 }
