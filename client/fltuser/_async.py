@@ -108,10 +108,15 @@ class _Protocol(asyncio.BufferedProtocol):
             return None
         return self._out
 
-    def added(self) -> None:
-        """A frame was encoded into ``buffer()``: write it as ``write`` would."""
+    def added(self, more: bool = False) -> None:
+        """A request was encoded into ``buffer()``: write it as ``write`` would, or at once
+        when no other request is in flight (a caller that waits for each answer gains nothing
+        from waiting for the end of the loop iteration). ``more``: another frame follows at
+        once (write them together)."""
         self._out_frames += 1
-        if self._out_frames >= WRITE_CHUNK_FRAMES:
+        if more:
+            return
+        if self._out_frames >= WRITE_CHUNK_FRAMES or self.core.outstanding <= self._out_frames:
             self.flush()
         elif self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self.flush)
@@ -294,13 +299,15 @@ class AsyncPort:
         reply_waiter: asyncio.Future[None] = protocol.loop.create_future()
         out = protocol.buffer()
         core.reply_request(message_id, status, data, reply_waiter, out)
-        if out is not None:
-            protocol.added()
         try:
             stashed = core.take_stashed(buffer_size)
         except HResultError:
+            if out is not None:
+                protocol.added()
             await reply_waiter  # the reply's outcome first, as reply() then get_message()
             raise
+        if out is not None:
+            protocol.added(more=stashed is None)
         rid, waiter = (0, None) if stashed is not None else self._start_get(buffer_size)
         try:
             await reply_waiter

@@ -171,6 +171,11 @@ class PortCore:
 
     # --- requests ---------------------------------------------------------------------------
 
+    @property
+    def outstanding(self) -> int:
+        """Requests sent and not answered yet."""
+        return len(self._pending)
+
     def connect_request(self, waiter: object) -> Frame:
         """The handshake frame (FilterConnectCommunicationPort)."""
         self._connect_waiter = waiter
