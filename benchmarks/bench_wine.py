@@ -70,7 +70,7 @@ def bench_rate(agent: list[str], env: dict[str, str], inflight: int, count: int)
         [
             sys.executable, "-m", "fltemu", "bench", "\\WineBench", "--size", "64",
             "--reply-length", "4", "--count", str(count), "--concurrency", str(inflight),
-            "--timeout", "30", "--json", "--no-progress", "--", *agent,
+            "--timeout", "30", "--json", "--no-progress", "--no-limit-check", "--", *agent,
         ],
         env=env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip

@@ -176,16 +176,20 @@ README_START: Final = "<!-- run_all.py --write-readme: start -->"
 README_END: Final = "<!-- run_all.py --write-readme: end -->"
 
 
-def readme_block(env: dict[str, Any], targets: list[dict[str, Any]]) -> str:
-    """The README's speed table: one run's targets, with the machine and versions it ran on."""
+def _machine_line(env: dict[str, Any]) -> str:
+    git = env.get("git") or {}
+    commit = git.get("commit", "?") + (" (modified)" if git.get("modified_files") else "")
+    return (
+        f"One `python benchmarks/run_all.py` run, {env['time'][:10]}, fltemu at `{commit}`: "
+        f"{env['cpu_model']}, {env['cpu_count']} CPUs, {env['os']}, Python {env['python']}, "
+        f"msgspec {env['msgspec']}, uvloop {env['uvloop']}; servers on one CPU, clients on the "
+        "other. Absolute rates differ between machines (by 2x between two VMs of the same "
+        "kind); compare the ratios, each to a reference measured in the same run."
+    )
+
+
+def _target_rows(targets: list[dict[str, Any]]) -> list[str]:
     lines = [
-        README_START,
-        f"One `python benchmarks/run_all.py` run, {env['time'][:10]}: {env['cpu_model']}, "
-        f"{env['cpu_count']} CPUs, {env['os']}, Python {env['python']}, msgspec "
-        f"{env['msgspec']}, uvloop {env['uvloop']}. Absolute rates differ between machines "
-        "(by 2x between two VMs of the same kind); compare the ratios, each to a reference "
-        "measured in the same run.",
-        "",
         "| target | fltemu | reference | fltemu × reference | goal | holds? |",
         "|---|---|---|---|---|---|",
     ]
@@ -204,8 +208,12 @@ def readme_block(env: dict[str, Any], targets: list[dict[str, Any]]) -> str:
             f"| {t['what']} | {figure} | {t.get('reference', '-')} | {shown} | "
             f"{t['target']} | {t['verdict']} |"
         )
-    lines.append(README_END)
-    return "\n".join(lines)
+    return lines
+
+
+def readme_block(env: dict[str, Any], targets: list[dict[str, Any]]) -> str:
+    """README.md's speed table: one run's targets, with the machine and versions it ran on."""
+    return "\n".join([README_START, _machine_line(env), "", *_target_rows(targets), README_END])
 
 
 def write_readme(path: Path, block: str) -> None:
@@ -221,22 +229,35 @@ def write_readme(path: Path, block: str) -> None:
     path.write_text(text[:start] + block + text[end + len(README_END) :])
 
 
-def print_tables(name: str, rows: list[dict[str, Any]]) -> None:
-    """A script's rows as the tables its README section shows."""
+def script_tables(name: str, rows: list[dict[str, Any]]) -> str:
+    """A script's rows as the tables its README section shows, and its noise line."""
     body = [r for r in rows if r.get("bench") not in ("env", "noise")]
     if name == "connections":
-        print(h.format_table([r for r in body if r.get("kind") == "memory"], MEMORY_COLUMNS))
-        print()
-        print(h.format_table([r for r in body if r.get("kind") == "throughput"], IDLE_COLUMNS))
+        parts = [
+            h.format_table([r for r in body if r.get("kind") == "memory"], MEMORY_COLUMNS),
+            h.format_table([r for r in body if r.get("kind") == "throughput"], IDLE_COLUMNS),
+        ]
     else:
-        print(h.format_table(body, TABLES[name]))
+        parts = [h.format_table(body, TABLES[name])]
     for r in rows:
         if r.get("bench") == "noise":
-            print(
-                f"# other processes: {r['other_cpu_s']} CPU-s in {r['wall_s']} s "
-                f"({r['other_cpu_pct']}% of the machine)"
+            parts.append(
+                f"(other processes: {r['other_cpu_s']} CPU-s in {r['wall_s']} s, "
+                f"{r['other_cpu_pct']}% of the machine)"
             )
-    print()
+    return "\n\n".join(parts)
+
+
+def sample_run_block(
+    env: dict[str, Any], tables: dict[str, str], targets: list[dict[str, Any]]
+) -> str:
+    """benchmarks/README.md's "Sample run": every table of one run, after the targets."""
+    lines = [README_START, _machine_line(env), "", "### fltemu against the targets (64 B)", ""]
+    lines += _target_rows(targets)
+    for name, text in tables.items():
+        lines += ["", f"### `{SCRIPTS[name]}`", "", text]
+    lines.append(README_END)
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,8 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save", metavar="FILE", help="also write every JSON row to FILE")
     parser.add_argument(
         "--write-readme",
-        metavar="FILE",
-        help="replace the speed table of FILE (README.md) with this run's targets",
+        action="store_true",
+        help="replace the speed table of README.md and the sample run of benchmarks/README.md "
+        "with this run's figures (run every script: a table must come from one run)",
     )
     parser.add_argument(
         "--base",
@@ -297,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     env["placement"] = {"pinned": None, "note": "each script pins its own processes"}
     h.print_env(out, env)
     noise = h.NoiseMeter()
+    tables: dict[str, str] = {}
+    if args.write_readme and (args.quick or args.scripts != list(SCRIPTS)):
+        parser.error("--write-readme needs a full run: every script, without --quick")
     for name in args.scripts:
         out.note(f"# running {SCRIPTS[name]} ...")
         extra: list[str] = []
@@ -313,8 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         for row in script_rows:
             if args.json:
                 out.emit(row)
+        tables[name] = script_tables(name, script_rows)
         if not args.json:
-            print_tables(name, script_rows)
+            print(tables[name] + "\n")
     targets = evaluate(rows)
     for target in targets:
         if target["value"] is None:
@@ -330,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += targets + [out.rows[-1]]
         Path(args.save).write_text("".join(json.dumps(r) + "\n" for r in rows))
     if args.write_readme:
-        write_readme(Path(args.write_readme), readme_block(env, targets))
+        write_readme(h.BENCH_DIR.parent / "README.md", readme_block(env, targets))
+        write_readme(h.BENCH_DIR / "README.md", sample_run_block(env, tables, targets))
     return 0
 
 
