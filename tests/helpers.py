@@ -1,9 +1,16 @@
-"""Test helpers: a fake kernel channel, two wire connections back to back, frame builders."""
+"""Test helpers: a fake kernel channel, two wire connections back to back, frame builders,
+and a subprocess whose output is watched line by line."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import queue
 import struct
+import subprocess
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -91,3 +98,74 @@ async def until(predicate: object, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():  # type: ignore[operator]
             await asyncio.sleep(0.005)
+
+
+class LineProcess:
+    """A subprocess whose output lines are read on a thread, as a user watches a terminal.
+
+    Every wait is bounded by ``wait`` seconds; a failed wait shows the output so far.
+    """
+
+    def __init__(
+        self,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        wait: float = 20.0,
+    ) -> None:
+        # Line by line, as on a terminal (a pipe would buffer the examples' print()s).
+        env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
+        self.wait = wait
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        with self.proc.stdout:
+            for line in self.proc.stdout:
+                self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, predicate: Callable[[str], bool], what: str) -> str:
+        """The first line (from now on) that satisfies ``predicate``."""
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                line = self._queue.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                raise AssertionError(
+                    f"no {what} within {self.wait} s; output:\n{self.output}"
+                ) from None
+            if line is None:
+                self._queue.put(None)  # keep the end visible to later waits
+                raise AssertionError(f"it ended before {what}; output:\n{self.output}")
+            self.lines.append(line)
+            if predicate(line):
+                return line
+
+    def wait_exit(self) -> int:
+        """The exit status, once the whole output has been read."""
+        code = self.proc.wait(timeout=self.wait)
+        while (line := self._queue.get(timeout=self.wait)) is not None:
+            self.lines.append(line)
+        self._queue.put(None)
+        return code
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def stop(self, kill: bool = False) -> None:
+        """SIGTERM (or SIGKILL) if it still runs; wait for it and its output's end."""
+        if self.proc.poll() is None:
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
+        self.proc.wait(timeout=self.wait)
+        self._reader.join(timeout=self.wait)  # it closes the pipe at end of file

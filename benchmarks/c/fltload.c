@@ -141,8 +141,8 @@ static void write_all(conn *c) {
     }
 }
 
-/* FilterConnectCommunicationPort; the socket is non-blocking afterwards. */
-static void port_connect(conn *c, const char *path, const char *port, const char *context) {
+/* A non-blocking socket connected to the daemon at `path`, without the protocol's handshake. */
+static void raw_connect(conn *c, const char *path) {
     struct sockaddr_un addr;
     memset(&addr, 0, sizeof(addr));
     addr.sun_family = AF_UNIX;
@@ -153,6 +153,11 @@ static void port_connect(conn *c, const char *path, const char *port, const char
     if (c->fd < 0) die("socket");
     if (connect(c->fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) die("connect");
     set_nonblocking(c->fd);
+}
+
+/* FilterConnectCommunicationPort; the socket is non-blocking afterwards. */
+static void port_connect(conn *c, const char *path, const char *port, const char *context) {
+    raw_connect(c, path);
     put_connect(&c->out, port, context, strlen(context));
     write_all(c);
     struct wire_result r;
@@ -238,20 +243,6 @@ typedef struct {
 /* The server's CPU time: from \BenchCtl, or from /proc when `pid` is given (--raw). */
 static uint64_t server_cpu_ns(conn *ctl, uint64_t rid, long pid) {
     return pid ? proc_cpu_ns(pid) : daemon_cpu_ns(ctl, rid);
-}
-
-/* Connects a socket without the protocol's handshake (--raw). */
-static void raw_connect(conn *c, const char *path) {
-    struct sockaddr_un addr;
-    memset(&addr, 0, sizeof(addr));
-    addr.sun_family = AF_UNIX;
-    if (strlen(path) >= sizeof(addr.sun_path)) fail("socket path too long");
-    strcpy(addr.sun_path, path);
-    memset(c, 0, sizeof(*c));
-    c->fd = socket(AF_UNIX, SOCK_STREAM, 0);
-    if (c->fd < 0) die("socket");
-    if (connect(c->fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) die("connect");
-    set_nonblocking(c->fd);
 }
 
 static int run_send(const char *path, size_t size, int nconns, unsigned inflight,

@@ -8,16 +8,18 @@ Not here: argument parsing and printing (``cli``), port semantics (``fltemu.kern
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Final
 
 from ..errors import FltEmuError, ProtocolError
 from ..kernel import ClientPort, Filter, FilterManager, ProcessInfo, ServerPort, ServerPortState
 from ..status import NtStatus
 from ..wire import (
+    EOF,
     NEED_DATA,
     PROTOCOL_VERSION,
     ConnectionInfo,
@@ -234,11 +236,12 @@ def _open(path: str, request: Control | Trace, wire: WireConnection) -> socket.s
     return sock
 
 
-def call(request: Control, address: str | None = None) -> ControlResult:
-    """Send one control command and wait for its answer (blocking).
+def _events(request: Control | Trace, address: str | None) -> Generator[object, None, None]:
+    """Open a control or trace connection, send ``request`` and yield the daemon's messages
+    (blocking) until it closes the connection; the socket is closed when the caller stops.
 
     Raises:
-        ControlError: no daemon listens at the address, or it closed without answering.
+        ControlError: no daemon, or the connection broke or carried nonsense.
     """
     path = resolve_address(address)
     wire = WireConnection(Role.USER)
@@ -248,18 +251,31 @@ def call(request: Control, address: str | None = None) -> ControlResult:
             data = sock.recv(65536)
             wire.receive_data(data)
             while (event := wire.next_event()) is not NEED_DATA:
-                if isinstance(event, ControlResult):
-                    return event
-                if isinstance(event, Goodbye):
-                    raise ControlError(f"the daemon refused: {event.reason}")
+                if event is not EOF:
+                    yield event
             if not data:
-                raise ControlError("the daemon closed the connection without answering")
+                return
     except ProtocolError as exc:
         raise ControlError(f"the daemon at {path} answered nonsense: {exc}") from exc
     except OSError as exc:
         raise ControlError(f"talking to the daemon at {path} failed: {exc}") from exc
     finally:
         sock.close()
+
+
+def call(request: Control, address: str | None = None) -> ControlResult:
+    """Send one control command and wait for its answer (blocking).
+
+    Raises:
+        ControlError: no daemon listens at the address, or it closed without answering.
+    """
+    with contextlib.closing(_events(request, address)) as events:
+        for event in events:
+            if isinstance(event, ControlResult):
+                return event
+            if isinstance(event, Goodbye):
+                raise ControlError(f"the daemon refused: {event.reason}")
+    raise ControlError("the daemon closed the connection without answering")
 
 
 def trace(request: Trace, address: str | None = None) -> Iterator[TraceEvent]:
@@ -270,32 +286,18 @@ def trace(request: Trace, address: str | None = None) -> Iterator[TraceEvent]:
         ControlError: no daemon, not allowed (root and the daemon's user only), or the
             connection broke.
     """
-    path = resolve_address(address)
-    wire = WireConnection(Role.USER)
-    sock = _open(path, request, wire)
     started = False
-    try:
-        while True:
-            data = sock.recv(65536)
-            wire.receive_data(data)
-            while (event := wire.next_event()) is not NEED_DATA:
-                if isinstance(event, TraceEvent):
-                    started = True
-                    yield event
-                elif isinstance(event, Goodbye):
-                    if not started:
-                        raise ControlError(f"the daemon refused: {event.reason}")
-                    return
-            if not data:
+    with contextlib.closing(_events(request, address)) as events:
+        for event in events:
+            if isinstance(event, TraceEvent):
+                started = True
+                yield event
+            elif isinstance(event, Goodbye):
                 if not started:
-                    raise ControlError("the daemon closed the connection without answering")
+                    raise ControlError(f"the daemon refused: {event.reason}")
                 return
-    except ProtocolError as exc:
-        raise ControlError(f"the daemon at {path} answered nonsense: {exc}") from exc
-    except OSError as exc:
-        raise ControlError(f"talking to the daemon at {path} failed: {exc}") from exc
-    finally:
-        sock.close()
+    if not started:
+        raise ControlError("the daemon closed the connection without answering")
 
 
 def wait_ready(

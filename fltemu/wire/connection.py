@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from typing import Final
+from typing import Final, NoReturn
 
 import msgspec
 
@@ -337,18 +337,9 @@ class WireConnection:
             raise LocalProtocolError(
                 f"{sender.value} may not send {cls.__name__} while the connection is {state.value}"
             )
-        result_type = _RESULT_FOR.get(cls)
-        if result_type is not None:
-            rid = message.rid  # type: ignore[attr-defined]
-            if rid in self._outstanding:
-                raise LocalProtocolError(f"request id {rid} reused while still outstanding")
-            self._outstanding[rid] = result_type
-        elif cls in _RESULT_TYPES:
-            rid = message.rid  # type: ignore[attr-defined]
-            expected = self._outstanding.pop(rid, None)
-            if expected is not cls:
-                self._retire_failed(rid, cls, expected)
-        elif cls is Section:
+        # Requests and results are legal only on an open connection, from their own end: the
+        # fast path above has taken every legal one.
+        if cls is Section:
             rid = message.rid  # type: ignore[attr-defined]
             if self._outstanding.get(rid) is not SendResult:
                 raise LocalProtocolError(
@@ -361,7 +352,7 @@ class WireConnection:
             raise LocalProtocolError("protocol versions start at 1")
         self.state = new_state
 
-    def _retire_failed(self, rid: int, cls: type, expected: type | None) -> None:
+    def _retire_failed(self, rid: int, cls: type, expected: type | None) -> NoReturn:
         # A result for an id that is not outstanding, or of the wrong type: put back what was
         # popped and raise.
         if expected is not None:

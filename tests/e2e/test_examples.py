@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from ..helpers import LineProcess
 from .test_cli import Served, start
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
@@ -28,64 +27,14 @@ EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
 WAIT = 20.0
 
 
-class Agent:
+class Agent(LineProcess):
     """An example agent in a subprocess, its stdout read line by line on a thread."""
 
     def __init__(self, script: str, *args: str) -> None:
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self.proc = subprocess.Popen(
-            [sys.executable, str(EXAMPLES / script), *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        with self.proc.stdout:
-            for line in self.proc.stdout:
-                self._queue.put(line.rstrip("\n"))
-        self._queue.put(None)
-
-    def wait_for(self, predicate: Callable[[str], bool], what: str) -> str:
-        """The first line (from now on) that satisfies ``predicate``; fails after WAIT s."""
-        deadline = time.monotonic() + WAIT
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                line = self._queue.get(timeout=max(remaining, 0.01))
-            except queue.Empty:
-                raise AssertionError(f"no {what} within {WAIT} s; output:\n{self.output}") from None
-            if line is None:
-                self._queue.put(None)  # keep the end visible to later waits
-                raise AssertionError(f"the agent ended before {what}; output:\n{self.output}")
-            self.lines.append(line)
-            if predicate(line):
-                return line
-
-    def wait_exit(self) -> int:
-        """The exit status; the whole output has been read."""
-        code = self.proc.wait(timeout=WAIT)
-        self._reader.join(timeout=WAIT)
-        while True:
-            line = self._queue.get_nowait() if not self._queue.empty() else None
-            if line is None:
-                break
-            self.lines.append(line)
-        return code
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
+        super().__init__([sys.executable, str(EXAMPLES / script), *args], wait=WAIT)
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=WAIT)
-        self._reader.join(timeout=WAIT)  # it closes the pipe at end of file
+        self.stop(kill=True)
 
 
 @pytest.fixture

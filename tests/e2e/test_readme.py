@@ -5,17 +5,16 @@ the user side". Only the socket and the watched folder are moved to temporary pl
 from __future__ import annotations
 
 import os
-import queue
 import re
 import shlex
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from ..helpers import LineProcess
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 README = (ROOT / "README.md").read_text()
@@ -32,62 +31,11 @@ def blocks(text: str, language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", text, re.S)
 
 
-class Process:
-    """A subprocess whose output lines are read on a thread, as a user watches a terminal."""
+class Process(LineProcess):
+    """A README command's process, run from the repository's root by default."""
 
     def __init__(self, argv: list[str], env: dict[str, str], cwd: Path = ROOT) -> None:
-        # Line by line, as on a terminal (a pipe would buffer the examples' print()s).
-        env = {**env, "PYTHONUNBUFFERED": "1"}
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self.proc = subprocess.Popen(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-            cwd=cwd,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        with self.proc.stdout:
-            for line in self.proc.stdout:
-                self._queue.put(line.rstrip("\n"))
-        self._queue.put(None)
-
-    def wait_for(self, predicate: Callable[[str], bool], what: str) -> str:
-        deadline = time.monotonic() + WAIT
-        while True:
-            try:
-                line = self._queue.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except queue.Empty:
-                raise AssertionError(f"no {what}; output:\n{self.output}") from None
-            if line is None:
-                self._queue.put(None)
-                raise AssertionError(f"ended before {what}; output:\n{self.output}")
-            self.lines.append(line)
-            if predicate(line):
-                return line
-
-    def wait_exit(self) -> int:
-        code = self.proc.wait(timeout=WAIT)
-        while (line := self._queue.get(timeout=WAIT)) is not None:
-            self.lines.append(line)
-        self._queue.put(None)
-        return code
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        self.proc.wait(timeout=WAIT)
-        self._reader.join(timeout=WAIT)  # it closes the pipe at end of file
+        super().__init__(argv, env, cwd, wait=WAIT)
 
 
 @pytest.fixture
