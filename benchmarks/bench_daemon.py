@@ -16,7 +16,8 @@ vCPU, so it is the figure to compare across changes. For sends, the same client 
 ``baseline.py``'s bare uvloop server (``--raw``: no handshake; its CPU time read from /proc),
 the least Python that answers such a request, so ``cpu × bare`` says how far the daemon is
 from that floor. With ``--base REV`` the daemon of
-another revision (a ``git worktree`` of this repository) runs the same load in the same run,
+another revision (its ``fltemu`` package, taken with ``git archive``) runs the same load in the
+same run,
 so ``× base`` compares the two daemons measured minutes apart; ``run_all.py`` uses it for
 the target "a third of the CPU per message of REV".
 Not here: Python clients (``bench_roundtrip``, ``bench_kernel_to_user``).
@@ -72,9 +73,12 @@ def run_fltload(
     argv += ["--warmup-ms", str(max(1, round(timing.warmup_s * 1000)))]
     argv += ["--measure-ms", str(max(1, round(timing.measure_s * 1000)))]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60 + timing.measure_s * 3)
-    if proc.returncode != 0:
-        raise RuntimeError(f"fltload failed: {proc.stderr.strip()}\n{server.log()[-2000:]}")
-    data = json.loads(proc.stdout)
+    try:
+        data = json.loads(proc.stdout)  # printed even when some calls failed (errors > 0)
+    except json.JSONDecodeError:
+        raise RuntimeError(
+            f"fltload failed ({proc.returncode}): {proc.stderr.strip()}\n{server.log()[-2000:]}"
+        ) from None
     return h.RunResult(
         count=data["count"],
         elapsed_ns=data["elapsed_ns"],
@@ -94,13 +98,20 @@ def checkout(rev: str) -> Iterator[Path]:
     """
     tmp = Path(tempfile.mkdtemp(prefix="fltbench-base-"))
     try:
-        archive = subprocess.run(
-            ["git", "-C", str(h.BENCH_DIR.parent), "archive", rev, "fltemu"],
-            capture_output=True,
-        )
-        if archive.returncode != 0:
-            raise RuntimeError(f"git archive {rev} failed: {archive.stderr.decode().strip()}")
-        subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive.stdout, check=True)
+        try:
+            archive = subprocess.run(
+                ["git", "-C", str(h.BENCH_DIR.parent), "archive", rev, "fltemu"],
+                capture_output=True,
+            )
+            if archive.returncode != 0:
+                raise RuntimeError(f"git archive {rev}: {archive.stderr.decode().strip()}")
+            tar = subprocess.run(
+                ["tar", "-x", "-C", str(tmp)], input=archive.stdout, capture_output=True
+            )
+            if tar.returncode != 0:
+                raise RuntimeError(f"tar: {tar.stderr.decode().strip()}")
+        except OSError as exc:  # no git or tar
+            raise RuntimeError(str(exc)) from exc
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,10 +1,11 @@
-"""Run every benchmark script and print where fltemu stands against the issue's targets.
+"""Run every benchmark script and print where fltemu stands against its speed targets.
 
-Runs ``baseline.py``, ``bench_roundtrip.py``, ``bench_kernel_to_user.py`` and
-``bench_connections.py`` one after another (each as a subprocess with ``--json``, so each
-pins, warms up and repeats as it does alone), prints each script's table, then the ratio
-table: every target with fltemu's figure, the C pair's and the bare uvloop pair's figures
-measured in the same script run, and whether the target holds.
+Runs ``bench_daemon.py`` (with ``--base``), ``baseline.py``, ``bench_roundtrip.py``,
+``bench_kernel_to_user.py`` (both reader kinds) and ``bench_connections.py`` one after another
+(each as a subprocess with ``--json``, so each pins, warms up and repeats as it does alone),
+prints each script's tables, then the target table: every target (``_harness.TARGETS``) with
+fltemu's figure, the reference it is a ratio to (measured in the same script run) and whether
+it holds. ``--write-readme`` writes that run into README.md and benchmarks/README.md.
 Not here: the measurements themselves (the scripts).
 """
 
@@ -320,8 +321,17 @@ def main(argv: list[str] | None = None) -> int:
     h.print_env(out, env)
     noise = h.NoiseMeter()
     tables: dict[str, str] = {}
-    if args.write_readme and (args.quick or args.scripts != list(SCRIPTS)):
-        parser.error("--write-readme needs a full run: every script, without --quick")
+    if args.write_readme and (
+        args.quick
+        or args.scripts != list(SCRIPTS)
+        or args.base == "none"
+        or args.loop
+        or args.client
+    ):
+        parser.error(
+            "--write-readme needs a full run: every script, the default loop and clients, a "
+            "--base, without --quick"
+        )
     for name in args.scripts:
         out.note(f"# running {SCRIPTS[name]} ...")
         extra: list[str] = []
@@ -355,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.save:
         rows += targets + [out.rows[-1]]
         Path(args.save).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    missing = [t["id"] for t in targets if t["verdict"] == "not measured"]
+    if args.write_readme and missing:
+        print(f"run_all.py: not written: targets not measured: {', '.join(missing)}")
+        return 1
     if args.write_readme:
         write_readme(h.BENCH_DIR.parent / "README.md", readme_block(env, targets))
         write_readme(h.BENCH_DIR / "README.md", sample_run_block(env, tables, targets))

@@ -107,8 +107,8 @@ static void put_reply(buffer *b, uint64_t rid, uint64_t message_id, const void *
 static int next_frame(buffer *in, struct wire_result *r) {
     if (in->len < HEADER_BYTES) return 0;
     const unsigned char *p = in->data + in->start;
-    uint32_t size = get_le32(p);
-    if (in->len < HEADER_BYTES + size) return 0;
+    size_t size = get_le32(p);
+    if (in->len - HEADER_BYTES < size) return 0;
     if (wire_decode(p + HEADER_BYTES, size, r) != 0) fail("malformed frame from the daemon");
     if (r->tag == WIRE_GOODBYE) fail("the daemon said goodbye");
     /* The frame stays in the buffer (r->data points into it) until the next call. */
@@ -429,8 +429,9 @@ int main(int argc, char **argv) {
         }
         if (i + 1 >= argc) usage();
         const char *opt = argv[i], *val = argv[++i];
-        long v = strtol(val, NULL, 10);
-        if (v < 0) usage();
+        char *end;
+        long v = strtol(val, &end, 10);
+        if (end == val || *end || v < 0) usage();
         if (!strcmp(opt, "--size")) size = v;
         else if (!strcmp(opt, "--conns") && !k2u) conns = v;
         else if (!strcmp(opt, "--inflight") && !k2u) inflight = v;

@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Final, TypeVar, cast
 
-from fltemu.errors import HResultError
 from fltemu.wire import is_trusted_peer, resolve_address
 
 from ._base import (
@@ -258,13 +257,14 @@ class AsyncPort:
         Cancelling the task, like a timeout, withdraws the getter; a message already on its
         way goes to the next reader.
         """
+        deadline = None if timeout is None else self._protocol.loop.time() + timeout
         if self._protocol.paused:
             await self._protocol.drain()  # first: a message may be stashed while we wait
         stashed = self._core.take_stashed(buffer_size)
         if stashed is not None:
             return stashed
         rid, waiter = self._start_get(buffer_size)
-        return await self._finish_get(rid, waiter, timeout)
+        return await self._finish_get(rid, waiter, deadline)
 
     async def reply(self, message_id: int, data: bytes = b"", status: int = 0) -> None:
         """FilterReplyMessage; see ``Port.reply``."""
@@ -291,36 +291,44 @@ class AsyncPort:
         The usual loop of an agent (answer a message, wait for the next) in one round trip
         to the daemon instead of two. If the reply fails, or the task is cancelled, the get
         is withdrawn (a message already on its way goes to the next reader) and the error
-        raised.
+        raised. ``timeout`` counts from the call.
         """
-        if self._protocol.paused:
-            await self._protocol.drain()
         core, protocol = self._core, self._protocol
+        deadline = None if timeout is None else protocol.loop.time() + timeout
+        if protocol.paused:
+            await protocol.drain()
         reply_waiter: asyncio.Future[None] = protocol.loop.create_future()
         out = protocol.buffer()
         core.reply_request(message_id, status, data, reply_waiter, out)
+        rid, waiter, stashed = 0, None, None
         try:
             stashed = core.take_stashed(buffer_size)
-        except HResultError:
+            if stashed is None:
+                if out is not None:
+                    protocol.added(more=True)  # the get's frame follows in the same write
+                    out = None
+                rid, waiter = self._start_get(buffer_size)
+        except BaseException:
             if out is not None:
                 protocol.added()
+            else:
+                protocol.flush()
             await reply_waiter  # the reply's outcome first, as reply() then get_message()
             raise
         if out is not None:
-            protocol.added(more=stashed is None)
-        rid, waiter = (0, None) if stashed is not None else self._start_get(buffer_size)
+            protocol.added()
         try:
             await reply_waiter
         except BaseException:
             if waiter is not None:
                 self._withdraw_get(rid, waiter)
             elif stashed is not None:
-                self._hand_on(stashed)
+                self._hand_on(stashed, front=True)  # back where it was, first in line
             raise
         if waiter is None:
             assert stashed is not None
             return stashed
-        return await self._finish_get(rid, waiter, timeout)
+        return await self._finish_get(rid, waiter, deadline)
 
     def _start_get(self, buffer_size: int) -> tuple[int, asyncio.Future[Message]]:
         protocol = self._protocol
@@ -332,12 +340,12 @@ class AsyncPort:
         return rid, waiter
 
     async def _finish_get(
-        self, rid: int, waiter: asyncio.Future[Message], timeout: float | None
+        self, rid: int, waiter: asyncio.Future[Message], deadline: float | None
     ) -> Message:
         try:
-            if timeout is None:
+            if deadline is None:
                 return await waiter
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout_at(deadline):
                 return await waiter
         except (asyncio.CancelledError, TimeoutError):
             self._withdraw_get(rid, waiter)
@@ -357,8 +365,8 @@ class AsyncPort:
             # reached the cancelled future was requeued by the protocol already.)
             self._hand_on(waiter.result())
 
-    def _hand_on(self, message: Message) -> None:
-        done, out = self._core.requeue(message)
+    def _hand_on(self, message: Message, front: bool = False) -> None:
+        done, out = self._core.requeue(message, front)
         self._protocol.write(out)
         self._protocol.complete(done)
 

@@ -10,6 +10,7 @@ Not here: sockets and waiting (``_sync``, ``_async``), the frame format (``fltem
 from __future__ import annotations
 
 import enum
+import operator
 from collections import deque
 from typing import Final
 
@@ -128,6 +129,23 @@ def _invalid_arg(text: str) -> InvalidArgumentError:
     return InvalidArgumentError(HResult.E_INVALIDARG, text)
 
 
+def _integer(value: object, name: str) -> int:
+    """``value`` as a plain int (an int, a bool, an IntEnum, numpy's integers), or E_INVALIDARG."""
+    if type(value) is int:
+        return value
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise _invalid_arg(f"{name} must be an integer, not {type(value).__name__}") from None
+
+
+def _bytes(value: object, name: str) -> bytes:
+    """``value`` (bytes, bytearray, memoryview) as bytes, or E_INVALIDARG."""
+    if not isinstance(value, bytes | bytearray | memoryview):  # bytes(5) would be 5 NULs
+        raise _invalid_arg(f"{name} must be bytes, not {type(value).__name__}")
+    return bytes(value)
+
+
 class PortCore:
     """The user end of one port connection, without I/O. Not thread-safe: callers lock.
 
@@ -210,16 +228,17 @@ class PortCore:
         """
         if self.state is not _CONNECTED:
             self.check_usable()
+        if type(data) is not bytes:
+            data = _bytes(data, "the input buffer")  # a memoryview's len() need not count bytes
         if not data:
             raise _invalid_arg("FilterSendMessage needs a non-empty input buffer")
+        out_size = _integer(out_size, "out_size")
         if not 0 <= out_size <= _ULONG_MAX:
             raise _invalid_arg("out_size is a DWORD: 0 to 0xFFFFFFFF")
         wire = self.wire
         if len(data) > wire.max_message_bytes:
             self._check_size(len(data))
         rid = wire.next_request_id()
-        if type(data) is not bytes:
-            data = bytes(data)  # a memoryview's len() need not count bytes
         frame = self._frame(SendRequest(rid, data, out_size), out)
         self._pending[rid] = _Pending(SendRequest, waiter)
         return frame
@@ -232,6 +251,7 @@ class PortCore:
                 stashed message does not fit (it stays stashed, §3.3).
         """
         self.check_usable()
+        buffer_size = _integer(buffer_size, "buffer_size")
         if buffer_size <= 0:
             raise _invalid_arg("FilterGetMessage needs a buffer of at least one byte")
         if buffer_size > _ULONG_MAX:
@@ -250,6 +270,7 @@ class PortCore:
         cancel it with ``abandon_get``)."""
         if self.state is not _CONNECTED:
             self.check_usable()
+        buffer_size = _integer(buffer_size, "buffer_size")
         rid = self.wire.next_request_id()
         frame = self._frame(GetRequest(rid, buffer_size), out)
         self._pending[rid] = _Pending(GetRequest, waiter, buffer_size)
@@ -267,17 +288,19 @@ class PortCore:
         to ``out`` when given."""
         if self.state is not _CONNECTED:
             self.check_usable()
+        message_id = _integer(message_id, "message_id")
         if not 0 <= message_id <= 0xFFFFFFFFFFFFFFFF:
             raise _invalid_arg("message_id is a ULONGLONG")
-        if not -0x80000000 <= int(status) <= _ULONG_MAX:
+        status = _integer(status, "status")
+        if not -0x80000000 <= status <= _ULONG_MAX:
             raise _invalid_arg("status is an NTSTATUS: 32 bits, signed or unsigned spelling")
-        status_u32 = int(status) & _ULONG_MAX
+        status_u32 = status & _ULONG_MAX
+        if type(data) is not bytes:
+            data = _bytes(data, "the reply")
         wire = self.wire
         if len(data) > wire.max_message_bytes:
             self._check_size(len(data))
         rid = wire.next_request_id()
-        if type(data) is not bytes:
-            data = bytes(data)
         frame = self._frame(ReplyRequest(rid, message_id, status_u32, data), out)
         self._pending[rid] = _Pending(ReplyRequest, waiter)
         return frame
@@ -300,11 +323,13 @@ class PortCore:
             return b""
         return self._frame(GetCancel(rid))
 
-    def requeue(self, message: Message) -> tuple[list[Completion], bytes]:
+    def requeue(self, message: Message, front: bool = False) -> tuple[list[Completion], bytes]:
         """A message was handed to a get whose caller gave up at that very moment: route it
-        to the next reader. Returns completions and bytes to write, as ``receive`` does."""
+        to the next reader. Returns completions and bytes to write, as ``receive`` does.
+        ``front``: it was taken from the stash's front, and goes back there if stashed (the
+        kernel's order)."""
         done: list[Completion] = []
-        self._route_orphan(message, done)
+        self._route_orphan(message, done, front)
         out = bytes(self._out)
         self._out.clear()
         return done, out
@@ -451,15 +476,16 @@ class PortCore:
         else:
             done.append((pending.waiter, None, hresult_error_from_ntstatus(status)))
 
-    def _route_orphan(self, message: Message, done: list[Completion]) -> None:
+    def _route_orphan(self, message: Message, done: list[Completion], front: bool = False) -> None:
         # A message reached a get whose caller gave up. It goes to the live get that
         # FilterGetMessage's rule would pick (first big enough, else the oldest, which is
         # bounced); with no live get it waits in the stash for the next reader.
         live = [
             (rid, p) for rid, p in self._pending.items() if p.kind is GetRequest and not p.abandoned
         ]
+        stash = self._stash.appendleft if front else self._stash.append
         if not live:
-            self._stash.append(message)
+            stash(message)
             return
         chosen = next((item for item in live if item[1].buffer_size >= message.size), None)
         if chosen is not None:
@@ -467,7 +493,7 @@ class PortCore:
         else:
             chosen = live[0]
             done.append((chosen[1].waiter, None, _buffer_too_small(message.size)))
-            self._stash.append(message)
+            stash(message)
         # Its own getter in the daemon is withdrawn; what it brings is routed again.
         self._out += self.abandon_get(chosen[0]) or b""
 

@@ -227,13 +227,15 @@ class Port:
         try:
             self._wait(reply_waiter, None)
         except BaseException:
-            if rid:
-                try:
-                    stashed = self._withdraw_get(rid, waiter)
-                except HResultError:
-                    pass  # the get failed too (disconnected): the reply's error is the one
             if stashed is not None:
-                self._hand_on(stashed)
+                self._hand_on(stashed, front=True)  # back where it was, first in line
+            elif rid:
+                try:
+                    answered = self._withdraw_get(rid, waiter)
+                except HResultError:
+                    answered = None  # the get failed too (disconnected): the reply's error
+                if answered is not None:
+                    self._hand_on(answered)
             raise
         if get_error is not None:
             raise get_error
@@ -262,10 +264,11 @@ class Port:
             self._write(cancel)
         return None
 
-    def _hand_on(self, message: Message) -> None:
-        """Give a message this caller will not take to the next reader."""
+    def _hand_on(self, message: Message, front: bool = False) -> None:
+        """Give a message this caller will not take to the next reader (``front``: it came
+        from the stash's front, and goes back there)."""
         with self._lock:
-            done, out = self._core.requeue(message)
+            done, out = self._core.requeue(message, front)
         if out:
             self._write(out)
         self._complete(done)

@@ -213,8 +213,20 @@ class NoDaemonError(ControlError):
     """Nothing listens at the address (yet)."""
 
 
-def _open(path: str, request: Control | Trace, wire: WireConnection) -> socket.socket:
+class ControlTimeoutError(ControlError):
+    """The daemon did not answer in time (it is busy starting, or stuck)."""
+
+
+#: How long ``fltemu status`` waits for an answer: a health check must not hang on a daemon
+#: that accepts connections but does not answer.
+STATUS_TIMEOUT_SECONDS: Final = 10.0
+
+
+def _open(
+    path: str, request: Control | Trace, wire: WireConnection, timeout: float | None = None
+) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)  # None: blocking, without a bound
     try:
         try:
             sock.connect(path)
@@ -236,16 +248,23 @@ def _open(path: str, request: Control | Trace, wire: WireConnection) -> socket.s
     return sock
 
 
-def _events(request: Control | Trace, address: str | None) -> Generator[object, None, None]:
+def _events(
+    request: Control | Trace, address: str | None, timeout: float | None = None
+) -> Generator[object, None, None]:
     """Open a control or trace connection, send ``request`` and yield the daemon's messages
     (blocking) until it closes the connection; the socket is closed when the caller stops.
+    ``timeout`` bounds each step (connecting, sending, each read).
 
     Raises:
-        ControlError: no daemon, or the connection broke or carried nonsense.
+        ControlError: no daemon, or the connection broke or carried nonsense;
+            ControlTimeoutError when a step took longer than ``timeout``.
     """
     path = resolve_address(address)
     wire = WireConnection(Role.USER)
-    sock = _open(path, request, wire)
+    try:
+        sock = _open(path, request, wire, timeout)
+    except TimeoutError as exc:
+        raise ControlTimeoutError(f"the daemon at {path} did not answer in time") from exc
     try:
         while True:
             data = sock.recv(65536)
@@ -257,19 +276,24 @@ def _events(request: Control | Trace, address: str | None) -> Generator[object, 
                 return
     except ProtocolError as exc:
         raise ControlError(f"the daemon at {path} answered nonsense: {exc}") from exc
+    except TimeoutError as exc:
+        raise ControlTimeoutError(f"the daemon at {path} did not answer in time") from exc
     except OSError as exc:
         raise ControlError(f"talking to the daemon at {path} failed: {exc}") from exc
     finally:
         sock.close()
 
 
-def call(request: Control, address: str | None = None) -> ControlResult:
+def call(
+    request: Control, address: str | None = None, timeout: float | None = None
+) -> ControlResult:
     """Send one control command and wait for its answer (blocking).
 
     Raises:
-        ControlError: no daemon listens at the address, or it closed without answering.
+        ControlError: no daemon listens at the address, or it closed without answering;
+            ControlTimeoutError when a step took longer than ``timeout`` seconds.
     """
-    with contextlib.closing(_events(request, address)) as events:
+    with contextlib.closing(_events(request, address, timeout)) as events:
         for event in events:
             if isinstance(event, ControlResult):
                 return event
@@ -313,9 +337,10 @@ def wait_ready(
     deadline = None if timeout is None else time.monotonic() + timeout
     last = "no daemon answered"
     while True:
+        remaining = None if deadline is None else max(0.01, deadline - time.monotonic())
         try:
-            result = call(Control(PROTOCOL_VERSION, "status"), address)
-        except NoDaemonError as exc:
+            result = call(Control(PROTOCOL_VERSION, "status"), address, remaining)
+        except (NoDaemonError, ControlTimeoutError) as exc:
             last = str(exc)
         else:
             if result.status == NtStatus.STATUS_SUCCESS:

@@ -15,7 +15,7 @@ import msgspec
 
 from ..status import NtStatus
 from ..wire import PROTOCOL_VERSION, Control, ControlResult, DaemonInfo, FilterInfo, Trace
-from .control import ControlError, call, trace, wait_ready
+from .control import STATUS_TIMEOUT_SECONDS, ControlError, call, trace, wait_ready
 from .tracefmt import format_event, json_event
 
 __all__ = ["format_ports", "format_status", "run_command"]
@@ -160,7 +160,7 @@ def format_status(info: DaemonInfo) -> str:
 
 def _status(args: argparse.Namespace, out: TextIO) -> int:
     try:
-        result = call(Control(PROTOCOL_VERSION, "status"), args.address)
+        result = call(Control(PROTOCOL_VERSION, "status"), args.address, STATUS_TIMEOUT_SECONDS)
     except ControlError as exc:
         print(f"fltemu: error: {exc}", file=sys.stderr)
         return 1

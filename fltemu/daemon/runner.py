@@ -117,9 +117,9 @@ async def serve(config: DaemonConfig) -> None:
             f"fltemu: listening on {daemon.address} "
             f"(loop: {loop_name}; ports: {', '.join(ports) or 'none'})"
         )
-        daemon.mark_ready()
         if config.ready_file is not None:
-            _write_ready_file(config.ready_file, line)
+            _write_ready_file(config.ready_file, line)  # first: it may fail, and stop us
+        daemon.mark_ready()
         config.announce(line)
         try:
             await stop.wait()
@@ -141,6 +141,8 @@ def _write_ready_file(path: str, line: str) -> None:
             f.write(line + "\n")
         os.replace(temporary, path)
     except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
         raise ReadyFileError(f"--ready-file {path}: {exc.strerror or exc}") from exc
 
 

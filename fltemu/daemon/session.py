@@ -359,7 +359,16 @@ class Session(asyncio.BufferedProtocol):
 
     def _on_trace(self, request: Trace) -> None:
         # A trace connection: once allowed, a TraceSubscriber takes the transport over.
-        if request.version != PROTOCOL_VERSION:
+        try:
+            followed = self._wire.next_event() is not NEED_DATA
+        except RemoteProtocolError:
+            followed = True
+        if followed:
+            # Bytes that came with the Trace in one read (protocol §17.2: nothing may follow
+            # it) would otherwise be left unread when the transport changes hands.
+            status = NtStatus.STATUS_INVALID_PARAMETER
+            text = "nothing may follow Trace on its connection"
+        elif request.version != PROTOCOL_VERSION:
             status, text = NtStatus.STATUS_REVISION_MISMATCH, "protocol version mismatch"
         elif not may_control(self.process) or self._transport is None:
             status = NtStatus.STATUS_ACCESS_DENIED

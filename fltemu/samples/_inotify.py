@@ -325,19 +325,25 @@ class ActivityWatcher:
         return FileActivity(kind, path, content)
 
     def _read_file(self, path: str, since: int | None) -> tuple[bytes | None, int | None]:
-        """The bytes to scan and the file's size; (None, None) when it cannot be opened."""
+        """The bytes to scan and the file's size; (None, None) when it cannot be opened or is
+        no regular file (a FIFO or a device would block the read, or never end)."""
         try:
-            f = open(path, "rb")  # noqa: SIM115 - closed below, the size needs the open file
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
             return None, None
-        with f:
-            try:
-                size = os.fstat(f.fileno()).st_size
-                if since is not None and size > since:
-                    f.seek(since)  # the bytes the write(s) added
-                return f.read(self.read_bytes), size
-            except OSError:
-                return None, size
+        size: int | None = None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return None, None
+            size = info.st_size
+            if since is not None and size > since:
+                os.lseek(fd, since, os.SEEK_SET)  # the bytes the write(s) added
+            return os.read(fd, self.read_bytes), size
+        except OSError:
+            return None, size
+        finally:
+            os.close(fd)
 
     def _watch_tree(self, top: str) -> None:
         stack = [top]

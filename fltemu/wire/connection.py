@@ -284,12 +284,26 @@ class WireConnection:
         Raises:
             LocalProtocolError: the message is illegal now; the state becomes ERROR.
         """
+        state = self.state
         try:
             self._process(self.our_role, message)
         except LocalProtocolError:
             self.state = State.ERROR
             raise
-        size = write_frame(_encoder, message, out)
+        start = len(out)
+        try:
+            size = write_frame(_encoder, message, out)
+        except BaseException:
+            # A field msgspec cannot encode (a caller's bad argument): nothing was sent, so
+            # leave no partial frame behind and undo the bookkeeping; the connection lives on.
+            del out[start:]
+            self.state = state
+            cls = type(message)
+            if cls in _RESULT_FOR:
+                del self._outstanding[message.rid]  # type: ignore[attr-defined]
+            elif cls in _RESULT_TYPES:
+                self._outstanding[message.rid] = cls  # type: ignore[attr-defined]
+            raise
         if size > self._max_frame_bytes:
             del out[len(out) - size - 4 :]
             self.state = State.ERROR

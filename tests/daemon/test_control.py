@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +14,7 @@ import fltemu
 import fltuser
 from fltemu import NtStatus
 from fltemu.daemon import Daemon
-from fltemu.daemon.control import ControlError, call
+from fltemu.daemon.control import ControlError, ControlTimeoutError, call, wait_ready
 from fltemu.kernel import ClientPort
 from fltemu.wire import PROTOCOL_VERSION, Control, ControlResult
 
@@ -221,3 +223,17 @@ async def test_control_is_for_root_and_the_daemon_user_only() -> None:
         async with Daemon(address=os.path.join(tmp, "d.sock"), socket_mode=0o666) as d:
             status = await asyncio.to_thread(_ports_as_nobody, d.address)
     assert status == NtStatus.STATUS_ACCESS_DENIED
+
+
+def test_status_and_wait_are_bounded_by_a_daemon_that_never_answers(tmp_path: Path) -> None:
+    # A socket that accepts (its backlog does) but never answers: a wedged or busy daemon.
+    # A health check and `fltemu wait --timeout` must come back, not hang.
+    path = str(tmp_path / "mute.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(path)
+        listener.listen(8)
+        with pytest.raises(ControlTimeoutError):
+            call(Control(PROTOCOL_VERSION, "status"), path, timeout=0.2)
+        with pytest.raises(TimeoutError) as exc:
+            wait_ready(path, timeout=0.3)
+        assert "did not answer in time" in str(exc.value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -210,4 +211,24 @@ async def test_tracing_is_for_root_and_the_daemons_user(
     assert isinstance(goodbye, Goodbye)
     assert goodbye.status == NtStatus.STATUS_ACCESS_DENIED
     assert goodbye.reason == "tracing is for root and the daemon's own user"
+    assert daemon.manager.tracer is None
+
+
+async def test_bytes_that_follow_the_trace_request_end_it_17_2(
+    daemon: Daemon, readers: list[Reader]
+) -> None:
+    # Sent in one write with the Trace: they would be left unread when the trace takes the
+    # connection over, so the trace is refused instead.
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, daemon.address)
+    reader = Reader(sock)
+    readers.append(reader)
+    extra = struct.pack("<I", 3) + b"\x92\x05\x01"  # a GetCancel frame
+    await loop.sock_sendall(sock, reader.wire.send(Trace(PROTOCOL_VERSION)) + extra)
+    (goodbye,) = await reader.events("start")
+    assert isinstance(goodbye, Goodbye)
+    assert goodbye.status == NtStatus.STATUS_INVALID_PARAMETER
+    assert goodbye.reason == "nothing may follow Trace on its connection"
     assert daemon.manager.tracer is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import struct
@@ -149,3 +150,28 @@ async def test_activity_watcher_reads_batches_and_closes(tmp_path: Path) -> None
     except OSError:
         link = None
     assert link != "anon_inode:inotify"
+
+
+async def test_activity_watcher_skips_what_is_no_regular_file(tmp_path: Path) -> None:
+    # Opening a FIFO for reading waits for a writer: the watcher must not, or it would scan
+    # nothing ever again.
+    watcher = ActivityWatcher(str(tmp_path), want=lambda p: p.endswith(".doc"), read_bytes=4)
+    watcher.open()
+    try:
+        fifo = tmp_path / "pipe.doc"
+        os.mkfifo(fifo)
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # an open the watcher sees
+        (tmp_path / "a.doc").write_bytes(b"data")
+
+        async def activities() -> list[FileActivity]:
+            seen: list[FileActivity] = []
+            while not any(a.path.endswith("a.doc") for a in seen):
+                seen += await watcher.next_batch()
+            return seen
+
+        seen = await asyncio.wait_for(activities(), timeout=30)  # bounds a hang, times nothing
+        # Reported without content, which the scanner skips; the regular file's comes after.
+        assert all(a.content is None for a in seen if a.path.endswith("pipe.doc"))
+        assert seen[-1].content == b"data"
+    finally:
+        watcher.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from fltemu.wire import (
     GetResult,
     Goodbye,
     Role,
+    SendRequest,
     SendResult,
     WireConnection,
 )
@@ -172,6 +174,53 @@ def test_out_of_range_arguments_are_invalidarg_locally(kernel: Kernel, call: Any
     with pytest.raises(fltuser.InvalidArgumentError):
         call(kernel.core)
     assert kernel.core.state is PortState.CONNECTED  # nothing reached the daemon
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda core, out: core.send_request(b"x", 16.0, Waiter("s"), out),
+        lambda core, out: core.send_request(b"x", Fraction(16), Waiter("s"), out),
+        lambda core, out: core.send_request(5, 16, Waiter("s"), out),  # bytes(5): 5 NULs
+        lambda core, out: core.send_request("text", 16, Waiter("s"), out),
+        lambda core, out: core.get_request(None, Waiter("g"), out),
+        lambda core, out: core.take_stashed("64"),
+        lambda core, out: core.reply_request(1.0, 0, b"", Waiter("r"), out),
+        lambda core, out: core.reply_request(1, 0.0, b"", Waiter("r"), out),
+        lambda core, out: core.reply_request(1, 0, [1], Waiter("r"), out),
+    ],
+)
+def test_arguments_of_the_wrong_type_are_invalidarg_and_write_nothing(
+    kernel: Kernel, call: Any
+) -> None:
+    # A frame encoded straight into a shared write buffer must not leave half of itself
+    # there: the next write would carry it and break the whole connection.
+    out = bytearray(b"earlier")
+    with pytest.raises(fltuser.InvalidArgumentError):
+        call(kernel.core, out)
+    assert out == b"earlier"
+    assert kernel.core.outstanding == 0
+    # The handle goes on working.
+    frame = kernel.core.send_request(b"x", 16, Waiter("s"), out)
+    assert kernel.requests(frame[len(b"earlier") :]) == [SendRequest(1, b"x", 16)]
+
+
+def test_integer_like_arguments_are_accepted(kernel: Kernel) -> None:
+    frame = kernel.core.send_request(b"x", NtStatus.STATUS_SUCCESS, Waiter("s"))
+    assert kernel.requests(frame) == [SendRequest(1, b"x", 0)]
+
+
+def test_a_message_put_back_goes_to_the_front_of_the_stash(kernel: Kernel) -> None:
+    # reply_and_get took the first stashed message, then its reply failed: the message goes
+    # back where it was, so the kernel's order holds.
+    for message_id in (1, 2):
+        rid, _ = get(kernel, 64, "gone")
+        kernel.core.abandon_get(rid)
+        kernel.answer(GetResult(rid, 0, message_id, 17, b"m"))
+    first = kernel.core.take_stashed(64)
+    assert first is not None and first.message_id == 1
+    kernel.core.requeue(first, front=True)
+    assert [kernel.core.take_stashed(64).message_id for _ in range(2)] == [1, 2]  # type: ignore[union-attr]
 
 
 def test_signed_reply_status_is_sent_unsigned(kernel: Kernel) -> None:

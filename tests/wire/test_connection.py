@@ -757,3 +757,21 @@ def test_windows_default_is_a_named_pipe(clean_env: pytest.MonkeyPatch) -> None:
     assert resolve_address() == "\\\\.\\pipe\\fltemu"
     clean_env.setenv(ENV_SOCKET, "/env/sock")
     assert resolve_address() == "/env/sock"
+
+
+@pytest.mark.parametrize("side", ["user", "kernel"])
+def test_a_message_that_cannot_be_encoded_leaves_nothing_behind(side: str) -> None:
+    # A field msgspec cannot encode: no partial frame in the caller's buffer, the request id
+    # bookkeeping as before, and the connection still open.
+    pair = open_pair()
+    pair.user_sends(SendRequest(1, b"x", 4))
+    conn = pair.user if side == "user" else pair.kernel
+    bad = SendRequest(2, object(), 4) if side == "user" else SendResult(1, 0, object())  # type: ignore[arg-type]
+    out = bytearray(b"before")
+    before = dict(conn.outstanding)
+    with pytest.raises((TypeError, msgspec.EncodeError)):
+        conn.send_into(bad, out)
+    assert out == b"before"
+    assert conn.outstanding == before
+    assert states(pair) == (State.OPEN, State.OPEN)
+    assert pair.kernel_sends(SendResult(1, 0, b"ok")) == [SendResult(1, 0, b"ok")]
