@@ -320,12 +320,14 @@ class ScannerState:
         """ScannerPortConnect: remember the connection and its process; cookie NULL."""
         self.user_process = client_port.process
         self.client_port = client_port
-        log.info("scanner: connected, port=%r", client_port)
+        # The sample's DbgPrint of the port pointer; here its connection number and process.
+        log.info("scanner: connected, port=#%d (pid %s)", client_port.id, client_port.process.pid)
         return _SUCCESS
 
     async def disconnect_notify(self, cookie: object) -> None:
         """ScannerPortDisconnect: FltCloseClientPort(&ScannerData.ClientPort)."""
-        log.info("scanner: disconnected, port=%r", self.client_port)
+        port = self.client_port
+        log.info("scanner: disconnected, port=#%s", port.id if port is not None else "NULL")
         # A late DisconnectNotify (the user closed a handle whose connection was already
         # closed with close_client_port, §9.1) must not close a newer, live connection
         # that took the global since: the real sample has that hazard, fltemu's samples not.
