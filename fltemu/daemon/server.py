@@ -175,6 +175,8 @@ class Daemon:
         )
         self._server: asyncio.AbstractServer | None = None
         self._sessions: set[Session] = set()
+        #: Open connections that another socket may join, by attach token (protocol §5b).
+        self.attachable: dict[bytes, Session] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._session_ids = itertools.count(1)
         self._inode: int | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from typing import TYPE_CHECKING, Final, cast
 
 from ..errors import LocalProtocolError, RemoteProtocolError, StatusError
@@ -17,11 +18,14 @@ from ..kernel import ClientPort, ProcessInfo
 from ..kernel.ports import SendOutcome
 from ..status import NtStatus
 from ..wire import (
+    ATTACH_TOKEN_BYTES,
     EOF,
     NEED_DATA,
+    OPTION_ATTACH,
     OPTION_DISCONNECT_NOTICE,
     OPTION_SECTIONS,
     PROTOCOL_VERSION,
+    Attach,
     Connect,
     ConnectResult,
     Control,
@@ -69,6 +73,25 @@ def peer_process(transport: asyncio.BaseTransport) -> ProcessInfo:
     return socket_peer(transport.get_extra_info("socket"))
 
 
+class _AttachedGet:
+    """The kernel's token for a get that came on an attached socket: the connection's own
+    session completes it (``Channel.complete_get``) and hands it to ``session``."""
+
+    __slots__ = ("rid", "session")
+
+    def __init__(self, session: Session, rid: int) -> None:
+        self.session = session
+        self.rid = rid
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            type(other) is _AttachedGet and other.session is self.session and other.rid == self.rid
+        )
+
+    def __hash__(self) -> int:
+        return hash((id(self.session), self.rid))
+
+
 class Session(asyncio.BufferedProtocol):
     """The daemon's end of one connection; implements the kernel's ``Channel``."""
 
@@ -91,6 +114,12 @@ class Session(asyncio.BufferedProtocol):
         self._control_task: asyncio.Task[None] | None = None
         self.process = ProcessInfo(None, None, None)
         self.sid = daemon._next_session_id()
+        #: An attached socket's session: the connection's own session (protocol §5b), whose
+        #: port this one's calls use. None for a connection's own session.
+        self._joined: Session | None = None
+        #: A connection's own session: the sessions attached to it, and its token.
+        self._attached: set[Session] = set()
+        self._attach_token = b""
 
     def __repr__(self) -> str:
         return f"<Session #{self.sid} pid={self.process.pid} port={self.port!r}>"
@@ -124,7 +153,7 @@ class Session(asyncio.BufferedProtocol):
         self._wire.receive_data(b"")
         self._process_events()
         port = self.port
-        if port is None or self._closing:
+        if port is None or self._closing or self._joined is not None:
             return False  # let the transport close itself
         # CloseHandle returns only after DisconnectNotify (§2.4): the client half-closed and
         # waits for our end to close, which happens once the teardown has run, so that a
@@ -144,6 +173,10 @@ class Session(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._daemon._sessions.discard(self)
+        if self._joined is not None:
+            self._leave()
+            return
+        self._end_attached()
         if self.port is not None:
             self.port.user_closing()
         if self._flush_handle is not None:
@@ -194,15 +227,79 @@ class Session(asyncio.BufferedProtocol):
         data: bytes = b"",
         required_size: int = 0,
     ) -> None:
-        """Send the completion of pending get ``token`` (its request id)."""
+        """Send the completion of pending get ``token``: its request id, or for a get that
+        came on an attached socket, that socket's ``_AttachedGet``."""
+        if type(token) is _AttachedGet:
+            token.session.complete_get(
+                token.rid, status, message_id, reply_length, data, required_size
+            )
+            return
         if self._closed:
             return
         self._send(GetResult(token, int(status), message_id, reply_length, data, required_size))  # type: ignore[arg-type]
 
     def kernel_disconnected(self) -> None:
         """Tell a client that asked for it that the filter ended the connection (§10)."""
+        for session in self._attached:
+            session.kernel_disconnected()
         if not self._closed and self._options & OPTION_DISCONNECT_NOTICE:
             self._send(Disconnected(int(NtStatus.STATUS_PORT_DISCONNECTED)))
+
+    # --- attached sockets (protocol §5b) ------------------------------------------------------
+
+    def _get_token(self, rid: int) -> object:
+        """What the kernel keeps for a get of this session: the rid, or for an attached
+        socket a token that routes the completion back to it."""
+        return rid if self._joined is None else _AttachedGet(self, rid)
+
+    def _on_attach(self, request: Attach) -> None:
+        target = self._daemon.attachable.get(request.token)
+        status = NtStatus.STATUS_SUCCESS
+        if request.version != PROTOCOL_VERSION:
+            status = NtStatus.STATUS_REVISION_MISMATCH
+        elif (
+            target is None
+            or target.port is None
+            or target._closing
+            or target._closed
+            # Only the process that owns the handle may join it: the same user, as the
+            # token came to it through its own handle.
+            or target.process.uid != self.process.uid
+        ):
+            status = NtStatus.STATUS_ACCESS_DENIED
+        if status != NtStatus.STATUS_SUCCESS or target is None:
+            log.info("%s: attach refused: %s", self._peer(), status)
+            self._send(ConnectResult(PROTOCOL_VERSION, int(status)))
+            self._close_after_flush()
+            return
+        self._joined = target
+        self.port = target.port
+        self._options = request.options
+        target._attached.add(self)
+        log.debug("%s: attached to session #%d", self._peer(), target.sid)
+        self._send(ConnectResult(PROTOCOL_VERSION, _SUCCESS, self._daemon.max_message_bytes))
+        if self.port is not None and not self.port.is_connected:
+            self.kernel_disconnected()
+
+    def _leave(self) -> None:
+        """An attached socket closed: its pending gets are withdrawn (their messages go to
+        the next reader, §3.3); the connection itself lives on with its own socket."""
+        joined, self._joined = self._joined, None
+        port, self.port = self.port, None
+        if joined is not None:
+            joined._attached.discard(self)
+        if port is not None:
+            for rid, cls in list(self._wire.outstanding.items()):
+                if cls is GetResult:
+                    port.user_cancel_get(_AttachedGet(self, rid))
+
+    def _end_attached(self) -> None:
+        """The connection ends: its attached sockets are told so and closed."""
+        if self._attach_token:
+            self._daemon.attachable.pop(self._attach_token, None)
+            self._attach_token = b""
+        for session in list(self._attached):
+            session.close()
 
     # --- dispatch -----------------------------------------------------------------------------
 
@@ -243,18 +340,21 @@ class Session(asyncio.BufferedProtocol):
                         self._send_outcome(event.rid, outcome)  # type: ignore[attr-defined]
                 elif cls is GetRequest:
                     assert port is not None
-                    status = port.user_get(event.rid, event.buffer_size)  # type: ignore[attr-defined]
+                    rid = event.rid  # type: ignore[attr-defined]
+                    status = port.user_get(self._get_token(rid), event.buffer_size)  # type: ignore[attr-defined]
                     if status is not None:
-                        self._send(GetResult(event.rid, int(status)))  # type: ignore[attr-defined]
+                        self._send(GetResult(rid, int(status)))
                 elif cls is ReplyRequest:
                     assert port is not None
                     status = port.user_reply(event.message_id, event.status, event.data)  # type: ignore[attr-defined]
                     self._send(ReplyResult(event.rid, int(status)))  # type: ignore[attr-defined]
                 elif cls is GetCancel:
                     assert port is not None
-                    port.user_cancel_get(event.rid)  # type: ignore[attr-defined]
+                    port.user_cancel_get(self._get_token(event.rid))  # type: ignore[attr-defined]
                 elif cls is Connect:
                     self._on_connect(event)  # type: ignore[arg-type]
+                elif cls is Attach:
+                    self._on_attach(event)  # type: ignore[arg-type]
                 elif cls is Control:
                     self._on_control(event)  # type: ignore[arg-type]
                 elif cls is Trace:
@@ -336,7 +436,11 @@ class Session(asyncio.BufferedProtocol):
         self.port = port
         self._options = request.options
         log.debug("%s: connected to '%s' as #%d", self._peer(), request.port_name, port.id)
-        self._send(ConnectResult(PROTOCOL_VERSION, _SUCCESS, daemon.max_message_bytes))
+        token = b""
+        if request.options & OPTION_ATTACH:
+            token = self._attach_token = secrets.token_bytes(ATTACH_TOKEN_BYTES)
+            daemon.attachable[token] = self
+        self._send(ConnectResult(PROTOCOL_VERSION, _SUCCESS, daemon.max_message_bytes, token))
         if not port.is_connected:
             # The filter closed it already, from ConnectNotify (FltCloseClientPort, §2.6).
             self.kernel_disconnected()

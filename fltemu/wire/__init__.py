@@ -19,11 +19,14 @@ from .framing import (
     write_frame,
 )
 from .messages import (
+    ATTACH_TOKEN_BYTES,
+    OPTION_ATTACH,
     OPTION_DISCONNECT_NOTICE,
     OPTION_SECTIONS,
     OUT_ADDRESS_MODULUS,
     PROTOCOL_VERSION,
     WINDOWS_OPTIONS,
+    Attach,
     Connect,
     ConnectionInfo,
     ConnectResult,
@@ -49,6 +52,7 @@ from .messages import (
 )
 
 __all__ = [
+    "ATTACH_TOKEN_BYTES",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "ENV_SOCKET",
     "ENV_TRUST_UID",
@@ -58,11 +62,13 @@ __all__ = [
     "FRAME_OVERHEAD_BYTES",
     "MAX_CONTEXT_BYTES",
     "NEED_DATA",
+    "OPTION_ATTACH",
     "OPTION_DISCONNECT_NOTICE",
     "OPTION_SECTIONS",
     "OUT_ADDRESS_MODULUS",
     "PROTOCOL_VERSION",
     "WINDOWS_OPTIONS",
+    "Attach",
     "Connect",
     "ConnectResult",
     "ConnectionInfo",

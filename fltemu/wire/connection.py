@@ -11,7 +11,7 @@ One connection carries one port handle. Its two ends are ``Role.USER`` (the clie
 which plays fltlib) and ``Role.KERNEL`` (the daemon, which plays fltmgr). Both ends share one
 ``State``::
 
-    IDLE --USER sends Connect--> CONNECTING --KERNEL sends ConnectResult--> OPEN
+    IDLE --USER sends Connect or Attach--> CONNECTING --KERNEL sends ConnectResult--> OPEN
                                                     (failure status)  --> CLOSED
     OPEN: USER sends SendRequest / GetRequest / ReplyRequest / GetCancel,
           KERNEL sends SendResult / GetResult / ReplyResult.
@@ -52,6 +52,7 @@ from .framing import (
     write_frame,
 )
 from .messages import (
+    Attach,
     Connect,
     ConnectResult,
     Control,
@@ -117,6 +118,7 @@ _OPEN: Final = State.OPEN
 # (state, sender, message type) -> next state. Absent pairs are illegal.
 _TRANSITIONS: Final[dict[tuple[State, Role, type], State]] = {
     (State.IDLE, _U, Connect): State.CONNECTING,
+    (State.IDLE, _U, Attach): State.CONNECTING,
     (State.IDLE, _U, Control): State.CONTROL,
     (State.CONTROL, _K, ControlResult): State.CLOSED,
     (State.IDLE, _U, Trace): State.TRACE,
@@ -362,7 +364,9 @@ class WireConnection:
         elif cls is ConnectResult:
             if not nt_success(message.status):  # type: ignore[attr-defined]
                 new_state = State.CLOSED
-        elif (cls is Connect or cls is Control or cls is Trace) and message.version < 1:  # type: ignore[attr-defined]
+        elif (
+            cls is Connect or cls is Control or cls is Trace or cls is Attach
+        ) and message.version < 1:  # type: ignore[attr-defined]
             raise LocalProtocolError("protocol versions start at 1")
         self.state = new_state
 

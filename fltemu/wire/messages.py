@@ -13,11 +13,14 @@ from typing import Annotated, Final
 import msgspec
 
 __all__ = [
+    "ATTACH_TOKEN_BYTES",
+    "OPTION_ATTACH",
     "OPTION_DISCONNECT_NOTICE",
     "OPTION_SECTIONS",
     "OUT_ADDRESS_MODULUS",
     "PROTOCOL_VERSION",
     "WINDOWS_OPTIONS",
+    "Attach",
     "Connect",
     "ConnectResult",
     "ConnectionInfo",
@@ -55,6 +58,12 @@ WINDOWS_OPTIONS: Final = 0x0000_0001
 OPTION_DISCONNECT_NOTICE: Final = 0x8000_0000
 #: ``Section`` frames for the section handles in MessageNotify's output (protocol §7.1).
 OPTION_SECTIONS: Final = 0x4000_0000
+#: An attach token in the ConnectResult, so that a second socket of the same process can
+#: carry this connection's calls too (``Attach``, protocol §5b).
+OPTION_ATTACH: Final = 0x2000_0000
+
+#: Bytes of an attach token: random, so that it cannot be guessed (protocol §5b).
+ATTACH_TOKEN_BYTES: Final = 16
 
 
 #: ``SendRequest.out_address`` is the output buffer's address modulo this: its low 8 bits
@@ -126,6 +135,19 @@ class GetCancel(_Message, frozen=True, tag=5):
     rid: U64
 
 
+class Attach(_Message, frozen=True, tag=8):
+    """The first frame of a second socket for an open connection (protocol §5b).
+
+    ``token`` is the ``attach_token`` of that connection's ConnectResult. The answer is a
+    ConnectResult; once it succeeds, sends, replies and gets on this socket are calls on
+    the same handle. ``options`` takes the capability bits of Connect.options.
+    """
+
+    version: U32
+    token: bytes
+    options: U32 = 0
+
+
 class Control(_Message, frozen=True, tag=6):
     """A control command: the first and only request of a control connection.
 
@@ -166,11 +188,13 @@ class Trace(_Message, frozen=True, tag=7):
 
 
 class ConnectResult(_Message, frozen=True, tag=16):
-    """The answer to Connect. Anything but success is followed by the daemon closing."""
+    """The answer to Connect or Attach. Anything but success is followed by the daemon
+    closing. ``attach_token`` is set when Connect.options asked for one (OPTION_ATTACH)."""
 
     version: U32
     status: U32
     max_message_bytes: U64 = 0
+    attach_token: bytes = b""
 
 
 class SendResult(_Message, frozen=True, tag=17):
@@ -332,7 +356,9 @@ class ControlResult(_Message, frozen=True, tag=21):
     daemon: DaemonInfo | None = None
 
 
-UserMessage = Connect | SendRequest | GetRequest | ReplyRequest | GetCancel | Control | Trace
+UserMessage = (
+    Connect | SendRequest | GetRequest | ReplyRequest | GetCancel | Control | Trace | Attach
+)
 KernelMessage = (
     ConnectResult
     | SendResult

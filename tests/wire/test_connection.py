@@ -21,6 +21,7 @@ from fltemu.wire import (
     ENV_SOCKET,
     EOF,
     NEED_DATA,
+    Attach,
     Connect,
     ConnectResult,
     Control,
@@ -123,7 +124,7 @@ _REQUEST_FOR: dict[type, Callable[[int], Any]] = {
 def receiver_for(message: Any) -> WireConnection:
     """A connection at the receiving end of ``message``, in a state where it is legal."""
     if isinstance(message, USER_TYPES):
-        first = isinstance(message, Connect | Control | Trace)
+        first = isinstance(message, Connect | Control | Trace | Attach)
         return kernel_in(State.IDLE if first else State.OPEN)
     if isinstance(message, ConnectResult):
         return user_in(State.CONNECTING)
@@ -144,7 +145,7 @@ def receiver_for(message: Any) -> WireConnection:
 def sender_for(message: Any) -> WireConnection:
     """A connection at the sending end of ``message``, in a state where it is legal."""
     if isinstance(message, USER_TYPES):
-        first = isinstance(message, Connect | Control | Trace)
+        first = isinstance(message, Connect | Control | Trace | Attach)
         return user_in(State.IDLE if first else State.OPEN)
     if isinstance(message, ConnectResult):
         return kernel_in(State.CONNECTING)
@@ -166,7 +167,7 @@ def sender_for(message: Any) -> WireConnection:
 
 
 def expected_state_after(message: Any) -> State:
-    if isinstance(message, Connect):
+    if isinstance(message, Connect | Attach):
         return State.CONNECTING
     if isinstance(message, Control):
         return State.CONTROL

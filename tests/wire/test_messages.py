@@ -18,6 +18,7 @@ from fltemu.wire import (
     OPTION_SECTIONS,
     OUT_ADDRESS_MODULUS,
     PROTOCOL_VERSION,
+    Attach,
     Connect,
     ConnectionInfo,
     ConnectResult,
@@ -44,7 +45,7 @@ from fltemu.wire import (
 )
 from tests.helpers import frame, raw_frame
 
-USER_TYPES = (Connect, SendRequest, GetRequest, ReplyRequest, GetCancel, Control, Trace)
+USER_TYPES = (Connect, SendRequest, GetRequest, ReplyRequest, GetCancel, Control, Trace, Attach)
 KERNEL_TYPES = (
     ConnectResult,
     SendResult,
@@ -99,11 +100,20 @@ WIRE_CASES: list[tuple[Any, bytes]] = [
     ),
     (
         ConnectResult(version=1, status=0, max_message_bytes=16 * 1024 * 1024),
-        bytes.fromhex("0900000094100100ce 01000000"),
+        bytes.fromhex("0b00000095100100ce 01000000c400"),
     ),
     (
         ConnectResult(version=1, status=0xC0000034),
-        bytes.fromhex("09000000941001ce c000003400"),
+        bytes.fromhex("0b000000951001ce c000003400c400"),
+    ),
+    (
+        # An attach token for a client that asked for one (protocol §5b).
+        ConnectResult(version=1, status=0, max_message_bytes=4096, attach_token=b"\x01" * 16),
+        bytes.fromhex("1900000095100100cd 1000c410") + b"\x01" * 16,
+    ),
+    (
+        Attach(version=1, token=b"\x02" * 16, options=0x80000000),
+        bytes.fromhex("1a000000940801c410") + b"\x02" * 16 + bytes.fromhex("ce80000000"),
     ),
     (
         SendResult(rid=7, status=0x80000005, data=b"abc"),
@@ -233,6 +243,7 @@ def test_tags_are_pinned_and_unique() -> None:
     tags = {cls: cls.__struct_config__.tag for cls in USER_TYPES + KERNEL_TYPES}
     assert tags == {
         Connect: 1,
+        Attach: 8,
         SendRequest: 2,
         GetRequest: 3,
         ReplyRequest: 4,
@@ -286,7 +297,8 @@ NEWER_PEER: list[tuple[list[Any], Any]] = [
     ([3, 1, 64, None], GetRequest(1, 64)),
     ([4, 1, 2, 0, b"", {"k": 1}], ReplyRequest(1, 2, 0, b"")),
     ([5, 1, 1.5], GetCancel(1)),
-    ([16, 1, 0, 100, b"extra"], ConnectResult(1, 0, 100)),
+    ([16, 1, 0, 100, b"tok", "future"], ConnectResult(1, 0, 100, b"tok")),
+    ([8, 1, b"tok", 0, "future"], Attach(1, b"tok", 0)),
     ([17, 1, 0, b"x", True], SendResult(1, 0, b"x")),
     ([18, 1, 0, 5, 6, b"y", 7, "z"], GetResult(1, 0, 5, 6, b"y", 7)),
     ([19, 1, 0, 0], ReplyResult(1, 0)),
@@ -300,6 +312,8 @@ OLDER_PEER: list[tuple[list[Any], Any]] = [
     # A client that does not know its output buffer's address: aligned (protocol §7.1).
     ([2, 1, b"d", 8], SendRequest(1, b"d", 8, 0)),
     ([16, 1, 0], ConnectResult(1, 0, 0)),
+    ([16, 1, 0, 64], ConnectResult(1, 0, 64, b"")),
+    ([8, 1, b"tok"], Attach(1, b"tok", 0)),
     ([17, 4, 0xC0000010], SendResult(4, 0xC0000010, b"")),
     ([18, 2, 0xC0000120], GetResult(2, 0xC0000120, 0, 0, b"", 0)),
     ([18, 2, 0, 9, 10, b"m"], GetResult(2, 0, 9, 10, b"m", 0)),
