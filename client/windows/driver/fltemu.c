@@ -18,7 +18,7 @@
  * is half-closed so the daemon runs DisconnectNotify.
  *
  * Every ntoskrnl import must be implemented by Wine 8.0, not a stub that kills winedevice.exe:
- * `make check-imports` compares the imports with imports.allowed.
+ * every build of the driver compares its imports with imports.allowed (Makefile).
  */
 #include <ntifs.h>
 
@@ -63,6 +63,7 @@ typedef struct conn {
     KEVENT out_ready;          /* the writer's wake-up */
     int fd;                    /* -1 until connect; closed when the last reference goes */
     ULONGLONG max_message;     /* the daemon's payload limit (ConnectResult) */
+    unsigned char token[WIRE_ATTACH_TOKEN_BYTES]; /* ConnectResult.attach_token, or zeros */
 } conn;
 
 #define IRP_RID(irp) ((ULONGLONG)(ULONG_PTR)(irp)->Tail.Overlay.DriverContext[0])
@@ -370,8 +371,19 @@ static void handle_result(conn *c, const struct wire_result *r)
         KeAcquireSpinLock(&c->lock, &irql);
         if (c->state == CONN_CONNECTING) c->state = NT_SUCCESS(status) ? CONN_OPEN : CONN_DEAD;
         if (r->max_message) c->max_message = r->max_message < (1ull << 40) ? r->max_message : (1ull << 40);
+        if (r->token_len == WIRE_ATTACH_TOKEN_BYTES) fe_copy(c->token, r->token, WIRE_ATTACH_TOKEN_BYTES);
+        ULONGLONG max_message = c->max_message;
         KeReleaseSpinLock(&c->lock, irql);
-        if (irp) complete(irp, status, 0);
+        if (!irp) return;
+        ULONG_PTR info = 0;
+        PIO_STACK_LOCATION sp = IoGetCurrentIrpStackLocation(irp);
+        if (NT_SUCCESS(status) && sp->Parameters.DeviceIoControl.OutputBufferLength >= sizeof(FLTEMU_CONNECT_OUT)) {
+            FLTEMU_CONNECT_OUT *out = irp->AssociatedIrp.SystemBuffer;
+            fe_copy(out->token, c->token, sizeof(out->token));
+            out->max_message = max_message;
+            info = sizeof(*out);
+        }
+        complete(irp, status, info);
         return;
     }
     if ((r->tag == WIRE_GET_RESULT || r->tag == WIRE_REPLY_RESULT) &&
@@ -604,7 +616,7 @@ static NTSTATUS do_connect(conn *c, PIRP irp, const unsigned char *in, ULONG in_
     wire_put_uint(&o, WIRE_PROTOCOL_VERSION);
     wire_put_str(&o, name, hdr->name_bytes);
     wire_put_bin(&o, context, hdr->context_bytes);
-    wire_put_uint(&o, hdr->options | WIRE_OPTION_DISCONNECT_NOTICE | WIRE_OPTION_SECTIONS);
+    wire_put_uint(&o, hdr->options | WIRE_OPTION_DISCONNECT_NOTICE | WIRE_OPTION_SECTIONS | WIRE_OPTION_ATTACH);
     /* rid 0 stands for the connect: request ids start at 1. */
     status = submit(c, irp, KIND_CONNECT, frame, &o, 0);
     ExFreePoolWithTag(frame, FE_TAG);

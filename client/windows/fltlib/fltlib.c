@@ -164,7 +164,7 @@ static NTSTATUS open_device(DWORD options, LPSECURITY_ATTRIBUTES sa, HANDLE *h)
     InitializeObjectAttributes(&attr, &name, (sa && sa->bInheritHandle) ? OBJ_INHERIT : 0, NULL, NULL);
     for (int attempt = 0; attempt < 2; attempt++) {
         /* The access and flags of fltlib's own open (semantics §3.1). */
-        st = NtCreateFile(h, SYNCHRONIZE | FILE_READ_DATA | FILE_WRITE_DATA, &attr, &iosb, NULL, 0,
+        st = NtCreateFile(h, FLTEMU_PORT_ACCESS, &attr, &iosb, NULL, 0,
                           FILE_SHARE_READ | FILE_SHARE_WRITE, FILE_OPEN_,
                           (options & FLT_PORT_FLAG_SYNC_HANDLE) ? FILE_SYNCHRONOUS_IO_NONALERT_ : 0,
                           NULL, 0);
@@ -184,6 +184,7 @@ HRESULT WINAPI FilterConnectCommunicationPort(LPCWSTR lpPortName, DWORD dwOption
 {
     char path[FLTEMU_MAX_SOCKET_PATH + 2];
     FLTEMU_CONNECT_IN *in;
+    FLTEMU_CONNECT_OUT out;
     HANDLE h;
     NTSTATUS st;
     ULONG_PTR info;
@@ -217,9 +218,13 @@ HRESULT WINAPI FilterConnectCommunicationPort(LPCWSTR lpPortName, DWORD dwOption
 
     st = open_device(dwOptions, lpSecurityAttributes, &h);
     if (NT_SUCCESS(st)) {
-        st = ioctl_sync(h, IOCTL_FLTEMU_CONNECT, in, size, NULL, 0, &info);
-        if (NT_SUCCESS(st)) *hPort = h;
-        else CloseHandle(h);
+        st = ioctl_sync(h, IOCTL_FLTEMU_CONNECT, in, size, &out, sizeof out, &info);
+        if (NT_SUCCESS(st)) {
+            if (info == sizeof out) fast_attach(h, path, in->trust_uid, &out);
+            *hPort = h;
+        } else {
+            CloseHandle(h);
+        }
     }
     HeapFree(GetProcessHeap(), 0, in);
     return NT_SUCCESS(st) ? S_OK : flt_hresult(st);
@@ -232,10 +237,15 @@ HRESULT WINAPI FilterSendMessage(HANDLE hPort, LPVOID lpInBuffer, DWORD dwInBuff
                                  DWORD dwOutBufferSize, LPDWORD lpBytesReturned)
 {
     ULONG_PTR info;
+    ULONG returned;
     NTSTATUS st;
     if (!lpBytesReturned) return E_INVALIDARG;
     *lpBytesReturned = 0;
     if (!lpInBuffer || !dwInBufferSize) return E_INVALIDARG;
+    if (fast_send(hPort, lpInBuffer, dwInBufferSize, lpOutBuffer, dwOutBufferSize, &st, &returned)) {
+        *lpBytesReturned = returned;
+        return flt_hresult(st);
+    }
     /* The output buffer's low address bits go with the request, so that MessageNotify's
      * alignment checks see this buffer's (protocol §7.1). */
     st = ioctl_sync(hPort, IOCTL_FLTEMU_SEND_AT((ULONG_PTR)lpOutBuffer), lpInBuffer, dwInBufferSize,
@@ -274,7 +284,9 @@ HRESULT WINAPI FilterGetMessage(HANDLE hPort, PFILTER_MESSAGE_HEADER lpMessageBu
 HRESULT WINAPI FilterReplyMessage(HANDLE hPort, PFILTER_REPLY_HEADER lpReplyBuffer, DWORD dwReplyBufferSize)
 {
     ULONG_PTR info;
+    NTSTATUS st;
     if (!lpReplyBuffer || dwReplyBufferSize < sizeof(FILTER_REPLY_HEADER)) return E_INVALIDARG;
+    if (fast_reply(hPort, lpReplyBuffer, dwReplyBufferSize, &st)) return flt_hresult(st);
     return flt_hresult(ioctl_sync(hPort, IOCTL_FLTEMU_REPLY, lpReplyBuffer, dwReplyBufferSize, NULL, 0, &info));
 }
 

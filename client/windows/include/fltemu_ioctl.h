@@ -24,7 +24,7 @@
 
 /* CTL_CODE(FILE_DEVICE_UNKNOWN = 0x22, function, METHOD_BUFFERED = 0, FILE_ANY_ACCESS = 0) */
 #define FLTEMU_CTL(fn) ((0x22u << 16) | ((fn) << 2))
-/* in: FLTEMU_CONNECT_IN + name + context + socket path; out: nothing.
+/* in: FLTEMU_CONNECT_IN + name + context + socket path; out: FLTEMU_CONNECT_OUT.
  * Completes with the ConnectResult's status (or a local connect(2) failure, see below). */
 #define IOCTL_FLTEMU_CONNECT FLTEMU_CTL(0x801u)
 /* in: the message (FilterSendMessage's lpInBuffer); out: lpOutBuffer.
@@ -45,7 +45,7 @@
 
 /* Version of this contract; the driver refuses a connect of another version with
  * STATUS_REVISION_MISMATCH, so a DLL and driver from different builds never mix. */
-#define FLTEMU_IOCTL_VERSION 3u
+#define FLTEMU_IOCTL_VERSION 4u
 
 /* Limits checked by both sides.  The context is a WORD; the socket path fits sun_path. */
 #define FLTEMU_MAX_CONTEXT 65535u
@@ -64,6 +64,15 @@ typedef struct FLTEMU_CONNECT_IN {
                                    caller's and root (-1: none) */
     /* followed by: name, context, path */
 } FLTEMU_CONNECT_IN;
+
+/* What a successful connect tells the DLL: the token with which its own socket joins the
+ * connection (protocol §5b; all zero when the daemon gave none) and the daemon's payload
+ * limit.  The DLL then makes FilterSendMessage and FilterReplyMessage itself, over that
+ * socket, without an IOCTL (docs/wine.md, "How a call travels"). */
+typedef struct FLTEMU_CONNECT_OUT {
+    unsigned char token[16];    /* WIRE_ATTACH_TOKEN_BYTES */
+    unsigned long long max_message;
+} FLTEMU_CONNECT_OUT;
 #pragma pack(pop)
 
 #endif

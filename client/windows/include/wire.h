@@ -1,6 +1,6 @@
 /*
  * The subset of fltemu's wire protocol (docs/protocol.md, version 1) that the Windows side
- * needs: encode Connect / SendRequest / GetRequest / ReplyRequest / GetCancel / Control, decode
+ * needs: encode Connect / Attach / SendRequest / GetRequest / ReplyRequest / GetCancel / Control, decode
  * ConnectResult / SendResult / GetResult / ReplyResult / Goodbye / Disconnected / Section, and
  * walk a ControlResult.  Sans-IO: bytes in, structs out; no allocation, no system calls.
  * Shared by fltemu.sys (port connections) and fltlib.dll (control connections).
@@ -23,6 +23,7 @@ enum wire_tag {
     WIRE_REPLY_REQUEST = 4,
     WIRE_GET_CANCEL = 5,
     WIRE_CONTROL = 6,
+    WIRE_ATTACH = 8,
     WIRE_CONNECT_RESULT = 16,
     WIRE_SEND_RESULT = 17,
     WIRE_GET_RESULT = 18,
@@ -36,6 +37,9 @@ enum wire_tag {
 /* Connect.options bits above Windows' dwOptions: what this client handles (protocol §5). */
 #define WIRE_OPTION_DISCONNECT_NOTICE 0x80000000u
 #define WIRE_OPTION_SECTIONS 0x40000000u
+#define WIRE_OPTION_ATTACH 0x20000000u
+/* ConnectResult.attach_token's size (protocol §5b). */
+#define WIRE_ATTACH_TOKEN_BYTES 16u
 
 /* ---- encoding: a cursor over a caller-sized buffer ---- */
 
@@ -232,6 +236,8 @@ struct wire_result {
     unsigned long long required_size;  /* GetResult */
     unsigned int offset;               /* Section */
     unsigned long long max_message;    /* ConnectResult */
+    const unsigned char *token;        /* ConnectResult.attach_token (token_len bytes) */
+    unsigned long long token_len;
     const unsigned char *data;         /* SendResult / GetResult / Section, into the frame */
     unsigned long long data_len;
 };
@@ -244,14 +250,16 @@ static inline int wire_decode(const unsigned char *body, unsigned long long len,
     const unsigned long long U32 = 0xFFFFFFFFull, U64 = ~0ull;
     r->tag = 0; r->rid = 0; r->status = 0; r->message_id = 0; r->reply_length = 0;
     r->required_size = 0; r->max_message = 0; r->data = 0; r->data_len = 0; r->offset = 0;
+    r->token = 0; r->token_len = 0;
     if (in.bad || n < 1) return -1;
     r->tag = (unsigned)wire_get_uint(&in, 0xFF);
     switch (r->tag) {
-    case WIRE_CONNECT_RESULT: /* version, status, max_message_bytes = 0 */
+    case WIRE_CONNECT_RESULT: /* version, status, max_message_bytes = 0, attach_token = b"" */
         if (n < 3) return -1;
         (void)wire_get_uint(&in, U32);
         r->status = (unsigned)wire_get_uint(&in, U32);
         if (n >= 4) r->max_message = wire_get_uint(&in, U64);
+        if (n >= 5) r->token = wire_get_bytes(&in, 0, &r->token_len);
         break;
     case WIRE_SEND_RESULT: /* rid, status, data = b"" */
         if (n < 3) return -1;
