@@ -500,3 +500,26 @@ while True:
         impostor.kill()
         impostor.communicate()
         shutil.rmtree(folder)
+
+
+@pytest.mark.parametrize("keep_a_duplicate", [False, True], ids=["only-handle", "duplicated"])
+def test_a_closed_handles_value_reused_is_not_the_port(
+    wine_daemon: DaemonThread, start_agent: AgentFactory, keep_a_duplicate: bool
+) -> None:
+    """FilterSendMessage on a value whose handle was closed and whose number now names an
+    event: 0x80070006, as on Windows, never a call on the old connection, even while a
+    duplicate keeps that connection open (fltlib's direct path checks the handle)."""
+    seen: list[bytes] = []
+
+    def record(cookie: object, data: bytes, out_size: int) -> tuple[NtStatus, bytes]:
+        seen.append(data)
+        return NtStatus.STATUS_SUCCESS, data
+
+    wine_daemon.create_port(PORT, message_notify=record)
+    agent = start_agent(wine_daemon.address)
+    assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
+    assert agent.cmd(f"send {b'one'.hex()} 8") == f"send 0x00000000 n=3 out={b'one'.hex()}"
+    if keep_a_duplicate:
+        assert agent.cmd("dup") == "dup 1"
+    assert agent.cmd("closereuse") == "closereuse 1 reused=1 send 0x80070006"
+    assert seen == [b"one"]

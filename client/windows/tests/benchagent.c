@@ -4,8 +4,9 @@
  *   benchagent.exe nop COUNT              a no-op IOCTL on fltemu's device (answered by the
  *                                         driver alone): Wine's own round trip
  *   benchagent.exe send PORT COUNT SIZE   sequential FilterSendMessage of SIZE bytes
- *   benchagent.exe get PORT COUNT N       kernel->user: N overlapped gets on an IOCP, one
- *                                         worker replying to each message and re-arming
+ *   benchagent.exe get PORT COUNT N [T]   kernel->user: N overlapped gets on an IOCP, T
+ *                                         worker threads (default 1) replying to each
+ *                                         message and re-arming its get
  *
  * Prints "rate OPERATIONS SECONDS" when done; exits 1 on any failure.
  */
@@ -84,41 +85,69 @@ typedef struct {
     OVERLAPPED ov;
 } MESSAGE;
 
-static int bench_get(const char *port_name, long count, int pending)
+struct get_bench {
+    HANDLE port, iocp;
+    volatile LONG left;      /* completions still to take */
+    volatile LONG failed;
+    double start;
+};
+
+static DWORD WINAPI get_worker(void *arg)
 {
-    HANDLE port = connect_port(port_name);
-    HANDLE iocp = CreateIoCompletionPort(port, NULL, 0, 1);
+    struct get_bench *b = arg;
     struct { FILTER_REPLY_HEADER h; unsigned char b[8]; } reply;
-    double start = 0;
-    for (int i = 0; i < pending; i++) {
-        MESSAGE *m = calloc(1, sizeof *m);
-        if (FilterGetMessage(port, &m->header, FIELD_OFFSET(MESSAGE, ov), &m->ov) != HRESULT_FROM_WIN32(ERROR_IO_PENDING))
-            return 1;
-    }
-    for (long i = 0; i < count; i++) {
+    while (InterlockedDecrement(&b->left) >= 0) {
         DWORD bytes;
         ULONG_PTR key;
         LPOVERLAPPED ov;
-        if (!GetQueuedCompletionStatus(iocp, &bytes, &key, &ov, INFINITE)) {
+        if (!GetQueuedCompletionStatus(b->iocp, &bytes, &key, &ov, INFINITE)) {
             out("completion %lu", GetLastError());
+            b->failed = 1;
             return 1;
         }
-        if (i == 0) start = now();
         MESSAGE *m = CONTAINING_RECORD(ov, MESSAGE, ov);
         if (m->header.MessageId) {
             memset(&reply, 0, sizeof reply);
             reply.h.MessageId = m->header.MessageId;
             DWORD n = m->header.ReplyLength > sizeof reply ? sizeof reply : m->header.ReplyLength;
-            HRESULT hr = FilterReplyMessage(port, &reply.h, n < sizeof reply.h ? sizeof reply.h : n);
+            HRESULT hr = FilterReplyMessage(b->port, &reply.h, n < sizeof reply.h ? sizeof reply.h : n);
             if (FAILED(hr) && hr != (HRESULT)0x801F0020) {
                 out("reply 0x%08lx", (unsigned long)hr);
+                b->failed = 1;
                 return 1;
             }
         }
         memset(&m->ov, 0, sizeof m->ov);
-        FilterGetMessage(port, &m->header, FIELD_OFFSET(MESSAGE, ov), &m->ov);
+        FilterGetMessage(b->port, &m->header, FIELD_OFFSET(MESSAGE, ov), &m->ov);
     }
-    out("rate %ld %.6f", count - 1, now() - start);
+    return 0;
+}
+
+static int bench_get(const char *port_name, long count, int pending, int threads)
+{
+    struct get_bench b;
+    HANDLE workers[64];
+    b.port = connect_port(port_name);
+    b.iocp = CreateIoCompletionPort(b.port, NULL, 0, threads);
+    b.failed = 0;
+    if (threads < 1 || threads > 64) return 2;
+    for (int i = 0; i < pending; i++) {
+        MESSAGE *m = calloc(1, sizeof *m);
+        if (FilterGetMessage(b.port, &m->header, FIELD_OFFSET(MESSAGE, ov), &m->ov) != HRESULT_FROM_WIN32(ERROR_IO_PENDING))
+            return 1;
+    }
+    /* The clock starts at the first message, as the sender's does. */
+    DWORD bytes;
+    ULONG_PTR key;
+    LPOVERLAPPED ov;
+    if (!GetQueuedCompletionStatus(b.iocp, &bytes, &key, &ov, INFINITE)) return 1;
+    b.start = now();
+    PostQueuedCompletionStatus(b.iocp, bytes, key, ov);
+    b.left = count;
+    for (int i = 0; i < threads; i++) workers[i] = CreateThread(NULL, 0, get_worker, &b, 0, NULL);
+    WaitForMultipleObjects(threads, workers, TRUE, INFINITE);
+    if (b.failed) return 1;
+    out("rate %ld %.6f", count - 1, now() - b.start);
     return 0;
 }
 
@@ -127,7 +156,8 @@ int main(int argc, char **argv)
     out_init();
     if (argc == 3 && !strcmp(argv[1], "nop")) return bench_nop(atol(argv[2]));
     if (argc == 5 && !strcmp(argv[1], "send")) return bench_send(argv[2], atol(argv[3]), strtoul(argv[4], NULL, 0));
-    if (argc == 5 && !strcmp(argv[1], "get")) return bench_get(argv[2], atol(argv[3]), atoi(argv[4]));
-    out("usage: benchagent.exe nop COUNT | send PORT COUNT SIZE | get PORT COUNT PENDING");
+    if ((argc == 5 || argc == 6) && !strcmp(argv[1], "get"))
+        return bench_get(argv[2], atol(argv[3]), atoi(argv[4]), argc == 6 ? atoi(argv[5]) : 1);
+    out("usage: benchagent.exe nop COUNT | send PORT COUNT SIZE | get PORT COUNT PENDING [THREADS]");
     return 2;
 }

@@ -308,6 +308,17 @@ int main(void)
             out("badget-zero 0x%08lx", (unsigned long)FilterGetMessage(port, (PFILTER_MESSAGE_HEADER)buf, 0, NULL));
             out("badsend-closed 0x%08lx", (unsigned long)FilterSendMessage((HANDLE)(ULONG_PTR)0x1234, "x", 1, buf, 64, &got));
             CloseHandle(ev);
+        } else if (!strcmp(cmd, "closereuse")) {
+            /* CloseHandle, then a new object that takes the freed value (the lowest free
+             * one, in Wine as in Windows), then a send on the old value. */
+            HANDLE old = port;
+            DWORD got;
+            unsigned char buf[64];
+            BOOL closed = CloseHandle(port);
+            HANDLE ev = CreateEventW(NULL, FALSE, FALSE, NULL);
+            out("closereuse %d reused=%d send 0x%08lx", closed, ev == old,
+                (unsigned long)FilterSendMessage(old, "x", 1, buf, 64, &got));
+            CloseHandle(ev);
         } else if (!strcmp(cmd, "sleep")) {
             Sleep(strtoul(a1, NULL, 0));
             out("slept");
