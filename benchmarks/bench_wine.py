@@ -8,10 +8,13 @@ the agent, wineserver, ``winedevice.exe`` and the daemon):
   once (an unconnected handle): the agent -> wineserver -> ``winedevice.exe`` -> agent round
   trip, the floor of every call through Wine;
 * ``send``: sequential FilterSendMessage to ``\\BenchEcho``, by ``benchagent.exe send`` under
-  Wine and by the Python sync client ``fltuser`` (the same daemon, the same port);
+  Wine and by the Python sync client ``fltuser`` (the same daemon, the same port); ``send wine
+  unchecked`` is the Windows side with ``FLTEMU_UNCHECKED_HANDLES=1`` (no handle check, so no
+  wineserver request per call);
 * ``k2u``: kernel->user, ``fltemu bench`` sending with N in flight to an agent that keeps N
-  overlapped gets pending and replies to each message (``benchagent.exe get``), and to the
-  Python async client doing the same with N tasks (``_k2u_agent.py``).
+  overlapped gets pending on a completion port and replies to each message with T worker
+  threads (``benchagent.exe get``, one row per T in ``--threads``), and to the Python async
+  client doing the same with N tasks (``_k2u_agent.py``).
 
 Rows carry the median rate and ``ratio_nop`` (Wine send over the nop rate: how close a call
 gets to Wine's own limit; for ``k2u`` the limit is half the nop rate, a reply and a re-armed
@@ -37,11 +40,19 @@ from fltemu.wine import WineBuild, WinePrefix, agent_argv, agent_environment, bu
 K2U_AGENT: Final = h.BENCH_DIR / "_k2u_agent.py"
 
 
-def wine_rate(build: WineBuild, prefix: WinePrefix, address: str, *args: str) -> float:
+def wine_rate(
+    build: WineBuild,
+    prefix: WinePrefix,
+    address: str,
+    *args: str,
+    extra_env: dict[str, str] | None = None,
+) -> float:
     """Run ``benchagent.exe ARGS`` and return the rate it reports."""
+    env = agent_environment(prefix, address)
+    env.update(extra_env or {})
     done = subprocess.run(
         agent_argv(str(build.agent("benchagent")), args),
-        env=agent_environment(prefix, address),
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,
@@ -89,6 +100,11 @@ def main() -> int:
         "--inflight", type=int, default=16, help="kernel->user messages in flight (default 16)"
     )
     parser.add_argument(
+        "--threads",
+        default="1,4,16",
+        help="worker threads of the Windows kernel->user agent, one row each (default 1,4,16)",
+    )
+    parser.add_argument(
         "--prefix", help="Wine prefix (default: a fresh one under _build/wine, reused)"
     )
     args = parser.parse_args()
@@ -100,6 +116,7 @@ def main() -> int:
         print(json.dumps(env_row))
         return 0
     count = 200 if args.quick else args.count
+    thread_counts = [int(t) for t in args.threads.split(",")]
     repeats = args.repeats or (1 if args.quick else 3)
     build = build_windows_side(build_dir=h.BUILD_DIR / "wine", targets=["agents"])
     prefix = WinePrefix(args.prefix or h.BUILD_DIR / "wine" / "prefix")
@@ -119,21 +136,28 @@ def main() -> int:
                 runs.setdefault("send wine", []).append(
                     wine_rate(build, prefix, server.address, "send", h.ECHO_PORT, str(count), "64")
                 )
+                runs.setdefault("send wine unchecked", []).append(
+                    wine_rate(
+                        build, prefix, server.address, "send", h.ECHO_PORT, str(count), "64",
+                        extra_env={"FLTEMU_UNCHECKED_HANDLES": "1"},
+                    )
+                )  # fmt: skip
                 runs.setdefault("send python", []).append(
                     python_send_rate(server.address, count, payload)
                 )
             finally:
                 server.stop()
-            wine_agent = [
-                sys.executable, "-m", "fltemu", "wine", "--prefix", str(prefix.path),
-                "--build-dir", str(build.directory), "--",
-                str(build.agent("benchagent")), "get", "\\WineBench", str(count),
-                str(args.inflight),
-            ]  # fmt: skip
             env = dict(os.environ, WINEPREFIX=str(prefix.path))
-            runs.setdefault("k2u wine", []).append(
-                bench_rate(wine_agent, env, args.inflight, count)
-            )
+            for threads in thread_counts:
+                wine_agent = [
+                    sys.executable, "-m", "fltemu", "wine", "--prefix", str(prefix.path),
+                    "--build-dir", str(build.directory), "--",
+                    str(build.agent("benchagent")), "get", "\\WineBench", str(count),
+                    str(args.inflight), str(threads),
+                ]  # fmt: skip
+                runs.setdefault(f"k2u wine {threads}T", []).append(
+                    bench_rate(wine_agent, env, args.inflight, count)
+                )
             python_agent = [sys.executable, str(K2U_AGENT), "\\WineBench", str(args.inflight)]
             runs.setdefault("k2u python", []).append(
                 bench_rate(python_agent, env, args.inflight, count)
@@ -153,10 +177,10 @@ def main() -> int:
             "spread_pct": round(50 * (max(values) - min(values)) / value, 1),
             "repeats": repeats,
         }
-        if name == "send wine":
+        if name.startswith("send wine"):
             row["ratio_nop"] = round(value / median["nop"], 3)
             row["ratio_python"] = round(value / median["send python"], 3)
-        if name == "k2u wine":
+        if name.startswith("k2u wine"):
             row["ratio_nop"] = round(value / (median["nop"] / 2), 3)
             row["ratio_python"] = round(value / median["k2u python"], 3)
         rows.append(row)
@@ -166,10 +190,10 @@ def main() -> int:
             print(json.dumps(row))
     else:
         print(f"Windows side under Wine, {count} calls per run, median of {repeats}")
-        print(f"{'what':<14}{'msgs/s':>12}{'±%':>7}{'x limit':>10}{'x python':>10}")
+        print(f"{'what':<22}{'msgs/s':>12}{'±%':>7}{'x limit':>10}{'x python':>10}")
         for row in rows:
             print(
-                f"{row['impl']:<14}{row['msgs_per_s']:>12,.0f}{row['spread_pct']:>7}"
+                f"{row['impl']:<22}{row['msgs_per_s']:>12,.0f}{row['spread_pct']:>7}"
                 f"{row.get('ratio_nop', ''):>10}{row.get('ratio_python', ''):>10}"
             )
     return 0

@@ -18,7 +18,16 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_wine.py"
 
 def test_bench_wine_quick(wine_prefix: WinePrefix) -> None:
     done = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--json", "--prefix", str(wine_prefix.path)],
+        [
+            sys.executable,
+            str(BENCH),
+            "--quick",
+            "--json",
+            "--threads",
+            "1,4",
+            "--prefix",
+            str(wine_prefix.path),
+        ],  # fmt: skip
         capture_output=True,
         text=True,
         timeout=200,
@@ -28,7 +37,10 @@ def test_bench_wine_quick(wine_prefix: WinePrefix) -> None:
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
     assert rows[0]["bench"] == "env"
     impls = {row["impl"]: row for row in rows[1:]}
-    assert set(impls) == {"nop", "send wine", "send python", "k2u wine", "k2u python"}
+    assert set(impls) == {
+        "nop", "send wine", "send wine unchecked", "send python",
+        "k2u wine 1T", "k2u wine 4T", "k2u python",
+    }  # fmt: skip
     assert all(row["msgs_per_s"] > 0 for row in impls.values())
-    assert {"ratio_nop", "ratio_python"} <= impls["send wine"].keys()
-    assert {"ratio_nop", "ratio_python"} <= impls["k2u wine"].keys()
+    for impl in ("send wine", "send wine unchecked", "k2u wine 1T", "k2u wine 4T"):
+        assert {"ratio_nop", "ratio_python"} <= impls[impl].keys()
