@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .._limits import DEFAULT_MAX_MESSAGE_BYTES, MAX_CONTEXT_BYTES
+from .._limits import DEFAULT_MAX_MESSAGE_BYTES, MAX_CONNECT_CONTEXT_BYTES
 from ..errors import StatusError, error_for
 from ..status import NtStatus, nt_success
 from .callbacks import ConnectNotify, DisconnectNotify, MessageNotify
@@ -106,14 +106,16 @@ class FilterManager:
     ) -> ClientPort:
         """The kernel half of FilterConnectCommunicationPort (§2.3, §3.1).
 
-        Looks the name up exactly, checks access, takes a connection slot, then runs
+        Checks the context's size as fltmgr checks the extended attribute that carries it,
+        looks the name up exactly, checks access, takes a connection slot, then runs
         ConnectNotify before returning.
 
         Raises:
-            StatusError: STATUS_OBJECT_NAME_NOT_FOUND, the bad-name statuses,
-                STATUS_FLT_DELETING_OBJECT (filter unloading), STATUS_ACCESS_DENIED,
-                STATUS_INVALID_PARAMETER (context over 65535 bytes),
-                STATUS_CONNECTION_COUNT_LIMIT, or whatever failure ConnectNotify returned.
+            StatusError: STATUS_ACCESS_DENIED (a context over 65511 bytes, which no x64
+                fltlib can pass, §3.1; or a port whose security refuses the caller),
+                STATUS_OBJECT_NAME_NOT_FOUND, the bad-name statuses,
+                STATUS_FLT_DELETING_OBJECT (filter unloading), STATUS_CONNECTION_COUNT_LIMIT,
+                or whatever failure ConnectNotify returned.
         """
         if self.tracer is None:
             return await self._connect(port_name, context, process, channel)
@@ -148,6 +150,13 @@ class FilterManager:
         process: ProcessInfo,
         channel: Channel,
     ) -> ClientPort:
+        if len(context) > MAX_CONNECT_CONTEXT_BYTES:
+            # Before the lookup: fltmgr finds the port name inside the same attribute.
+            raise error_for(
+                NtStatus.STATUS_ACCESS_DENIED,
+                f"context of {len(context)} bytes: over the {MAX_CONNECT_CONTEXT_BYTES} bytes "
+                "that fltlib's FLTPORT attribute can carry",
+            )
         server_port = self.namespace.lookup(port_name)
         flt = server_port.filter
         if flt.state is not FilterState.REGISTERED:
@@ -157,8 +166,6 @@ class FilterManager:
                 NtStatus.STATUS_ACCESS_DENIED,
                 f"port '{port_name}' does not admit uid {process.uid}",
             )
-        if len(context) > MAX_CONTEXT_BYTES:
-            raise error_for(NtStatus.STATUS_INVALID_PARAMETER, "context over 65535 bytes")
         # The slot is taken before ConnectNotify runs: a concurrent connect beyond the limit
         # fails at once even if this one is refused later (§6.4).
         if server_port.connection_count >= server_port.max_connections:

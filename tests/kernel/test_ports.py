@@ -245,9 +245,15 @@ async def test_connect_context_passed_2_3(
 async def test_oversized_context_refused_3_1(
     make_port: PortFactory, connect: Connector, rec: Recorder
 ) -> None:
+    """65511 bytes is the most an x64 fltlib's FLTPORT attribute carries; longer is refused
+    as fltmgr refuses the attribute, before the name is looked up (§3.1 [INF])."""
     port = await make_port()
-    await connect(context=b"x" * 0xFFFF)
-    await expect_status(S.STATUS_INVALID_PARAMETER, connect(context=b"x" * 0x10000))
+    await connect(context=b"x" * 65511)
+    for size in (65512, 0xFFFF, 0x10000):
+        await expect_status(S.STATUS_ACCESS_DENIED, connect(context=b"x" * size))
+    await expect_status(
+        S.STATUS_ACCESS_DENIED, connect(name="\\NoSuchPort", context=b"x" * 65512)
+    )
     assert len(rec.connects) == 1
     assert port.connection_count == 1
 

@@ -171,8 +171,15 @@ async def test_bad_connect_arguments_are_invalidarg_9_6(
 
 
 async def test_largest_context_is_accepted_3_1(driver: Any, harness: Harness) -> None:
-    await driver.connect(PORT, context=b"c" * 65535)
-    assert harness.contexts == [b"c" * 65535]
+    """65511 bytes fit fltlib's FLTPORT attribute on x64; 65512 to 65535 do not and are
+    refused with 0x80070005, as by the Windows side (§3.1 [INF], protocol §5)."""
+    await driver.connect(PORT, context=b"c" * 65511)
+    assert harness.contexts == [b"c" * 65511]
+    for size in (65512, 65535):
+        with pytest.raises(fltuser.HResultError) as exc:
+            await driver.connect(PORT, context=b"c" * size)
+        assert hr(exc) == 0x80070005
+    assert harness.contexts == [b"c" * 65511]
 
 
 async def test_sync_handle_option_is_accepted(driver: Any, harness: Harness) -> None:

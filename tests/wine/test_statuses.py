@@ -69,6 +69,17 @@ def test_connect_results_3_1(wine_daemon: DaemonThread, start_agent: AgentFactor
     assert other.cmd(f"connect {PORT}") == "connect 0x800704d6"
 
 
+def test_context_size_limits_3_1(wine_daemon: DaemonThread, start_agent: AgentFactory) -> None:
+    """65511 bytes is the most an x64 fltlib carries; 65512 to 65535 are refused with
+    0x80070005, as by the Python clients (§3.1 [INF], protocol §5)."""
+    harness = wine_daemon.create_port(PORT, max_connections=5)
+    agent = start_agent(wine_daemon.address)
+    assert agent.cmd(f"connectsize {PORT} 65511") == "connectsize 0x00000000"
+    assert agent.cmd(f"connectsize {PORT} 65512") == "connectsize 0x80070005"
+    assert agent.cmd(f"connectsize {PORT} 65535") == "connectsize 0x80070005"
+    assert [len(c) for c in harness.contexts] == [65511]
+
+
 def test_no_daemon_is_file_not_found(wine_daemon: DaemonThread, start_agent: AgentFactory) -> None:
     agent = start_agent(wine_daemon.address + ".missing")
     assert agent.cmd(f"connect {PORT}") == "connect 0x80070002"

@@ -167,6 +167,15 @@ int main(void)
                                                         n ? data : NULL, (WORD)n, NULL, &port);
             out("connect 0x%08lx%s", (unsigned long)hr,
                 FAILED(hr) && port != INVALID_HANDLE_VALUE ? " handle-not-invalid" : "");
+        } else if (!strcmp(cmd, "connectsize")) {
+            /* A context of a2 bytes ('c'), for the size limits of §3.1. */
+            static unsigned char big[65535];
+            WORD n = (WORD)strtoul(a2, NULL, 0);
+            WCHAR wname[1024];
+            memset(big, 'c', sizeof big);
+            MultiByteToWideChar(CP_UTF8, 0, a1, -1, wname, 1024);
+            HRESULT hr = FilterConnectCommunicationPort(wname, 0, big, n, NULL, &port);
+            out("connectsize 0x%08lx", (unsigned long)hr);
         } else if (!strcmp(cmd, "connectbad")) {
             HANDLE h;
             out("connectbad 0x%08lx", (unsigned long)FilterConnectCommunicationPort(L"\\X", 0, NULL, 4, NULL, &h));
