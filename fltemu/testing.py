@@ -245,6 +245,31 @@ class PortHarness:
         """Block until ``count`` DisconnectNotify calls have run."""
         self._wait(lambda: len(self.disconnects) >= count, timeout, "disconnect")
 
+    def wait_for_getters(self, count: int, timeout: float = DEFAULT_WAIT) -> None:
+        """Block until the latest connection has ``count`` pending FilterGetMessage calls.
+
+        Raises:
+            TimeoutError: fewer were pending within ``timeout`` seconds.
+        """
+        client_port = self.wait_for_connection(timeout=timeout)
+        self._poll(
+            lambda: client_port.queues.getter_count >= count, timeout, f"{count} pending gets"
+        )
+
+    def wait_for_closing(self, timeout: float = DEFAULT_WAIT) -> None:
+        """Block until the latest connection is being torn down (its handle closed, or the
+        filter closed it): DisconnectNotify may still be waiting for a MessageNotify."""
+        client_port = self.wait_for_connection(timeout=timeout)
+        self._poll(lambda: not client_port.is_connected, timeout, "close")
+
+    def _poll(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
+        # The state lives in the daemon's thread; it is read, never changed, from here.
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {what} within {timeout} s")
+            time.sleep(0.005)
+
     def _wait(self, ready: Callable[[], bool], timeout: float, what: str) -> list[ClientPort]:
         deadline = time.monotonic() + timeout
         with self._changed:

@@ -373,7 +373,9 @@ class AsyncPort:
     async def aclose(self) -> None:
         """CloseHandle: disconnect, and return once the filter's DisconnectNotify has run.
 
-        Outstanding calls fail with E_HANDLE. Closing twice is fine.
+        Pending gets fail with E_HANDLE (0x80070006, §3.5); a send or reply already running
+        gets its answer, as fltmgr's cleanup waits for the MessageNotify in flight (§2.4).
+        Closing twice is fine.
         """
         if self._core.state is PortState.CLOSED:
             return

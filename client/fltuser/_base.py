@@ -361,9 +361,10 @@ class PortCore:
             gets whose message went to another reader).
         """
         if self.state is PortState.CLOSED:
-            # CloseHandle failed every outstanding call already; late answers (the daemon
-            # still answers until its teardown ends) have nobody to go to.
-            return [], b""
+            # After CloseHandle only the sends and replies that were running get answers
+            # (§2.4); the rest of what the daemon says until its teardown ends has nobody
+            # to go to.
+            return (self._receive_closing(data) if self._pending else []), b""
         wire = self.wire
         wire.receive_data(data)
         done: list[Completion] = []
@@ -414,10 +415,59 @@ class PortCore:
         return done
 
     def close(self) -> list[Completion]:
-        """CloseHandle: outstanding requests fail with E_HANDLE; later calls too."""
+        """CloseHandle: pending gets fail with E_HANDLE (0x80070006), as fltmgr's cleanup
+        completes them with STATUS_PORT_DISCONNECTED (§3.5); later calls fail with E_HANDLE.
+
+        A send or reply already sent keeps waiting: the cleanup waits for the MessageNotify
+        in flight, and the caller gets its answer (§2.4 step 4). The flavour feeds what the
+        daemon says until its EOF to ``receive``; what is still waiting then fails with
+        E_HANDLE (``connection_lost``).
+        """
         done: list[Completion] = []
-        self._end(done, "the port was closed", closing=True)
+        if self.state is PortState.CLOSED:
+            return done
+        running = {
+            rid: p
+            for rid, p in self._pending.items()
+            if p.kind is not GetRequest and not p.abandoned
+        }
+        self._end(done, "the port was closed", closing=True, keep=running)
         return done
+
+    @property
+    def is_waiting(self) -> bool:
+        """Whether some request still waits for its answer."""
+        return bool(self._pending)
+
+    def _receive_closing(self, data: bytes | bytearray | memoryview) -> list[Completion]:
+        """``receive`` after CloseHandle: the answers of the sends and replies still waiting."""
+        wire = self.wire
+        wire.receive_data(data)
+        done: list[Completion] = []
+        while self._pending:
+            try:
+                event = wire.next_event()
+            except RemoteProtocolError:
+                event = EOF
+            if event is NEED_DATA:
+                break
+            cls = type(event)
+            rid = getattr(event, "rid", None)
+            if cls is SendResult and rid in self._pending:
+                self._on_send(event, done)  # type: ignore[arg-type]
+            elif cls is ReplyResult and rid in self._pending:
+                pending = self._pending.pop(rid)
+                status = event.status  # type: ignore[attr-defined]
+                error = None if status == _SUCCESS else hresult_error_from_ntstatus(status)
+                done.append((pending.waiter, None, error))
+            elif event is EOF or cls is Goodbye:
+                self._fail_closed(done)
+        return done
+
+    def _fail_closed(self, done: list[Completion]) -> None:
+        pending, self._pending = self._pending, {}
+        for p in pending.values():
+            done.append((p.waiter, None, PortClosedError(HResult.E_HANDLE, "the port was closed")))
 
     def _kernel_disconnected(self) -> None:
         if self.state is PortState.CONNECTED:
@@ -504,8 +554,11 @@ class PortCore:
         status: NtStatus = NtStatus.STATUS_PORT_DISCONNECTED,
         *,
         closing: bool = False,
+        keep: dict[int, _Pending] | None = None,
     ) -> None:
         if self.state is PortState.CLOSED:
+            # The socket ended after CloseHandle: what still waited for an answer fails.
+            self._fail_closed(done)
             return
         self.state = PortState.CLOSED if closing else PortState.DISCONNECTED
         if not self.end_reason:
@@ -514,9 +567,9 @@ class PortCore:
         if self._connect_waiter is not None:
             waiter, self._connect_waiter = self._connect_waiter, None
             done.append((waiter, None, _connect_failed(self.address, reason)))
-        pending, self._pending = self._pending, {}
-        for p in pending.values():
-            if p.abandoned:
+        pending, self._pending = self._pending, keep or {}
+        for rid, p in pending.items():
+            if p.abandoned or rid in self._pending:
                 continue
             if closing:
                 error: HResultError = PortClosedError(HResult.E_HANDLE, "the port was closed")

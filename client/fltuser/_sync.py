@@ -276,7 +276,9 @@ class Port:
     def close(self) -> None:
         """CloseHandle: disconnect, and return once the filter's DisconnectNotify has run.
 
-        Outstanding calls on other threads fail with E_HANDLE. Closing twice is fine.
+        Gets pending on other threads fail with E_HANDLE (0x80070006, §3.5); a send or reply
+        that another thread has running gets its answer, as fltmgr's cleanup waits for the
+        MessageNotify in flight (§2.4). Closing twice is fine.
         """
         with self._lock:
             if self._core.state is PortState.CLOSED:
@@ -299,15 +301,21 @@ class Port:
             self._read_lock.release()
 
     def _drain_until_eof(self, deadline: float) -> None:
-        # Holding _read_lock. Answers still in flight are for calls that already failed.
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
+        # Holding _read_lock. Sends and replies that were running get their answers (§2.4);
+        # whatever still waits when the socket ends, or the wait runs out, fails.
+        try:
+            while (remaining := deadline - time.monotonic()) > 0:
                 if not self._poller.poll(max(1, math.ceil(remaining * 1000))):
-                    return
-                if not self._sock.recv_into(self._rbuf):
-                    return
-            except OSError:
-                return
+                    break
+                n = self._sock.recv_into(self._rbuf)
+                with self._lock:
+                    done, _ = self._core.receive(self._rbuf[:n] if n else b"")
+                self._complete(done)
+                if not n:
+                    break
+        except OSError:
+            pass
+        self._lost("the port was closed")
 
     # --- plumbing ----------------------------------------------------------------------------
 
@@ -385,8 +393,8 @@ class Port:
 
     def _read_once(self, deadline: float | None) -> bool:
         """Read once and complete what came; False on timeout."""
-        if self._is_closed:
-            return True  # close() ran while we were reading; every waiter already failed
+        if self._is_closed and not self._core.is_waiting:
+            return True  # close() ran while we were reading; every waiter has its answer
         if deadline is not None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -400,8 +408,6 @@ class Port:
             self._lost(f"reading from the daemon failed: {exc}")
             return True
         with self._lock:
-            if self._is_closed:
-                return True
             done, out = self._core.receive(self._rbuf[:n] if n else b"")
             if out:
                 self._backlog += out

@@ -73,6 +73,10 @@ def peer_process(transport: asyncio.BaseTransport) -> ProcessInfo:
     return socket_peer(transport.get_extra_info("socket"))
 
 
+#: What a session still sends after its client's EOF: the answers to its requests.
+_ANSWERS: Final = frozenset({SendResult, GetResult, ReplyResult, Section})
+
+
 class _AttachedGet:
     """The kernel's token for a get that came on an attached socket: the connection's own
     session completes it (``Channel.complete_get``) and hands it to ``session``."""
@@ -108,6 +112,9 @@ class Session(asyncio.BufferedProtocol):
         self._transport: asyncio.Transport | None = None
         self._closed = False
         self._closing = False
+        #: The client half-closed (CloseHandle): its teardown runs, and only the answers of
+        #: requests it had made still go out (protocol §10).
+        self._draining = False
         self.port: ClientPort | None = None
         #: Connect.options: Windows' dwOptions and the client's OPTION_* capabilities.
         self._options = 0
@@ -153,12 +160,13 @@ class Session(asyncio.BufferedProtocol):
         self._wire.receive_data(b"")
         self._process_events()
         port = self.port
-        if port is None or self._closing or self._joined is not None:
+        if port is None or self._closing or self._draining or self._joined is not None:
             return False  # let the transport close itself
         # CloseHandle returns only after DisconnectNotify (§2.4): the client half-closed and
         # waits for our end to close, which happens once the teardown has run, so that a
-        # close followed by a reconnect finds the connection slot free (§6.4).
-        self._closing = True
+        # close followed by a reconnect finds the connection slot free (§6.4). Until then
+        # the sends it had running get their answers (the wire is DRAINING), nothing else.
+        self._draining = True
         port.user_closing()
         self._daemon._spawn(self._close_after_teardown(port))
         return True
@@ -168,6 +176,7 @@ class Session(asyncio.BufferedProtocol):
             await port.user_close()
         finally:
             if self._transport is not None and not self._closed:
+                self._flush()  # the answers of the sends that ran to the end
                 self._transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -261,6 +270,7 @@ class Session(asyncio.BufferedProtocol):
             target is None
             or target.port is None
             or target._closing
+            or target._draining
             or target._closed
             # Only the process that owns the handle may join it: the same user, as the
             # token came to it through its own handle.
@@ -502,7 +512,7 @@ class Session(asyncio.BufferedProtocol):
     # --- output -------------------------------------------------------------------------------
 
     def _send(self, message: object) -> None:
-        if self._closing:
+        if self._closing or (self._draining and type(message) not in _ANSWERS):
             return
         try:
             self._wire.send_into(message, self._out)

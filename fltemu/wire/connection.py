@@ -17,7 +17,9 @@ which plays fltlib) and ``Role.KERNEL`` (the daemon, which plays fltmgr). Both e
           KERNEL sends SendResult / GetResult / ReplyResult.
     IDLE --USER sends Control--> CONTROL --KERNEL sends ControlResult--> CLOSED
     IDLE --USER sends Trace--> TRACE: KERNEL sends TraceEvent, until either end closes
-    any --KERNEL sends Goodbye--> CLOSED (ERROR stays ERROR)        any --EOF--> CLOSED
+    OPEN --EOF from USER, requests outstanding--> DRAINING: KERNEL sends only the results
+          of those requests (and Section for a pending send), then Goodbye or its own close
+    any --KERNEL sends Goodbye--> CLOSED (ERROR stays ERROR)        any other --EOF--> CLOSED
     any --illegal input--> ERROR
 
 ``CLOSED`` and ``ERROR`` are sticky: every later send or receive raises. An illegal message
@@ -97,6 +99,9 @@ class State(enum.Enum):
     CONTROL = "control"
     TRACE = "trace"
     OPEN = "open"
+    #: The user half-closed (CloseHandle) with requests outstanding: the kernel may still
+    #: answer them, as fltmgr's cleanup lets the MessageNotify in flight finish (§2.4).
+    DRAINING = "draining"
     CLOSED = "closed"
     ERROR = "error"
 
@@ -134,6 +139,8 @@ _TRANSITIONS: Final[dict[tuple[State, Role, type], State]] = {
     # Only to clients that asked for them in Connect.options (protocol §10, §7.1).
     (State.OPEN, _K, Disconnected): State.OPEN,
     (State.OPEN, _K, Section): State.OPEN,
+    # After the user's EOF (results are checked against the table in _process).
+    (State.DRAINING, _K, Section): State.DRAINING,
 }
 
 # Which result answers which request.
@@ -248,7 +255,10 @@ class WireConnection:
         if self._events:
             event = self._events.popleft()
             if event is _EOF:
-                self.state = State.CLOSED
+                if self.state is _OPEN and self.our_role is _K and self._outstanding:
+                    self.state = State.DRAINING
+                else:
+                    self.state = State.CLOSED
                 return event
             try:
                 self._process(self.their_role, event)
@@ -340,6 +350,13 @@ class WireConnection:
                 if expected is cls:
                     return
                 self._retire_failed(rid, cls, expected)
+        if state is State.DRAINING and sender is _K and cls in _RESULT_TYPES:
+            # After the user's EOF: answers to what it asked before, nothing new.
+            rid = message.rid  # type: ignore[attr-defined]
+            expected = self._outstanding.pop(rid, None)
+            if expected is not cls:
+                self._retire_failed(rid, cls, expected)
+            return
         if cls is Goodbye and sender is _K:
             # The daemon may say goodbye in any state, even after a failure, to tell the
             # peer why it is being disconnected.

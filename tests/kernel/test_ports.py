@@ -251,9 +251,7 @@ async def test_oversized_context_refused_3_1(
     await connect(context=b"x" * 65511)
     for size in (65512, 0xFFFF, 0x10000):
         await expect_status(S.STATUS_ACCESS_DENIED, connect(context=b"x" * size))
-    await expect_status(
-        S.STATUS_ACCESS_DENIED, connect(name="\\NoSuchPort", context=b"x" * 65512)
-    )
+    await expect_status(S.STATUS_ACCESS_DENIED, connect(name="\\NoSuchPort", context=b"x" * 65512))
     assert len(rec.connects) == 1
     assert port.connection_count == 1
 

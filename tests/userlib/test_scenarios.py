@@ -507,6 +507,37 @@ async def test_user_close_runs_disconnect_notify_and_fails_senders_2_4(
     await until(lambda: server_port.connection_count == 0)
 
 
+async def test_close_while_a_send_is_in_message_notify_2_4(driver: Any, harness: Harness) -> None:
+    """CloseHandle from another thread while MessageNotify runs: the cleanup waits for it
+    (§2.4 step 4) and the sender gets MessageNotify's answer, as on the Windows side; a get
+    pending at the same moment fails with 0x80070006 (§3.5)."""
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow(cookie: object, data: bytes, out_size: int) -> Any:
+        entered.set()
+        await release.wait()
+        return 0, b"done!"
+
+    await harness.create("\\SlowPort", message_notify=slow)
+    port = await driver.connect("\\SlowPort")
+    sent = asyncio.ensure_future(port.send(b"scan", 16))
+    got = asyncio.ensure_future(port.get_message(64))
+    await entered.wait()
+    client = await harness.client()
+    await until(lambda: client.queues.getter_count == 1)
+    closing = asyncio.ensure_future(port.close())
+    await until(lambda: not client.is_connected)
+    with pytest.raises(fltuser.HResultError) as exc:
+        await got
+    assert hr(exc) == 0x80070006
+    assert not sent.done() and not closing.done()
+    release.set()
+    assert await sent == b"done!"
+    await closing
+    assert harness.disconnects == ["cookie-1"]
+
+
 async def test_use_after_close_is_closed_resource(driver: Any, harness: Harness) -> None:
     port = await driver.connect(PORT)
     await port.close()

@@ -137,7 +137,11 @@ class Agent:
         is a completion for ``wait``)."""
         self.send(command)
         word = command.split()[0]
-        answers = {"wait": ("done ", "wait "), "tget": ("tget-started ",)}
+        answers = {
+            "wait": ("done ", "wait "),
+            "tget": ("tget-started ",),
+            "tsend": ("tsend-started",),
+        }
         return self.expect(answers.get(word, (word + " ",)), timeout)
 
     def kill(self) -> None:

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from fltemu.kernel.security import SecurityDescriptor
 from fltemu.status import NtStatus
 from fltemu.testing import DaemonThread, PortHarness
 
-from .conftest import Agent, AgentFactory, fields
+from .conftest import ANSWER_WAIT, Agent, AgentFactory, fields
 
 PORT = "\\WinePort"
 #: The first test also builds the Windows side and creates the prefix.
@@ -246,17 +247,56 @@ def test_kernel_disconnect_with_nothing_pending_3_3(
 def test_close_handle_with_gets_pending_3_5(
     wine_daemon: DaemonThread, start_agent: AgentFactory
 ) -> None:
+    """Gets pending when the handle closes end with ERROR_INVALID_HANDLE: fltmgr's cleanup
+    runs the disconnect sequence (§3.5, §2.4), which completes every pending getter with
+    STATUS_PORT_DISCONNECTED, overlapped (packets still reach the IOCP) or synchronous on
+    another thread, as the Python clients give."""
     harness, agent = bound_agent(wine_daemon, start_agent)
     assert agent.cmd("oget 0 64") == "oget 0 0x800703e5"
     assert agent.cmd("oget 1 64") == "oget 1 0x800703e5"
+    assert agent.cmd("tget 2 64") == "tget-started 2"
+    harness.wait_for_getters(3)
     assert agent.cmd("close") == "close 1"
     completions = [agent.cmd("wait 20000") for _ in range(2)]
-    assert all("err=995" in line for line in completions), completions
+    assert all("err=6 " in line for line in completions), completions
+    assert agent.expect("tget 2") == "tget 2 0x80070006"
     harness.wait_for_disconnect()
     time.sleep(0.5)
     assert len(harness.disconnects) == 1
     # The slot is free again: a new connection is admitted.
     assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
+
+
+@pytest.mark.parametrize("path", ["direct", "device"])
+def test_close_while_a_send_is_in_message_notify_2_4(
+    wine_daemon: DaemonThread, start_agent: AgentFactory, path: str
+) -> None:
+    """CloseHandle on one thread while another's FilterSendMessage is inside MessageNotify:
+    the cleanup waits for MessageNotify (§2.4 step 4) and the sender gets its answer, as the
+    Python clients do. ``device``: the send travels through fltemu.sys (a duplicate handle,
+    which the DLL did not connect itself)."""
+    entered = threading.Event()
+    release = threading.Event()
+
+    async def slow(cookie: object, data: bytes, out_size: int) -> tuple[NtStatus, bytes]:
+        entered.set()
+        await asyncio.to_thread(release.wait, 30)
+        return NtStatus.STATUS_SUCCESS, b"done!"
+
+    harness = wine_daemon.create_port(PORT, message_notify=slow)
+    agent = start_agent(wine_daemon.address)
+    assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
+    if path == "device":
+        assert agent.cmd("dup") == "dup 1"
+        assert agent.cmd("close") == "close 1"
+        assert agent.cmd("usedup") == "usedup 1"
+    assert agent.cmd(f"tsend {b'scan'.hex()} 16") == "tsend-started"
+    assert entered.wait(ANSWER_WAIT)
+    assert agent.cmd("close") == "close 1"
+    harness.wait_for_closing()
+    release.set()
+    assert agent.expect("tsend ") == f"tsend 0x00000000 n=5 out={b'done!'.hex()}"
+    harness.wait_for_disconnect()
 
 
 def test_duplicate_handle(wine_daemon: DaemonThread, start_agent: AgentFactory) -> None:

@@ -28,6 +28,7 @@ from fltemu.wire import (
     ControlResult,
     GetCancel,
     GetRequest,
+    Disconnected,
     GetResult,
     Goodbye,
     ReplyRequest,
@@ -299,6 +300,49 @@ def test_messages_before_eof_come_first() -> None:
     pair.kernel.receive_data(pair.user.send(GetRequest(1, 32)) + pair.user.send(GetCancel(1)))
     pair.kernel.receive_data(b"")
     assert drain(pair.kernel) == [GetRequest(1, 32), GetCancel(1), EOF]
+    # The get is still outstanding: its answer may still go out (below).
+    assert pair.kernel.state is State.DRAINING
+
+
+def test_after_the_users_eof_the_kernel_answers_only_what_was_asked() -> None:
+    """CloseHandle with a send in MessageNotify: the answer still goes out (§2.4 step 4),
+    nothing new does; Goodbye ends it."""
+    pair = open_pair()
+    pair.kernel.receive_data(
+        pair.user.send(SendRequest(1, b"x", 8)) + pair.user.send(GetRequest(2, 64))
+    )
+    pair.kernel.receive_data(b"")
+    assert drain(pair.kernel)[-1] is EOF
+    assert pair.kernel.state is State.DRAINING
+    pair.kernel.send(Section(1, 0, b"s"))
+    pair.kernel.send(SendResult(1, 0, b"done"))
+    pair.kernel.send(GetResult(2, NtStatus.STATUS_PORT_DISCONNECTED))
+    with pytest.raises(LocalProtocolError):
+        pair.kernel.send(SendResult(1, 0, b"again"))
+    assert pair.kernel.state is State.ERROR
+
+
+def test_eof_with_nothing_outstanding_closes() -> None:
+    pair = open_pair()
+    pair.kernel.receive_data(b"")
+    assert drain(pair.kernel) == [EOF]
+    assert pair.kernel.state is State.CLOSED
+    with pytest.raises(LocalProtocolError):
+        pair.kernel.send(Disconnected(NtStatus.STATUS_PORT_DISCONNECTED))
+
+
+def test_draining_ends_with_goodbye() -> None:
+    pair = open_pair()
+    pair.kernel.receive_data(pair.user.send(GetRequest(1, 32)))
+    pair.kernel.receive_data(b"")
+    drain(pair.kernel)
+    with pytest.raises(LocalProtocolError):
+        pair.kernel.send(Disconnected(NtStatus.STATUS_PORT_DISCONNECTED))
+    pair = open_pair()
+    pair.kernel.receive_data(pair.user.send(GetRequest(1, 32)))
+    pair.kernel.receive_data(b"")
+    drain(pair.kernel)
+    pair.kernel.send(Goodbye(NtStatus.STATUS_PORT_DISCONNECTED))
     assert pair.kernel.state is State.CLOSED
 
 

@@ -20,6 +20,7 @@ from fltemu.errors import LocalProtocolError, RemoteProtocolError
 from fltemu.wire import (
     EOF,
     NEED_DATA,
+    Attach,
     Connect,
     ConnectResult,
     Control,
@@ -52,6 +53,7 @@ USER_TYPES: tuple[type, ...] = (
     GetCancel,
     Control,
     Trace,
+    Attach,
 )
 KERNEL_TYPES: tuple[type, ...] = (
     ConnectResult,
@@ -98,6 +100,8 @@ def legal(state: State, sender: Role, message: Any, outstanding: dict[int, type]
             return State.CONTROL
         if cls is Trace and sender is Role.USER and message.version >= 1:
             return State.TRACE
+        if cls is Attach and sender is Role.USER and message.version >= 1:
+            return State.CONNECTING
         return None
     if state is State.TRACE:
         # The daemon streams events; the user only listens (and closes).
@@ -121,6 +125,13 @@ def legal(state: State, sender: Role, message: Any, outstanding: dict[int, type]
         if sender is Role.KERNEL and cls is Section:
             # Before the SendResult of a pending send, which stays pending.
             return State.OPEN if outstanding.get(message.rid) is SendResult else None
+        return None
+    if state is State.DRAINING:
+        # The user half-closed: the kernel answers what it had been asked, nothing else.
+        if sender is Role.KERNEL and cls in RESULTS:
+            return State.DRAINING if outstanding.get(message.rid) is cls else None
+        if sender is Role.KERNEL and cls is Section:
+            return State.DRAINING if outstanding.get(message.rid) is SendResult else None
         return None
     return None  # CLOSED and ERROR accept nothing but the kernel's Goodbye
 
@@ -168,6 +179,12 @@ def drive(role: Role, state: State, route: str = "") -> WireConnection:
         from_user(Trace(1))
     elif state is State.OPEN:
         to_open()
+    elif state is State.DRAINING:
+        # Only the kernel's end drains: the user's EOF with requests outstanding.
+        assert role is Role.KERNEL
+        to_open()
+        conn.receive_data(b"")
+        assert drain(conn) == [EOF]
     elif state is State.CLOSED:
         route = route or CLOSED_ROUTES[0]
         if route == "failed-connect":
@@ -181,6 +198,11 @@ def drive(role: Role, state: State, route: str = "") -> WireConnection:
             if route == "goodbye":
                 from_kernel(Goodbye(0xC0000037, "bye"))
             else:
+                if role is Role.KERNEL:
+                    # With nothing outstanding the user's EOF closes (else it drains).
+                    from_kernel(SendResult(1, 0))
+                    from_kernel(GetResult(2, 0))
+                    from_kernel(ReplyResult(3, 0))
                 conn.receive_data(b"")
                 assert drain(conn) == [EOF]
     elif state is State.ERROR:
@@ -208,8 +230,12 @@ def drive(role: Role, state: State, route: str = "") -> WireConnection:
     return conn
 
 
-def expected_outstanding(state: State, route: str) -> dict[int, type]:
-    if state is State.OPEN or (state is State.CLOSED and route in ("goodbye", "eof")):
+def expected_outstanding(state: State, route: str, role: Role = Role.USER) -> dict[int, type]:
+    if state is State.CLOSED and route == "eof" and role is Role.KERNEL:
+        return {}
+    if state in (State.OPEN, State.DRAINING) or (
+        state is State.CLOSED and route in ("goodbye", "eof")
+    ):
         return dict(OPEN_OUTSTANDING)
     if state is State.ERROR:
         return dict(OPEN_OUTSTANDING)
@@ -252,7 +278,7 @@ def check_step(conn: WireConnection, direction: str, message: Any, model: dict[i
         check_error_is_sticky(conn)
     else:
         assert conn.state is after
-        if before is State.OPEN:
+        if before in (State.OPEN, State.DRAINING):
             update_outstanding(message, model)
         assert conn.outstanding == model
 
@@ -283,6 +309,7 @@ def representatives(cls: type) -> list[Any]:
     """Messages of ``cls`` that hit both sides of each rule (fresh vs outstanding ids...)."""
     table: dict[type, list[Any]] = {
         Connect: [Connect(1, "\\P"), Connect(0, "\\P")],
+        Attach: [Attach(1, b"t"), Attach(0, b"t")],
         SendRequest: [SendRequest(4, b"x", 1), SendRequest(1, b"x", 1)],
         GetRequest: [GetRequest(4, 16), GetRequest(2, 16)],
         ReplyRequest: [ReplyRequest(4, 1, 0, b""), ReplyRequest(3, 1, 0, b"")],
@@ -308,6 +335,8 @@ PAIRS = [
     for role in Role
     for direction in ("send", "receive")
     for cls in ALL_TYPES
+    # A user's end never drains: its own EOF is not something it receives.
+    if not (state is State.DRAINING and role is Role.USER)
 ]
 
 
@@ -321,7 +350,7 @@ def test_every_state_role_and_message(state: State, role: Role, direction: str, 
     for route in routes:
         for message in representatives(cls):
             conn = drive(role, state, route)
-            model = expected_outstanding(state, route)
+            model = expected_outstanding(state, route, role)
             assert conn.outstanding == model
             check_step(conn, direction, message, model)
 
@@ -355,6 +384,7 @@ MESSAGE_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     GetRequest: st.builds(GetRequest, rids, u32),
     ReplyRequest: st.builds(ReplyRequest, rids, st.integers(0, 2**64 - 1), statuses, payloads),
     GetCancel: st.builds(GetCancel, rids),
+    Attach: st.builds(Attach, st.integers(-2, 3), payloads, u32),
     ConnectResult: st.builds(ConnectResult, st.integers(0, 3), statuses, u32),
     SendResult: st.builds(SendResult, rids, statuses, payloads),
     GetResult: st.builds(GetResult, rids, statuses, u32, u32, payloads, u32),
@@ -408,7 +438,7 @@ def test_every_pair_with_drawn_fields(
     for state, role, direction, cls in PAIRS:
         route = {State.CLOSED: closed_route, State.ERROR: error_route}.get(state, "")
         conn = drive(role, state, route)
-        check_step(conn, direction, fields[cls], expected_outstanding(state, route))
+        check_step(conn, direction, fields[cls], expected_outstanding(state, route, role))
 
 
 @SETTINGS
@@ -426,8 +456,10 @@ def test_sequences_follow_the_model(
         chosen = route.draw(st.sampled_from(CLOSED_ROUTES))
     elif state is State.ERROR:
         chosen = route.draw(st.sampled_from(ERROR_ROUTES))
+    if state is State.DRAINING:
+        role = Role.KERNEL
     conn = drive(role, state, chosen)
-    model = expected_outstanding(state, chosen)
+    model = expected_outstanding(state, chosen, role)
     for direction, message in steps:
         check_step(conn, direction, message, model)
         if conn.state is State.ERROR:

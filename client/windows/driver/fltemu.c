@@ -706,9 +706,11 @@ static NTSTATUS NTAPI dispatch_create(PDEVICE_OBJECT device, PIRP irp)
     return STATUS_SUCCESS;
 }
 
-/* The last handle is gone (Wine sends no IRP_MJ_CLEANUP).  Pending IRPs complete with
- * STATUS_CANCELLED, as cleanup cancels them on Windows; the half-close makes the daemon run
- * the disconnect sequence, and the reader thread frees the connection after its EOF. */
+/* The last handle is gone (Wine sends no IRP_MJ_CLEANUP).  On Windows fltmgr's cleanup runs
+ * the disconnect sequence (semantics §3.5, §2.4): pending gets complete with
+ * STATUS_PORT_DISCONNECTED (ERROR_INVALID_HANDLE, 0x80070006, as the Python clients give), and
+ * a send in MessageNotify gets MessageNotify's own answer.  The half-close makes the daemon
+ * run that sequence, and the reader thread frees the connection after its EOF. */
 static NTSTATUS NTAPI dispatch_close(PDEVICE_OBJECT device, PIRP irp)
 {
     (void)device;
@@ -720,8 +722,8 @@ static NTSTATUS NTAPI dispatch_close(PDEVICE_OBJECT device, PIRP irp)
         InitializeListHead(&cancelled);
         KeAcquireSpinLock(&c->lock, &irql);
         c->closed = TRUE;
-        /* Gets (and a connect) are cancelled, as Windows' cleanup cancels them; a send or a
-         * reply in flight keeps its answer: the daemon finishes MessageNotify before its EOF. */
+        /* Gets (and a connect) end now, as fltmgr's cleanup ends them; a send or a reply in
+         * flight keeps its answer: the daemon finishes MessageNotify before its EOF. */
         for (LIST_ENTRY *e = c->pending.Flink; e != &c->pending;) {
             LIST_ENTRY *next = e->Flink;
             ULONG_PTR kind = IRP_KIND(CONTAINING_RECORD(e, IRP, Tail.Overlay.ListEntry));
@@ -735,7 +737,7 @@ static NTSTATUS NTAPI dispatch_close(PDEVICE_OBJECT device, PIRP irp)
         now = c->out_head == NULL && !c->writer_stop;
         if (!now) c->half_close = TRUE;
         KeReleaseSpinLock(&c->lock, irql);
-        complete_all(&cancelled, STATUS_CANCELLED);
+        complete_all(&cancelled, STATUS_PORT_DISCONNECTED);
         if (c->fd >= 0) {
             if (now) lnx_shutdown(c->fd, LNX_SHUT_WR);
             else KeSetEvent(&c->out_ready, IO_NO_INCREMENT, FALSE);

@@ -14,6 +14,7 @@
  *   get SIZE                            synchronous FilterGetMessage
  *                                       "get 0x%08x rl=R id=I data=HEX"
  *   tget SLOT SIZE                      the same on a new thread: "tget SLOT 0x%08x ..." later
+ *   tsend HEX OUTSIZE                   FilterSendMessage on a new thread: "tsend 0x%08x n=N out=HEX" later
  *   bind                                CreateIoCompletionPort(h, NULL, 7, 0)  "bind 1"
  *   oget SLOT SIZE                      overlapped FilterGetMessage            "oget SLOT 0x%08x"
  *   wait MS                             GetQueuedCompletionStatus
@@ -59,6 +60,22 @@ static void print_message(const char *prefix, HRESULT hr, const unsigned char *b
 }
 
 struct tget_args { int slot; DWORD size; };
+
+struct tsend_args { unsigned char in[64]; DWORD in_len, out_size; };
+
+static DWORD WINAPI tsend_thread(void *arg)
+{
+    struct tsend_args *a = arg;
+    unsigned char buf[256];
+    DWORD got = 12345;
+    HRESULT hr = FilterSendMessage(port, a->in, a->in_len, buf, a->out_size, &got);
+    char hex[2 * sizeof buf + 1];
+    for (DWORD i = 0; i < got && i < sizeof buf; i++) wsprintfA(hex + 2 * i, "%02x", buf[i]);
+    hex[2 * (got < sizeof buf ? got : 0)] = 0;
+    out("tsend 0x%08lx n=%lu out=%s", (unsigned long)hr, (unsigned long)got, hex);
+    free(a);
+    return 0;
+}
 
 static DWORD WINAPI tget_thread(void *arg)
 {
@@ -236,6 +253,13 @@ int main(void)
             a->size = strtoul(a2, NULL, 0);
             CloseHandle(CreateThread(NULL, 0, tget_thread, a, 0, NULL));
             out("tget-started %d", a->slot);
+        } else if (!strcmp(cmd, "tsend")) {
+            struct tsend_args *a = calloc(1, sizeof *a);
+            a->in_len = (DWORD)from_hex(a1, a->in, sizeof a->in);
+            a->out_size = strtoul(a2, NULL, 0);
+            if (a->out_size > 256) a->out_size = 256;
+            CloseHandle(CreateThread(NULL, 0, tsend_thread, a, 0, NULL));
+            out("tsend-started");
         } else if (!strcmp(cmd, "bind")) {
             iocp = CreateIoCompletionPort(port, NULL, 7, 0);
             out("bind %d", iocp != NULL);
