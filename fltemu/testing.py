@@ -245,16 +245,22 @@ class PortHarness:
         """Block until ``count`` DisconnectNotify calls have run."""
         self._wait(lambda: len(self.disconnects) >= count, timeout, "disconnect")
 
-    def wait_for_getters(self, count: int, timeout: float = DEFAULT_WAIT) -> None:
-        """Block until the latest connection has ``count`` pending FilterGetMessage calls.
+    def wait_for_getters(
+        self, count: int, timeout: float = DEFAULT_WAIT, *, exactly: bool = False
+    ) -> None:
+        """Block until the latest connection has ``count`` pending FilterGetMessage calls
+        (at least, or with ``exactly``, that many).
 
         Raises:
-            TimeoutError: fewer were pending within ``timeout`` seconds.
+            TimeoutError: not so many were pending within ``timeout`` seconds.
         """
         client_port = self.wait_for_connection(timeout=timeout)
-        self._poll(
-            lambda: client_port.queues.getter_count >= count, timeout, f"{count} pending gets"
-        )
+
+        def ready() -> bool:
+            pending = client_port.queues.getter_count
+            return pending == count if exactly else pending >= count
+
+        self._poll(ready, timeout, f"{count} pending gets")
 
     def wait_for_closing(self, timeout: float = DEFAULT_WAIT) -> None:
         """Block until the latest connection is being torn down (its handle closed, or the

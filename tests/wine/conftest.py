@@ -141,6 +141,7 @@ class Agent:
             "wait": ("done ", "wait "),
             "tget": ("tget-started ",),
             "tsend": ("tsend-started",),
+            "xget": ("xget-started ",),
         }
         return self.expect(answers.get(word, (word + " ",)), timeout)
 

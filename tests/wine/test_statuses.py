@@ -574,3 +574,21 @@ def test_a_closed_handles_value_reused_is_not_the_port(
         assert agent.cmd("dup") == "dup 1"
     assert agent.cmd("closereuse") == "closereuse 1 reused=1 send 0x80070006"
     assert seen == [b"one"]
+
+
+def test_a_thread_that_exits_cancels_its_overlapped_get_3_5(
+    wine_daemon: DaemonThread, start_agent: AgentFactory
+) -> None:
+    """A thread that exits with an overlapped get pending on a handle with no completion
+    port: the get is cancelled (ERROR_OPERATION_ABORTED), and once its event is set the
+    OVERLAPPED says so, every time (§3.5)."""
+    harness = wine_daemon.create_port(PORT)
+    agent = start_agent(wine_daemon.address)
+    assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
+    results = []
+    for _ in range(10):
+        assert agent.cmd("xget 0 64") == "xget-started 0"
+        harness.wait_for_getters(1)  # the get waits in the daemon when its thread exits
+        results.append(agent.cmd("xexit 0"))
+        harness.wait_for_getters(0, exactly=True)
+    assert results == ["xexit 0 signalled=1 ok=0 err=995"] * 10

@@ -30,6 +30,7 @@
 #define STATUS_OBJECT_NAME_NOT_FOUND_ ((NTSTATUS)0xC0000034L)
 #define STATUS_OBJECT_PATH_NOT_FOUND_ ((NTSTATUS)0xC000003AL)
 #define STATUS_INSUFFICIENT_RESOURCES_ ((NTSTATUS)0xC000009AL)
+#define STATUS_INVALID_PARAMETER_ ((NTSTATUS)0xC000000DL)
 #define FILE_OPEN_ 0x00000001
 #define FILE_SYNCHRONOUS_IO_NONALERT_ 0x00000020
 #define FILE_NON_DIRECTORY_FILE_ 0x00000040
@@ -58,16 +59,85 @@ HRESULT flt_hresult(NTSTATUS status)
     return (HRESULT)(0x80070000 | (err & 0xFFFF));
 }
 
-/* A per-thread event for synchronous calls: each call waits for its own IRP, never for the
- * handle (semantics §3.3: several threads may wait on one asynchronous handle). */
+/* Overlapped gets a thread remembers for its exit; a thread with more pending gets than this
+ * at once leaves the oldest to Wine's own handling. */
+#define THREAD_GETS 64
+
+/* What fltlib keeps per thread: the event its synchronous calls wait on (each call waits for
+ * its own IRP, never for the handle: semantics §3.3, several threads may wait on one
+ * asynchronous handle), and the overlapped gets it issued (see cancel_thread_gets). */
+struct thread_state {
+    HANDLE event;
+    unsigned count, oldest;
+    struct {
+        HANDLE port;
+        OVERLAPPED *ov;
+    } gets[THREAD_GETS];
+};
+
+static struct thread_state *thread_state(void)
+{
+    struct thread_state *t = TlsGetValue(g_tls);
+    if (!t) {
+        t = HeapAlloc(GetProcessHeap(), HEAP_ZERO_MEMORY, sizeof *t);
+        if (t) TlsSetValue(g_tls, t);
+    }
+    return t;
+}
+
 static HANDLE thread_event(void)
 {
-    HANDLE ev = TlsGetValue(g_tls);
-    if (!ev) {
-        ev = CreateEventW(NULL, FALSE, FALSE, NULL);
-        if (ev) TlsSetValue(g_tls, ev);
+    struct thread_state *t = thread_state();
+    if (t && !t->event) t->event = CreateEventW(NULL, FALSE, FALSE, NULL);
+    return t ? t->event : NULL;
+}
+
+/* Notes an overlapped get of this thread (an OVERLAPPED reused for every get is noted once). */
+static void remember_get(HANDLE port, OVERLAPPED *ov)
+{
+    struct thread_state *t = thread_state();
+    if (!t) return;
+    for (unsigned i = 0; i < t->count; i++)
+        if (t->gets[i].ov == ov && t->gets[i].port == port) return;
+    unsigned i = t->count < THREAD_GETS ? t->count++ : t->oldest++ % THREAD_GETS;
+    t->gets[i].port = port;
+    t->gets[i].ov = ov;
+}
+
+/* Whether `h` is bound to a completion port: binding it again fails with
+ * STATUS_INVALID_PARAMETER, and naming no port changes nothing on an unbound handle. */
+static BOOL has_completion_port(HANDLE h)
+{
+    struct { HANDLE port; ULONG_PTR key; } info = {NULL, 0}; /* FILE_COMPLETION_INFORMATION */
+    IO_STATUS_BLOCK io;
+    return NtSetInformationFile(h, &io, &info, sizeof info, (FILE_INFORMATION_CLASS)30) ==
+           STATUS_INVALID_PARAMETER_;
+}
+
+/* A thread exits: Windows cancels its pending I/O on handles with no completion port
+ * (semantics §3.5).  Wine cancels it too, but completes it after the thread is gone, when the
+ * OVERLAPPED can no longer be written: the event is set while Internal still reads
+ * STATUS_PENDING.  So fltlib cancels the thread's pending gets itself, while the thread still
+ * runs, and waits for each to complete (ERROR_OPERATION_ABORTED, or its message if one won
+ * the race, protocol §7.4).  CancelIoEx only matches the OVERLAPPED's address, so one that the
+ * agent freed after its get completed is never touched. */
+static void cancel_thread_gets(struct thread_state *t)
+{
+    for (unsigned i = 0; i < t->count; i++) {
+        HANDLE port = t->gets[i].port;
+        DWORD bytes;
+        if (!has_completion_port(port) && CancelIoEx(port, t->gets[i].ov))
+            GetOverlappedResult(port, t->gets[i].ov, &bytes, TRUE);
     }
-    return ev;
+}
+
+static void free_thread_state(void)
+{
+    struct thread_state *t = TlsGetValue(g_tls);
+    if (!t) return;
+    if (t->event) CloseHandle(t->event);
+    HeapFree(GetProcessHeap(), 0, t);
+    TlsSetValue(g_tls, NULL);
 }
 
 /* One IOCTL, waited for.  No completion packet is queued for it (ApcContext NULL), as for
@@ -275,7 +345,10 @@ HRESULT WINAPI FilterGetMessage(HANDLE hPort, PFILTER_MESSAGE_HEADER lpMessageBu
     lpOverlapped->InternalHigh = 0;
     st = NtDeviceIoControlFile(hPort, event, NULL, apc_context, (PIO_STATUS_BLOCK)lpOverlapped,
                                IOCTL_FLTEMU_GET, NULL, 0, lpMessageBuffer, dwMessageBufferSize);
-    if (st == STATUS_PENDING) return HRESULT_FROM_WIN32(ERROR_IO_PENDING);
+    if (st == STATUS_PENDING) {
+        remember_get(hPort, lpOverlapped);
+        return HRESULT_FROM_WIN32(ERROR_IO_PENDING);
+    }
     return flt_hresult(st);
 }
 
@@ -298,14 +371,14 @@ BOOL WINAPI DllMain(HINSTANCE instance, DWORD reason, LPVOID reserved)
         g_tls = TlsAlloc();
         return g_tls != TLS_OUT_OF_INDEXES;
     case DLL_THREAD_DETACH: {
-        HANDLE ev = TlsGetValue(g_tls);
-        if (ev) CloseHandle(ev);
+        struct thread_state *t = TlsGetValue(g_tls);
+        if (t) cancel_thread_gets(t);
+        free_thread_state();
         break;
     }
     case DLL_PROCESS_DETACH:
         if (!reserved && g_tls != TLS_OUT_OF_INDEXES) {
-            HANDLE ev = TlsGetValue(g_tls);
-            if (ev) CloseHandle(ev);
+            free_thread_state();
             TlsFree(g_tls);
         }
         break;

@@ -14,6 +14,9 @@
  *   get SIZE                            synchronous FilterGetMessage
  *                                       "get 0x%08x rl=R id=I data=HEX"
  *   tget SLOT SIZE                      the same on a new thread: "tget SLOT 0x%08x ..." later
+ *   xget SLOT SIZE                      oget with an event on a new thread: "xget-started SLOT"
+ *   xexit SLOT                          that thread exits; once the event is set,
+ *                                       GetOverlappedResult: "xexit SLOT signalled=1 ok=0 err=995"
  *   tsend HEX OUTSIZE                   FilterSendMessage on a new thread: "tsend 0x%08x n=N out=HEX" later
  *   bind                                CreateIoCompletionPort(h, NULL, 7, 0)  "bind 1"
  *   oget SLOT SIZE                      overlapped FilterGetMessage            "oget SLOT 0x%08x"
@@ -62,6 +65,18 @@ static void print_message(const char *prefix, HRESULT hr, const unsigned char *b
 struct tget_args { int slot; DWORD size; };
 
 struct tsend_args { unsigned char in[64]; DWORD in_len, out_size; };
+
+/* xget: a thread issues an overlapped get with an event and exits at once; Windows cancels
+ * the I/O of an exiting thread on a handle with no completion port (semantics §3.5). */
+static HANDLE xget_go, xget_thread_handle;
+
+static DWORD WINAPI xget_thread(void *arg)
+{
+    struct slot *s = arg;
+    FilterGetMessage(port, (PFILTER_MESSAGE_HEADER)s->buf, s->size, &s->ov);
+    WaitForSingleObject(xget_go, INFINITE); /* "xexit": the get is pending in the daemon */
+    return 0;
+}
 
 static DWORD WINAPI tsend_thread(void *arg)
 {
@@ -272,6 +287,32 @@ int main(void)
             memset(&s->ov, 0, sizeof s->ov);
             HRESULT hr = FilterGetMessage(port, (PFILTER_MESSAGE_HEADER)s->buf, s->size, &s->ov);
             out("oget %d 0x%08lx", s->index, (unsigned long)hr);
+        } else if (!strcmp(cmd, "xget")) {
+            struct slot *s = slot_arg(a1);
+            if (!s) { out("xget bad-slot"); continue; }
+            s->size = strtoul(a2, NULL, 0);
+            free(s->buf);
+            s->buf = calloc(1, s->size + 1);
+            memset(&s->ov, 0, sizeof s->ov);
+            s->ov.hEvent = CreateEventW(NULL, TRUE, FALSE, NULL);
+            xget_go = CreateEventW(NULL, TRUE, FALSE, NULL);
+            xget_thread_handle = CreateThread(NULL, 0, xget_thread, s, 0, NULL);
+            out("xget-started %d", s->index);
+        } else if (!strcmp(cmd, "xexit")) {
+            struct slot *s = slot_arg(a1);
+            if (!s || !xget_thread_handle) { out("xexit bad-slot"); continue; }
+            SetEvent(xget_go);
+            WaitForSingleObject(xget_thread_handle, INFINITE);
+            CloseHandle(xget_thread_handle);
+            CloseHandle(xget_go);
+            xget_thread_handle = NULL;
+            /* What an agent sees once the event is set: no wait beyond it. */
+            DWORD signalled = WaitForSingleObject(s->ov.hEvent, 20000), bytes = 0;
+            BOOL ok = GetOverlappedResult(port, &s->ov, &bytes, FALSE);
+            out("xexit %d signalled=%d ok=%d err=%lu", s->index, signalled == WAIT_OBJECT_0, ok,
+                ok ? 0 : GetLastError());
+            CloseHandle(s->ov.hEvent);
+            s->ov.hEvent = NULL;
         } else if (!strcmp(cmd, "wait")) {
             DWORD bytes = 0;
             ULONG_PTR key = 0;
