@@ -14,6 +14,8 @@
  *   get SIZE                            synchronous FilterGetMessage
  *                                       "get 0x%08x rl=R id=I data=HEX"
  *   tget SLOT SIZE                      the same on a new thread: "tget SLOT 0x%08x ..." later
+ *   cycles N NAME                       N connects, sends and closes: "cycles N 0x%08x"
+ *   counts                              "counts handles=H threads=T" of this process
  *   xget SLOT SIZE                      oget with an event on a new thread: "xget-started SLOT"
  *   xexit SLOT                          that thread exits; once the event is set,
  *                                       GetOverlappedResult: "xexit SLOT signalled=1 ok=0 err=995"
@@ -38,6 +40,7 @@
  *   sleep MS, exit CODE
  */
 #include "agent.h"
+#include <tlhelp32.h>
 
 #define SLOTS 64
 
@@ -313,6 +316,36 @@ int main(void)
                 ok ? 0 : GetLastError());
             CloseHandle(s->ov.hEvent);
             s->ov.hEvent = NULL;
+        } else if (!strcmp(cmd, "cycles")) {
+            /* COUNT connects and closes of port a2, with a send on each: "cycles N 0x%08x"
+             * (the first failure, or 0). */
+            long count = strtol(a1, NULL, 0);
+            WCHAR wname[1024];
+            HRESULT first = S_OK;
+            unsigned char buf[16];
+            DWORD got;
+            MultiByteToWideChar(CP_UTF8, 0, a2, -1, wname, 1024);
+            for (long i = 0; i < count && first == S_OK; i++) {
+                HANDLE h;
+                first = FilterConnectCommunicationPort(wname, 0, NULL, 0, NULL, &h);
+                if (first != S_OK) break;
+                first = FilterSendMessage(h, "c", 1, buf, sizeof buf, &got);
+                CloseHandle(h);
+            }
+            out("cycles %ld 0x%08lx", count, (unsigned long)first);
+        } else if (!strcmp(cmd, "counts")) {
+            /* This process's handles and threads, as Windows counts them. */
+            DWORD handles = 0, threads = 0, me = GetCurrentProcessId();
+            GetProcessHandleCount(GetCurrentProcess(), &handles);
+            HANDLE snap = CreateToolhelp32Snapshot(TH32CS_SNAPTHREAD, 0);
+            THREADENTRY32 te;
+            te.dwSize = sizeof te;
+            if (snap != INVALID_HANDLE_VALUE && Thread32First(snap, &te)) {
+                do threads += te.th32OwnerProcessID == me;
+                while (Thread32Next(snap, &te));
+            }
+            if (snap != INVALID_HANDLE_VALUE) CloseHandle(snap);
+            out("counts handles=%lu threads=%lu", (unsigned long)handles, (unsigned long)threads);
         } else if (!strcmp(cmd, "wait")) {
             DWORD bytes = 0;
             ULONG_PTR key = 0;
