@@ -17,11 +17,12 @@ RUN groupadd --gid 10001 fltemu \
     && chown fltemu:fltemu /run/fltemu
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py MANIFEST.in README.md ./
 COPY fltemu ./fltemu
 COPY client ./client
 # uvloop is a dependency on Linux; wheels exist for this image, so no compiler is needed.
-RUN pip install --no-cache-dir . && rm -rf /src
+# The daemon runs no Windows agent: fltemu is installed without its Windows side.
+RUN FLTEMU_BUILD_WINDOWS=0 pip install --no-cache-dir . && rm -rf /src
 
 USER fltemu
 WORKDIR /home/fltemu

@@ -1,0 +1,90 @@
+"""The wheel carries the Windows side: installed outside the checkout, in a fresh virtual
+environment, ``fltemu wine`` runs an agent with only Wine on the PATH (no mingw-w64, no make),
+and says what it is doing while Wine creates a fresh prefix."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from fltemu.testing import DaemonThread
+from fltemu.wine import WineBuild
+
+pytestmark = pytest.mark.timeout(300)
+
+CHECKOUT = Path(__file__).resolve().parents[2]
+#: Commands left off the agent's PATH: compilers, linkers and make.
+BUILD_TOOLS = (
+    "make",
+    "gmake",
+    "x86_64-w64-mingw32-",
+    "i686-w64-mingw32-",
+    "gcc",
+    "cc",
+    "c++",
+    "g++",
+    "ld",
+    "go",
+)
+
+
+def run(argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=cwd)
+    assert done.returncode == 0, f"{argv} failed:\n{done.stdout}{done.stderr}"
+    return done
+
+
+def test_an_installed_wheel_runs_an_agent_with_only_wine(
+    wine_build: WineBuild, tmp_path: Path
+) -> None:
+    dist = tmp_path / "dist"
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(CHECKOUT)])
+    (wheel,) = dist.glob("fltemu-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert {"fltemu/_windows/fltlib.dll", "fltemu/_windows/fltemu.sys"} <= set(
+            archive.namelist()
+        )
+    venv = tmp_path / "venv"
+    run([sys.executable, "-m", "venv", str(venv)])
+    run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel)], cwd=tmp_path)
+
+    # The system's commands (Wine's scripts use basename, cut...) less every build tool, and
+    # no checkout in sight: the wheel's binaries are all there is.
+    no_tools = tmp_path / "no-build-tools"
+    no_tools.mkdir()
+    for folder in ("/usr/local/bin", "/usr/bin", "/bin"):
+        for command in sorted(Path(folder).iterdir()):
+            if command.name.startswith(BUILD_TOOLS) or (no_tools / command.name).exists():
+                continue
+            os.symlink(command, no_tools / command.name)
+    for tool in ("make", "x86_64-w64-mingw32-gcc", "gcc", "cc"):
+        assert shutil.which(tool, path=str(no_tools)) is None
+    assert shutil.which("wine", path=str(no_tools)) is not None
+    env = {"PATH": str(no_tools), "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+    agent = tmp_path / "probe.exe"  # a C test agent, built beforehand, copied out of the build
+    shutil.copyfile(wine_build.agent("probe"), agent)
+
+    with DaemonThread() as daemon:
+        port = daemon.create_port("\\WheelPort")
+        done = subprocess.run(
+            [
+                str(venv / "bin" / "fltemu"), "wine", "--address", daemon.address,
+                "--prefix", str(tmp_path / "prefix"), "--", str(agent),
+            ],
+            input="connect \\WheelPort\nexit 0\n", capture_output=True, text=True, env=env,
+            cwd=tmp_path, timeout=240, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.replace("\r", "").splitlines() == ["ready", "connect 0x00000000", "bye"]
+        port.wait_for_connection()
+    said = done.stderr.splitlines()
+    assert said[0].startswith(f"fltemu wine: creating the Wine prefix {tmp_path / 'prefix'}")
+    assert said[1].startswith("fltemu wine: installing fltlib.dll and fltemu.sys")
+    assert f"(from {venv}" in said[1] and "fltemu/_windows)" in said[1]
+    assert said[2] == "fltemu wine: the Wine prefix is ready"
