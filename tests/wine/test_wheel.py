@@ -1,6 +1,7 @@
 """The wheel carries the Windows side: installed outside the checkout, in a fresh virtual
 environment, ``fltemu wine`` runs an agent with only Wine on the PATH (no mingw-w64, no make),
-and says what it is doing while Wine creates a fresh prefix."""
+and says what it is doing while Wine creates a fresh prefix; then README's Windows-agent test
+runs there as README's "In CI" steps run it (``pip install 'WHEEL[test]'``, ``pytest``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import pytest
 
 from fltemu.testing import DaemonThread
 from fltemu.wine import WineBuild
+
+from .test_user_test import readme_example
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -52,7 +55,8 @@ def test_an_installed_wheel_runs_an_agent_with_only_wine(
         )
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", str(venv)])
-    run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel)], cwd=tmp_path)
+    python = str(venv / "bin" / "python")
+    run([python, "-m", "pip", "install", "-q", f"{wheel}[test]"], cwd=tmp_path)
 
     # The system's commands (Wine's scripts use basename, cut...) less every build tool, and
     # no checkout in sight: the wheel's binaries are all there is.
@@ -88,3 +92,16 @@ def test_an_installed_wheel_runs_an_agent_with_only_wine(
     assert said[1].startswith("fltemu wine: installing fltlib.dll and fltemu.sys")
     assert f"(from {venv}" in said[1] and "fltemu/_windows)" in said[1]
     assert said[2] == "fltemu wine: the Wine prefix is ready"
+
+    # The user's CI job: their agent in bin/, their test beside it, the same prefix.
+    user = tmp_path / "user"
+    (user / "bin").mkdir(parents=True)
+    shutil.copyfile(wine_build.agent("scanagent"), user / "bin" / "scanagent.exe")
+    (user / "test_my_windows_agent.py").write_text(readme_example())
+    tested = subprocess.run(
+        [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_my_windows_agent.py"],
+        capture_output=True, text=True, cwd=user, timeout=240, check=False,
+        env={**env, "WINEPREFIX": str(tmp_path / "prefix")},
+    )  # fmt: skip
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "1 passed" in tested.stdout
