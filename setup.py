@@ -38,8 +38,10 @@ class BuildWithWindowsSide(build_py):
         super().run()
         if getattr(self, "editable_mode", False):
             return  # a checkout: fltemu wine builds from client/windows when it runs
+        target = Path(self.build_lib) / "fltemu" / "_windows"
         if os.environ.get("FLTEMU_BUILD_WINDOWS", "1") == "0":
             self.announce("FLTEMU_BUILD_WINDOWS=0: no Windows side in this build", level=2)
+            shutil.rmtree(target, ignore_errors=True)  # what an earlier build left there
             return
         if not (SOURCES / "Makefile").is_file():
             raise ExecError(f"the Windows side's sources are missing: {SOURCES}")
@@ -55,7 +57,6 @@ class BuildWithWindowsSide(build_py):
             raise ExecError(
                 f"building the Windows side failed ({' '.join(argv)}):\n{done.stdout}{done.stderr}"
             )
-        target = Path(self.build_lib) / "fltemu" / "_windows"
         target.mkdir(parents=True, exist_ok=True)
         for name in BINARIES:
             shutil.copyfile(build_dir / name, target / name)

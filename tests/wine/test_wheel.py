@@ -43,6 +43,62 @@ def run(argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess
     return done
 
 
+def without_build_tools(folder: Path) -> Path:
+    """A PATH folder: the system's commands (Wine's scripts use basename, cut...) less every
+    build tool."""
+    folder.mkdir()
+    for system in ("/usr/local/bin", "/usr/bin", "/bin"):
+        for command in sorted(Path(system).iterdir()):
+            if command.name.startswith(BUILD_TOOLS) or (folder / command.name).exists():
+                continue
+            os.symlink(command, folder / command.name)
+    for tool in ("make", "x86_64-w64-mingw32-gcc", "gcc", "cc"):
+        assert shutil.which(tool, path=str(folder)) is None
+    return folder
+
+
+def test_building_without_mingw_names_what_to_install(tmp_path: Path) -> None:
+    no_tools = without_build_tools(tmp_path / "no-build-tools")
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path), str(CHECKOUT)],
+        capture_output=True, text=True, env={**os.environ, "PATH": str(no_tools)}, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "needs x86_64-w64-mingw32-gcc and make: apt-get install gcc-mingw-w64-x86-64 make" in (
+        done.stdout + done.stderr
+    )
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_a_wheel_built_without_the_windows_side_says_so(tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(CHECKOUT)],
+        env={**os.environ, "FLTEMU_BUILD_WINDOWS": "0"}, capture_output=True, check=True,
+    )  # fmt: skip
+    (wheel,) = dist.glob("fltemu-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert not [name for name in archive.namelist() if "_windows" in name]
+    venv = tmp_path / "venv"
+    run([sys.executable, "-m", "venv", str(venv)])
+    run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel)])
+    fltemu = str(venv / "bin" / "fltemu")
+    done = subprocess.run(
+        [fltemu, "wine", "--no-daemon-check", "--", "agent.exe"],
+        capture_output=True, text=True, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "fltemu wine: error: this fltemu was installed without its Windows side" in done.stderr
+    assert "apt-get install gcc-mingw-w64-x86-64 make" in done.stderr
+    # --build-dir builds from sources, which an installed fltemu has not.
+    done = subprocess.run(
+        [fltemu, "wine", "--build-dir", str(tmp_path / "b"), "--", "agent.exe"],
+        capture_output=True, text=True, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "--build-dir is for building the Windows side from its sources" in done.stderr
+
+
 def test_an_installed_wheel_runs_an_agent_with_only_wine(
     wine_build: WineBuild, tmp_path: Path
 ) -> None:
@@ -58,18 +114,7 @@ def test_an_installed_wheel_runs_an_agent_with_only_wine(
     python = str(venv / "bin" / "python")
     run([python, "-m", "pip", "install", "-q", f"{wheel}[test]"], cwd=tmp_path)
 
-    # The system's commands (Wine's scripts use basename, cut...) less every build tool, and
-    # no checkout in sight: the wheel's binaries are all there is.
-    no_tools = tmp_path / "no-build-tools"
-    no_tools.mkdir()
-    for folder in ("/usr/local/bin", "/usr/bin", "/bin"):
-        for command in sorted(Path(folder).iterdir()):
-            if command.name.startswith(BUILD_TOOLS) or (no_tools / command.name).exists():
-                continue
-            os.symlink(command, no_tools / command.name)
-    for tool in ("make", "x86_64-w64-mingw32-gcc", "gcc", "cc"):
-        assert shutil.which(tool, path=str(no_tools)) is None
-    assert shutil.which("wine", path=str(no_tools)) is not None
+    no_tools = without_build_tools(tmp_path / "no-build-tools")
     env = {"PATH": str(no_tools), "HOME": str(tmp_path), "LANG": "C.UTF-8"}
     agent = tmp_path / "probe.exe"  # a C test agent, built beforehand, copied out of the build
     shutil.copyfile(wine_build.agent("probe"), agent)
