@@ -18,12 +18,15 @@ not make a user's run noisy. Not here: the helpers themselves (``fltemu.testing`
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import pytest
 
-from .testing import DaemonProcess, DaemonThread
+from .testing import DaemonProcess, DaemonThread, WineAgent
+from .wine import WineBuild, WinePrefix, find_windows_side
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -69,3 +72,75 @@ def fltemu_daemon_process(fltemu_serve_args: list[str]) -> Iterator[DaemonProces
     finally:
         code = process.stop()
     assert code == 0, f"fltemu serve exited with status {code}"
+
+
+@pytest.fixture(scope="session")
+def fltemu_wine_build() -> WineBuild:
+    """fltemu's Windows side (``fltemu.wine.find_windows_side``): the binaries an installed
+    fltemu ships, or, run from a checkout of fltemu, built from its sources."""
+    return find_windows_side()
+
+
+@pytest.fixture(scope="session")
+def fltemu_wine_prefix(fltemu_wine_build: WineBuild) -> WinePrefix:
+    """The Wine prefix agents run in, with the Windows side installed: ``$WINEPREFIX``, else
+    ``~/.cache/fltemu/wine`` (as ``fltemu wine``). Created on first use, which takes
+    10-30 s and says so on stderr; override this fixture for another prefix."""
+    prefix = WinePrefix()
+    prefix.ensure(
+        fltemu_wine_build, lambda line: print(f"fltemu: {line}", file=sys.stderr, flush=True)
+    )
+    return prefix
+
+
+#: ``fltemu_wine_agent(program, *args, daemon=None, env=None, cwd=None)``.
+WineAgentFactory = Callable[..., WineAgent]
+
+
+@pytest.fixture
+def fltemu_wine_agent(
+    request: pytest.FixtureRequest, fltemu_wine_prefix: WinePrefix
+) -> Iterator[WineAgentFactory]:
+    """Start a Windows agent under Wine: ``fltemu_wine_agent("agent.exe", *args)``.
+
+    It connects to the test's daemon (``fltemu_daemon_process`` or ``fltemu_daemon``,
+    whichever the test uses), or to ``daemon=`` (one of those, or a socket path). Returns a
+    ``fltemu.testing.WineAgent``; agents still running when the test ends are stopped.
+    """
+    started: list[WineAgent] = []
+
+    def start(
+        program: str | os.PathLike[str],
+        *args: str,
+        daemon: DaemonProcess | DaemonThread | str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> WineAgent:
+        if daemon is None:
+            daemon = _the_tests_daemon(request)
+        address = daemon if isinstance(daemon, str) else daemon.address
+        agent = WineAgent(
+            program, _strings(args), address=address, prefix=fltemu_wine_prefix, env=env, cwd=cwd
+        )
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.stop()
+
+
+def _strings(args: Sequence[str]) -> list[str]:
+    return [os.fspath(arg) for arg in args]
+
+
+def _the_tests_daemon(request: pytest.FixtureRequest) -> DaemonProcess | DaemonThread:
+    for name in ("fltemu_daemon_process", "fltemu_daemon"):
+        if name in request.fixturenames:
+            daemon = request.getfixturevalue(name)
+            assert isinstance(daemon, DaemonProcess | DaemonThread)
+            return daemon
+    raise pytest.UsageError(
+        "fltemu_wine_agent needs a daemon: use fltemu_daemon_process or fltemu_daemon in the "
+        "test, or pass daemon= (a socket path, or a fltemu.testing.DaemonProcess/DaemonThread)"
+    )

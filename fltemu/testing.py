@@ -3,8 +3,10 @@
 ``DaemonThread`` runs a daemon in-process on a thread of its own, so that plain (synchronous)
 tests and asyncio tests alike can use it; ``PortHarness`` creates a port on it, records what
 happens and drives ``send_message``. ``DaemonProcess`` runs ``fltemu serve`` as a subprocess
-and drives it with the control commands. The pytest fixtures in ``fltemu.pytest_plugin`` hand
-these out. Not here: the daemon itself (``fltemu.daemon``).
+and drives it with the control commands. ``WineAgent`` runs a Windows agent under Wine against
+either, its console captured line by line. The pytest fixtures in ``fltemu.pytest_plugin``
+hand these out. Not here: the daemon itself (``fltemu.daemon``), Wine's setup
+(``fltemu.wine``).
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
+import queue
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 from .daemon import Daemon
@@ -27,9 +31,10 @@ from .daemon.runner import loop_factory
 from .kernel import ClientPort, Filter, SendMessageResult, ServerPort
 from .kernel.security import SecurityDescriptor
 from .status import NtStatus
+from .wine import WinePrefix, agent_argv, agent_environment
 from .wire import PROTOCOL_VERSION, Control, ControlResult, FilterInfo
 
-__all__ = ["DaemonProcess", "DaemonThread", "PortHarness"]
+__all__ = ["DaemonProcess", "DaemonThread", "PortHarness", "WineAgent"]
 
 T = TypeVar("T")
 
@@ -450,3 +455,152 @@ class DaemonProcess:
         result = self.control("unload", filter_name)
         if result.status:
             raise RuntimeError(result.message)
+
+
+class WineAgent:
+    """A Windows program under Wine, connected to a daemon, its console captured.
+
+    Its standard output and error are read line by line on a thread (carriage returns
+    dropped) into ``lines``; ``send`` types a line on its standard input. A program whose
+    output is a pipe buffers it unless it flushes (``fflush(stdout)`` or ``setvbuf(stdout,
+    NULL, _IONBF, 0)``), as on Windows: a line it has not flushed is not seen yet.
+
+    Args:
+        program: the ``.exe`` (a Linux path).
+        args: its arguments.
+        address: the daemon's socket (``FLTEMU_SOCKET`` of the agent).
+        prefix: a Wine prefix with fltemu's Windows side installed (``WinePrefix.ensure``);
+            its session is started here if it is not running.
+        env: extra environment variables for the agent.
+        cwd: its working folder.
+
+    Raises:
+        WineSetupError: Wine is missing, the socket path is too long, or Wine would not start.
+    """
+
+    def __init__(
+        self,
+        program: str | os.PathLike[str],
+        args: Sequence[str] = (),
+        *,
+        address: str,
+        prefix: WinePrefix,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> None:
+        environment = agent_environment(prefix, address)
+        environment.update(env or {})
+        prefix.start_session()
+        self.program = str(program)
+        #: Every line of output so far, in order.
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self.proc = subprocess.Popen(
+            agent_argv(self.program, list(args)),
+            env=environment,
+            cwd=cwd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, name="fltemu-wine-agent", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        with self.proc.stdout:
+            for line in self.proc.stdout:
+                self._queue.put(line.rstrip("\r\n"))
+        self._queue.put(None)
+
+    @property
+    def output(self) -> str:
+        """The output so far, one line per line."""
+        return "\n".join(self.lines)
+
+    def send(self, line: str) -> None:
+        """Type ``line`` (and a newline) on the agent's standard input."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def close_input(self) -> None:
+        """End of file on the agent's standard input."""
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+
+    def wait_for_line(
+        self, match: str | Callable[[str], bool], timeout: float = DEFAULT_WAIT * 3
+    ) -> str:
+        """The next line of output that contains ``match`` (or for which it is true).
+
+        Lines before it are kept in ``lines`` and not looked at again.
+
+        Raises:
+            AssertionError: no such line within ``timeout`` seconds, or the agent ended
+                first (the message shows its output and exit status).
+        """
+        test = match if callable(match) else (lambda line: match in line)
+        what = match if isinstance(match, str) else getattr(match, "__name__", "a line")
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._queue.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                raise AssertionError(
+                    f"{self.program} printed no line with {what!r} within {timeout} s; "
+                    f"its output:\n{self.output}"
+                ) from None
+            if line is None:
+                self._queue.put(None)  # the end stays visible to later calls
+                status = self.proc.wait(DEFAULT_WAIT)
+                raise AssertionError(
+                    f"{self.program} exited with status {status} before printing a line "
+                    f"with {what!r}; its output:\n{self.output}"
+                )
+            self.lines.append(line)
+            if test(line):
+                return line
+
+    def wait(self, timeout: float = DEFAULT_WAIT * 3) -> int:
+        """Wait for the agent to exit and all its output to be read; its exit status.
+
+        Raises:
+            AssertionError: it still runs after ``timeout`` seconds (its output is shown).
+        """
+        try:
+            status = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"{self.program} still runs after {timeout} s; its output:\n{self.output}"
+            ) from None
+        self._drain(timeout)
+        return status
+
+    def _drain(self, timeout: float) -> None:
+        self._reader.join(timeout)
+        if self._reader.is_alive():
+            # A Wine process it started still holds its output: end its whole session.
+            with contextlib.suppress(OSError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self._reader.join(timeout)
+        while (line := self._queue.get_nowait()) is not None:
+            self.lines.append(line)
+        self._queue.put(None)
+
+    def stop(self) -> int:
+        """End the agent if it still runs (SIGTERM, then SIGKILL after a grace); its status."""
+        self.close_input()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(DEFAULT_WAIT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._drain(DEFAULT_WAIT)
+        return self.proc.returncode

@@ -3,8 +3,10 @@
 The Windows side is two binaries built from ``client/windows`` with mingw-w64: ``fltlib.dll``,
 which the agent loads instead of Wine's stub, and ``fltemu.sys``, the message device that
 Wine's ``winedevice.exe`` hosts and that talks to the daemon's socket (``docs/wine.md``).
-This module builds them, prepares a Wine prefix (creates it, installs both, registers the
-driver as a kernel service) and runs the agent in it with ``FLTEMU_SOCKET`` set.
+This module finds them (``find_windows_side``: built from a checkout's sources, or the copies
+an installed wheel ships in ``fltemu/_windows``), prepares a Wine prefix (creates it, installs
+both, registers the driver as a kernel service) and runs the agent in it with
+``FLTEMU_SOCKET`` set.
 
 Not here: the C sources (``client/windows``), argument parsing (``daemon/cli.py``).
 """
@@ -19,7 +21,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -36,6 +38,8 @@ __all__ = [
     "build_windows_side",
     "check_daemon",
     "default_prefix",
+    "find_windows_side",
+    "shipped_windows_side",
     "windows_sources",
 ]
 
@@ -47,6 +51,8 @@ _DRIVER_IN_PREFIX: Final = "drive_c/windows/system32/drivers/fltemu.sys"
 _DLL_IN_PREFIX: Final = "drive_c/windows/system32/fltlib.dll"
 #: The longest socket path the Windows side can connect to (``sun_path`` less its NUL).
 MAX_SOCKET_PATH_BYTES: Final = 107
+#: Where an installed wheel keeps the prebuilt binaries (``setup.py`` puts them there).
+SHIPPED_DIR: Final = Path(__file__).resolve().parent / "_windows"
 #: What a prefix records once fltemu's binaries are installed in it.
 _MARKER: Final = ".fltemu-installed"
 
@@ -88,21 +94,68 @@ def _require(tool: str) -> str:
     return path
 
 
+def _checkout_sources() -> Path:
+    return Path(__file__).resolve().parent.parent / "client" / "windows"
+
+
 def windows_sources() -> Path:
     """The C sources of the Windows side: ``$FLTEMU_WINDOWS_SRC``, else ``client/windows``
     of the checkout this package runs from.
 
     Raises:
-        WineSetupError: neither exists (an installed wheel carries no C sources).
+        WineSetupError: neither exists (an installed wheel carries no C sources, only the
+            binaries: see ``find_windows_side``).
     """
     env = os.environ.get("FLTEMU_WINDOWS_SRC")
-    candidate = Path(env) if env else Path(__file__).resolve().parent.parent / "client" / "windows"
+    candidate = Path(env) if env else _checkout_sources()
     if not (candidate / "Makefile").is_file():
         raise WineSetupError(
             f"the Windows side's sources are not at {candidate}: run fltemu from a checkout of "
             "its repository, or set FLTEMU_WINDOWS_SRC to its client/windows folder"
         )
     return candidate
+
+
+def shipped_windows_side() -> WineBuild | None:
+    """The prebuilt ``fltlib.dll`` and ``fltemu.sys`` an installed wheel carries, if any."""
+    shipped = WineBuild(SHIPPED_DIR)
+    return shipped if shipped.dll.is_file() and shipped.driver.is_file() else None
+
+
+def find_windows_side(build_dir: Path | None = None) -> WineBuild:
+    """The Windows side ``fltemu wine`` installs, in this order:
+
+    1. built from ``$FLTEMU_WINDOWS_SRC`` when it is set;
+    2. built from ``client/windows`` when fltemu runs from a checkout (an editable install:
+       developers' changes to the C sources take effect on the next run; needs mingw-w64);
+    3. the binaries an installed wheel ships (``fltemu/_windows``; no compiler needed).
+
+    Args:
+        build_dir: where a source build goes (default: ``build`` inside the sources). An
+            installed wheel builds nothing, so this is an error there.
+
+    Raises:
+        WineSetupError: a build failed or its tools are missing, ``build_dir`` was given with
+            no sources to build, or this fltemu was built without its Windows side.
+    """
+    if os.environ.get("FLTEMU_WINDOWS_SRC") or (_checkout_sources() / "Makefile").is_file():
+        return build_windows_side(build_dir=build_dir)
+    shipped = shipped_windows_side()
+    if build_dir is not None:
+        raise WineSetupError(
+            "--build-dir is for building the Windows side from its sources, and this fltemu "
+            "is installed without them (it ships the binaries"
+            f"{'' if shipped else ' only when built with mingw-w64'}): leave it out, or set "
+            "FLTEMU_WINDOWS_SRC to a checkout's client/windows folder"
+        )
+    if shipped is None:
+        raise WineSetupError(
+            f"this fltemu was installed without its Windows side (no {SHIPPED_DIR}: built "
+            "with FLTEMU_BUILD_WINDOWS=0, or from a copy without client/windows). Reinstall "
+            "it from a wheel of the project, or build it with mingw-w64: apt-get install "
+            "gcc-mingw-w64-x86-64 make, then pip install --force-reinstall fltemu"
+        )
+    return shipped
 
 
 def build_windows_side(
@@ -209,11 +262,17 @@ class WinePrefix:
                 f"{done.stdout}{done.stderr}"
             )
 
-    def ensure(self, build: WineBuild) -> None:
+    def ensure(self, build: WineBuild, progress: Callable[[str], None] | None = None) -> None:
         """Create the prefix if needed and install ``build`` into it.
 
         A prefix whose installed binaries differ from ``build`` is updated; its running Wine
         session (which has the old driver loaded) is ended first.
+
+        Args:
+            build: the binaries to install.
+            progress: called with a line saying what is being done, before each slow step
+                (creating the prefix, installing into it); nothing is said when the prefix is
+                already up to date.
 
         Raises:
             WineSetupError: Wine is missing, or a Wine command failed.
@@ -226,7 +285,12 @@ class WinePrefix:
             marker = self.path / _MARKER
             if marker.is_file() and marker.read_text() == stamp:
                 return
+            say = progress or (lambda line: None)
             if not (self.path / "system.reg").is_file():
+                say(
+                    f"creating the Wine prefix {self.path} (once per prefix: Wine sets up "
+                    "about 700 MB, which takes 10-30 s)"
+                )
                 done = self._run("wineboot", "-i")
                 if done.returncode != 0:
                     raise WineSetupError(
@@ -235,6 +299,7 @@ class WinePrefix:
             else:
                 # The session may still hold the old driver: end it before replacing it.
                 self._run("wineserver", "-k")
+            say(f"installing fltlib.dll and fltemu.sys into {self.path} (from {build.directory})")
             (self.path / _DRIVER_IN_PREFIX).write_bytes(driver)
             (self.path / _DLL_IN_PREFIX).write_bytes(dll)
             self._check(
@@ -253,6 +318,7 @@ class WinePrefix:
             if not (self.path / "system.reg").is_file():
                 raise WineSetupError(f"Wine did not set up the prefix {self.path}")
             marker.write_text(stamp)
+            say("the Wine prefix is ready")
 
     def start_session(self, *, persistent: bool = False) -> None:
         """Start the prefix's Wine session (wineserver, services, fltemu.sys) if it is not
@@ -311,7 +377,8 @@ def run_command(
     build_dir: str | None,
     daemon_check: bool = True,
 ) -> int:
-    """``fltemu wine``: build, prepare the prefix, then replace this process with the agent
+    """``fltemu wine``: find or build the Windows side (``find_windows_side``), prepare the
+    prefix (saying so on stderr when that is slow), then replace this process with the agent
     under Wine, so its stdin/stdout/stderr, signals and exit status are the agent's own.
 
     Returns 1 (after printing what is missing) if that cannot be done; otherwise it does not
@@ -319,13 +386,16 @@ def run_command(
     """
     import sys
 
+    def say(line: str) -> None:
+        print(f"fltemu wine: {line}", file=sys.stderr, flush=True)
+
     try:
-        build = build_windows_side(build_dir=Path(build_dir) if build_dir else None)
+        build = find_windows_side(Path(build_dir) if build_dir else None)
         where = WinePrefix(prefix)
         env = agent_environment(where, address)
         if daemon_check:
             check_daemon(env["FLTEMU_SOCKET"])
-        where.ensure(build)
+        where.ensure(build, progress=say)
         where.start_session()
         argv = agent_argv(program[0], program[1:])
     except (WineSetupError, OSError) as exc:

@@ -321,12 +321,14 @@ examples:
   fltemu wine --address /tmp/f.sock -- agent.exe --workers 4
   fltemu bench '\\ScannerPort' --reply-length 1 -- fltemu wine -- scanuser.exe
 
-Builds fltlib.dll and fltemu.sys from client/windows if needed (make, mingw-w64), creates the
-Wine prefix if needed (--prefix, else $WINEPREFIX, else ~/.cache/fltemu/wine; headless,
-WINEDEBUG=-all), installs both there and registers the driver as a kernel service, then runs
-the program with FLTEMU_SOCKET set to the daemon's socket (--address, else $FLTEMU_SOCKET,
-else the default path). The program's stdin, stdout, stderr and exit status are its own. Exit
-status 1 with a message when Wine, mingw-w64 or the daemon is missing.
+Uses the fltlib.dll and fltemu.sys that the installed package ships; run from a checkout of
+fltemu (or with FLTEMU_WINDOWS_SRC set), builds them from client/windows instead if needed
+(make, mingw-w64). Creates the Wine prefix if needed, saying so on stderr (--prefix, else
+$WINEPREFIX, else ~/.cache/fltemu/wine; headless, WINEDEBUG=-all), installs both there and
+registers the driver as a kernel service, then runs the program with FLTEMU_SOCKET set to the
+daemon's socket (--address, else $FLTEMU_SOCKET, else the default path). The program's stdin,
+stdout, stderr and exit status are its own. Exit status 1 with a message when Wine, the
+Windows side, mingw-w64 (for a build) or the daemon is missing.
 """
 
 
@@ -346,7 +348,8 @@ def _add_wine(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     wine.add_argument(
         "--build-dir",
         metavar="DIR",
-        help="where to build fltlib.dll and fltemu.sys (default: client/windows/build)",
+        help="where to build fltlib.dll and fltemu.sys from a checkout's sources "
+        "(default: client/windows/build)",
     )
     wine.add_argument(
         "--daemon-check",

@@ -12,10 +12,21 @@ from pathlib import Path
 DOCKERFILE = Path(__file__).resolve().parent.parent.parent / "Dockerfile"
 
 
-def _instruction(name: str) -> str:
+def _instructions(name: str) -> list[str]:
     lines = DOCKERFILE.read_text().replace("\\\n", " ").splitlines()
-    (line,) = [ln for ln in lines if ln.startswith(name + " ")]
-    return line[len(name) + 1 :].strip()
+    return [ln[len(name) + 1 :].strip() for ln in lines if ln.startswith(name + " ")]
+
+
+def _instruction(name: str) -> str:
+    (line,) = _instructions(name)
+    return line
+
+
+def _environment() -> dict[str, str]:
+    """The image's ENV settings (KEY=VALUE forms) that are not paths of the image."""
+    settings = dict(pair.split("=", 1) for line in _instructions("ENV") for pair in line.split())
+    del settings["PATH"]  # the virtual environment's bin first: here, this interpreter's
+    return settings
 
 
 def _exec_form(text: str) -> list[str]:
@@ -26,11 +37,11 @@ def _exec_form(text: str) -> list[str]:
 
 
 def test_image_cmd_serves_and_its_healthcheck_passes(tmp_path: Path) -> None:
-    env_line = _instruction("ENV")
-    key, _, value = env_line.partition("=")
-    assert key == "FLTEMU_SOCKET"
-    socket_path = str(tmp_path / Path(value).name)  # the volume, here a temporary directory
-    env = {**os.environ, "FLTEMU_SOCKET": socket_path}
+    image_env = _environment()
+    assert set(image_env) == {"FLTEMU_SOCKET", "FLTEMU_TRUST_UID"}
+    # The volume, here a temporary directory.
+    socket_path = str(tmp_path / Path(image_env["FLTEMU_SOCKET"]).name)
+    env = {**os.environ, **image_env, "FLTEMU_SOCKET": socket_path}
     cmd = _exec_form(_instruction("CMD"))
     assert cmd[0] == "fltemu"
     daemon = subprocess.Popen(
@@ -100,7 +111,7 @@ def test_the_build_context_leaves_out_the_repository_and_virtualenvs() -> None:
     lines = DOCKERFILE.read_text().splitlines()
     # COPY SOURCE... DEST: the sources are what the build needs from the context.
     copied = {name for line in lines if line.startswith("COPY ") for name in line.split()[1:-1]}
-    assert copied == {"pyproject.toml", "README.md", "fltemu", "client"}
+    assert copied == {"pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "fltemu", "client"}
     assert not copied & set(ignored)
 
 
