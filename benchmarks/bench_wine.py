@@ -16,6 +16,10 @@ the agent, wineserver, ``winedevice.exe`` and the daemon):
   threads (``benchagent.exe get``, one row per T in ``--threads``), and to the Python async
   client doing the same with N tasks (``_k2u_agent.py``).
 
+``iocp ping-pong``: two threads of one program bounce a packet between two completion ports
+(no fltemu): Wine's own floor for a message completed on a port (a round trip is two
+completions).
+
 Rows carry the median rate and ``ratio_nop`` (Wine send over the nop rate: how close a call
 gets to Wine's own limit; for ``k2u`` the limit is half the nop rate, a reply and a re-armed
 get per message) and ``ratio_python`` (Windows side over the Python client).
@@ -132,6 +136,9 @@ def main() -> int:
             try:
                 runs.setdefault("nop", []).append(
                     wine_rate(build, prefix, server.address, "nop", str(count))
+                )
+                runs.setdefault("iocp ping-pong", []).append(
+                    wine_rate(build, prefix, server.address, "iocp", str(count))
                 )
                 runs.setdefault("send wine", []).append(
                     wine_rate(build, prefix, server.address, "send", h.ECHO_PORT, str(count), "64")

@@ -38,7 +38,7 @@ def test_bench_wine_quick(wine_prefix: WinePrefix) -> None:
     assert rows[0]["bench"] == "env"
     impls = {row["impl"]: row for row in rows[1:]}
     assert set(impls) == {
-        "nop", "send wine", "send wine unchecked", "send python",
+        "nop", "iocp ping-pong", "send wine", "send wine unchecked", "send python",
         "k2u wine 1T", "k2u wine 4T", "k2u python",
     }  # fmt: skip
     assert all(row["msgs_per_s"] > 0 for row in impls.values())

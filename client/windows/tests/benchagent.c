@@ -3,6 +3,9 @@
  *
  *   benchagent.exe nop COUNT              a no-op IOCTL on fltemu's device (answered by the
  *                                         driver alone): Wine's own round trip
+ *   benchagent.exe iocp COUNT             a round trip between two threads through two
+ *                                         completion ports (no fltemu): Wine's floor for a
+ *                                         message completed on a port
  *   benchagent.exe send PORT COUNT SIZE   sequential FilterSendMessage of SIZE bytes
  *   benchagent.exe get PORT COUNT N [T]   kernel->user: N overlapped gets on an IOCP, T
  *                                         worker threads (default 1) replying to each
@@ -151,13 +154,50 @@ static int bench_get(const char *port_name, long count, int pending, int threads
     return 0;
 }
 
+/* The floor of a message completed through a completion port, with no fltemu at all: two
+ * threads bounce a packet between two ports (PostQueuedCompletionStatus, then
+ * GetQueuedCompletionStatus), so a round trip is two completions. */
+static HANDLE g_ping, g_pong;
+
+static DWORD WINAPI pong_thread(void *arg)
+{
+    long count = (long)(LONG_PTR)arg;
+    for (long i = 0; i < count; i++) {
+        DWORD bytes;
+        ULONG_PTR key;
+        LPOVERLAPPED ov;
+        if (!GetQueuedCompletionStatus(g_ping, &bytes, &key, &ov, INFINITE)) return 1;
+        PostQueuedCompletionStatus(g_pong, bytes, key, ov);
+    }
+    return 0;
+}
+
+static int bench_iocp(long count)
+{
+    g_ping = CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, 1);
+    g_pong = CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, 1);
+    HANDLE t = CreateThread(NULL, 0, pong_thread, (void *)(LONG_PTR)count, 0, NULL);
+    double start = now();
+    for (long i = 0; i < count; i++) {
+        DWORD bytes;
+        ULONG_PTR key;
+        LPOVERLAPPED ov;
+        PostQueuedCompletionStatus(g_ping, 1, 0, NULL);
+        if (!GetQueuedCompletionStatus(g_pong, &bytes, &key, &ov, INFINITE)) return 1;
+    }
+    out("rate %ld %.6f", count, now() - start);
+    WaitForSingleObject(t, INFINITE);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     out_init();
     if (argc == 3 && !strcmp(argv[1], "nop")) return bench_nop(atol(argv[2]));
+    if (argc == 3 && !strcmp(argv[1], "iocp")) return bench_iocp(atol(argv[2]));
     if (argc == 5 && !strcmp(argv[1], "send")) return bench_send(argv[2], atol(argv[3]), strtoul(argv[4], NULL, 0));
     if ((argc == 5 || argc == 6) && !strcmp(argv[1], "get"))
         return bench_get(argv[2], atol(argv[3]), atoi(argv[4]), argc == 6 ? atoi(argv[5]) : 1);
-    out("usage: benchagent.exe nop COUNT | send PORT COUNT SIZE | get PORT COUNT PENDING [THREADS]");
+    out("usage: benchagent.exe nop COUNT | iocp COUNT | send PORT COUNT SIZE | get PORT COUNT PENDING [THREADS]");
     return 2;
 }
