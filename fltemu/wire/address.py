@@ -46,14 +46,17 @@ def resolve_address(address: str | os.PathLike[str] | None = None) -> str:
 
 
 def default_socket_dir(uid: int | None = None) -> str:
-    """The private folder of the fallback socket: ``/tmp/fltemu-<uid>``."""
-    return f"/tmp/fltemu-{os.getuid() if uid is None else uid}"
+    """The private folder of the fallback socket: ``/tmp/fltemu-<uid>``, the effective uid
+    (the one that owns what the daemon creates, and that SO_PEERCRED reports)."""
+    return f"/tmp/fltemu-{os.geteuid() if uid is None else uid}"
 
 
 def is_trusted_peer(uid: int | None) -> bool:
     """May a client talk to a daemon whose socket peer (SO_PEERCRED) is ``uid``? Its own
-    user, root, or the uid in ``$FLTEMU_TRUST_UID``; ``None`` (the platform does not say) is
-    trusted, as there is nothing to check."""
+    (effective) user, root, or the uid in ``$FLTEMU_TRUST_UID``. ``None`` (a platform with no
+    peer credentials) is trusted, as there is nothing to check; a uid that could not be read
+    where the platform has them is passed as -1 and refused (the check fails closed). The
+    Windows side applies the same rule (``client/windows/include/linux_syscall.h``)."""
     if uid is None or uid == 0 or uid == os.geteuid():
         return True
     trusted = os.environ.get(ENV_TRUST_UID, "").strip()

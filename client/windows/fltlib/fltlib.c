@@ -187,7 +187,7 @@ BOOL socket_path(char *out, DWORD size)
         return TRUE;
     }
     if (size < 40) return FALSE;
-    wsprintfA(out, "/tmp/fltemu-%u/fltemu.sock", (unsigned)lnx_getuid());
+    wsprintfA(out, "/tmp/fltemu-%u/fltemu.sock", (unsigned)lnx_geteuid());
     return TRUE;
 }
 

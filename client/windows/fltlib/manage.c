@@ -142,7 +142,7 @@ static enum control_outcome control(const char *command, const char *target, uns
     } else if (r == -LNX_EACCES || r == -LNX_EPERM) {
         outcome = CONTROL_DENIED;
     } else if (r == 0 && !lnx_trusted_peer(lnx_peer_uid((int)fd), trusted_uid())) {
-        outcome = CONTROL_DENIED; /* a daemon run by a user we do not trust (API.md §2) */
+        outcome = CONTROL_DENIED; /* a daemon run by a user we do not trust (protocol §1) */
     } else if (r == 0) {
         struct wire_out o = {frame + 4};
         wire_put_array(&o, 4);

@@ -19,7 +19,7 @@
 #define LNX_SYS_shutdown 48
 #define LNX_SYS_setsockopt 54
 #define LNX_SYS_getsockopt 55
-#define LNX_SYS_getuid 102
+#define LNX_SYS_geteuid 107
 
 #define LNX_AF_UNIX 1
 #define LNX_SOCK_STREAM 1
@@ -104,9 +104,10 @@ static inline void lnx_set_timeouts(int fd, long long seconds)
     lnx_syscall6(LNX_SYS_setsockopt, fd, 1 /* SOL_SOCKET */, 21 /* SO_SNDTIMEO */, (long long)tv, sizeof tv, 0);
 }
 
-static inline long long lnx_getuid(void)
+/* The effective uid: the one SO_PEERCRED reports and that owns what a process creates. */
+static inline long long lnx_geteuid(void)
 {
-    return lnx_syscall3(LNX_SYS_getuid, 0, 0, 0);
+    return lnx_syscall3(LNX_SYS_geteuid, 0, 0, 0);
 }
 
 /* The uid of the process at the other end of a Unix socket (SO_PEERCRED), or -1. */
@@ -120,11 +121,12 @@ static inline long long lnx_peer_uid(int fd)
     return (unsigned int)cred[1];
 }
 
-/* May the Windows side talk to a daemon run by `uid`?  Its own user, root, or `trusted`
- * (FLTEMU_TRUST_UID; -1 for none), as every fltemu client decides (API.md §2). */
+/* May the Windows side talk to a daemon run by `uid`?  Its own (effective) user, root, or
+ * `trusted` (FLTEMU_TRUST_UID; -1 for none); a uid that could not be read (-1) is refused.
+ * The same rule as every fltemu client's (protocol §1, fltemu.wire.is_trusted_peer). */
 static inline int lnx_trusted_peer(long long uid, long long trusted)
 {
-    return uid >= 0 && (uid == 0 || uid == lnx_getuid() || uid == trusted);
+    return uid >= 0 && (uid == 0 || uid == lnx_geteuid() || uid == trusted);
 }
 
 static inline long long lnx_shutdown(int fd, int how)
