@@ -11,21 +11,60 @@ import binascii
 import os
 import random
 import shlex
+import signal
 import sys
-from typing import Final
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 import msgspec
 
 from ..daemon.runner import loop_factory
 from ..errors import FltEmuError
-from .load import LIMIT_FACTOR, BenchConfig, BenchReport, Progress, run_bench
+from .gate import (
+    Check,
+    Threshold,
+    check_thresholds,
+    compare_baseline,
+    load_baseline,
+    parse_threshold,
+)
+from .load import (
+    LIMIT_FACTOR,
+    BenchConfig,
+    BenchInterrupted,
+    BenchReport,
+    Progress,
+    run_bench,
+)
 from .plot import percentile_svg
 
-__all__ = ["config_from_args", "describe_settings", "format_report", "plot_report", "run_command"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_THRESHOLD",
+    "EXIT_USAGE",
+    "Verdict",
+    "config_from_args",
+    "describe_settings",
+    "format_report",
+    "format_verdict",
+    "judge",
+    "plot_report",
+    "run_command",
+]
 
 #: Runs shorter than this get CPU seconds but no share of a core: /proc counts CPU time in
 #: clock ticks (10 ms), too coarse for a share of a shorter run.
 MIN_SHARE_SECONDS: Final = 0.5
+
+#: The exit statuses of ``fltemu bench``, as its --help and the README list them.
+EXIT_OK: Final = 0  # the run completed, something was answered, every check passed
+EXIT_FAILED: Final = 1  # no run, or one that measured no working agent
+EXIT_USAGE: Final = 2  # bad arguments (argparse's own)
+EXIT_THRESHOLD: Final = 3  # a --fail-if threshold or the --baseline comparison failed
+EXIT_INTERRUPTED: Final = 130  # Ctrl-C (128 + SIGINT), after the summary of what ran
 
 
 def _payload(parser: argparse.ArgumentParser, args: argparse.Namespace) -> bytes:
@@ -60,6 +99,64 @@ def _check_plot(parser: argparse.ArgumentParser, path: str) -> None:
         parser.error(f"--plot {path}: cannot write it: {exc.strerror or exc}")
     if not existed:
         os.unlink(path)
+
+
+@dataclass
+class Verdict:
+    """What the exit status says about a run, and why.
+
+    Attributes:
+        status: the exit status (``EXIT_OK``, ``EXIT_FAILED``, ``EXIT_THRESHOLD``,
+            ``EXIT_INTERRUPTED``).
+        problems: why the run measured no working agent (the agent crashed or exited
+            first, nothing was answered).
+        checks: the ``--fail-if`` thresholds and ``--baseline`` comparisons.
+        warnings: what the reader should know but that fails nothing (a baseline run with
+            other settings).
+    """
+
+    status: int
+    problems: list[str] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary."""
+        return {
+            "exit_status": self.status,
+            "problems": self.problems,
+            "checks": [c.to_dict() for c in self.checks],
+            "warnings": self.warnings,
+        }
+
+
+def judge(
+    report: BenchReport,
+    thresholds: Sequence[Threshold] = (),
+    baseline: dict[str, Any] | None = None,
+    max_regression: float = 1.2,
+) -> Verdict:
+    """The exit status of a run: a run that measured no working agent fails (1) before any
+    threshold is looked at, a threshold or the baseline failing fails it (3), and Ctrl-C
+    gives 130 whatever the figures."""
+    verdict = Verdict(EXIT_OK)
+    if report.agent_gone or report.agent_failed:
+        why = report.ended_early if report.agent_gone else None
+        what = why or f"the agent {report.agent_exit_text}"
+        verdict.problems.append(f"{what} during the run")
+    if report.answered == 0 and not report.interrupted:
+        verdict.problems.append("no message was answered")
+    verdict.checks = check_thresholds(report, list(thresholds))
+    if baseline is not None:
+        checks, verdict.warnings = compare_baseline(report, baseline, max_regression)
+        verdict.checks += checks
+    if report.interrupted:
+        verdict.status = EXIT_INTERRUPTED
+    elif verdict.problems:
+        verdict.status = EXIT_FAILED
+    elif any(c.failed for c in verdict.checks):
+        verdict.status = EXIT_THRESHOLD
+    return verdict
 
 
 def config_from_args(
@@ -115,7 +212,8 @@ def _cpu(seconds: float | None, elapsed: float) -> str:
 def _limit_lines(report: BenchReport) -> list[str]:
     limit = report.limit
     if limit is None:
-        return ["  fltemu's own limit: not checked (--no-limit-check)"]
+        why = "interrupted" if report.interrupted else "--no-limit-check"
+        return [f"  fltemu's own limit: not checked ({why})"]
     if limit.throughput is None:
         return [f"  fltemu's own limit: not measured: {limit.error}"]
     how = (
@@ -144,6 +242,30 @@ def _limit_lines(report: BenchReport) -> list[str]:
     return lines
 
 
+def _early_line(report: BenchReport) -> str | None:
+    """ "ENDED EARLY ..." when the run stopped before its duration or count."""
+    why = report.ended_early
+    if why is None:
+        return None
+    c = report.config
+    asked = []
+    if c.duration is not None:
+        asked.append(f"{report.elapsed:.2f} s of {c.duration:g} s")
+    if c.count is not None:
+        asked.append(f"{report.sent} of {c.count} messages")
+    return f"ENDED EARLY after {' and '.join(asked)}: {why}; the figures cover only what ran"
+
+
+def format_verdict(verdict: Verdict) -> str:
+    """The checks and the outcome, for the end of the human report."""
+    lines = [
+        f"  {'FAIL' if c.failed else 'pass'}: fails if {c.what}: {c.actual}" for c in verdict.checks
+    ]
+    lines += [f"  WARNING: {w}" for w in verdict.warnings]
+    lines += [f"  FAILED: {p}" for p in verdict.problems]
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def format_report(report: BenchReport) -> str:
     """The human table printed at the end of a run."""
     c = report.config
@@ -155,8 +277,11 @@ def format_report(report: BenchReport) -> str:
         return f"{n} ({share:.1f}% of sent, {report.per_second(n):,.1f}/s)"
 
     answered_statuses = report.statuses - report.failures
-    lines = [
-        f"fltemu bench {c.port}: {describe_settings(c)}; {report.connections} connected",
+    lines = [f"fltemu bench {c.port}: {describe_settings(c)}; {report.connections} connected"]
+    early = _early_line(report)
+    if early:
+        lines.append(f"  {early}")
+    lines += [
         f"  duration {elapsed:.2f} s   sent {report.sent}   "
         f"throughput {report.throughput:,.1f} msg/s (answered messages only)"
         + (f"   skipped {report.skipped} (backlog)" if report.skipped else ""),
@@ -208,6 +333,9 @@ def format_report(report: BenchReport) -> str:
 
 def _plot_notes(report: BenchReport) -> list[str]:
     notes = []
+    early = _early_line(report)
+    if early:
+        notes.append(early)
     if report.failures:
         notes.append(
             "not answered, not in the curve: "
@@ -229,10 +357,11 @@ def _plot_notes(report: BenchReport) -> list[str]:
 def plot_report(report: BenchReport) -> str:
     """The latency plot of a run: answered messages only, the rest noted beside the curve."""
     c = report.config
+    early = _early_line(report)
     return percentile_svg(
         report.latency,
         f"fltemu bench {c.port}: {report.throughput:,.1f} answered msg/s, "
-        f"{report.elapsed:.2f} s run",
+        f"{report.elapsed:.2f} s run" + (" (ENDED EARLY)" if early else ""),
         subtitle=describe_settings(c),
         notes=_plot_notes(report),
     )
@@ -246,9 +375,35 @@ def _progress_line(p: Progress) -> None:
     sys.stderr.flush()
 
 
+def _gates(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> tuple[list[Threshold], dict[str, Any] | None]:
+    """The --fail-if thresholds and the --baseline report, refused before the run if wrong."""
+    thresholds = []
+    for text in args.fail_if:
+        try:
+            thresholds.append(parse_threshold(text))
+        except ValueError as exc:
+            parser.error(f"--fail-if {exc}")
+    baseline = None
+    if args.baseline is not None:
+        try:
+            baseline = load_baseline(args.baseline)
+        except ValueError as exc:
+            parser.error(f"--baseline {args.baseline}: {exc}")
+    return thresholds, baseline
+
+
+def _summary(verdict: Verdict) -> str:
+    """One line for stderr on a failed run."""
+    why = verdict.problems or [f"{c.what}: {c.actual}" for c in verdict.checks if c.failed]
+    return f"fltemu bench: exit status {verdict.status}: " + "; ".join(why)
+
+
 def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace, agent: list[str]) -> int:
-    """Run ``fltemu bench``; returns the exit status."""
+    """Run ``fltemu bench``; returns the exit status (``EXIT_*``)."""
     config = config_from_args(parser, args, agent)
+    thresholds, baseline = _gates(parser, args)
     show_progress = args.progress if args.progress is not None else sys.stderr.isatty()
 
     def listening(address: str) -> None:
@@ -259,23 +414,49 @@ def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace, agent
         )
         print(f"fltemu bench: serving {config.port} on {address}; {then}", file=sys.stderr)
 
+    async def main() -> BenchReport:
+        loop = asyncio.get_running_loop()
+        interrupt = asyncio.Event()
+
+        def on_sigint() -> None:
+            if interrupt.is_set():
+                raise KeyboardInterrupt  # the second Ctrl-C: quit without a summary
+            interrupt.set()
+            print(
+                "\nfltemu bench: interrupted: stopping the agent and summing up "
+                "(Ctrl-C again to quit at once)",
+                file=sys.stderr,
+            )
+
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+        try:
+            return await run_bench(
+                config, _progress_line if show_progress else None, listening, interrupt
+            )
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
     try:
         with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
-            report = runner.run(
-                run_bench(config, _progress_line if show_progress else None, listening)
-            )
+            report = runner.run(main())
+    except BenchInterrupted as exc:
+        print(f"fltemu bench: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except FltEmuError as exc:  # BenchError, a bad port name
         print(f"fltemu bench: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     finally:
         if show_progress:
             sys.stderr.write("\n")
+    verdict = judge(report, thresholds, baseline, args.max_regression)
     if args.json:
-        sys.stdout.write(msgspec.json.encode(report.to_dict()).decode() + "\n")
+        document = report.to_dict()
+        document.update(verdict.to_dict())
+        sys.stdout.write(msgspec.json.encode(document).decode() + "\n")
     else:
-        sys.stdout.write(format_report(report))
+        sys.stdout.write(format_report(report) + format_verdict(verdict))
     if args.plot:
         try:
             with open(args.plot, "w") as f:
@@ -284,7 +465,10 @@ def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace, agent
             print(
                 f"fltemu bench: error: --plot {args.plot}: {exc.strerror or exc}", file=sys.stderr
             )
-            return 1
+            return EXIT_FAILED
         if not args.json:
             print(f"  latency plot: {args.plot}")
-    return 0
+    sys.stdout.flush()
+    if verdict.status not in (EXIT_OK, EXIT_INTERRUPTED):
+        print(_summary(verdict), file=sys.stderr)
+    return verdict.status

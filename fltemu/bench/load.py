@@ -30,6 +30,7 @@ from .histogram import LatencyHistogram
 __all__ = [
     "BenchConfig",
     "BenchError",
+    "BenchInterrupted",
     "BenchReport",
     "LimitCheck",
     "Progress",
@@ -66,6 +67,10 @@ LIMIT_PORT: Final = "\\FltemuBenchLimitCheck"
 
 class BenchError(FltEmuError):
     """The benchmark could not run (no agent connected, the agent exited, ...)."""
+
+
+class BenchInterrupted(BenchError):
+    """The interrupt (Ctrl-C) came before the run started: there is nothing to report."""
 
 
 @dataclass(frozen=True)
@@ -232,6 +237,8 @@ class BenchReport:
     fltemu_cpu_seconds: float | None = None
     connections: int = 0
     limit: LimitCheck | None = None
+    interrupted: bool = False
+    agent_gone: bool = False
 
     @property
     def throughput(self) -> float:
@@ -263,6 +270,17 @@ class BenchReport:
             return True
         sig = self.agent_signalled
         return code != 0 and not (sig is not None and code in (-sig, 128 + sig))
+
+    @property
+    def ended_early(self) -> str | None:
+        """Why the run stopped before its --duration or --count, in words, or ``None``."""
+        if self.interrupted:
+            return "interrupted (Ctrl-C)"
+        if self.agent_gone:
+            if self.agent_exit is not None and self.agent_ended_by_itself:
+                return f"the agent {describe_exit(self.agent_exit)}"
+            return "the agent disconnected"
+        return None
 
     @property
     def agent_exit_text(self) -> str | None:
@@ -330,6 +348,8 @@ class BenchReport:
                 "output_tail": self.agent_output,
             },
             "fltemu_cpu_seconds": _round(self.fltemu_cpu_seconds),
+            "ended_early": self.ended_early,
+            "interrupted": self.interrupted,
             "limit": None if self.limit is None else self.limit.to_dict(),
             "near_limit": self.near_limit,
         }
@@ -422,7 +442,9 @@ def _with_output(message: str, output: list[str]) -> str:
 
 
 class _Run:
-    def __init__(self, config: BenchConfig, report: BenchReport) -> None:
+    def __init__(
+        self, config: BenchConfig, report: BenchReport, interrupt: asyncio.Event | None = None
+    ) -> None:
         self.config = config
         self.report = report
         self.connections: list[ClientPort] = []
@@ -430,6 +452,8 @@ class _Run:
         self.next_connection = 0
         self.stop = asyncio.Event()
         self.agent_gone = False
+        #: Set by the caller on Ctrl-C: what is in flight is withdrawn at once.
+        self.interrupt = interrupt if interrupt is not None else asyncio.Event()
 
     def restart(self, report: BenchReport) -> None:
         """Count afresh (after a warm-up) on the same connections."""
@@ -524,18 +548,25 @@ class _Run:
         """Send for ``duration`` (or until the count), then withdraw what is in flight;
         returns the elapsed seconds."""
         started = time.perf_counter()
-        ticker = asyncio.get_running_loop().create_task(_tick(self, started, progress))
-        load = self.open_loop(self.config.rate) if self.config.rate else self.closed_loop()
+        loop = asyncio.get_running_loop()
+        ticker = loop.create_task(_tick(self, started, progress))
+        load = loop.create_task(
+            self.open_loop(self.config.rate) if self.config.rate else self.closed_loop()
+        )
+        interrupted = loop.create_task(self.interrupt.wait())
         try:
-            if duration is not None:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(duration):
-                        await load
-            else:
-                await load
+            # The load ends by itself (the count sent, the agent gone); the duration or an
+            # interrupt withdraws what is still in flight.
+            await asyncio.wait(
+                (load, interrupted), timeout=duration, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             self.stop.set()
-            ticker.cancel()
+            for task in (load, interrupted, ticker):
+                task.cancel()
+            outcome, *_ = await asyncio.gather(load, interrupted, ticker, return_exceptions=True)
+        if isinstance(outcome, Exception):
+            raise outcome
         return time.perf_counter() - started
 
 
@@ -565,6 +596,7 @@ async def run_bench(
     config: BenchConfig,
     progress: Callable[[Progress], None] | None = None,
     listening: Callable[[str], None] | None = None,
+    interrupt: asyncio.Event | None = None,
 ) -> BenchReport:
     """Host ``config.port``, wait for the agent, drive the load, and report.
 
@@ -572,18 +604,23 @@ async def run_bench(
         config: the run.
         progress: called every ``PROGRESS_INTERVAL`` seconds during the run.
         listening: called with the socket's path once it accepts connections.
+        interrupt: set it (on Ctrl-C) to end the run at once: what is in flight is withdrawn,
+            the limit check is skipped, and the report of what ran says it was interrupted.
 
     Raises:
+        BenchInterrupted: ``interrupt`` was set before the run started.
         BenchError: the agent could not be started, exited before connecting, or none
             connected within ``connect_timeout``.
     """
+    if interrupt is None:
+        interrupt = asyncio.Event()
     tmp: tempfile.TemporaryDirectory[str] | None = None
     address = config.address
     if address is None:
         tmp = tempfile.TemporaryDirectory(prefix="fltemu-bench-")
         address = os.path.join(tmp.name, "fltemu.sock")
     report = BenchReport(config, address)
-    run = _Run(config, report)
+    run = _Run(config, report, interrupt)
     agent: asyncio.subprocess.Process | None = None
     with contextlib.ExitStack() as files:
         try:
@@ -606,7 +643,12 @@ async def run_bench(
                 try:
                     await _wait_for_agent(run, agent, config.connect_timeout)
                 except BenchError as exc:
-                    if agent is None or output is None or agent.returncode is None:
+                    if (
+                        isinstance(exc, BenchInterrupted)
+                        or agent is None
+                        or output is None
+                        or agent.returncode is None
+                    ):
                         raise
                     raise BenchError(_with_output(str(exc), _tail(output))) from None
                 report.connections = len(run.connections)
@@ -614,6 +656,8 @@ async def run_bench(
                 own_cpu = time.process_time()
                 report.elapsed = await run.drive(config.duration, progress)
                 report.fltemu_cpu_seconds = time.process_time() - own_cpu
+                report.interrupted = interrupt.is_set()
+                report.agent_gone = run.agent_gone
                 if agent is not None:
                     end_cpu = _tree_cpu_seconds(agent.pid)
                     if agent_cpu is not None and end_cpu is not None:
@@ -628,8 +672,8 @@ async def run_bench(
                     agent = None
                     assert output is not None
                     report.agent_output = _tail(output)
-                if config.limit_check:
-                    report.limit = await _check_limit(flt, config, address)
+                if config.limit_check and not interrupt.is_set():
+                    report.limit = await _check_limit(flt, config, address, interrupt)
         finally:
             if agent is not None:
                 await _stop_agent(agent)
@@ -638,7 +682,9 @@ async def run_bench(
     return report
 
 
-async def _check_limit(flt: Filter, config: BenchConfig, address: str) -> LimitCheck:
+async def _check_limit(
+    flt: Filter, config: BenchConfig, address: str, interrupt: asyncio.Event
+) -> LimitCheck:
     """Run the calibration: the same settings against the instant-reply agent."""
     open_rate = config.rate * LIMIT_OFFER_FACTOR if config.rate else None
     calibration = replace(
@@ -653,7 +699,7 @@ async def _check_limit(flt: Filter, config: BenchConfig, address: str) -> LimitC
     )
     concurrency = None if open_rate else config.concurrency
     getters = min(LIMIT_MAX_GETTERS, (concurrency or LIMIT_MAX_GETTERS) + 1)
-    run = _Run(calibration, BenchReport(calibration, address))
+    run = _Run(calibration, BenchReport(calibration, address), interrupt)
     try:
         server_port = await _host(flt, LIMIT_PORT, run, 1, everyone=False)
     except FltEmuError as exc:  # the run's own port has that name
@@ -681,6 +727,8 @@ async def _check_limit(flt: Filter, config: BenchConfig, address: str) -> LimitC
             agent_cpu = _tree_cpu_seconds(agent.pid)
             own_cpu = time.process_time()
             elapsed = await run.drive(LIMIT_SECONDS, None)
+            if interrupt.is_set():
+                return LimitCheck(None, error="interrupted (Ctrl-C)")
             own = (time.process_time() - own_cpu) / elapsed
             end_cpu = _tree_cpu_seconds(agent.pid)
             theirs = None
@@ -709,16 +757,21 @@ async def _wait_for_agent(
 ) -> None:
     waiter = asyncio.ensure_future(run.connected.wait())
     exited = asyncio.ensure_future(agent.wait()) if agent is not None else None
+    interrupted = asyncio.ensure_future(run.interrupt.wait())
     try:
         done, _ = await asyncio.wait(
-            [w for w in (waiter, exited) if w is not None],
+            [w for w in (waiter, exited, interrupted) if w is not None],
             timeout=timeout,
             return_when=asyncio.FIRST_COMPLETED,
         )
     finally:
-        for w in (waiter, exited):
+        for w in (waiter, exited, interrupted):
             if w is not None and not w.done():
                 w.cancel()
+    if interrupted in done:
+        raise BenchInterrupted(
+            f"interrupted while waiting for an agent to connect to {run.config.port}"
+        )
     if waiter in done:
         return
     if exited is not None and exited in done:

@@ -202,6 +202,9 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
   fltemu bench '\\ScannerPort' --size 1032 --reply-length 1 -- python examples/scanner_agent.py
   fltemu bench '\\MyPort' --rate 2000 --duration 30 --reply-length 4 --plot latency.svg -- ./agent
   fltemu bench '\\MyPort' --concurrency 64 --count 100000 --json --address /tmp/b.sock
+  fltemu bench '\\MyPort' --reply-length 4 --fail-if 'p99>5ms' --fail-if 'timeouts>0' -- ./agent
+  fltemu bench '\\MyPort' --reply-length 4 --json -- ./agent > base.json   # then, in CI:
+  fltemu bench '\\MyPort' --reply-length 4 --baseline base.json --max-regression 1.2 -- ./agent
 
 A message is answered when the agent replied (or, with no reply asked, took it); throughput
 and percentiles count answered messages only. Timeouts and other statuses are counted beside
@@ -219,8 +222,22 @@ mode, concurrency (open loop: 4x the rate), message and reply length against its
 instant-reply agent in a process of its own, over the same socket, and warns when your
 agent's throughput is within 2x of it, where the figures may be fltemu's, not your agent's.
 
-Exit status: 0 when the run completed (whatever the statuses), 1 when the agent could not be
-started, no agent connected or it exited first, 2 for bad arguments.
+--fail-if CONDITION fails the run when CONDITION holds: throughput<N (answered msg/s),
+pNN>T, max>T or mean>T (a latency: 2ms, 500us, 1s; a bare number is ms), timeouts>N or
+failures>N (a count, or with % a share of sent; failures are every message not answered).
+--baseline FILE compares with a report saved by --json: the run fails when its throughput
+is below the baseline's divided by --max-regression, or its p50 or p99 above the
+baseline's times it, and says which settings differ from the baseline's.
+
+Ctrl-C stops the run: the report of what ran is printed (and --json, --plot written), then
+fltemu bench exits 130; a second Ctrl-C quits at once. A run that ended before its
+--duration or --count (the agent gone, Ctrl-C) says so in its headline.
+
+Exit status: 0 when the run completed, something was answered and every check passed; 1
+when no run could be made (the agent could not be started, none connected, it exited
+before connecting) or the run measured no working agent (the agent crashed, exited or
+disconnected during the run, or not one message was answered); 2 for bad arguments; 3 when
+a --fail-if threshold or the --baseline comparison failed; 130 after Ctrl-C.
 """,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -295,6 +312,28 @@ started, no agent connected or it exited first, 2 for bad arguments.
         help="write a latency percentile plot (SVG; checked writable before the run)",
     )
     bench.add_argument(
+        "--fail-if",
+        action="append",
+        default=[],
+        metavar="CONDITION",
+        help="exit 3 when CONDITION holds, e.g. 'p99>2ms', 'throughput<5000', "
+        "'timeouts>0.1%%', 'failures>0'; repeatable",
+    )
+    bench.add_argument(
+        "--baseline",
+        metavar="FILE",
+        help="a report saved with --json: exit 3 when throughput, p50 or p99 regressed "
+        "beyond --max-regression",
+    )
+    bench.add_argument(
+        "--max-regression",
+        type=_ratio,
+        default=1.2,
+        metavar="RATIO",
+        help="with --baseline: the worst accepted ratio, throughput down or latency up "
+        "(default: 1.2)",
+    )
+    bench.add_argument(
         "--limit-check",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -354,6 +393,16 @@ def _add_wine(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=True,
         help="refuse to start when no daemon listens (default: on)",
     )
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a ratio such as 1.2") from None
+    if not value >= 1:
+        raise argparse.ArgumentTypeError("must be >= 1 (1.2 accepts 20% worse)")
+    return value
 
 
 def _positive_float(text: str) -> float:

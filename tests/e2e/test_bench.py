@@ -18,6 +18,8 @@ from fltemu.bench.histogram import LatencyHistogram
 from fltemu.bench.load import BenchConfig, BenchReport, LimitCheck
 from fltemu.bench.plot import percentile_svg
 
+from ..helpers import LineProcess
+
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
 
 
@@ -91,7 +93,9 @@ def test_slow_agent_shows_timeouts_in_the_report() -> None:
         "0.05",
         agent=slow_agent(0.5),
     )
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr  # nothing answered: no working agent measured
+    assert "FAILED: no message was answered" in proc.stdout
+    assert "exit status 1: no message was answered" in proc.stderr
     assert "not answered 4: STATUS_TIMEOUT 4 (100.0% of sent" in proc.stdout
     assert "answered 0\n" in proc.stdout and "none answered" in proc.stdout
     assert "throughput 0.0 msg/s" in proc.stdout and "agent: pid" in proc.stdout
@@ -143,10 +147,20 @@ def test_agent_that_dies_mid_run_ends_the_run() -> None:
         "import fltuser; p = fltuser.connect('\\\\BenchPort'); p.get_message(4096)",
     ]
     proc = bench("\\BenchPort", "--duration", "30", "--reply-length", "1", "--json", agent=crash)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr
     report = json.loads(proc.stdout)
     assert report["statuses"].get("STATUS_PORT_DISCONNECTED", 0) >= 1
     assert report["elapsed"] < 30  # stopped by the disconnect, not by the duration
+    assert report["ended_early"] == "the agent exited with status 0"
+    assert report["exit_status"] == 1
+    assert report["problems"] == [
+        "the agent exited with status 0 during the run",
+        "no message was answered",
+    ]
+    text = bench("\\BenchPort", "--duration", "30", "--reply-length", "1", agent=crash)
+    assert text.returncode == 1
+    headline = text.stdout.splitlines()[1]
+    assert headline.startswith("  ENDED EARLY after ") and "s of 30 s: the agent exited" in headline
 
 
 @pytest.mark.parametrize(
@@ -155,6 +169,12 @@ def test_agent_that_dies_mid_run_ends_the_run() -> None:
         (["\\P", "--rate", "0"], "must be > 0"),
         (["\\P", "--hex", "xyz"], "--hex"),
         (["\\P", "--concurrency", "2", "--rate", "5"], "not allowed with"),
+        (["\\P", "--fail-if", "p99=2ms"], "is not a threshold: METRIC<VALUE"),
+        (["\\P", "--fail-if", "latency>2ms"], "unknown metric 'latency'"),
+        (["\\P", "--fail-if", "throughput<5ms"], "a throughput is in msg/s"),
+        (["\\P", "--fail-if", "p100>1"], "a percentile is above 0 and below 100"),
+        (["\\P", "--baseline", "/nonexistent.json"], "--baseline /nonexistent.json: cannot read"),
+        (["\\P", "--max-regression", "0.8"], "must be >= 1"),
     ],
 )
 def test_bad_arguments(args: list[str], text: str) -> None:
@@ -222,7 +242,7 @@ def test_timed_out_messages_are_not_answered(tmp_path: Path) -> None:
         str(plot),
         agent=silent_agent(),
     )
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr
     report = json.loads(proc.stdout)
     assert (report["sent"], report["completed"], report["answered"]) == (5, 5, 0)
     assert report["not_answered"] == report["timeouts"] == 5
@@ -250,7 +270,7 @@ def test_messages_in_flight_at_the_end_are_reported(mode: list[str]) -> None:
         "--json",
         agent=silent_agent(),
     )
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr
     report = json.loads(proc.stdout)
     assert report["sent"] >= 1
     assert report["in_flight"] == report["sent"]
@@ -305,7 +325,7 @@ def test_agent_output_is_shown_when_it_dies_mid_run() -> None:
         "raise RuntimeError('the agent broke here')",
     ]
     proc = bench("\\BenchPort", "--duration", "30", "--reply-length", "1", agent=crash)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr
     assert "exited with status 1\n" in proc.stdout
     assert "| RuntimeError: the agent broke here" in proc.stdout
 
@@ -446,3 +466,99 @@ def test_unusable_port_or_address_is_an_error(args: list[str], text: str) -> Non
     proc = bench(*args, "--count", "1", "--connect-timeout", "0.1")
     assert proc.returncode == 1
     assert f"fltemu bench: error: {text}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_fail_if_thresholds_gate_the_exit_status() -> None:
+    args = ("\\BenchPort", "--count", "50", "--reply-length", "1", "--json")
+    passing = ("--fail-if", "throughput<0.001", "--fail-if", "p99>60s")
+    proc = bench(*args, *passing, "--fail-if", "timeouts>0", agent=slow_agent(0))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert [c["fails_if"] for c in report["checks"]] == [
+        "throughput < 0.001 msg/s",
+        "p99 > 60000 ms",
+        "timeouts > 0",
+    ]
+    assert not any(c["failed"] for c in report["checks"]) and report["exit_status"] == 0
+    failing = ("--fail-if", "p50>=0ms", "--fail-if", "failures>=0%")
+    proc = bench(*args[:-1], *failing, agent=slow_agent(0))
+    assert proc.returncode == 3, proc.stderr
+    assert "FAIL: fails if p50 >= 0 ms: " in proc.stdout
+    assert "FAIL: fails if failures >= 0%: 0 (0.00% of sent)" in proc.stdout
+    assert "exit status 3: p50 >= 0 ms: " in proc.stderr
+
+
+def test_baseline_comparison(tmp_path: Path) -> None:
+    args = ("\\BenchPort", "--count", "50", "--reply-length", "1")
+    saved = bench(*args, "--json", agent=slow_agent(0))
+    assert saved.returncode == 0, saved.stderr
+    base = json.loads(saved.stdout)
+    # A baseline far slower than any run: no regression.
+    slow = tmp_path / "slow.json"
+    base_slow = {**base, "throughput": 0.001}
+    base_slow["latency_ms"] = {**base["latency_ms"], "p50": 60_000.0, "p99": 60_000.0}
+    slow.write_text(json.dumps(base_slow))
+    proc = bench(*args, "--baseline", str(slow), agent=slow_agent(0))
+    assert proc.returncode == 0, proc.stderr
+    assert "pass: fails if throughput < 0.0 / 1.2 (baseline)" in proc.stdout
+    # A baseline far faster than any run, with other settings: a regression, and a warning.
+    fast = tmp_path / "fast.json"
+    fast.write_text(json.dumps({**base, "throughput": 1e12, "message_bytes": 1032}))
+    proc = bench(*args, "--baseline", str(fast), "--max-regression", "1.5", agent=slow_agent(0))
+    assert proc.returncode == 3, proc.stderr
+    assert "FAIL: fails if throughput < 1,000,000,000,000.0 / 1.5 (baseline)" in proc.stdout
+    assert "WARNING: the baseline ran with message_bytes 1032, this run with 64" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "text"),
+    [
+        ("not json", "not JSON"),
+        ('{"throughput": 5}', "not a report of fltemu bench --json"),
+        (
+            '{"throughput": 0, "answered": 0, "latency_ms": {"p50": 0, "p99": 0}}',
+            "answered no message",
+        ),
+    ],
+)
+def test_unusable_baseline_is_refused_before_the_run(
+    tmp_path: Path, content: str, text: str
+) -> None:
+    path = tmp_path / "base.json"
+    path.write_text(content)
+    proc = bench("\\BenchPort", "--count", "1", "--baseline", str(path))
+    assert proc.returncode == 2
+    assert text in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_prints_what_ran_and_writes_the_files(tmp_path: Path) -> None:
+    plot = tmp_path / "p.svg"
+    command = [sys.executable, "-m", "fltemu", "bench", "\\BenchPort", "--duration", "600"]
+    command += ["--reply-length", "1", "--progress", "--plot", str(plot), "--json"]
+    run = LineProcess([*command, "--", *slow_agent(0.001)], wait=60)
+    try:
+        # The progress line shows answers: the run is under way.
+        run.wait_for(lambda line: re.search(r"answered [1-9]", line) is not None, "answers")
+        run.proc.send_signal(signal.SIGINT)
+        assert run.wait_exit() == 130
+    finally:
+        run.stop()
+    report = json.loads(next(line for line in run.lines if line.startswith("{")))
+    assert report["interrupted"] is True and report["ended_early"] == "interrupted (Ctrl-C)"
+    assert report["answered"] > 0 and report["exit_status"] == 130
+    assert report["agent"]["exit_text"] == "stopped by fltemu (SIGTERM)"
+    assert "interrupted: stopping the agent and summing up" in run.output
+    assert "ENDED EARLY" in plot.read_text()
+
+
+def test_ctrl_c_before_an_agent_connects() -> None:
+    command = [sys.executable, "-m", "fltemu", "bench", "\\BenchPort", "--count", "1"]
+    run = LineProcess(command, wait=60)
+    try:
+        run.wait_for(lambda line: "waiting 30 s for an agent" in line, "the wait")
+        run.proc.send_signal(signal.SIGINT)
+        assert run.wait_exit() == 130
+    finally:
+        run.stop()
+    assert "interrupted while waiting for an agent to connect to \\BenchPort" in run.output
+    assert "Traceback" not in run.output
