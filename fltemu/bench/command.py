@@ -19,6 +19,7 @@ from typing import Any, Final
 
 import msgspec
 
+from .._limits import DEFAULT_MAX_MESSAGE_BYTES
 from ..daemon.runner import loop_factory
 from ..errors import FltEmuError
 from .gate import (
@@ -163,14 +164,27 @@ def config_from_args(
     parser: argparse.ArgumentParser, args: argparse.Namespace, agent: list[str]
 ) -> BenchConfig:
     """The BenchConfig the arguments describe."""
+    if args.port and not args.port.startswith("\\"):
+        # An unquoted \ScannerPort reaches fltemu as ScannerPort.
+        parser.error(
+            f"bad port name {args.port!r}: STATUS_OBJECT_PATH_SYNTAX_BAD: a port name starts "
+            f"with a backslash: did you mean '\\{args.port}'? (quote the backslash in your shell)"
+        )
     duration = args.duration
     if args.count is None and duration is None:
         duration = 10.0
     if args.plot is not None:
         _check_plot(parser, args.plot)
+    payload = _payload(parser, args)
+    for what, size in (("the message", len(payload)), ("--reply-length", args.reply_length)):
+        if size is not None and size > DEFAULT_MAX_MESSAGE_BYTES:
+            parser.error(
+                f"{what} is {size:,} bytes: fltemu's daemon and clients carry at most "
+                f"{DEFAULT_MAX_MESSAGE_BYTES:,} bytes (16 MiB) per message"
+            )
     return BenchConfig(
         port=args.port,
-        payload=_payload(parser, args),
+        payload=payload,
         concurrency=args.concurrency,
         rate=args.rate,
         duration=duration,

@@ -46,6 +46,7 @@ __all__ = [
     "run_control",
     "snapshot",
     "trace",
+    "trace_target_error",
     "wait_ready",
 ]
 
@@ -115,15 +116,47 @@ def _port_names(manager: FilterManager) -> str:
     return ", ".join(names) or "none"
 
 
+def _no_port(manager: FilterManager, name: str) -> str:
+    """"no port named ..." with the ports there are, and the likely fix of a lost backslash."""
+    text = f"no port named '{name}' (ports: {_port_names(manager)})"
+    if name and not name.startswith("\\"):
+        # An unquoted \ScannerPort reaches the program as ScannerPort.
+        text += f"; did you mean '\\{name}'? (quote the backslash in your shell)"
+    return text
+
+
+def trace_target_error(manager: FilterManager, request: Trace) -> tuple[NtStatus, str] | None:
+    """Why a trace of ``request.port`` / ``request.connection`` would show nothing, or None.
+
+    A port that does not exist, or a connection that is not open (on that port, when one is
+    named), is refused at once rather than traced silently forever.
+    """
+    ports = (
+        _find_ports(manager, request.port)
+        if request.port
+        else [p for f in manager.filters.values() for p in f.server_ports]
+    )
+    if request.port and not ports:
+        return NtStatus.STATUS_OBJECT_NAME_NOT_FOUND, _no_port(manager, request.port)
+    if request.connection is not None:
+        open_ids = sorted(c.id for p in ports for c in p.connections if c.is_connected)
+        if request.connection not in open_ids:
+            where = f"port '{request.port}'" if request.port else "the daemon"
+            ids = ", ".join(f"#{i}" for i in open_ids) or "none"
+            return (
+                NtStatus.STATUS_INVALID_PARAMETER,
+                f"{where} has no connection #{request.connection} (connected: {ids}; "
+                "'fltemu ports' lists them)",
+            )
+    return None
+
+
 def _connections(manager: FilterManager, request: Control) -> list[ClientPort] | ControlResult:
     # Names appear as written ('\\ScannerPort' would double every backslash).
     name = request.target
     ports = _find_ports(manager, name)
     if not ports:
-        return _fail(
-            NtStatus.STATUS_OBJECT_NAME_NOT_FOUND,
-            f"no port named '{name}' (ports: {_port_names(manager)})",
-        )
+        return _fail(NtStatus.STATUS_OBJECT_NAME_NOT_FOUND, _no_port(manager, name))
     connections = sorted(
         (c for p in ports for c in p.connections if c.is_connected), key=lambda c: c.id
     )

@@ -363,6 +363,12 @@ def _remove_stale_socket(path: str) -> None:
         st = os.stat(path)
     except FileNotFoundError:
         return
+    if stat.S_ISDIR(st.st_mode):
+        raise DaemonAddressError(
+            errno.EISDIR,
+            f"{path} is a folder: the address is the socket's own path, e.g. "
+            f"{os.path.join(path, 'fltemu.sock')}",
+        )
     if not stat.S_ISSOCK(st.st_mode):
         raise DaemonAddressError(
             errno.EEXIST, f"{path} exists and is not a socket: remove it, or {_OTHER_SOCKET}"

@@ -106,6 +106,21 @@ def test_send_timeout_is_reported_and_fails(served: Served, socket_path: str) ->
         (["disconnect", "\\Nope"], 1, "no port named '\\Nope' (ports: \\EchoPort)"),
         (["disconnect", "\\EchoPort", "42"], 1, "no connection #42"),
         (["unload", "nosuch"], 1, "no filter named 'nosuch' (loaded: echo)"),
+        (
+            ["send", "EchoPort", "--data", "x"],
+            1,
+            "no port named 'EchoPort' (ports: \\EchoPort); did you mean '\\EchoPort'? "
+            "(quote the backslash in your shell)",
+        ),
+        # A trace that could show nothing is refused, not left waiting silently.
+        (["trace", "\\Nope"], 1, "the daemon refused: no port named '\\Nope' (ports: \\EchoPort)"),
+        (["trace", "EchoPort"], 1, "did you mean '\\EchoPort'? (quote the backslash"),
+        (["trace", "--connection", "99"], 1, "the daemon has no connection #99 (connected: none"),
+        (
+            ["trace", "\\EchoPort", "--connection", "99"],
+            1,
+            "port '\\EchoPort' has no connection #99 (connected: none; 'fltemu ports' lists them)",
+        ),
     ],
 )
 def test_mistakes_say_what_is_wrong(
@@ -206,3 +221,17 @@ def test_unload_runs_the_module_teardown_first(socket_path: str, tmp_path: Path)
     finally:
         assert s.stop()[0] == 0
     assert marker.read_text().count("teardown") == 1  # not run again at shutdown
+
+
+def test_trace_of_an_open_connection_starts(served: Served, socket_path: str) -> None:
+    with fltuser.connect("\\EchoPort", address=socket_path) as port:
+        ports = json.loads(fltemu("ports", "--json", address=socket_path).stdout)
+        connection = ports[0]["ports"][0]["connections"][0]["id"]
+        command = [sys.executable, "-m", "fltemu", "trace", "\\EchoPort", "--connection"]
+        command += [str(connection), "--json", "--count", "1", "--address", socket_path]
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        assert '"kind":"start"' in proc.stdout.readline()
+        port.send(b"x", 1)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and '"kind":"send"' in out
