@@ -226,9 +226,16 @@ async def run_control(
             )
         except ValueError as exc:  # a reply_length FltSendMessage cannot take
             return _fail(NtStatus.STATUS_INVALID_PARAMETER, str(exc))
-        return ControlResult(
-            PROTOCOL_VERSION, int(result.status), f"connection #{client_port.id}", result.reply
-        )
+        detail = f"connection #{client_port.id}"
+        if result.status == NtStatus.STATUS_PORT_DISCONNECTED:
+            who = f"pid {client_port.process.pid}" if client_port.process.pid else "its process"
+            detail += (
+                f": the client ({who}) disconnected before answering: it closed its handle or "
+                "exited (see its output)"
+            )
+        elif result.status == NtStatus.STATUS_TIMEOUT:
+            detail += ": no answer within the timeout"
+        return ControlResult(PROTOCOL_VERSION, int(result.status), detail, result.reply)
     return _fail(
         NtStatus.STATUS_INVALID_PARAMETER,
         f"unknown command {command!r}; known: {', '.join(COMMANDS)}",

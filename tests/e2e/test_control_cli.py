@@ -235,3 +235,19 @@ def test_trace_of_an_open_connection_starts(served: Served, socket_path: str) ->
         port.send(b"x", 1)
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0 and '"kind":"send"' in out
+
+
+def test_send_to_a_client_that_goes_away_says_so(served: Served, socket_path: str) -> None:
+    port = fltuser.connect("\\EchoPort", address=socket_path)
+
+    def agent() -> None:
+        port.get_message(4096, timeout=30)
+        port.close()  # gone without replying
+
+    thread = threading.Thread(target=agent)
+    thread.start()
+    proc = fltemu("send", "\\EchoPort", "--data", "x", "--reply-length", "1", address=socket_path)
+    thread.join(30)
+    assert proc.returncode == 1
+    assert "STATUS_PORT_DISCONNECTED" in proc.stdout
+    assert f"(pid {os.getpid()}) disconnected before answering" in proc.stdout
