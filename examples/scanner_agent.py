@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         port = fltuser.connect(PORT_NAME, address=args.address)
     except fltuser.HResultError as exc:
-        say(f"ERROR: Connecting to filter port: 0x{exc.hresult:08x}")
+        say(f"ERROR: Connecting to filter port: 0x{exc.hresult:08x} ({exc})")
         return 2
     say(f"Scanner: connected to {PORT_NAME}: {args.threads} threads x {args.requests} requests")
     scanner = Scanner(port, args.threads, args.requests, args.count)

@@ -117,7 +117,7 @@ def _port_names(manager: FilterManager) -> str:
 
 
 def _no_port(manager: FilterManager, name: str) -> str:
-    """"no port named ..." with the ports there are, and the likely fix of a lost backslash."""
+    """The "no port named ..." text: the ports there are, and the fix of a lost backslash."""
     text = f"no port named '{name}' (ports: {_port_names(manager)})"
     if name and not name.startswith("\\"):
         # An unquoted \ScannerPort reaches the program as ScannerPort.
