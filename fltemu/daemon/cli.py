@@ -462,8 +462,10 @@ def _add_control_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
         "  fltemu trace '\\ScannerPort' --connection 3 --type message,reply\n"
         "  fltemu trace --json | jq 'select(.kind == \"message_done\") | .latency'\n\n"
         "Events: connect, disconnect (pid, uid), send (FilterSendMessage), get\n"
-        "(FilterGetMessage), message (FltSendMessage started), message_done (its status,\n"
-        "message id, reply size and latency), reply (FilterReplyMessage). Each shows the first\n"
+        "(FilterGetMessage), message (FltSendMessage started, with its message id when a\n"
+        "getter took it at once), deliver (a message that waited, taken by a getter: its id),\n"
+        "message_done (its status, message id, reply size and latency), reply\n"
+        "(FilterReplyMessage, by message id). Each shows the first\n"
         "bytes of its payload in hex and ASCII, and the built-in samples' messages decoded into\n"
         "their fields. A reader that cannot keep up loses events, and is told how many.\n",
     )

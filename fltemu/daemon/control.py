@@ -46,7 +46,8 @@ __all__ = [
     "run_control",
     "snapshot",
     "trace",
-    "trace_target_error",
+    "trace_note",
+    "trace_refusal",
     "wait_ready",
 ]
 
@@ -125,30 +126,38 @@ def _no_port(manager: FilterManager, name: str) -> str:
     return text
 
 
-def trace_target_error(manager: FilterManager, request: Trace) -> tuple[NtStatus, str] | None:
-    """Why a trace of ``request.port`` / ``request.connection`` would show nothing, or None.
+def trace_refusal(request: Trace) -> tuple[NtStatus, str] | None:
+    """Why a trace must be refused at once (a port name no port can have), or None."""
+    if request.port and not request.port.startswith("\\"):
+        return (
+            NtStatus.STATUS_OBJECT_PATH_SYNTAX_BAD,
+            f"bad port name '{request.port}': a port name starts with a backslash: did you "
+            f"mean '\\{request.port}'? (quote the backslash in your shell)",
+        )
+    return None
 
-    A port that does not exist, or a connection that is not open (on that port, when one is
-    named), is refused at once rather than traced silently forever.
-    """
+
+def trace_note(manager: FilterManager, request: Trace) -> str:
+    """What a trace waits for that is not there now (a port, a connection), in words; "" when
+    all is there. The trace still starts (a filter may create the port later), but says so
+    rather than showing nothing, silently."""
     ports = (
         _find_ports(manager, request.port)
         if request.port
         else [p for f in manager.filters.values() for p in f.server_ports]
     )
     if request.port and not ports:
-        return NtStatus.STATUS_OBJECT_NAME_NOT_FOUND, _no_port(manager, request.port)
+        return f"{_no_port(manager, request.port)}: waiting for one"
     if request.connection is not None:
         open_ids = sorted(c.id for p in ports for c in p.connections if c.is_connected)
         if request.connection not in open_ids:
             where = f"port '{request.port}'" if request.port else "the daemon"
             ids = ", ".join(f"#{i}" for i in open_ids) or "none"
             return (
-                NtStatus.STATUS_INVALID_PARAMETER,
-                f"{where} has no connection #{request.connection} (connected: {ids}; "
-                "'fltemu ports' lists them)",
+                f"{where} has no connection #{request.connection} now (connected: {ids}; "
+                "'fltemu ports' lists them): waiting for one"
             )
-    return None
+    return ""
 
 
 def _connections(manager: FilterManager, request: Control) -> list[ClientPort] | ControlResult:

@@ -320,9 +320,9 @@ class Daemon:
         return self._read_view
 
     def _start_trace(
-        self, transport: asyncio.BaseTransport, wire: WireConnection, request: Trace
+        self, transport: asyncio.BaseTransport, wire: WireConnection, request: Trace, note: str = ""
     ) -> None:
-        TraceSubscriber(self.trace_hub, transport, wire, request).start()
+        TraceSubscriber(self.trace_hub, transport, wire, request).start(note)
 
     def _next_session_id(self) -> int:
         return next(self._session_ids)
