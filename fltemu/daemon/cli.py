@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -365,7 +366,10 @@ Wine prefix if needed (--prefix, else $WINEPREFIX, else ~/.cache/fltemu/wine; he
 WINEDEBUG=-all), installs both there and registers the driver as a kernel service, then runs
 the program with FLTEMU_SOCKET set to the daemon's socket (--address, else $FLTEMU_SOCKET,
 else the default path). The program's stdin, stdout, stderr and exit status are its own. Exit
-status 1 with a message when Wine, mingw-w64 or the daemon is missing.
+status 1 with a message when Wine, mingw-w64 or the daemon is missing, or when PROGRAM is not
+a Windows program: a file that is not a .exe (no MZ header), a Linux program or script (run
+those directly), a folder, or a name found neither in the current folder nor in the prefix's
+C:\\windows\\system32 and C:\\windows. The program goes after '--'.
 """
 
 
@@ -608,6 +612,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "--" in arguments:  # fltemu bench ... -- AGENT COMMAND
         split = arguments.index("--")
         arguments, agent = arguments[:split], arguments[split + 1 :]
+    if arguments[:1] == ["wine"] and not agent:
+        # `fltemu wine agent.exe` (no --): say where the program goes, with wine's usage.
+        args, extra = parser.parse_known_args(arguments)
+        wine = _subparsers(parser).choices["wine"]
+        if extra:
+            options = shlex.join(arguments[1 : len(arguments) - len(extra)])
+            wine.error(
+                f"put the program after '--': fltemu wine {options + ' ' if options else ''}"
+                f"-- {shlex.join(extra)}"
+            )
+        wine.error("fltemu wine needs the program to run after '--': fltemu wine -- agent.exe")
     args = parser.parse_args(arguments)
     if args.command is None:
         parser.print_help()
@@ -615,8 +630,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if agent and args.command not in ("bench", "wine"):
         parser.error("'-- COMMAND' is only for fltemu bench and fltemu wine")
     if args.command == "wine":
-        if not agent:
-            parser.error("fltemu wine needs the program to run after '--'")
         from ..wine import run_command as run_wine
 
         return run_wine(
