@@ -107,6 +107,11 @@ def test_scanner_agent_against_the_builtin_scanner_via_fltemu_wine(
                 assert verdict.endswith(
                     f"(1048 bytes): scanned {len(content)} bytes: {expected}"
                 ), verdict
+            # Written in place, as README's step 4 does: three scans, as Microsoft's scanner
+            # makes them (the open, the bytes written, the close after writing).
+            (watched / "written.txt").write_bytes(b"some foul text\n")
+            verdicts = [agent.expect("Scanner: message") for _ in range(3)]
+            assert verdicts[-1].endswith("unsafe"), verdicts
             unloaded = fltemu("unload", "scanner", "--address", socket_path)
             assert unloaded.returncode == 0, unloaded.stderr
             assert agent.expect("Scanner: Port is disconnected").endswith("unloading.")
