@@ -30,6 +30,7 @@ from .gate import (
     load_baseline,
     parse_threshold,
 )
+from .histogram import LatencyHistogram, percentile_distribution
 from .load import (
     LIMIT_FACTOR,
     BenchConfig,
@@ -51,7 +52,10 @@ __all__ = [
     "describe_settings",
     "format_report",
     "format_verdict",
+    "hdr_report",
     "judge",
+    "parse_percentiles",
+    "parse_stages",
     "plot_report",
     "run_command",
 ]
@@ -85,11 +89,13 @@ def _payload(parser: argparse.ArgumentParser, args: argparse.Namespace) -> bytes
     return bytes(args.size)
 
 
-def _check_plot(parser: argparse.ArgumentParser, path: str) -> None:
-    """Refuse a plot that could not be written, before the run rather than after it."""
-    if not path.lower().endswith(".svg"):
+def _check_writable(
+    parser: argparse.ArgumentParser, option: str, path: str, suffix: str | None
+) -> None:
+    """Refuse an output file that could not be written, before the run rather than after."""
+    if suffix == ".svg" and not path.lower().endswith(".svg"):
         parser.error(
-            f"--plot {path}: the plot is SVG, so its name must end in .svg "
+            f"{option} {path}: the plot is SVG, so its name must end in .svg "
             "(for a PNG, convert it afterwards, e.g. rsvg-convert -o plot.png plot.svg)"
         )
     existed = os.path.lexists(path)
@@ -97,7 +103,7 @@ def _check_plot(parser: argparse.ArgumentParser, path: str) -> None:
         with open(path, "ab"):
             pass
     except OSError as exc:
-        parser.error(f"--plot {path}: cannot write it: {exc.strerror or exc}")
+        parser.error(f"{option} {path}: cannot write it: {exc.strerror or exc}")
     if not existed:
         os.unlink(path)
 
@@ -170,11 +176,35 @@ def config_from_args(
             f"bad port name {args.port!r}: STATUS_OBJECT_PATH_SYNTAX_BAD: a port name starts "
             f"with a backslash: did you mean '\\{args.port}'? (quote the backslash in your shell)"
         )
+    stages: tuple[tuple[float, float], ...] = ()
+    rate, concurrency = args.rate, args.concurrency
+    if args.stages is not None:
+        for given, option in (
+            (args.rate, "--rate"),
+            (args.concurrency, "--concurrency"),
+            (args.duration, "--duration"),
+        ):
+            if given is not None:
+                parser.error(f"--stages sets the targets and durations: drop {option}")
+        try:
+            stages, is_open = parse_stages(args.stages)
+        except ValueError as exc:
+            parser.error(f"--stages {args.stages!r}: {exc}")
+        if is_open:
+            rate = stages[0][1]
+        else:
+            concurrency = int(stages[0][1])
     duration = args.duration
-    if args.count is None and duration is None:
+    if args.count is None and duration is None and not stages:
         duration = 10.0
     if args.plot is not None:
-        _check_plot(parser, args.plot)
+        _check_writable(parser, "--plot", args.plot, ".svg")
+    if args.hdr is not None:
+        _check_writable(parser, "--hdr", args.hdr, None)
+    try:
+        percentiles = parse_percentiles(args.percentiles)
+    except ValueError as exc:
+        parser.error(f"--percentiles {args.percentiles!r}: {exc}")
     payload = _payload(parser, args)
     for what, size in (("the message", len(payload)), ("--reply-length", args.reply_length)):
         if size is not None and size > DEFAULT_MAX_MESSAGE_BYTES:
@@ -185,8 +215,8 @@ def config_from_args(
     return BenchConfig(
         port=args.port,
         payload=payload,
-        concurrency=args.concurrency,
-        rate=args.rate,
+        concurrency=concurrency or 1,
+        rate=rate,
         duration=duration,
         count=args.count,
         reply_length=args.reply_length,
@@ -197,20 +227,111 @@ def config_from_args(
         connect_timeout=args.connect_timeout,
         everyone=args.allow_everyone,
         limit_check=args.limit_check,
+        stages=stages,
+        warmup=args.warmup,
+        percentiles=percentiles,
     )
 
 
+def _seconds(text: str) -> float:
+    for unit, scale in (("ms", 1e-3), ("s", 1.0), ("m", 60.0)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * scale
+    return float(text)
+
+
+def parse_stages(text: str) -> tuple[tuple[tuple[float, float], ...], bool]:
+    """``--stages``: (seconds, target) of each stage, and whether the targets are rates
+    (open loop, ``N/s``) rather than messages in flight (closed loop, ``N``).
+
+    >>> parse_stages("10s:1000/s,500ms:2000/s")
+    (((10.0, 1000.0), (0.5, 2000.0)), True)
+    >>> parse_stages("5:1, 5:16")
+    (((5.0, 1.0), (5.0, 16.0)), False)
+
+    Raises:
+        ValueError: not DURATION:TARGET,...; the message says what is.
+    """
+    stages = []
+    kinds = set()
+    for part in text.split(","):
+        duration, sep, target = part.strip().partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            seconds = _seconds(duration.strip())
+            is_rate = target.strip().endswith("/s")
+            value = float(target.strip().removesuffix("/s"))
+        except ValueError:
+            raise ValueError(
+                f"{part.strip()!r} is not DURATION:TARGET, e.g. 10s:2000/s (open loop, msg/s) "
+                "or 10s:16 (closed loop, messages in flight)"
+            ) from None
+        if not seconds > 0 or not value > 0:
+            raise ValueError(f"{part.strip()!r}: the duration and the target must be > 0")
+        if not is_rate and value != int(value):
+            raise ValueError(f"{part.strip()!r}: messages in flight are a whole number")
+        kinds.add(is_rate)
+        stages.append((seconds, value))
+    if len(kinds) > 1:
+        raise ValueError("every stage is a rate (N/s, open loop) or every one a concurrency (N)")
+    return tuple(stages), kinds == {True}
+
+
+def parse_percentiles(text: str) -> tuple[float, ...]:
+    """``--percentiles``: sorted, each above 0 and below 100.
+
+    >>> parse_percentiles("99.9, 50,99")
+    (50.0, 99.0, 99.9)
+
+    Raises:
+        ValueError: not a comma-separated list of such numbers.
+    """
+    try:
+        values = sorted({float(p.strip().removeprefix("p")) for p in text.split(",") if p.strip()})
+    except ValueError:
+        raise ValueError("not a list of percentiles such as 50,90,99,99.9") from None
+    if not values or not all(0 < p < 100 for p in values):
+        raise ValueError("each percentile is above 0 and below 100 (max is always shown)")
+    return tuple(values)
+
+
+def _target(config: BenchConfig, target: float) -> str:
+    return f"{target:,g} msg/s" if config.rate else f"{target:g} in flight"
+
+
 def describe_settings(config: BenchConfig) -> str:
-    """The run's settings in one line: mode, size, reply, timeout, length, connections."""
+    """The run's settings in one line: mode (or stages), size, reply, timeout, length,
+    warm-up, connections."""
     c = config
-    mode = f"open loop at {c.rate:g} msg/s" if c.rate else f"closed loop, {c.concurrency} in flight"
+    if c.stages:
+        steps = ", ".join(f"{_target(c, t)} for {seconds:g} s" for seconds, t in c.stages)
+        mode = f"{'open' if c.rate else 'closed'} loop in {len(c.stages)} stages ({steps})"
+    elif c.rate:
+        mode = f"open loop at {c.rate:g} msg/s"
+    else:
+        mode = f"closed loop, {c.concurrency} in flight"
     reply = f"reply {c.reply_length} bytes" if c.reply_length is not None else "no reply"
     timeout = "no timeout" if c.timeout is None else f"timeout {c.timeout:g} s"
-    length = [f"{c.duration:g} s"] if c.duration is not None else []
+    length = [f"{c.duration:g} s"] if c.duration is not None and not c.stages else []
     length += [f"at most {c.count} messages"] if c.count is not None else []
+    warmup = f", after a {c.warmup:g} s warm-up" if c.warmup else ""
     connections = f", up to {c.max_connections} connections" if c.max_connections > 1 else ""
-    return f"{mode}, {len(c.payload)}-byte messages, {reply}, {timeout}, {' or '.join(length)}" + (
-        connections
+    return (
+        f"{mode}, {len(c.payload)}-byte messages, {reply}, {timeout}"
+        + (f", {' or '.join(length)}" if length else "")
+        + warmup
+        + connections
+    )
+
+
+def _latencies(config: BenchConfig, h: LatencyHistogram) -> str:
+    return "  ".join(
+        f"{name} {value / 1e6:.3f}"
+        for name, value in [
+            *((f"p{p:g}", h.percentile(p)) for p in config.percentiles),
+            ("max", h.max),
+        ]
     )
 
 
@@ -312,23 +433,32 @@ def format_report(report: BenchReport) -> str:
             else ""
         ),
         f"  in flight at the end {report.in_flight}"
-        + (" (withdrawn when the run stopped)" if report.in_flight else ""),
-        "  latency of answered messages (ms):  "
         + (
-            "  ".join(
-                f"{name} {value / 1e6:.3f}"
-                for name, value in (
-                    ("p50", h.percentile(50)),
-                    ("p90", h.percentile(90)),
-                    ("p99", h.percentile(99)),
-                    ("p99.9", h.percentile(99.9)),
-                    ("max", h.max),
-                )
-            )
-            if h.count
-            else "none answered"
+            " (withdrawn when the run stopped; counted in the latency at their age)"
+            if report.in_flight_aged
+            else " (withdrawn when the run stopped)"
+            if report.in_flight
+            else ""
         ),
+        f"  latency of {report.latency_of} (ms):  "
+        + (_latencies(c, h) if h.count else "none answered"),
     ]
+    if c.warmup:
+        lines.insert(
+            2, f"  warm-up {c.warmup:g} s before: {report.warmup_sent} messages, not counted"
+        )
+    if c.stages:
+        for i, stage in enumerate(report.stages, 1):
+            w = stage.window
+            answered = w.answered / stage.elapsed if stage.elapsed > 0 else 0.0
+            lines.append(
+                f"  stage {i}: {_target(c, stage.target)} for {stage.elapsed:.2f} s: sent "
+                f"{w.sent}, answered {w.answered} ({answered:,.1f} msg/s), not answered "
+                f"{w.not_answered}; ms: "
+                + (_latencies(c, w.latency) if w.latency.count else "none answered")
+            )
+    if report.offered_shortfall:
+        lines.append(f"  WARNING: {report.offered_shortfall}")
     if report.agent_pid is not None:
         lines.append(
             f"  agent: pid {report.agent_pid}, {_cpu(report.agent_cpu_seconds, elapsed)}, "
@@ -345,45 +475,64 @@ def format_report(report: BenchReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plot_notes(report: BenchReport) -> list[str]:
-    notes = []
+def _plot_notes(report: BenchReport) -> tuple[list[str], list[str]]:
+    """(notes, warnings) under the plot: what to know, and what makes the figures doubtful."""
+    notes, warnings = [], []
     early = _early_line(report)
     if early:
-        notes.append(early)
+        warnings.append(early)
     if report.failures:
-        notes.append(
+        warnings.append(
             "not answered, not in the curve: "
             + ", ".join(
                 f"{name} {n} ({100 * n / report.sent:.1f}%)"
                 for name, n in report.failures.most_common()
             )
         )
-    if report.in_flight:
-        notes.append(f"in flight at the end, withdrawn: {report.in_flight}")
+    if report.offered_shortfall:
+        warnings.append(report.offered_shortfall)
     if report.near_limit and report.limit is not None and report.limit.throughput:
-        notes.append(
+        warnings.append(
             f"within {LIMIT_FACTOR:g}x of fltemu's own limit "
             f"({report.limit.throughput:,.0f} msg/s): may be fltemu's ceiling"
         )
-    return notes
+    if report.in_flight_aged:
+        notes.append(
+            f"in flight at the end: {report.in_flight}, in the curve at their age (open loop)"
+        )
+    elif report.in_flight:
+        notes.append(f"in flight at the end, withdrawn, not in the curve: {report.in_flight}")
+    if report.config.warmup:
+        notes.append(f"after a {report.config.warmup:g} s warm-up, not counted")
+    return notes, warnings
 
 
 def plot_report(report: BenchReport) -> str:
-    """The latency plot of a run: answered messages only, the rest noted beside the curve."""
+    """The latency plot of a run: answered messages (and, in open loop, those in flight at
+    the end at their age), the rest noted beside the curve."""
     c = report.config
     early = _early_line(report)
+    notes, warnings = _plot_notes(report)
     return percentile_svg(
         report.latency,
         f"fltemu bench {c.port}: {report.throughput:,.1f} answered msg/s, "
         f"{report.elapsed:.2f} s run" + (" (ENDED EARLY)" if early else ""),
         subtitle=describe_settings(c),
-        notes=_plot_notes(report),
+        notes=notes,
+        warnings=warnings,
+        percentiles=c.percentiles,
     )
+
+
+def hdr_report(report: BenchReport) -> str:
+    """The run's latency as HdrHistogram's percentile distribution (.hgrm), in ms."""
+    return percentile_distribution(report.latency)
 
 
 def _progress_line(p: Progress) -> None:
     sys.stderr.write(
-        f"\r  {p.elapsed:6.1f} s  sent {p.sent}  answered {p.answered}  "
+        f"\r  {'warm-up ' if p.warming else ''}{p.elapsed:6.1f} s  sent {p.sent}  "
+        f"answered {p.answered}  "
         f"timeouts {p.timeouts}  p99 {p.p99_ns / 1e6:.3f} ms   "
     )
     sys.stderr.flush()
@@ -471,17 +620,20 @@ def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace, agent
         sys.stdout.write(msgspec.json.encode(document).decode() + "\n")
     else:
         sys.stdout.write(format_report(report) + format_verdict(verdict))
-    if args.plot:
+    for option, path, what, write in (
+        ("--plot", args.plot, "latency plot", plot_report),
+        ("--hdr", args.hdr, "HdrHistogram percentile distribution", hdr_report),
+    ):
+        if not path:
+            continue
         try:
-            with open(args.plot, "w") as f:
-                f.write(plot_report(report))
+            with open(path, "w") as f:
+                f.write(write(report))
         except OSError as exc:
-            print(
-                f"fltemu bench: error: --plot {args.plot}: {exc.strerror or exc}", file=sys.stderr
-            )
+            print(f"fltemu bench: error: {option} {path}: {exc.strerror or exc}", file=sys.stderr)
             return EXIT_FAILED
         if not args.json:
-            print(f"  latency plot: {args.plot}")
+            print(f"  {what}: {path}")
     sys.stdout.flush()
     if verdict.status not in (EXIT_OK, EXIT_INTERRUPTED):
         print(_summary(verdict), file=sys.stderr)

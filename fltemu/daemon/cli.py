@@ -203,6 +203,7 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
   fltemu bench '\\ScannerPort' --size 1032 --reply-length 1 -- python examples/scanner_agent.py
   fltemu bench '\\MyPort' --rate 2000 --duration 30 --reply-length 4 --plot latency.svg -- ./agent
   fltemu bench '\\MyPort' --concurrency 64 --count 100000 --json --address /tmp/b.sock
+  fltemu bench '\\MyPort' --warmup 2 --stages 10s:1000/s,10s:4000/s --hdr run.hgrm -- ./agent
   fltemu bench '\\MyPort' --reply-length 4 --fail-if 'p99>5ms' --fail-if 'timeouts>0' -- ./agent
   fltemu bench '\\MyPort' --reply-length 4 --json -- ./agent > base.json   # then, in CI:
   fltemu bench '\\MyPort' --reply-length 4 --baseline base.json --max-regression 1.2 -- ./agent
@@ -210,7 +211,11 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 A message is answered when the agent replied (or, with no reply asked, took it); throughput
 and percentiles count answered messages only. Timeouts and other statuses are counted beside
 them, with the messages still in flight when the run stopped: sent = answered + not
-answered + in flight.
+answered + in flight. In open loop, latency counts from each message's scheduled time, and
+a message still in flight at the end is counted in the percentiles at its age (it is at
+least that slow); a warning says when fewer than 90% of the offered messages were answered.
+--warmup loads the agent first without counting; --stages runs a schedule of targets (a
+rate, or messages in flight), each reported on its own line; --json has a per-second series.
 
 The agent is started under setsid (a process group of its own) with FLTEMU_SOCKET set to
 the bench's socket and, when fltemu runs in a virtual environment, that environment first on
@@ -248,7 +253,6 @@ a --fail-if threshold or the --baseline comparison failed; 130 after Ctrl-C.
     how.add_argument(
         "--concurrency",
         type=_positive_int,
-        default=1,
         metavar="N",
         help="closed loop: N messages in flight (default: 1)",
     )
@@ -262,6 +266,20 @@ a --fail-if threshold or the --baseline comparison failed; 130 after Ctrl-C.
         help="how long to send (default: 10 s, unless --count is given)",
     )
     bench.add_argument("--count", type=_positive_int, metavar="N", help="how many messages to send")
+    bench.add_argument(
+        "--stages",
+        metavar="DURATION:TARGET,...",
+        help="a schedule instead of --rate/--concurrency and --duration, each stage held in "
+        "turn: 10s:1000/s,10s:4000/s (open loop, msg/s) or 5s:1,5s:16 (closed loop, in flight)",
+    )
+    bench.add_argument(
+        "--warmup",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="SECONDS",
+        help="load at the first target for this long before counting, left out of every "
+        "figure (default: 0)",
+    )
     what = bench.add_mutually_exclusive_group()
     what.add_argument(
         "--size",
@@ -306,7 +324,23 @@ a --fail-if threshold or the --baseline comparison failed; 130 after Ctrl-C.
         action="store_true",
         help="admit any local user to the port (default: root and your user)",
     )
-    bench.add_argument("--json", action="store_true", help="print the report as JSON")
+    bench.add_argument(
+        "--percentiles",
+        default="50,90,99,99.9",
+        metavar="P,P,...",
+        help="the latency percentiles shown (default: 50,90,99,99.9; max is always shown)",
+    )
+    bench.add_argument(
+        "--json",
+        action="store_true",
+        help="print the report as JSON, with a per-second series and each stage",
+    )
+    bench.add_argument(
+        "--hdr",
+        metavar="FILE",
+        help="write the latency as HdrHistogram's percentile distribution (.hgrm, ms), as "
+        "wrk2 prints it and HdrHistogram's plotter reads it",
+    )
     bench.add_argument(
         "--plot",
         metavar="FILE.svg",

@@ -431,8 +431,12 @@ def test_report_counts_answered_only_and_failures_beside_them() -> None:
     svg = plot_report(report)
     assert "open loop at 300 msg/s, 64-byte messages, reply 1 bytes, timeout 0.05 s, 4 s" in svg
     assert "0.5 answered msg/s" in svg and "n=2" in svg
-    assert "STATUS_TIMEOUT 1186 (98.8%)" in svg and "withdrawn: 8" in svg
-    assert "log scale" in svg
+    assert "STATUS_TIMEOUT 1186 (98.8%)" in svg
+    # What the curve leaves out is a warning (red); messages in flight are a note (grey).
+    assert '<text x="80" y="500" fill="#c00">not answered, not in the curve: ' in svg
+    assert 'fill="#555">in flight at the end, withdrawn, not in the curve: 8</text>' in svg
+    assert "latency (ms, log scale)" in svg
+    assert "the offered rate was not reached: 300 msg/s offered, 0 answered (0%)" in text
 
 
 def test_short_run_gets_no_share_of_a_core() -> None:
@@ -567,3 +571,88 @@ def test_ctrl_c_before_an_agent_connects() -> None:
         run.stop()
     assert "interrupted while waiting for an agent to connect to \\BenchPort" in run.output
     assert "Traceback" not in run.output
+
+
+def test_open_loop_counts_the_backlog_at_its_age_and_warns(tmp_path: Path) -> None:
+    # The agent takes 0.05 s a message, one at a time: at most 20 a second of the 200 offered.
+    args = ("\\BenchPort", "--rate", "200", "--duration", "1", "--reply-length", "1")
+    proc = bench(*args, "--timeout", "100", "--json", agent=slow_agent(0.05))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    latency = report["latency_ms"]
+    assert report["in_flight"] > 0 and latency["in_flight_counted"] == report["in_flight"]
+    assert latency["count"] == report["answered"] + report["in_flight"]
+    assert latency["of"].startswith("answered messages, and the ")
+    assert report["offered_shortfall"].startswith("the offered rate was not reached: ")
+    # The oldest message still waiting is at least as old as the answered ones' typical wait.
+    assert latency["max"] >= latency["p50"]
+    text = bench(*args, "--timeout", "100", agent=slow_agent(0.05)).stdout
+    assert "WARNING: the offered rate was not reached: " in text
+    assert "(withdrawn when the run stopped; counted in the latency at their age)" in text
+
+
+def test_warmup_is_left_out_and_stages_run_in_turn(tmp_path: Path) -> None:
+    hdr = tmp_path / "run.hgrm"
+    proc = bench(
+        "\\BenchPort", "--warmup", "0.3", "--stages", "0.3s:1,300ms:4", "--reply-length", "1",
+        "--percentiles", "75,99.99", "--hdr", str(hdr), "--json", agent=slow_agent(0),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["mode"] == "closed" and report["warmup"] == 0.3
+    assert report["warmup_sent"] >= 1  # sent in the warm-up, counted nowhere
+    stages = report["stages"]
+    assert [s["target"] for s in stages] == [1, 4]
+    assert sum(s["sent"] for s in stages) == report["sent"]
+    assert sum(s["answered"] for s in stages) == report["answered"] > 0
+    assert sum(w["answered"] for w in report["series"]) == report["answered"]
+    assert sum(w["sent"] for w in report["series"]) == report["sent"]
+    assert [w["second"] for w in report["series"]] == list(range(len(report["series"])))
+    assert report["percentiles"] == [75, 99.99]
+    assert {"p50", "p75", "p99", "p99.99", "max"} <= set(report["latency_ms"])
+    assert set(stages[0]["latency_ms"]) == {"p75", "p99.99", "max"}
+    text = hdr.read_text()
+    assert text.startswith("       Value     Percentile TotalCount 1/(1-Percentile)\n\n")
+    assert f"Total count    = {report['answered']:12d}]" in text
+    last = [line for line in text.splitlines() if not line.startswith("#")][-1].split()
+    assert last[1:] == ["1.000000000000", str(report["answered"])]
+    human = bench(
+        "\\BenchPort", "--warmup", "0.2", "--stages", "0.2:2", "--reply-length", "1",
+        "--percentiles", "75", agent=slow_agent(0),
+    )  # fmt: skip
+    assert human.returncode == 0, human.stderr
+    assert "closed loop in 1 stages (2 in flight for 0.2 s)" in human.stdout
+    assert "after a 0.2 s warm-up" in human.stdout and "messages, not counted" in human.stdout
+    assert "  stage 1: 2 in flight for " in human.stdout and "ms: p75 " in human.stdout
+
+
+def test_open_loop_stages_and_the_limit_check_at_the_peak() -> None:
+    proc = bench(
+        "\\BenchPort", "--stages", "0.3s:50/s,0.3s:100/s", "--reply-length", "1", "--json",
+        agent=slow_agent(0), limit_check=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["mode"] == "open" and report["rate"] == 50
+    assert [s["target"] for s in report["stages"]] == [50, 100]
+    assert report["limit"]["offered_rate"] == 400  # the peak stage's rate x 4
+
+
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [
+        (["--stages", "10"], "is not DURATION:TARGET"),
+        (["--stages", "1s:10/s,1s:4"], "every stage is a rate"),
+        (["--stages", "1s:2.5"], "messages in flight are a whole number"),
+        (["--stages", "0s:5"], "must be > 0"),
+        (["--stages", "1s:5", "--rate", "5"], "--stages sets the targets and durations: drop"),
+        (["--stages", "1s:5", "--duration", "5"], "drop --duration"),
+        (["--percentiles", "50,100"], "each percentile is above 0 and below 100"),
+        (["--percentiles", "fifty"], "not a list of percentiles"),
+        (["--hdr", "/nonexistent/x.hgrm"], "--hdr /nonexistent/x.hgrm: cannot write it"),
+    ],
+)
+def test_bad_load_shapes_are_refused(args: list[str], text: str) -> None:
+    proc = bench("\\P", *args)
+    assert proc.returncode == 2
+    assert text in proc.stderr and "Traceback" not in proc.stderr
