@@ -17,6 +17,7 @@ import pytest
         "fltemu.bench.load",
         "fltemu.bench.gate",
         "fltemu.bench.command",
+        "fltemu.bench.windows",
     ],
 )
 def test_docstring_examples(module: str) -> None:

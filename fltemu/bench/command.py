@@ -346,11 +346,17 @@ def _cpu(seconds: float | None, elapsed: float) -> str:
 
 def _limit_lines(report: BenchReport) -> list[str]:
     limit = report.limit
+    wine = (
+        ["  the agent runs under Wine (fltemu wine): these figures are its speed under Wine"]
+        if report.under_wine
+        else []
+    )
+    whose = "the Windows side's own limit under Wine" if report.under_wine else "fltemu's own limit"
     if limit is None:
         why = "interrupted" if report.interrupted else "--no-limit-check"
-        return [f"  fltemu's own limit: not checked ({why})"]
+        return [*wine, f"  {whose}: not checked ({why})"]
     if limit.throughput is None:
-        return [f"  fltemu's own limit: not measured: {limit.error}"]
+        return [*wine, f"  {limit.what}: not measured: {limit.error}"]
     how = (
         f"open loop offered {limit.offered_rate:g} msg/s"
         if limit.offered_rate is not None
@@ -360,19 +366,32 @@ def _limit_lines(report: BenchReport) -> list[str]:
     if limit.fltemu_cpu is not None:
         busy.append(f"fltemu's process {100 * limit.fltemu_cpu:.0f}% of a core")
     if limit.agent_cpu is not None:
-        busy.append(f"that agent's {100 * limit.agent_cpu:.0f}%")
+        theirs = "that agent's, Wine's processes included," if limit.windows else "that agent's"
+        busy.append(f"{theirs} {100 * limit.agent_cpu:.0f}%")
+    against = (
+        "benchagent.exe get (overlapped gets on an I/O completion port, each message answered "
+        "at once) under the agent's fltemu wine"
+        if limit.windows
+        else "its instant-reply agent in a process of its own"
+    )
     bound = "at least " if limit.is_lower_bound else ""
     lines = [
-        f"  fltemu's own limit: {bound}{limit.throughput:,.0f} msg/s with these settings "
+        *wine,
+        f"  {limit.what}: {bound}{limit.throughput:,.0f} msg/s with these settings "
         f"({how}, one connection)",
-        f"    measured for {limit.seconds:.1f} s against its instant-reply agent in a process of "
-        "its own, over the same socket" + (f"; {', '.join(busy)}" if busy else ""),
+        f"    measured for {limit.seconds:.1f} s against {against}, over the same socket"
+        + (f"; {', '.join(busy)}" if busy else ""),
     ]
     if report.near_limit:
+        ceiling = (
+            "what a Windows agent that does nothing sustains under Wine: the figures may be "
+            "Wine's ceiling"
+            if limit.windows
+            else "what fltemu alone sustains: the figures may be fltemu's ceiling"
+        )
         lines.append(
             f"  WARNING: the agent's {report.throughput:,.0f} msg/s is within "
-            f"{LIMIT_FACTOR:g}x of what fltemu alone sustains: the figures may be fltemu's "
-            "ceiling rather than your agent's"
+            f"{LIMIT_FACTOR:g}x of {ceiling} rather than your agent's"
         )
     return lines
 
@@ -460,10 +479,30 @@ def format_report(report: BenchReport) -> str:
     if report.offered_shortfall:
         lines.append(f"  WARNING: {report.offered_shortfall}")
     if report.agent_pid is not None:
-        lines.append(
-            f"  agent: pid {report.agent_pid}, {_cpu(report.agent_cpu_seconds, elapsed)}, "
-            f"{report.agent_exit_text or 'still running'}"
+        processes = report.agent_processes
+        wine = [p for p in processes if p.role == "wine"]
+        many = (
+            f" in {len(processes)} processes" + (f" ({len(wine)} of them Wine's)" if wine else "")
+            if len(processes) > 1
+            else ""
         )
+        lines.append(
+            f"  agent: pid {report.agent_pid}, {_cpu(report.agent_cpu_seconds, elapsed)}"
+            f"{many}, {report.agent_exit_text or 'still running'}"
+        )
+        if len(processes) > 1:
+            busy = [p for p in processes if p.seconds > 0]
+            idle = len(processes) - len(busy)
+            lines.append(
+                "    "
+                + ", ".join(
+                    f"{p.name} {p.seconds:.2f} s"
+                    + (" (Wine)" if p.role == "wine" else "")
+                    + (" (exited)" if p.exited else "")
+                    for p in busy
+                )
+                + (f"{', ' if busy else ''}{idle} idle" if idle else "")
+            )
         if report.agent_failed:
             if report.agent_output:
                 lines.append("  agent output (last lines):")
@@ -492,10 +531,13 @@ def _plot_notes(report: BenchReport) -> tuple[list[str], list[str]]:
     if report.offered_shortfall:
         warnings.append(report.offered_shortfall)
     if report.near_limit and report.limit is not None and report.limit.throughput:
+        whose = "Wine's" if report.limit.windows else "fltemu's"
         warnings.append(
-            f"within {LIMIT_FACTOR:g}x of fltemu's own limit "
-            f"({report.limit.throughput:,.0f} msg/s): may be fltemu's ceiling"
+            f"within {LIMIT_FACTOR:g}x of {report.limit.what} "
+            f"({report.limit.throughput:,.0f} msg/s): may be {whose} ceiling"
         )
+    if report.under_wine:
+        notes.append("the agent runs under Wine: these are its figures under Wine")
     if report.in_flight_aged:
         notes.append(
             f"in flight at the end: {report.in_flight}, in the curve at their age (open loop)"

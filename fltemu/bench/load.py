@@ -25,7 +25,10 @@ from ..daemon import Daemon
 from ..errors import FltEmuError
 from ..kernel import ClientPort, Filter, SecurityDescriptor, ServerPort
 from ..status import NtStatus
+from ..wine import WineSetupError
+from .cpu import CpuWatch, ProcessCpu
 from .histogram import LatencyHistogram
+from .windows import wine_launcher
 
 __all__ = [
     "DEFAULT_PERCENTILES",
@@ -220,7 +223,9 @@ class LimitCheck:
     The calibration run uses the run's mode, concurrency, message, reply length and timeout,
     one connection, and ``python -m fltemu.bench.instant`` in a process of its own as the
     agent, over the same daemon and socket. Its figure is a ceiling for any agent: a real
-    agent can only be slower than one that answers at once.
+    agent can only be slower than one that answers at once. When the run's agent runs under
+    ``fltemu wine``, the calibration agent is ``benchagent.exe get`` under the same ``fltemu
+    wine`` (``windows``): the ceiling of the Windows side under Wine, far below fltemu's.
 
     Attributes:
         throughput: answered messages per second, or ``None`` when the check failed.
@@ -230,6 +235,8 @@ class LimitCheck:
         fltemu_cpu: fltemu's own process, CPU seconds per second of the calibration run.
         agent_cpu: the instant-reply agent's, likewise (``None`` where /proc is missing).
         error: why there is no figure.
+        windows: measured against a Windows agent under the run's ``fltemu wine``
+            (``benchagent.exe get``): the Windows side's ceiling under Wine, not fltemu's.
     """
 
     throughput: float | None
@@ -239,6 +246,12 @@ class LimitCheck:
     fltemu_cpu: float | None = None
     agent_cpu: float | None = None
     error: str | None = None
+    windows: bool = False
+
+    @property
+    def what(self) -> str:
+        """Whose limit it is, in words."""
+        return "the Windows side's own limit under Wine" if self.windows else "fltemu's own limit"
 
     @property
     def is_lower_bound(self) -> bool:
@@ -248,6 +261,8 @@ class LimitCheck:
             return False
         if self.offered_rate is not None and self.throughput >= 0.95 * self.offered_rate:
             return True
+        if self.windows:  # the Windows side's ceiling is what was measured, Wine and all
+            return False
         return (
             self.fltemu_cpu is not None
             and self.agent_cpu is not None
@@ -269,9 +284,17 @@ class LimitCheck:
             "offered_rate": self.offered_rate,
             "fltemu_cpu": None if self.fltemu_cpu is None else round(self.fltemu_cpu, 3),
             "agent_cpu": None if self.agent_cpu is None else round(self.agent_cpu, 3),
-            "measured": "answered msg/s of fltemu's own process (daemon and load) against "
-            "python -m fltemu.bench.instant, an instant-reply agent in a process of its own, "
-            "same socket and settings, one connection",
+            "measured": (
+                "answered msg/s of the agent's fltemu wine running benchagent.exe get (pending "
+                "overlapped gets on an I/O completion port, each message answered at once), "
+                "same socket and settings, one connection: the Windows side's ceiling under "
+                "Wine; agent_cpu counts Wine's processes too"
+                if self.windows
+                else "answered msg/s of fltemu's own process (daemon and load) against "
+                "python -m fltemu.bench.instant, an instant-reply agent in a process of its "
+                "own, same socket and settings, one connection"
+            ),
+            "windows": self.windows,
             "error": self.error,
         }
 
@@ -321,6 +344,7 @@ class BenchReport:
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     agent_pid: int | None = None
     agent_cpu_seconds: float | None = None
+    agent_processes: list[ProcessCpu] = field(default_factory=list)
     agent_startup_cpu_seconds: float | None = None
     agent_exit: int | None = None
     agent_signalled: signal.Signals | None = None
@@ -458,6 +482,7 @@ class BenchReport:
                 "command": list(c.agent) or None,
                 "pid": self.agent_pid,
                 "cpu_seconds": _round(self.agent_cpu_seconds),
+                "processes": [p.to_dict() for p in self.agent_processes],
                 "startup_cpu_seconds": _round(self.agent_startup_cpu_seconds),
                 "exit": self.agent_exit,
                 "exit_text": self.agent_exit_text,
@@ -467,9 +492,16 @@ class BenchReport:
             "fltemu_cpu_seconds": _round(self.fltemu_cpu_seconds),
             "ended_early": self.ended_early,
             "interrupted": self.interrupted,
+            "under_wine": self.under_wine,
             "limit": None if self.limit is None else self.limit.to_dict(),
             "near_limit": self.near_limit,
         }
+
+    @property
+    def under_wine(self) -> bool:
+        """The agent command runs a Windows program under ``fltemu wine``: its figures are
+        its speed under Wine."""
+        return wine_launcher(self.config.agent) is not None
 
     @property
     def latency_of(self) -> str:
@@ -948,9 +980,12 @@ async def run_bench(
                     raise BenchError(_with_output(str(exc), _tail(output))) from None
                 report.connections = len(run.connections)
                 marks: dict[str, float | None] = {}
+                watch = CpuWatch(agent.pid) if agent is not None else None
 
                 def counted(agent_pid: int | None = report.agent_pid) -> None:
                     marks["agent"] = _tree_cpu_seconds(agent_pid) if agent_pid else None
+                    if watch is not None:
+                        watch.start()
                     marks["own"] = time.process_time()
 
                 run.on_start = counted
@@ -961,16 +996,18 @@ async def run_bench(
                 report.fltemu_cpu_seconds = time.process_time() - own_cpu
                 report.interrupted = interrupt.is_set()
                 report.agent_gone = run.agent_gone
-                if agent is not None:
-                    end_cpu = _tree_cpu_seconds(agent.pid)
-                    if agent_cpu is not None and end_cpu is not None:
-                        report.agent_startup_cpu_seconds = agent_cpu
-                        report.agent_cpu_seconds = max(0.0, end_cpu - agent_cpu)
+                if agent is not None and watch is not None:
+                    report.agent_startup_cpu_seconds = agent_cpu
                     if run.agent_gone:
                         with contextlib.suppress(TimeoutError):
                             async with asyncio.timeout(AGENT_EXIT_GRACE):
                                 await agent.wait()
                         report.agent_ended_by_itself = agent.returncode is not None
+                    if agent.returncode is not None:
+                        watch.leader_reaped()
+                    report.agent_processes = watch.stop()
+                    if report.agent_processes:
+                        report.agent_cpu_seconds = sum(p.seconds for p in report.agent_processes)
                     report.agent_exit, report.agent_signalled = await _stop_agent(agent)
                     agent = None
                     assert output is not None
@@ -1012,53 +1049,67 @@ async def _check_limit(
         server_port = await _host(flt, LIMIT_PORT, run, 1, everyone=False)
     except FltEmuError as exc:  # the run's own port has that name
         return LimitCheck(None, error=str(exc))
-    command = (
-        sys.executable,
-        "-m",
-        "fltemu.bench.instant",
-        LIMIT_PORT,
-        "--getters",
-        str(getters),
-        "--buffer-size",
-        str(len(config.payload) + 16),
-    )
+    launcher = wine_launcher(config.agent)
+    windows = launcher is not None
+    command: Sequence[str]
+    if launcher is not None:
+        try:
+            command = await asyncio.to_thread(
+                launcher.ceiling_command, LIMIT_PORT, getters, len(config.payload)
+            )
+        except (WineSetupError, OSError) as exc:
+            await flt.close_communication_port(server_port)
+            return LimitCheck(None, error=str(exc), windows=True)
+    else:
+        command = (
+            sys.executable,
+            "-m",
+            "fltemu.bench.instant",
+            LIMIT_PORT,
+            "--getters",
+            str(getters),
+            "--buffer-size",
+            str(len(config.payload) + 16),
+        )
     agent: asyncio.subprocess.Process | None = None
     with tempfile.TemporaryFile() as output:
         try:
-            agent = await _start_agent(command, address, output)
+            agent = await _start_agent(tuple(command), address, output)
             try:
                 await _wait_for_agent(run, agent, config.connect_timeout)
             except BenchError as exc:
-                return LimitCheck(None, error=_with_output(str(exc), _tail(output)))
-            marks: dict[str, float | None] = {}
-            pid = agent.pid
+                error = _with_output(str(exc), _tail(output))
+                return LimitCheck(None, error=error, windows=windows)
+            marks: dict[str, float] = {}
+            watch = CpuWatch(agent.pid)
 
             def counted() -> None:
-                marks["agent"] = _tree_cpu_seconds(pid)
+                watch.start()
                 marks["own"] = time.process_time()
 
             run.on_start = counted
             elapsed = await run.drive(None)
             if interrupt.is_set():
-                return LimitCheck(None, error="interrupted (Ctrl-C)")
+                return LimitCheck(None, error="interrupted (Ctrl-C)", windows=windows)
             if "own" not in marks or elapsed <= 0:
-                return LimitCheck(None, error="the calibration run ended in its warm-up")
-            own = (time.process_time() - (marks["own"] or 0.0)) / elapsed
-            end_cpu = _tree_cpu_seconds(pid)
-            agent_cpu = marks["agent"]
-            theirs = None
-            if agent_cpu is not None and end_cpu is not None:
-                theirs = max(0.0, end_cpu - agent_cpu) / elapsed
+                error = "the calibration run ended in its warm-up"
+                if run.agent_gone:
+                    error = _with_output("its agent went away", _tail(output))
+                return LimitCheck(None, error=error, windows=windows)
+            own = (time.process_time() - marks["own"]) / elapsed
+            processes = watch.stop()
+            theirs = sum(p.seconds for p in processes) / elapsed if processes else None
             return LimitCheck(
-                run.main.answered / elapsed if elapsed > 0 else 0.0,
+                run.main.answered / elapsed,
                 seconds=elapsed,
                 concurrency=concurrency,
                 offered_rate=open_rate,
                 fltemu_cpu=own,
                 agent_cpu=theirs,
+                windows=windows,
             )
         except BenchError as exc:
-            return LimitCheck(None, error=str(exc))
+            return LimitCheck(None, error=str(exc), windows=windows)
         finally:
             for c in run.connections:
                 await flt.close_client_port(c)  # the agent sees 0x80070006 and exits

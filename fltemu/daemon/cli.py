@@ -220,13 +220,20 @@ rate, or messages in flight), each reported on its own line; --json has a per-se
 The agent is started under setsid (a process group of its own) with FLTEMU_SOCKET set to
 the bench's socket and, when fltemu runs in a virtual environment, that environment first on
 PATH (so `python` is the one with fltuser). Its output goes to a temporary file; the last
-lines are shown when it fails. The CPU time of its processes during the run is reported.
+lines are shown when it fails. The CPU time of its processes during the run is reported,
+each by name: every process of its session (sampled every 0.2 s, so those that exit during
+the run count too) and, for a Windows agent under `fltemu wine`, the Wine processes of its
+prefix that serve it (wineserver, winedevice.exe, services.exe ...).
 Without an agent command, start your agent yourself against the socket printed on stderr.
 
 After the run, unless --no-limit-check, fltemu measures its own limit: for about 1 s, the same
 mode, concurrency (open loop: 4x the rate), message and reply length against its built-in
 instant-reply agent in a process of its own, over the same socket, and warns when your
 agent's throughput is within 2x of it, where the figures may be fltemu's, not your agent's.
+When the agent command is `fltemu wine [OPTIONS] -- PROGRAM`, the figures are the agent's
+speed under Wine, and the check measures the Windows side's own ceiling instead: a Windows
+agent that answers at once (benchagent.exe get, built by make -C client/windows agents if
+needed: overlapped gets on an I/O completion port) under the same fltemu wine options.
 
 --fail-if CONDITION fails the run when CONDITION holds: throughput<N (answered msg/s),
 pNN>T, max>T or mean>T (a latency: 2ms, 500us, 1s; a bare number is ms), timeouts>N or

@@ -452,6 +452,8 @@ def test_short_run_gets_no_share_of_a_core() -> None:
         (LimitCheck(1000.0, seconds=1.0, concurrency=1), True),  # 600 * 2 >= 1000
         (LimitCheck(1300.0, seconds=1.0, concurrency=1), False),
         (LimitCheck(None, error="the agent exited with status 1"), False),
+        (LimitCheck(1000.0, seconds=1.0, concurrency=1, windows=True), True),
+        (LimitCheck(1300.0, seconds=1.0, concurrency=1, windows=True), False),
     ],
 )
 def test_warning_within_twice_the_limit(limit: LimitCheck, warned: bool) -> None:
@@ -460,7 +462,12 @@ def test_warning_within_twice_the_limit(limit: LimitCheck, warned: bool) -> None
     assert report.near_limit is warned
     text = format_report(report)
     assert ("WARNING: the agent's 600 msg/s is within 2x" in text) is warned
-    assert ("may be fltemu" in plot_report(report)) is warned
+    whose = "Wine" if limit.windows else "fltemu"
+    assert (f"may be {whose}'s ceiling" in text) is warned
+    assert (f"may be {whose}" in plot_report(report)) is warned
+    if limit.windows:
+        assert "the Windows side's own limit under Wine: 1,000 msg/s" in text or not warned
+        assert "against benchagent.exe get" in text
     if limit.error:
         assert "fltemu's own limit: not measured: the agent exited with status 1" in text
 
@@ -656,3 +663,33 @@ def test_bad_load_shapes_are_refused(args: list[str], text: str) -> None:
     proc = bench("\\P", *args)
     assert proc.returncode == 2
     assert text in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_agent_cpu_counts_processes_that_exited_during_the_run() -> None:
+    # The agent answers on a thread; a child it waits for burns 0.5 s of CPU and exits, then
+    # the agent burns 0.3 s itself and exits: the run ends early, and every process counts.
+    code = (
+        "import subprocess, sys, threading, time, fltuser\n"
+        "p = fltuser.connect('\\\\BenchPort')\n"
+        "def answer():\n"
+        "    while True:\n"
+        "        m = p.get_message(4096)\n"
+        "        p.reply(m.message_id, b'1')\n"
+        "threading.Thread(target=answer, daemon=True).start()\n"
+        "burn = 'import time\\nwhile time.process_time() < 0.5: pass'\n"
+        "subprocess.run([sys.executable, '-c', burn], check=True)\n"
+        "start = time.process_time()\n"
+        "while time.process_time() - start < 0.3: pass\n"
+    )
+    args = ("\\BenchPort", "--duration", "60", "--reply-length", "1", "--json")
+    proc = bench(*args, agent=[sys.executable, "-c", code])
+    assert proc.returncode == 1, proc.stderr  # the agent exited first
+    report = json.loads(proc.stdout)
+    agent = report["agent"]
+    assert agent["exit"] == 0 and report["ended_early"] == "the agent exited with status 0"
+    processes = agent["processes"]
+    assert {p["role"] for p in processes} == {"session"}
+    child = [p for p in processes if p["pid"] != agent["pid"]]
+    assert len(child) == 1 and child[0]["exited"] is True and child[0]["cpu_seconds"] > 0
+    assert agent["cpu_seconds"] >= 0.7  # /proc counts in ticks: 0.8 s less a little
+    assert agent["cpu_seconds"] == pytest.approx(sum(p["cpu_seconds"] for p in processes), abs=0.01)
