@@ -389,9 +389,15 @@ def _limit_lines(report: BenchReport) -> list[str]:
             if limit.windows
             else "what fltemu alone sustains: the figures may be fltemu's ceiling"
         )
+        assert limit.throughput is not None
+        where = (
+            f"is within {LIMIT_FACTOR:g}x of"
+            if report.throughput < limit.throughput
+            else "is not below"
+        )
         lines.append(
-            f"  WARNING: the agent's {report.throughput:,.0f} msg/s is within "
-            f"{LIMIT_FACTOR:g}x of {ceiling} rather than your agent's"
+            f"  WARNING: the agent's {report.throughput:,.0f} msg/s {where} {ceiling} rather "
+            "than your agent's"
         )
     return lines
 

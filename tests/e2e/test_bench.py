@@ -693,3 +693,12 @@ def test_agent_cpu_counts_processes_that_exited_during_the_run() -> None:
     assert len(child) == 1 and child[0]["exited"] is True and child[0]["cpu_seconds"] > 0
     assert agent["cpu_seconds"] >= 0.7  # /proc counts in ticks: 0.8 s less a little
     assert agent["cpu_seconds"] == pytest.approx(sum(p["cpu_seconds"] for p in processes), abs=0.01)
+
+
+def test_an_agent_faster_than_the_measured_ceiling_is_warned_about() -> None:
+    limit = LimitCheck(500.0, seconds=1.0, concurrency=1, windows=True)
+    report = _report(sent=2400, completed=2400, answered=2400, limit=limit)
+    text = format_report(report)
+    assert "WARNING: the agent's 600 msg/s is not below what a Windows agent that does nothing" in (
+        text
+    )
