@@ -658,6 +658,9 @@ class _Run:
         self.started_ns = time.perf_counter_ns()
         #: Open loop: each message in flight, its scheduled time and the report it counts in.
         self.in_flight: dict[asyncio.Task[None], tuple[int, BenchReport]] = {}
+        #: Open loop: messages scheduled for the counted part (their tasks may not have
+        #: started yet).
+        self.launched = 0
         #: Open loop: every message task not done yet (some may not have started).
         self.pending: set[asyncio.Task[None]] = set()
         #: Called when the counted part starts (after the warm-up), e.g. to read CPU times.
@@ -709,11 +712,14 @@ class _Run:
             self.agent_gone = True
             self.stop.set()  # the agent is gone: nothing more can be measured
 
-    async def one(self, started_ns: int) -> None:
-        # The report and stage of the moment it is sent: a message sent in the warm-up is
-        # not counted when it completes after it.
+    async def one(
+        self, started_ns: int, report: BenchReport | None = None, stage: Window | None = None
+    ) -> None:
+        # The report and stage of the moment it is sent (open loop: scheduled): a message
+        # sent in the warm-up is not counted when it completes after it.
         config = self.config
-        report, stage = self.report, self.stage
+        report = self.report if report is None else report
+        stage = self.stage if stage is None else stage
         report.sent += 1
         stage.sent += 1
         if report is self.main:
@@ -738,7 +744,9 @@ class _Run:
 
     def budget_left(self) -> bool:
         count = self.config.count
-        return not self.stop.is_set() and (count is None or self.warming or self.main.sent < count)
+        # Open loop: messages scheduled, as a task may not have started sending yet.
+        sent = self.launched if self.config.rate else self.main.sent
+        return not self.stop.is_set() and (count is None or self.warming or sent < count)
 
     def _enter(self, index: int) -> None:
         """Start counting stage ``index`` of the plan (the first one ends the warm-up)."""
@@ -835,7 +843,9 @@ class _Run:
                     if len(pending) >= MAX_IN_FLIGHT:
                         self.report.skipped += 1
                         continue
-                    task = loop.create_task(self.one(scheduled))
+                    if self.report is self.main:
+                        self.launched += 1
+                    task = loop.create_task(self.one(scheduled, self.report, self.stage))
                     pending.add(task)
                     task.add_done_callback(self._landed)
                 if not self.budget_left() or end is None:
@@ -892,8 +902,12 @@ class _Run:
         if isinstance(outcome, Exception):
             raise outcome
         elapsed = 0.0 if self.warming else (time.perf_counter_ns() - self.started_ns) / 1e9
-        for stage, following in zip(self.main.stages, [*self.main.stages[1:], None], strict=True):
-            stage.elapsed = (following.started if following else elapsed) - stage.started
+        if self.warming:  # stopped in the warm-up: what it sent is still said
+            self.main.warmup_sent = self.report.sent
+        stages = self.main.stages
+        for i, stage in enumerate(stages):
+            end = stages[i + 1].started if i + 1 < len(stages) else elapsed
+            stage.elapsed = end - stage.started
         return elapsed
 
 

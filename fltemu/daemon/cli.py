@@ -380,7 +380,8 @@ a --fail-if threshold or the --baseline comparison failed; 130 after Ctrl-C.
         action=argparse.BooleanOptionalAction,
         default=True,
         help="after the run, measure what fltemu alone sustains with the same settings (about "
-        "1.5 s) and warn when the agent is within 2x of it (default: on)",
+        "1.5 s; under fltemu wine, what the Windows side sustains) and warn when the agent is "
+        "within 2x of it (default: on)",
     )
     bench.add_argument(
         "--progress",

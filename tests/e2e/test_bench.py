@@ -702,3 +702,19 @@ def test_an_agent_faster_than_the_measured_ceiling_is_warned_about() -> None:
     assert "WARNING: the agent's 600 msg/s is not below what a Windows agent that does nothing" in (
         text
     )
+
+
+def test_ctrl_c_in_the_warm_up_reports_an_empty_run() -> None:
+    command = [sys.executable, "-m", "fltemu", "bench", "\\BenchPort", "--warmup", "600"]
+    command += ["--duration", "1", "--reply-length", "1", "--progress", "--json"]
+    run = LineProcess([*command, "--", *slow_agent(0.001)], wait=60)
+    try:
+        run.wait_for(lambda line: re.search(r"warm-up .* answered [1-9]", line) is not None, "")
+        run.proc.send_signal(signal.SIGINT)
+        assert run.wait_exit() == 130
+    finally:
+        run.stop()
+    report = json.loads(next(line for line in run.lines if line.startswith("{")))
+    assert (report["sent"], report["elapsed"], report["stages"]) == (0, 0.0, None)
+    assert report["warmup_sent"] > 0 and report["ended_early"] == "interrupted (Ctrl-C)"
+    assert "Traceback" not in run.output
