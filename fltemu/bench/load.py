@@ -652,6 +652,7 @@ class _Run:
         self.plan = config.plan
         #: Where the current stage's messages are counted (the warm-up's: nowhere reported).
         self.stage = Window()
+        self.staged = bool(config.stages)
         #: Closed loop: the senders the current stage wants.
         self.concurrency = int(self.plan[0][1])
         #: perf_counter_ns of the counted part's start (the end of the warm-up).
@@ -697,7 +698,8 @@ class _Run:
             report.answered += 1
             report.latency.record(latency_ns)
             stage.answered += 1
-            stage.latency.record(latency_ns)
+            if self.staged:  # a run of one stage has its latency in the report's
+                stage.latency.record(latency_ns)
             if second is not None:
                 second.answered += 1
                 second.latency.record(latency_ns)
