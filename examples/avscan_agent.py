@@ -383,7 +383,7 @@ def connect_all(address: str | None) -> list[fltuser.Port] | int:
                 fltuser.connect(name, context=AV_CONNECTION_CONTEXT.pack(kind), address=address)
             )
         except fltuser.HResultError as exc:
-            say(f"ERROR: Connecting to {name}: 0x{exc.hresult:08x}")
+            say(f"ERROR: Connecting to {name}: 0x{exc.hresult:08x} ({exc})")
             for port in ports:
                 port.close()
             return exc.hresult

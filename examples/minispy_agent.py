@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         port = fltuser.connect(PORT_NAME, address=args.address)
     except fltuser.HResultError as exc:
-        say(f"Could not connect to filter: 0x{exc.hresult:08x}")
+        say(f"Could not connect to filter: 0x{exc.hresult:08x} ({exc})")
         return 2
     signal.signal(signal.SIGTERM, _interrupt)
     with port:

@@ -24,7 +24,9 @@ How it maps onto scanUser.c:
   sample's shape.)
 * Each message: the 16-byte FILTER_MESSAGE_HEADER, then SCANNER_NOTIFICATION {ULONG
   BytesToScan; ULONG Reserved; UCHAR Contents[1024]}. BytesToScan must be <= 1024 (the
-  sample asserts it; here a violation stops the program with exit status 3).
+  sample asserts it). Here a malformed notification (shorter than its header, BytesToScan
+  over 1024 or over the bytes that came) is reported on a line of its own and answered
+  SafeToOpen = 0, as a file that could not be scanned, and the agent goes on serving.
 * The reply is SCANNER_REPLY_MESSAGE under ``#pragma pack(1)``: FILTER_REPLY_HEADER (Status 0,
   the MessageId) + SCANNER_REPLY {BOOLEAN SafeToOpen}, 17 bytes; with fltuser that is
   ``reply(message_id, <1 byte>)``.
@@ -79,6 +81,19 @@ def say(line: str) -> None:
     with _print_lock:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
+
+
+def malformed(data: bytes) -> str | None:
+    """What is wrong with a SCANNER_NOTIFICATION, or None when it can be scanned."""
+    if len(data) < NOTIFICATION_HEADER.size:
+        return f"{len(data)} bytes, shorter than its {NOTIFICATION_HEADER.size}-byte header"
+    bytes_to_scan, _reserved = NOTIFICATION_HEADER.unpack_from(data)
+    if bytes_to_scan > SCANNER_READ_BUFFER_SIZE:
+        return f"BytesToScan {bytes_to_scan} > {SCANNER_READ_BUFFER_SIZE}"
+    present = len(data) - NOTIFICATION_HEADER.size
+    if bytes_to_scan > present:
+        return f"BytesToScan {bytes_to_scan} but only {present} bytes of contents"
+    return None
 
 
 @dataclass(eq=False)
@@ -154,18 +169,16 @@ class Scanner:
                 return False
             self.verdicts += 1
             number = self.verdicts
-        body = msg.data.ljust(NOTIFICATION_HEADER.size, b"\0")
-        bytes_to_scan, _reserved = NOTIFICATION_HEADER.unpack_from(body)
-        if bytes_to_scan > SCANNER_READ_BUFFER_SIZE:
-            # assert(notification->BytesToScan <= SCANNER_READ_BUFFER_SIZE)
-            say(
-                f"Scanner: ASSERTION FAILED: message {msg.message_id}: BytesToScan "
-                f"{bytes_to_scan} > {SCANNER_READ_BUFFER_SIZE}"
-            )
-            self.finish(3)
-            return False
-        contents = body[NOTIFICATION_HEADER.size : NOTIFICATION_HEADER.size + bytes_to_scan]
-        safe = FOUL_STRING not in contents
+        problem = malformed(msg.data)
+        if problem is not None:
+            # scanUser.c asserts BytesToScan <= SCANNER_READ_BUFFER_SIZE; an agent that others
+            # copy checks what it reads instead, says so, fails closed and keeps serving.
+            bytes_to_scan, safe = 0, False
+            say(f"Scanner: message {msg.message_id}: malformed notification: {problem}")
+        else:
+            bytes_to_scan, _reserved = NOTIFICATION_HEADER.unpack_from(msg.data)
+            start = NOTIFICATION_HEADER.size
+            safe = FOUL_STRING not in msg.data[start : start + bytes_to_scan]
         try:
             # SCANNER_REPLY_MESSAGE: the 16-byte reply header + SafeToOpen = 17 bytes.
             self.port.reply(msg.message_id, bytes([1 if safe else 0]), status=0)
@@ -178,10 +191,13 @@ class Scanner:
             if not self.stopping.is_set():
                 say(f"Scanner: Error replying message. Error = 0x{exc.hresult:08x}")
             raise  # the worker ends with this HRESULT, as ScannerWorker breaks out
-        say(
-            f"Scanner: message {msg.message_id} ({msg.size} bytes): scanned {bytes_to_scan} "
-            f"bytes: {'safe' if safe else 'unsafe'}"
-        )
+        if problem is not None:
+            say(f"Scanner: message {msg.message_id}: replied unsafe (it could not be scanned)")
+        else:
+            say(
+                f"Scanner: message {msg.message_id} ({msg.size} bytes): scanned {bytes_to_scan} "
+                f"bytes: {'safe' if safe else 'unsafe'}"
+            )
         if self.count is not None and number >= self.count:
             self.finish(0)
             return False
@@ -289,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         port = fltuser.connect(PORT_NAME, address=args.address)
     except fltuser.HResultError as exc:
-        say(f"ERROR: Connecting to filter port: 0x{exc.hresult:08x}")
+        say(f"ERROR: Connecting to filter port: 0x{exc.hresult:08x} ({exc})")
         return 2
     say(f"Scanner: connected to {PORT_NAME}: {args.threads} threads x {args.requests} requests")
     scanner = Scanner(port, args.threads, args.requests, args.count)

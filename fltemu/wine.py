@@ -37,6 +37,8 @@ __all__ = [
     "agent_environment",
     "build_windows_side",
     "check_daemon",
+    "check_program_file",
+    "check_program_in_prefix",
     "default_prefix",
     "find_windows_side",
     "shipped_windows_side",
@@ -364,6 +366,75 @@ def agent_environment(
     return env
 
 
+#: Where Wine looks for a program given by bare name, after the current folder.
+_WINE_SEARCH_PATH: Final = ("drive_c/windows/system32", "drive_c/windows")
+
+
+def _is_windows_path(program: str) -> bool:
+    """``C:\\agents\\scan.exe`` or ``agents\\scan.exe``: Wine resolves it, not us."""
+    return "\\" in program or (len(program) > 1 and program[1] == ":")
+
+
+def check_program_file(program: str) -> None:
+    """Refuse, with what to do, a program that Wine would fail to run or would run as a
+    Linux program: one that is missing (when given as a path), a folder, unreadable, a
+    Linux (ELF) program or script, or a file that is not a Windows executable (no ``MZ``).
+
+    A bare name that is no file here (``notepad.exe``) is left to ``check_program_in_prefix``.
+
+    Raises:
+        WineSetupError: the program cannot be a Windows program; the message says why.
+    """
+    if _is_windows_path(program):
+        return
+    if not os.path.lexists(program):
+        if os.sep in program:
+            raise WineSetupError(f"{program}: no such file")
+        return
+    if os.path.isdir(program):
+        raise WineSetupError(f"{program} is a folder, not a Windows program (.exe)")
+    try:
+        with open(program, "rb") as f:
+            head = f.read(64)
+    except OSError as exc:
+        raise WineSetupError(f"{program}: cannot read it: {exc.strerror or exc}") from None
+    if head.startswith(b"\x7fELF") or head.startswith(b"#!"):
+        kind = "a Linux program" if head.startswith(b"\x7fELF") else "a script"
+        raise WineSetupError(
+            f"{program} is {kind}, not a Windows one: run it directly, without fltemu wine "
+            "(FLTEMU_SOCKET tells a Linux agent where the daemon is)"
+        )
+    if not head.startswith(b"MZ"):
+        shown = head[:16].decode("ascii", "replace")
+        printable = "".join(ch if ch.isprintable() else "." for ch in shown)
+        raise WineSetupError(
+            f"{program} is not a Windows program: a .exe starts with 'MZ', this file with "
+            f"{printable!r} (a build that failed, or the wrong file?)"
+        )
+
+
+def check_program_in_prefix(program: str, prefix: WinePrefix) -> None:
+    """Refuse a program given by bare name that is neither in the current folder nor where
+    Wine looks in the prefix (``C:\\windows\\system32``, ``C:\\windows``): Wine would end
+    with its raw status 0xc0000135 and exit status 53.
+
+    Raises:
+        WineSetupError: no such program; the message says where it was looked for.
+    """
+    if _is_windows_path(program) or os.path.lexists(program) or os.sep in program:
+        return
+    wanted = {program.lower(), program.lower() + ".exe"}
+    for folder in _WINE_SEARCH_PATH:
+        with contextlib.suppress(OSError):
+            if any(name.lower() in wanted for name in os.listdir(prefix.path / folder)):
+                return
+    raise WineSetupError(
+        f"{program}: no such program in the current folder ({os.getcwd()}) nor in the Wine "
+        f"prefix's C:\\windows\\system32 or C:\\windows ({prefix.path}); give its path, "
+        "e.g. ./agent.exe"
+    )
+
+
 def agent_argv(program: str, args: Sequence[str] = ()) -> list[str]:
     """The command that runs a Windows program under Wine."""
     return [_require("wine"), program, *args]
@@ -390,12 +461,14 @@ def run_command(
         print(f"fltemu wine: {line}", file=sys.stderr, flush=True)
 
     try:
+        check_program_file(program[0])
         build = find_windows_side(Path(build_dir) if build_dir else None)
         where = WinePrefix(prefix)
         env = agent_environment(where, address)
         if daemon_check:
             check_daemon(env["FLTEMU_SOCKET"])
         where.ensure(build, progress=say)
+        check_program_in_prefix(program[0], where)
         where.start_session()
         argv = agent_argv(program[0], program[1:])
     except (WineSetupError, OSError) as exc:

@@ -10,7 +10,15 @@ import pytest
 
 @pytest.mark.parametrize(
     "module",
-    ["fltemu.status", "fltemu.kernel.messaging", "fltemu.bench.histogram", "fltemu.bench.load"],
+    [
+        "fltemu.status",
+        "fltemu.kernel.messaging",
+        "fltemu.bench.histogram",
+        "fltemu.bench.load",
+        "fltemu.bench.gate",
+        "fltemu.bench.command",
+        "fltemu.bench.windows",
+    ],
 )
 def test_docstring_examples(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module))

@@ -411,7 +411,7 @@ async def aconnect(
     try:
         _, protocol = await loop.create_unix_connection(lambda: _Protocol(core), path)
     except OSError as exc:
-        raise connect_error(path, exc) from exc
+        raise connect_error(path, exc, explicit=address is not None and bool(str(address))) from exc
     assert protocol.transport is not None
     sock = protocol.transport.get_extra_info("socket")
     uid = peer_uid(sock) if sock is not None else None

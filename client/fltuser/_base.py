@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import operator
+import os
 from collections import deque
 from typing import Final
 
@@ -604,17 +605,32 @@ def untrusted_peer_error(address: str, uid: int) -> HResultError:
     )
 
 
-def connect_error(address: str, exc: OSError) -> HResultError:
-    """The HRESULT for a socket that cannot reach the daemon (as a driver that is not loaded)."""
+def connect_error(address: str, exc: OSError, explicit: bool = False) -> HResultError:
+    """The HRESULT for a socket that cannot reach the daemon (as a driver that is not loaded).
+
+    The message names the socket tried and where that path came from (``explicit``: the
+    caller's ``address``; else ``$FLTEMU_SOCKET`` when set, else the default path).
+    """
+    if explicit:
+        source = "the address given"
+    elif os.environ.get("FLTEMU_SOCKET"):
+        source = "FLTEMU_SOCKET"
+    else:
+        source = "the default socket"
     if isinstance(exc, PermissionError):
         return hresult_error_for(
             HResult.E_ACCESSDENIED,
-            f"no permission to reach the fltemu daemon at {address} ({exc.strerror})",
+            f"no permission to reach the fltemu daemon at {address} ({source}): {exc.strerror}",
             ntstatus=NtStatus.STATUS_ACCESS_DENIED,
         )
+    why = exc.strerror or str(exc)
+    if os.path.isdir(address):
+        why = "that is a folder, not a socket"
+    elif os.path.lexists(address) and isinstance(exc, ConnectionRefusedError):
+        why = "nothing listens on that socket (a daemon that stopped?)"
     return hresult_error_for(
         hresult_from_win32(Win32Error.ERROR_FILE_NOT_FOUND),
-        f"no fltemu daemon is listening on {address} ({exc.strerror or exc}); start one with "
-        "'fltemu serve' or set FLTEMU_SOCKET",
+        f"no fltemu daemon is listening on {address} ({source}): {why}; start "
+        "one with 'fltemu serve', or point FLTEMU_SOCKET at its socket",
         ntstatus=NtStatus.STATUS_OBJECT_NAME_NOT_FOUND,
     )

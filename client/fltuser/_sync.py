@@ -467,7 +467,7 @@ def connect(
         sock.connect(path)
     except OSError as exc:
         sock.close()
-        raise connect_error(path, exc) from exc
+        raise connect_error(path, exc, explicit=address is not None and bool(str(address))) from exc
     uid = peer_uid(sock)
     if not is_trusted_peer(uid):
         sock.close()

@@ -8,10 +8,11 @@ Not here: drawing (``plot``), measuring (``load``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Final
 
-__all__ = ["SUB_BUCKETS", "LatencyHistogram"]
+__all__ = ["SUB_BUCKETS", "LatencyHistogram", "percentile_distribution"]
 
 #: Linear buckets per power of two: 64 gives ≤ 1.6 % relative error per value.
 SUB_BUCKETS: Final = 64
@@ -112,3 +113,54 @@ class LatencyHistogram:
             curve.append((fraction * 100, self.percentile(fraction * 100)))
         curve.append((100.0, self.max))
         return curve
+
+
+def _levels(ticks_per_half_distance: int = 5) -> Iterator[float]:
+    """The percentile levels HdrHistogram's percentile distribution reports: ever finer
+    toward 100 (each halving of the remaining distance gets as many steps)."""
+    level = 0.0
+    while level < 100.0:
+        yield level
+        halvings = int(math.log2(100.0 / (100.0 - level))) + 1
+        level += 100.0 / (ticks_per_half_distance * 2**halvings)
+        if 100.0 - level < 1e-9:
+            break
+
+
+def percentile_distribution(histogram: LatencyHistogram, unit_ns: float = 1e6) -> str:
+    """The histogram as HdrHistogram's ``outputPercentileDistribution`` text (the ``.hgrm``
+    format that HdrHistogram's plotter and wrk2 use), values in ``unit_ns`` nanoseconds
+    (default: milliseconds).
+
+    >>> h = LatencyHistogram()
+    >>> for v in (1_000_000, 2_000_000):
+    ...     h.record(v)
+    >>> print(percentile_distribution(h).splitlines()[2])
+           1.000 0.000000000000          1           1.00
+    """
+    lines = [f"{'Value':>12} {'Percentile':>14} {'TotalCount':>10} {'1/(1-Percentile)':>14}", ""]
+    count = histogram.count
+    if count:
+        for level in _levels():
+            value = histogram.percentile(level) if level > 0 else histogram.min
+            seen = max(1, math.ceil(level / 100 * count))
+            lines.append(
+                f"{value / unit_ns:12.3f} {level / 100:2.12f} {seen:10d} "
+                f"{1 / (1 - level / 100):14.2f}"
+            )
+            if seen >= count and level > 0:
+                break
+        lines.append(f"{histogram.max / unit_ns:12.3f} {1.0:2.12f} {count:10d}")
+    values = list(histogram.buckets())
+    mean = histogram.mean / unit_ns
+    variance = (
+        sum(n * ((lo + hi) / 2 / unit_ns - mean) ** 2 for lo, hi, n in values) / count
+        if count
+        else 0.0
+    )
+    lines += [
+        f"#[Mean    = {mean:12.3f}, StdDeviation   = {math.sqrt(variance):12.3f}]",
+        f"#[Max     = {histogram.max / unit_ns:12.3f}, Total count    = {count:12d}]",
+        f"#[Buckets = {len(values):12d}, SubBuckets     = {SUB_BUCKETS:12d}]",
+    ]
+    return "\n".join(lines) + "\n"

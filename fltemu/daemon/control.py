@@ -46,6 +46,8 @@ __all__ = [
     "run_control",
     "snapshot",
     "trace",
+    "trace_note",
+    "trace_refusal",
     "wait_ready",
 ]
 
@@ -115,15 +117,55 @@ def _port_names(manager: FilterManager) -> str:
     return ", ".join(names) or "none"
 
 
+def _no_port(manager: FilterManager, name: str) -> str:
+    """The "no port named ..." text: the ports there are, and the fix of a lost backslash."""
+    text = f"no port named '{name}' (ports: {_port_names(manager)})"
+    if name and not name.startswith("\\"):
+        # An unquoted \ScannerPort reaches the program as ScannerPort.
+        text += f"; did you mean '\\{name}'? (quote the backslash in your shell)"
+    return text
+
+
+def trace_refusal(request: Trace) -> tuple[NtStatus, str] | None:
+    """Why a trace must be refused at once (a port name no port can have), or None."""
+    if request.port and not request.port.startswith("\\"):
+        return (
+            NtStatus.STATUS_OBJECT_PATH_SYNTAX_BAD,
+            f"bad port name '{request.port}': a port name starts with a backslash: did you "
+            f"mean '\\{request.port}'? (quote the backslash in your shell)",
+        )
+    return None
+
+
+def trace_note(manager: FilterManager, request: Trace) -> str:
+    """What a trace waits for that is not there now (a port, a connection), in words; "" when
+    all is there. The trace still starts (a filter may create the port later), but says so
+    rather than showing nothing, silently."""
+    ports = (
+        _find_ports(manager, request.port)
+        if request.port
+        else [p for f in manager.filters.values() for p in f.server_ports]
+    )
+    if request.port and not ports:
+        return f"{_no_port(manager, request.port)}: waiting for one"
+    if request.connection is not None:
+        open_ids = sorted(c.id for p in ports for c in p.connections if c.is_connected)
+        if request.connection not in open_ids:
+            where = f"port '{request.port}'" if request.port else "the daemon"
+            ids = ", ".join(f"#{i}" for i in open_ids) or "none"
+            return (
+                f"{where} has no connection #{request.connection} now (connected: {ids}; "
+                "'fltemu ports' lists them): waiting for one"
+            )
+    return ""
+
+
 def _connections(manager: FilterManager, request: Control) -> list[ClientPort] | ControlResult:
     # Names appear as written ('\\ScannerPort' would double every backslash).
     name = request.target
     ports = _find_ports(manager, name)
     if not ports:
-        return _fail(
-            NtStatus.STATUS_OBJECT_NAME_NOT_FOUND,
-            f"no port named '{name}' (ports: {_port_names(manager)})",
-        )
+        return _fail(NtStatus.STATUS_OBJECT_NAME_NOT_FOUND, _no_port(manager, name))
     connections = sorted(
         (c for p in ports for c in p.connections if c.is_connected), key=lambda c: c.id
     )
@@ -193,9 +235,16 @@ async def run_control(
             )
         except ValueError as exc:  # a reply_length FltSendMessage cannot take
             return _fail(NtStatus.STATUS_INVALID_PARAMETER, str(exc))
-        return ControlResult(
-            PROTOCOL_VERSION, int(result.status), f"connection #{client_port.id}", result.reply
-        )
+        detail = f"connection #{client_port.id}"
+        if result.status == NtStatus.STATUS_PORT_DISCONNECTED:
+            who = f"pid {client_port.process.pid}" if client_port.process.pid else "its process"
+            detail += (
+                f": the client ({who}) disconnected before answering: it closed its handle or "
+                "exited (see its output)"
+            )
+        elif result.status == NtStatus.STATUS_TIMEOUT:
+            detail += ": no answer within the timeout"
+        return ControlResult(PROTOCOL_VERSION, int(result.status), detail, result.reply)
     return _fail(
         NtStatus.STATUS_INVALID_PARAMETER,
         f"unknown command {command!r}; known: {', '.join(COMMANDS)}",

@@ -12,6 +12,7 @@ import importlib
 import inspect
 import logging
 import os
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -46,14 +47,48 @@ class LoadedFilter:
     teardown: Callable[[Filter], Awaitable[None] | None] | None
 
 
+def _module_name_hint(spec: str, module_part: str) -> str:
+    """What to write instead of a file path (``./good.py``, ``pkg/flt.py``) in --filter."""
+    path = os.path.normpath(module_part)
+    stem = path[: -len(".py")] if path.endswith(".py") else path
+    folder, base = os.path.split(os.path.abspath(stem))
+    relative = os.path.relpath(os.path.abspath(stem), os.getcwd())
+    func = spec.partition(":")[2]
+    tail = f":{func}" if func else ""
+    if not relative.startswith(os.pardir) and not os.path.isabs(relative):
+        dotted = relative.replace(os.sep, ".")
+        return f"--filter {dotted}{tail} (from this folder)"
+    return f"PYTHONPATH={folder} fltemu serve --filter {base}{tail}"
+
+
 def _resolve(spec: str) -> tuple[str, str, str]:
     """(filter name, module path, entry function) for a ``--filter`` value."""
     module_part, _, func = spec.partition(":")
     if not module_part:
         raise FilterLoadError(f"--filter {spec!r}: no module named")
+    if os.sep in module_part or module_part.endswith(".py"):
+        missing = "" if os.path.exists(module_part) else f" ({module_part} does not exist)"
+        raise FilterLoadError(
+            f"--filter {spec}: give the module name, not a file name{missing}: "
+            f"{_module_name_hint(spec, module_part)}"
+        )
+    if module_part.startswith("."):
+        raise FilterLoadError(
+            f"--filter {spec}: a module name does not start with '.': give it in full "
+            "(package.module), as an import statement would"
+        )
     name = module_part
     module_path = BUILTIN_FILTERS.get(module_part, module_part)
     return name, module_path, func or "setup"
+
+
+def _where(exc: BaseException) -> str:
+    """ " at FILE, line N" of the innermost frame of ``exc``'s traceback, or ""."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return ""
+    last = frames[-1]
+    return f" at {last.filename}, line {last.lineno}"
 
 
 async def load_filter(
@@ -83,6 +118,15 @@ async def load_filter(
             )
         raise FilterLoadError(
             f"--filter {spec}: cannot import {module_path} ({exc}){hint}; built-in filters: {known}"
+        ) from exc
+    except SyntaxError as exc:
+        where = f"{exc.filename}, line {exc.lineno}" if exc.filename else module_path
+        raise FilterLoadError(
+            f"--filter {spec}: {module_path} has a syntax error: {where}: {exc.msg}"
+        ) from exc
+    except Exception as exc:  # the module's own code failed while it was imported
+        raise FilterLoadError(
+            f"--filter {spec}: importing {module_path} raised {exc!r}{_where(exc)}"
         ) from exc
     entry: Any = getattr(module, func_name, None)
     if not callable(entry):

@@ -322,9 +322,9 @@ class Daemon:
         return self._read_view
 
     def _start_trace(
-        self, transport: asyncio.BaseTransport, wire: WireConnection, request: Trace
+        self, transport: asyncio.BaseTransport, wire: WireConnection, request: Trace, note: str = ""
     ) -> None:
-        TraceSubscriber(self.trace_hub, transport, wire, request).start()
+        TraceSubscriber(self.trace_hub, transport, wire, request).start(note)
 
     def _next_session_id(self) -> int:
         return next(self._session_ids)
@@ -365,6 +365,12 @@ def _remove_stale_socket(path: str) -> None:
         st = os.stat(path)
     except FileNotFoundError:
         return
+    if stat.S_ISDIR(st.st_mode):
+        raise DaemonAddressError(
+            errno.EISDIR,
+            f"{path} is a folder: the address is the socket's own path, e.g. "
+            f"{os.path.join(path, 'fltemu.sock')}",
+        )
     if not stat.S_ISSOCK(st.st_mode):
         raise DaemonAddressError(
             errno.EEXIST, f"{path} exists and is not a socket: remove it, or {_OTHER_SOCKET}"

@@ -44,7 +44,7 @@ from ..wire import (
     Trace,
     WireConnection,
 )
-from .control import may_control, run_control
+from .control import may_control, run_control, trace_note, trace_refusal
 from .peer import socket_peer
 
 if TYPE_CHECKING:
@@ -487,12 +487,15 @@ class Session(asyncio.BufferedProtocol):
         elif not may_control(self.process) or self._transport is None:
             status = NtStatus.STATUS_ACCESS_DENIED
             text = "tracing is for root and the daemon's own user"
+        elif (refused := trace_refusal(request)) is not None:
+            status, text = refused
         else:
             log.info("%s: trace started (%s)", self._peer(), request.port or "all ports")
             transport, self._transport = self._transport, None
             self._closed = True
             self._daemon._sessions.discard(self)
-            self._daemon._start_trace(transport, self._wire, request)
+            note = trace_note(self._daemon.manager, request)
+            self._daemon._start_trace(transport, self._wire, request, note)
             return
         log.info("%s: trace refused: %s", self._peer(), text)
         self._send(Goodbye(int(status), text))

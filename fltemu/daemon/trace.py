@@ -40,7 +40,16 @@ MAX_QUEUED_EVENTS: Final = 1024
 #: The most payload bytes an event carries (``Trace.preview_bytes`` is capped to it).
 MAX_PREVIEW_BYTES: Final = 4096
 #: The kinds of events the kernel reports, in the order of a message's life.
-TRACE_KINDS: Final = ("connect", "disconnect", "send", "get", "message", "message_done", "reply")
+TRACE_KINDS: Final = (
+    "connect",
+    "disconnect",
+    "send",
+    "get",
+    "message",
+    "deliver",
+    "message_done",
+    "reply",
+)
 
 
 class TraceHub:
@@ -136,8 +145,13 @@ class TraceSubscriber(asyncio.Protocol):
         """Events waiting to be written."""
         return len(self._queue)
 
-    def start(self) -> None:
-        """Take over the transport, send the ``start`` event and subscribe."""
+    def start(self, note: str = "") -> None:
+        """Take over the transport, send the ``start`` event and subscribe.
+
+        Args:
+            note: what the trace waits for that is not there now, added to the start event's
+                text (a port or connection that does not exist yet).
+        """
         self._transport.set_protocol(self)
         what = []
         if self._port:
@@ -146,7 +160,10 @@ class TraceSubscriber(asyncio.Protocol):
             what.append(f"connection #{self._connection}")
         if self._kinds:
             what.append(", ".join(sorted(self._kinds)) + " events")
-        self._queue.append(TraceEvent("start", time.time(), text=", ".join(what) or "everything"))
+        text = ", ".join(what) or "everything"
+        if note:
+            text += f"; {note}"
+        self._queue.append(TraceEvent("start", time.time(), text=text))
         self._hub.add(self)
         self._schedule()
 

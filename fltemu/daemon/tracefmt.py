@@ -63,9 +63,17 @@ def _what(event: TraceEvent) -> str:
         failed = "" if event.status is None else f": {_status(event.status)}"
         return f"FilterGetMessage with a {event.buffer}-byte buffer{failed}"
     if kind == "message":
+        ident = f" id {event.message_id}" if event.message_id else ""
         reply = "no reply" if event.buffer is None else f"reply up to {_bytes(event.buffer)}"
         timeout = "no timeout" if event.timeout is None else f"timeout {event.timeout:g} s"
-        return f"FltSendMessage {_bytes(event.size)}, {reply}, {timeout}"
+        waiting = f", {event.text}" if event.text else ""
+        return f"FltSendMessage{ident} {_bytes(event.size)}, {reply}, {timeout}{waiting}"
+    if kind == "deliver":
+        ident = f"id {event.message_id}" if event.message_id else "(no reply: no id)"
+        return (
+            f"FltSendMessage {ident} {_bytes(event.size)}: taken by a FilterGetMessage after "
+            f"{_duration(event.latency)}"
+        )
     if kind == "message_done":
         ident = f" id {event.message_id}" if event.message_id else ""
         reply = "" if event.reply_size is None else f", reply {_bytes(event.reply_size)}"
@@ -95,7 +103,7 @@ def hex_preview(data: bytes, total: int) -> list[str]:
 
 
 def _scanner(kind: str, data: bytes) -> str | None:
-    if kind == "message" and len(data) >= 8:
+    if kind in ("message", "deliver") and len(data) >= 8:
         bytes_to_scan, _ = struct.unpack_from("<II", data)
         contents = data[8 : 8 + bytes_to_scan]
         more = "..." if bytes_to_scan > len(contents) else ""
@@ -121,7 +129,7 @@ def _minispy(kind: str, data: bytes) -> str | None:
 
 
 def _avscan(kind: str, data: bytes) -> str | None:
-    if kind == "message" and len(data) >= avscan.AV_SCANNER_NOTIFICATION.size:
+    if kind in ("message", "deliver") and len(data) >= avscan.AV_SCANNER_NOTIFICATION.size:
         message, reason, scan_id, thread = avscan.AV_SCANNER_NOTIFICATION.unpack_from(data)
         return (
             f"AV_SCANNER_NOTIFICATION Message={_enum(avscan.AvScanMessage, message)} "

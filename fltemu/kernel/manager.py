@@ -21,7 +21,7 @@ from ..errors import StatusError, error_for
 from ..status import NtStatus, nt_success
 from .callbacks import ConnectNotify, DisconnectNotify, MessageNotify
 from .channel import Channel
-from .messaging import SendMessageResult
+from .messaging import PendingSend, SendMessageResult
 from .namespace import PortNamespace
 from .ports import ClientPort, ClientPortState, ServerPort, ServerPortState, is_status
 from .process import ProcessInfo
@@ -386,21 +386,43 @@ class Filter:
         reply_length: int | None,
         timeout: float | None,
     ) -> SendMessageResult:
-        # send_message with a record before (the message) and after (its outcome).
+        # send_message with a record of the message (with its id when a getter took it at
+        # once), one when a getter takes it later (deliver, with its id), and its outcome.
         message = bytes(data)
+        started = time.perf_counter()
+        queues = client_port.queues
+        pending = queues.start_send(message, reply_length, timeout, client_port.loop)
+        waiting = not pending.future.done() and not pending.message_id
         tracer(
             record(
                 "message",
                 client_port,
+                message_id=pending.message_id,
                 size=len(message),
                 buffer=reply_length,
                 timeout=timeout,
                 data=message,
+                text="waiting for a FilterGetMessage" if waiting else "",
             )
         )
-        started = time.perf_counter()
-        queues = client_port.queues
-        pending = queues.start_send(message, reply_length, timeout, client_port.loop)
+        if waiting:
+
+            def delivered(taken: PendingSend) -> None:
+                now = self.manager.tracer
+                if now is not None:
+                    now(
+                        record(
+                            "deliver",
+                            client_port,
+                            message_id=taken.message_id,
+                            size=len(message),
+                            buffer=reply_length,
+                            latency=time.perf_counter() - started,
+                            data=message,
+                        )
+                    )
+
+            pending.on_deliver = delivered
         try:
             result = await pending.future
         except asyncio.CancelledError:

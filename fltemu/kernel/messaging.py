@@ -100,7 +100,16 @@ def timeout_from_large_integer(value: int | None, now_unix: float) -> float | No
 class PendingSend:
     """One blocked FltSendMessage: its message, its reply buffer size and its outcome."""
 
-    __slots__ = ("bounced", "data", "future", "message_id", "need", "reply_length", "timer")
+    __slots__ = (
+        "bounced",
+        "data",
+        "future",
+        "message_id",
+        "need",
+        "on_deliver",
+        "reply_length",
+        "timer",
+    )
 
     def __init__(
         self, data: bytes, reply_length: int | None, future: asyncio.Future[SendMessageResult]
@@ -112,6 +121,8 @@ class PendingSend:
         self.bounced = False
         self.message_id = 0
         self.timer: asyncio.TimerHandle | None = None
+        #: Called when a getter takes the message, its id set (the tracer's "deliver").
+        self.on_deliver: Callable[[PendingSend], None] | None = None
 
     def resolve(self, status: NtStatus, reply: bytes | None = None) -> None:
         if self.timer is not None:
@@ -351,6 +362,8 @@ class MessageQueues:
 
     def _deliver(self, token: object, pending: PendingSend) -> None:
         if pending.reply_length is None:
+            if pending.on_deliver is not None:
+                pending.on_deliver(pending)
             self._channel.complete_get(token, _SUCCESS, 0, 0, pending.data)
             pending.resolve(_SUCCESS)
         else:
@@ -358,6 +371,8 @@ class MessageQueues:
             self._next_message_id = message_id + 1
             pending.message_id = message_id
             self._replies[message_id] = pending  # registered before the getter completes
+            if pending.on_deliver is not None:
+                pending.on_deliver(pending)
             self._channel.complete_get(
                 token,
                 _SUCCESS,

@@ -126,7 +126,7 @@ async def test_a_scripted_exchange_is_traced_event_by_event(
         ("connect", 0, 0, 3, None, None, b""),
         ("send", 0, 0, 5, 16, 5, b"hell"),
         ("get", None, 0, 0, 64, None, b""),
-        ("message", None, 0, 11, 2, None, b"kern"),
+        ("message", None, 1, 11, 2, None, b"kern"),  # a getter took it at once: its id
         ("reply", 0, 1, 2, None, None, b"ok"),
         ("message_done", 0, 1, 11, 2, 2, b"ok"),
         ("disconnect", None, 0, 0, None, None, b""),
@@ -135,6 +135,44 @@ async def test_a_scripted_exchange_is_traced_event_by_event(
     assert events[-1].text == "the user closed its handle (CloseHandle)"
     assert events[1].latency is not None and events[5].latency is not None
     assert events[3].timeout == 5
+
+
+async def test_messages_in_flight_are_matched_to_their_replies_by_id(
+    daemon: Daemon, traced: dict[str, Any], readers: list[Reader]
+) -> None:
+    reader = await Reader.open(daemon, Trace(PROTOCOL_VERSION, kinds=("message", "deliver",
+        "reply", "message_done")))  # fmt: skip
+    readers.append(reader)
+    await reader.events("start")
+    port = await fltuser.aconnect(PORT, address=daemon.address)
+    await until(lambda: bool(traced["clients"]))
+    client = traced["clients"][0]
+    flt = traced["filter"]
+    # Two messages before any getter: they wait, and get their ids when taken.
+    first = asyncio.create_task(flt.send_message(client, b"first", 8, timeout=5))
+    second = asyncio.create_task(flt.send_message(client, b"second", 8, timeout=5))
+    await until(lambda: client.queues.sender_count == 2)
+    one = await port.get_message(64)
+    two = await port.get_message(64)
+    await port.reply(two.message_id, b"2")  # answered in the other order
+    await port.reply(one.message_id, b"1")
+    assert (await first).reply == b"1" and (await second).reply == b"2"
+    events = [e for e in await reader.events("message_done") if isinstance(e, TraceEvent)]
+    events += [e for e in await reader.events("message_done") if isinstance(e, TraceEvent)]
+    summary = [(e.kind, e.message_id, e.data, e.text) for e in events]
+    waiting = "waiting for a FilterGetMessage"
+    assert summary == [
+        ("message", 0, b"first", waiting),
+        ("message", 0, b"second", waiting),
+        ("deliver", one.message_id, b"first", ""),
+        ("deliver", two.message_id, b"second", ""),
+        ("reply", two.message_id, b"2", ""),
+        ("message_done", two.message_id, b"2", ""),
+        ("reply", one.message_id, b"1", ""),
+        ("message_done", one.message_id, b"1", ""),
+    ]
+    assert {one.message_id, two.message_id} == {1, 2}
+    await port.aclose()
 
 
 async def test_filters_by_port_connection_and_kind(

@@ -304,3 +304,54 @@ def test_failed_setup_still_runs_teardown(socket_path: str, tmp_path: Path) -> N
     assert proc.returncode == 1
     assert "setup failed halfway" in proc.stderr
     assert marker.read_text() == "started something"
+
+
+def _wine(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+    # Each of these is refused before anything is built, so Wine need not be installed.
+    command = [sys.executable, "-m", "fltemu", "wine", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+@pytest.mark.parametrize(
+    ("make", "text"),
+    [
+        ("elf", "/bin/ls is a Linux program, not a Windows one: run it directly"),
+        ("text", "is not a Windows program: a .exe starts with 'MZ', this file with 'some text."),
+        ("script", "is a script, not a Windows one"),
+        ("folder", "is a folder, not a Windows program (.exe)"),
+        ("missing", "./nosuch.exe: no such file"),
+    ],
+)
+def test_fltemu_wine_refuses_what_is_not_a_windows_program(
+    tmp_path: Path, make: str, text: str
+) -> None:
+    program = {
+        "elf": "/bin/ls",
+        "text": str(tmp_path / "agent.exe"),
+        "script": str(tmp_path / "run.exe"),
+        "folder": str(tmp_path),
+        "missing": "./nosuch.exe",
+    }[make]
+    (tmp_path / "agent.exe").write_text("some text\n")
+    (tmp_path / "run.exe").write_text("#!/bin/sh\necho hi\n")
+    done = _wine("--", program, cwd=str(tmp_path))
+    assert done.returncode == 1
+    assert done.stderr.startswith("fltemu wine: error: ") and text in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [
+        (["agent.exe"], "put the program after '--': fltemu wine -- agent.exe"),
+        (
+            ["--prefix", "/tmp/p", "agent.exe", "-n", "3"],
+            "put the program after '--': fltemu wine --prefix /tmp/p -- agent.exe -n 3",
+        ),
+        ([], "fltemu wine needs the program to run after '--': fltemu wine -- agent.exe"),
+        (["--"], "fltemu wine needs the program to run after '--'"),
+    ],
+)
+def test_fltemu_wine_without_dashes_says_where_the_program_goes(args: list[str], text: str) -> None:
+    done = _wine(*args)
+    assert done.returncode == 2
+    assert done.stderr.startswith("usage: fltemu wine ") and text in done.stderr

@@ -106,6 +106,18 @@ def test_send_timeout_is_reported_and_fails(served: Served, socket_path: str) ->
         (["disconnect", "\\Nope"], 1, "no port named '\\Nope' (ports: \\EchoPort)"),
         (["disconnect", "\\EchoPort", "42"], 1, "no connection #42"),
         (["unload", "nosuch"], 1, "no filter named 'nosuch' (loaded: echo)"),
+        (
+            ["send", "EchoPort", "--data", "x"],
+            1,
+            "no port named 'EchoPort' (ports: \\EchoPort); did you mean '\\EchoPort'? "
+            "(quote the backslash in your shell)",
+        ),
+        (
+            ["trace", "EchoPort"],
+            1,
+            "bad port name 'EchoPort': a port name starts with a backslash: did you mean "
+            "'\\EchoPort'? (quote the backslash in your shell)",
+        ),
     ],
 )
 def test_mistakes_say_what_is_wrong(
@@ -206,3 +218,58 @@ def test_unload_runs_the_module_teardown_first(socket_path: str, tmp_path: Path)
     finally:
         assert s.stop()[0] == 0
     assert marker.read_text().count("teardown") == 1  # not run again at shutdown
+
+
+def test_trace_of_an_open_connection_starts(served: Served, socket_path: str) -> None:
+    with fltuser.connect("\\EchoPort", address=socket_path) as port:
+        ports = json.loads(fltemu("ports", "--json", address=socket_path).stdout)
+        connection = ports[0]["ports"][0]["connections"][0]["id"]
+        command = [sys.executable, "-m", "fltemu", "trace", "\\EchoPort", "--connection"]
+        command += [str(connection), "--json", "--count", "1", "--address", socket_path]
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        assert '"kind":"start"' in proc.stdout.readline()
+        port.send(b"x", 1)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and '"kind":"send"' in out
+
+
+def test_send_to_a_client_that_goes_away_says_so(served: Served, socket_path: str) -> None:
+    port = fltuser.connect("\\EchoPort", address=socket_path)
+
+    def agent() -> None:
+        port.get_message(4096, timeout=30)
+        port.close()  # gone without replying
+
+    thread = threading.Thread(target=agent)
+    thread.start()
+    proc = fltemu("send", "\\EchoPort", "--data", "x", "--reply-length", "1", address=socket_path)
+    thread.join(30)
+    assert proc.returncode == 1
+    assert "STATUS_PORT_DISCONNECTED" in proc.stdout
+    assert f"(pid {os.getpid()}) disconnected before answering" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "note"),
+    [
+        (["\\Nope"], "no port named '\\Nope' (ports: \\EchoPort): waiting for one"),
+        (
+            ["--connection", "99"],
+            "the daemon has no connection #99 now (connected: none; 'fltemu ports' lists them)",
+        ),
+        (["\\EchoPort", "--connection", "99"], "port '\\EchoPort' has no connection #99 now"),
+    ],
+)
+def test_trace_of_what_is_not_there_says_so_at_once(
+    served: Served, socket_path: str, args: list[str], note: str
+) -> None:
+    command = [sys.executable, "-m", "fltemu", "trace", *args, "--address", socket_path]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert note in first and first.rstrip().endswith("(Ctrl-C to stop)"), first
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)

@@ -130,6 +130,42 @@ def test_scanner_agent_judges_foul_files_unsafe(
     assert f"open {watched / 'b.txt'}: SAFE" in log
 
 
+def test_scanner_agent_reports_a_malformed_notification_and_keeps_serving(
+    socket_path: str, servers: list[Served], agents: list[Agent]
+) -> None:
+    serve(servers, socket_path, "--filter", "scanner")
+    agent = Agent("scanner_agent.py", "--address", socket_path)
+    agents.append(agent)
+    agent.wait_for(lambda line: "connected to \\ScannerPort" in line, "the connect line")
+    # "some" read as BytesToScan is 0x656d6f73: far over the 1024 bytes a notification holds.
+    sent = fltemu(
+        "send", "\\ScannerPort", "--data", "some foul text", "--reply-length", "1",
+        "--timeout", str(WAIT), address=socket_path,
+    )  # fmt: skip
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert "reply: 1 bytes: 00" in sent.stdout  # fails closed: unsafe
+    line = agent.wait_for(lambda line: "malformed" in line, "the report")
+    assert line == "Scanner: message 1: malformed notification: BytesToScan 1701670771 > 1024"
+    short = fltemu(
+        "send", "\\ScannerPort", "--hex", "0f000000", "--reply-length", "1",
+        "--timeout", str(WAIT), address=socket_path,
+    )  # fmt: skip
+    assert short.returncode == 0 and "reply: 1 bytes: 00" in short.stdout
+    agent.wait_for(
+        lambda line: line.endswith("4 bytes, shorter than its 8-byte header"), "the 2nd report"
+    )
+    # And it still serves well-formed ones.
+    good = (15).to_bytes(4, "little") + bytes(4) + b"nothing wrong here"
+    ok = fltemu(
+        "send", "\\ScannerPort", "--hex", good.hex(), "--reply-length", "1",
+        "--timeout", str(WAIT), address=socket_path,
+    )  # fmt: skip
+    assert ok.returncode == 0 and "reply: 1 bytes: 01" in ok.stdout
+    verdict = agent.wait_for(lambda line: "bytes: safe" in line, "a verdict")
+    assert verdict == "Scanner: message 3 (42 bytes): scanned 15 bytes: safe"
+    assert agent.proc.poll() is None
+
+
 def test_scanner_agent_count_with_synthetic_files(
     socket_path: str, servers: list[Served], agents: list[Agent]
 ) -> None:

@@ -173,3 +173,24 @@ def test_the_kernel_side_and_user_side_examples_as_written(
     connected = daemon.wait_for(lambda line: "agent connected" in line, "ConnectNotify's print")
     assert f"pid={agent.proc.pid}" in connected
     assert daemon.wait_for(lambda line: line in ("safe", "unsafe"), "a verdict") == "safe"
+
+
+def test_install_commands_run_as_root_everywhere() -> None:
+    # The tests section installs as root; the Windows-agent section must not differ.
+    installs = [line for line in README.splitlines() if "apt-get install" in line]
+    assert len(installs) >= 2
+    assert not [line for line in installs if "sudo" in line]
+
+
+def test_the_sample_bench_output_matches_its_command() -> None:
+    text = section("Run your Windows agent")
+    command = next(b for b in blocks(text, "sh") if "fltemu bench" in b).split()
+    found = re.search(r"```\n(fltemu bench [^\n]*)\n", text)
+    assert found, "no sample output"
+    headline = found[1]
+    concurrency = command[command.index("--concurrency") + 1]
+    size = command[command.index("--size") + 1]
+    reply = command[command.index("--reply-length") + 1]
+    assert f"closed loop, {concurrency} in flight, {size}-byte messages, reply {reply} " in (
+        headline
+    ), headline

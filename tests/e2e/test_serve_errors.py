@@ -9,6 +9,8 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+import pytest
+
 import fltuser
 from fltemu.daemon.cli import main
 
@@ -139,3 +141,63 @@ def test_a_folder_the_daemon_cannot_write_names_the_folder_and_the_uid() -> None
     ), err
     assert f"the folder {folder} belongs to uid {os.geteuid()}" in err and "mode 555" in err
     assert f"chown {uid} {folder}" in err and f"--user {os.geteuid()}" in err
+
+
+@pytest.mark.parametrize(
+    ("spec", "text"),
+    [
+        ("./good.py", "--filter ./good.py: give the module name, not a file name: --filter good "),
+        ("good.py", "--filter good.py: give the module name, not a file name: --filter good "),
+        ("good.py:start", "give the module name, not a file name: --filter good:start "),
+        ("./nosuch.py", "not a file name (./nosuch.py does not exist): --filter nosuch "),
+        ("sub/flt.py", "give the module name, not a file name: --filter sub.flt "),
+        (".good", "a module name does not start with '.'"),
+    ],
+)
+def test_a_file_name_as_filter_says_to_give_the_module_name(
+    socket_path: str, tmp_path: Path, spec: str, text: str
+) -> None:
+    (tmp_path / "good.py").write_text("async def setup(flt):\n    pass\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "flt.py").write_text("async def setup(flt):\n    pass\n")
+    proc = serve("--address", socket_path, "--filter", spec, cwd=str(tmp_path))
+    assert proc.returncode == 1
+    assert text in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_file_outside_the_folder_gets_a_pythonpath_hint(socket_path: str, tmp_path: Path) -> None:
+    (tmp_path / "good.py").write_text("async def setup(flt):\n    pass\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = serve("--address", socket_path, "--filter", "../good.py", cwd=str(elsewhere))
+    assert proc.returncode == 1
+    assert f"PYTHONPATH={tmp_path} fltemu serve --filter good" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("source", "text"),
+    [
+        ("def setup(flt)\n", "--filter broken: broken has a syntax error: {path}, line 1: "),
+        (
+            "import os\nraise RuntimeError('no config')\n",
+            "--filter broken: importing broken raised RuntimeError('no config') at {path}, line 2",
+        ),
+    ],
+)
+def test_a_filter_module_that_fails_to_import_gets_one_line(
+    socket_path: str, tmp_path: Path, source: str, text: str
+) -> None:
+    (tmp_path / "broken.py").write_text(source)
+    proc = serve("--address", socket_path, "--filter", "broken", cwd=str(tmp_path))
+    assert proc.returncode == 1
+    assert text.format(path=tmp_path / "broken.py") in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_a_folder_as_address_says_to_give_the_socket_path(tmp_path: Path) -> None:
+    proc = serve("--address", str(tmp_path), "--filter", "echo")
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        f"fltemu: error: {tmp_path} is a folder: the address is the socket's own path, e.g. "
+        f"{tmp_path / 'fltemu.sock'}\n"
+    )

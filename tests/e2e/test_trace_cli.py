@@ -79,7 +79,7 @@ def test_trace_prints_one_line_per_event_with_previews_and_decoded_fields(
     assert [STAMP.sub("", line) for line in lines] == [
         f"{who}  connect       FilterConnectCommunicationPort: STATUS_SUCCESS, context 0 bytes",
         f"{who}  get           FilterGetMessage with a 1048-byte buffer",
-        f"{who}  message       FltSendMessage 23 bytes, reply up to 1 byte, timeout 30 s",
+        f"{who}  message       FltSendMessage id 1 23 bytes, reply up to 1 byte, timeout 30 s",
         "    SCANNER_NOTIFICATION BytesToScan=15 Contents='some foul text\\n'",
         "    0000  0f 00 00 00 00 00 00 00 73 6f 6d 65 20 66 6f 75  |........some fou|",
         "    0010  6c 20 74 65 78 74 0a                             |l text.|",

@@ -603,3 +603,30 @@ async def test_no_daemon_is_file_not_found(socket_path: str) -> None:
             await Driver(flavour, socket_path).connect(PORT)
         assert hr(exc) == 0x80070002
         assert "fltemu serve" in str(exc.value)
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+async def test_no_daemon_names_the_socket_tried_and_where_it_came_from(
+    flavour: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def refusal(address: str | None) -> str:
+        with pytest.raises(fltuser.HResultError) as exc:
+            if flavour == "sync":
+                fltuser.connect(PORT, address=address)
+            else:
+                await fltuser.aconnect(PORT, address=address)
+        assert hr(exc) == 0x80070002
+        return str(exc.value)
+
+    missing = str(tmp_path / "nowhere.sock")
+    monkeypatch.setenv("FLTEMU_SOCKET", missing)
+    text = await refusal(None)
+    assert f"no fltemu daemon is listening on {missing} (FLTEMU_SOCKET): " in text
+    assert "No such file or directory" in text and "fltemu serve" in text
+    monkeypatch.setenv("FLTEMU_SOCKET", str(tmp_path))
+    assert f"on {tmp_path} (FLTEMU_SOCKET): that is a folder, not a socket" in await refusal(None)
+    assert f"on {missing} (the address given)" in await refusal(missing)
+    monkeypatch.delenv("FLTEMU_SOCKET")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    default = os.path.join(str(tmp_path), "fltemu.sock")
+    assert f"on {default} (the default socket)" in await refusal(None)

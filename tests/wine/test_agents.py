@@ -107,6 +107,11 @@ def test_scanner_agent_against_the_builtin_scanner_via_fltemu_wine(
                 assert verdict.endswith(
                     f"(1048 bytes): scanned {len(content)} bytes: {expected}"
                 ), verdict
+            # Written in place, as README's step 4 does: three scans, as Microsoft's scanner
+            # makes them (the open, the bytes written, the close after writing).
+            (watched / "written.txt").write_bytes(b"some foul text\n")
+            verdicts = [agent.expect("Scanner: message") for _ in range(3)]
+            assert verdicts[-1].endswith("unsafe"), verdicts
             unloaded = fltemu("unload", "scanner", "--address", socket_path)
             assert unloaded.returncode == 0, unloaded.stderr
             assert agent.expect("Scanner: Port is disconnected").endswith("unloading.")
@@ -166,6 +171,14 @@ def test_fltemu_bench_drives_a_windows_agent(
     assert (report["sent"], report["completed"], report["timeouts"]) == (200, 200, 0)
     assert report["statuses"] == {"STATUS_SUCCESS": 200}
     assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p99"]
+    # The agent's CPU counts the Wine processes that serve it, each by name.
+    processes = report["agent"]["processes"]
+    session = {p["name"] for p in processes if p["role"] == "session"}
+    wine = {p["name"] for p in processes if p["role"] == "wine"}
+    assert "scanagent.exe" in session, processes
+    assert "winedevice.exe" in wine and any(n.startswith("wineserver") for n in wine), processes
+    total = sum(p["cpu_seconds"] for p in processes)
+    assert report["agent"]["cpu_seconds"] == pytest.approx(total, abs=0.01)
 
 
 def test_an_agent_in_go(go_agent: Path, wine_daemon: DaemonThread, wine_prefix: WinePrefix) -> None:
@@ -256,3 +269,36 @@ def test_misaligned_output_buffers_reach_the_samples_checks(
         assert av.cmd(f"connect {avscan.SCAN_PORT_NAME} {context}") == "connect 0x00000000"
         assert av.cmd(f"sendat {create} 8 12") == "sendat 0x800703e6 n=0 out="
         assert av.cmd(f"sendat {create} 8 0") == "sendat 0x80070490 n=0 out="  # STATUS_NOT_FOUND
+
+
+def test_fltemu_bench_checks_the_windows_sides_own_limit(
+    wine_build: WineBuild, wine_prefix: WinePrefix
+) -> None:
+    """Under fltemu wine, the limit check measures a Windows agent that does nothing
+    (benchagent.exe get) under the same fltemu wine, not fltemu's Python agent."""
+    command = [
+        sys.executable, "-m", "fltemu", "bench", "\\ScannerPort", "--size", "1032",
+        "--reply-length", "1", "--count", "100", "--concurrency", "4",
+        "--", sys.executable, "-m", "fltemu", "wine", "--prefix", str(wine_prefix.path),
+        "--build-dir", str(wine_build.directory), "--", str(wine_build.agent("scanagent")),
+    ]  # fmt: skip
+    done = subprocess.run(
+        [*command[:5], "--json", *command[5:]],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    limit = report["limit"]
+    assert report["under_wine"] is True
+    assert limit["windows"] is True and limit["error"] is None, limit
+    assert limit["throughput"] > 0 and (limit["mode"], limit["concurrency"]) == ("closed", 4)
+    assert "benchagent.exe get" in limit["measured"] and "under Wine" in limit["measured"]
+    assert limit["agent_cpu"] is not None  # Wine's processes included
+    assert isinstance(report["near_limit"], bool)
+    text = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
+    assert text.returncode == 0, text.stderr
+    assert "the agent runs under Wine (fltemu wine): these figures are its speed under Wine" in (
+        text.stdout
+    )
+    assert "the Windows side's own limit under Wine: " in text.stdout
+    assert "against benchagent.exe get (overlapped gets on an I/O completion port" in text.stdout

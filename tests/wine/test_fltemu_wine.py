@@ -105,3 +105,15 @@ def test_the_agents_streams_and_exit_status_pass_through(
         )  # fmt: skip
     assert done.returncode == 3
     assert done.stdout.replace("\r", "").splitlines() == ["ready", "slept", "bye"]
+
+
+def test_a_program_wine_cannot_find_is_named_with_where_it_was_looked_for(
+    wine_build: WineBuild, wine_prefix: WinePrefix, tmp_path: Path
+) -> None:
+    done = fltemu_wine(
+        "--no-daemon-check", "--prefix", str(wine_prefix.path),
+        "--build-dir", str(wine_build.directory), "--", "nosuch.exe",
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "fltemu wine: error: nosuch.exe: no such program in the current folder" in done.stderr
+    assert "C:\\windows\\system32" in done.stderr and "c0000135" not in done.stderr
