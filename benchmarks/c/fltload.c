@@ -39,7 +39,8 @@ static const char ECHO_PORT[] = "\\BenchEcho";
 static const char K2U_PORT[] = "\\BenchK2U";
 static const char CTL_PORT[] = "\\BenchCtl";
 
-static void fail(const char *what) {
+static void fail(const char *what)
+{
     fprintf(stderr, "%s: %s\n", prog_name, what);
     exit(1);
 }
@@ -47,18 +48,21 @@ static void fail(const char *what) {
 /* ---- frames -------------------------------------------------------------------------------- */
 
 /* Room for one request frame with `payload` bytes of data at the end of `b`; returns a cursor. */
-static struct wire_out frame_begin(buffer *b, size_t payload, unsigned char **start) {
+static struct wire_out frame_begin(buffer *b, size_t payload, unsigned char **start)
+{
     buf_reserve(b, WIRE_REQUEST_MAX(payload));
     *start = b->data + b->start + b->len;
     struct wire_out o = {*start + HEADER_BYTES};
     return o;
 }
 
-static void frame_end(buffer *b, struct wire_out *o, unsigned char *start) {
+static void frame_end(buffer *b, struct wire_out *o, unsigned char *start)
+{
     b->len += (size_t)wire_finish(o, start);
 }
 
-static void put_connect(buffer *b, const char *port, const void *context, size_t context_len) {
+static void put_connect(buffer *b, const char *port, const void *context, size_t context_len)
+{
     unsigned char *start;
     struct wire_out o = frame_begin(b, strlen(port) + context_len, &start);
     wire_put_array(&o, 5);
@@ -70,7 +74,8 @@ static void put_connect(buffer *b, const char *port, const void *context, size_t
     frame_end(b, &o, start);
 }
 
-static void put_send(buffer *b, uint64_t rid, const void *data, size_t len, unsigned out_size) {
+static void put_send(buffer *b, uint64_t rid, const void *data, size_t len, unsigned out_size)
+{
     unsigned char *start;
     struct wire_out o = frame_begin(b, len, &start);
     wire_put_array(&o, 4);
@@ -81,7 +86,8 @@ static void put_send(buffer *b, uint64_t rid, const void *data, size_t len, unsi
     frame_end(b, &o, start);
 }
 
-static void put_get(buffer *b, uint64_t rid, unsigned buffer_size) {
+static void put_get(buffer *b, uint64_t rid, unsigned buffer_size)
+{
     unsigned char *start;
     struct wire_out o = frame_begin(b, 0, &start);
     wire_put_array(&o, 3);
@@ -91,7 +97,8 @@ static void put_get(buffer *b, uint64_t rid, unsigned buffer_size) {
     frame_end(b, &o, start);
 }
 
-static void put_reply(buffer *b, uint64_t rid, uint64_t message_id, const void *data, size_t len) {
+static void put_reply(buffer *b, uint64_t rid, uint64_t message_id, const void *data, size_t len)
+{
     unsigned char *start;
     struct wire_out o = frame_begin(b, len, &start);
     wire_put_array(&o, 5);
@@ -104,7 +111,8 @@ static void put_reply(buffer *b, uint64_t rid, uint64_t message_id, const void *
 }
 
 /* Decodes the next complete frame of `in` into `r`; 1 if there was one, 0 if not yet. */
-static int next_frame(buffer *in, struct wire_result *r) {
+static int next_frame(buffer *in, struct wire_result *r)
+{
     if (in->len < HEADER_BYTES) return 0;
     const unsigned char *p = in->data + in->start;
     size_t size = get_le32(p);
@@ -124,7 +132,8 @@ typedef struct {
 } conn;
 
 /* Blocks until one frame has arrived on `c`. */
-static void read_frame(conn *c, struct wire_result *r) {
+static void read_frame(conn *c, struct wire_result *r)
+{
     while (!next_frame(&c->in, r)) {
         struct pollfd pfd = {c->fd, POLLIN, 0};
         ssize_t n = read_some(c->fd, &c->in);
@@ -133,7 +142,8 @@ static void read_frame(conn *c, struct wire_result *r) {
     }
 }
 
-static void write_all(conn *c) {
+static void write_all(conn *c)
+{
     while (c->out.len) {
         struct pollfd pfd = {c->fd, POLLOUT, 0};
         if (flush_out(c->fd, &c->out) < 0) die("write");
@@ -142,7 +152,8 @@ static void write_all(conn *c) {
 }
 
 /* A non-blocking socket connected to the daemon at `path`, without the protocol's handshake. */
-static void raw_connect(conn *c, const char *path) {
+static void raw_connect(conn *c, const char *path)
+{
     struct sockaddr_un addr;
     memset(&addr, 0, sizeof(addr));
     addr.sun_family = AF_UNIX;
@@ -156,7 +167,8 @@ static void raw_connect(conn *c, const char *path) {
 }
 
 /* FilterConnectCommunicationPort; the socket is non-blocking afterwards. */
-static void port_connect(conn *c, const char *path, const char *port, const char *context) {
+static void port_connect(conn *c, const char *path, const char *port, const char *context)
+{
     raw_connect(c, path);
     put_connect(&c->out, port, context, strlen(context));
     write_all(c);
@@ -169,7 +181,8 @@ static void port_connect(conn *c, const char *path, const char *port, const char
 }
 
 /* A JSON command to \BenchCtl, answered synchronously: the reply text, NUL-terminated. */
-static const char *ctl_call(conn *ctl, uint64_t rid, const char *json, char *reply, size_t cap) {
+static const char *ctl_call(conn *ctl, uint64_t rid, const char *json, char *reply, size_t cap)
+{
     put_send(&ctl->out, rid, json, strlen(json), CTL_REPLY_BYTES);
     write_all(ctl);
     struct wire_result r;
@@ -182,7 +195,8 @@ static const char *ctl_call(conn *ctl, uint64_t rid, const char *json, char *rep
 }
 
 /* The number after "key": in a flat JSON object; `fallback` when absent or null. */
-static uint64_t json_u64(const char *json, const char *key, uint64_t fallback) {
+static uint64_t json_u64(const char *json, const char *key, uint64_t fallback)
+{
     char pattern[64];
     snprintf(pattern, sizeof(pattern), "\"%s\": ", key);
     const char *at = strstr(json, pattern);
@@ -193,7 +207,8 @@ static uint64_t json_u64(const char *json, const char *key, uint64_t fallback) {
 }
 
 /* The CPU time (user + system) of process `pid` so far, from /proc/PID/stat, in ns. */
-static uint64_t proc_cpu_ns(long pid) {
+static uint64_t proc_cpu_ns(long pid)
+{
     char path[64], text[1024];
     snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
     FILE *f = fopen(path, "r");
@@ -211,7 +226,8 @@ static uint64_t proc_cpu_ns(long pid) {
     return (utime + stime) * (1000000000ull / (uint64_t)sysconf(_SC_CLK_TCK));
 }
 
-static uint64_t daemon_cpu_ns(conn *ctl, uint64_t rid) {
+static uint64_t daemon_cpu_ns(conn *ctl, uint64_t rid)
+{
     char reply[256];
     ctl_call(ctl, rid, "{\"cmd\": \"cpu\"}", reply, sizeof(reply));
     uint64_t v = json_u64(reply, "cpu_ns", UINT64_MAX);
@@ -219,13 +235,15 @@ static uint64_t daemon_cpu_ns(conn *ctl, uint64_t rid) {
     return v;
 }
 
-static int cmp_u64(const void *a, const void *b) {
+static int cmp_u64(const void *a, const void *b)
+{
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
     return x < y ? -1 : x > y;
 }
 
 static void print_result(uint64_t count, uint64_t elapsed, uint64_t p50, uint64_t p99,
-                         uint64_t errors, uint64_t cpu) {
+                         uint64_t errors, uint64_t cpu)
+{
     printf("{\"count\": %llu, \"elapsed_ns\": %llu, \"p50_ns\": %llu, \"p99_ns\": %llu, "
            "\"errors\": %llu, \"daemon_cpu_ns\": %llu}\n",
            (unsigned long long)count, (unsigned long long)elapsed, (unsigned long long)p50,
@@ -241,12 +259,14 @@ typedef struct {
 } sender;
 
 /* The server's CPU time: from \BenchCtl, or from /proc when `pid` is given (--raw). */
-static uint64_t server_cpu_ns(conn *ctl, uint64_t rid, long pid) {
+static uint64_t server_cpu_ns(conn *ctl, uint64_t rid, long pid)
+{
     return pid ? proc_cpu_ns(pid) : daemon_cpu_ns(ctl, rid);
 }
 
 static int run_send(const char *path, size_t size, int nconns, unsigned inflight,
-                    uint64_t warmup_ns, uint64_t measure_ns, long cpu_pid) {
+                    uint64_t warmup_ns, uint64_t measure_ns, long cpu_pid)
+{
     unsigned char *payload = malloc(size ? size : 1);
     sender *conns = calloc((size_t)nconns, sizeof(*conns));
     struct pollfd *pfds = calloc((size_t)nconns, sizeof(*pfds));
@@ -260,8 +280,10 @@ static int run_send(const char *path, size_t size, int nconns, unsigned inflight
     if (!cpu_pid) port_connect(&ctl, path, CTL_PORT, "");
     uint64_t ctl_rid = 1;
     for (int i = 0; i < nconns; i++) {
-        if (cpu_pid) raw_connect(&conns[i].c, path);
-        else port_connect(&conns[i].c, path, ECHO_PORT, "");
+        if (cpu_pid)
+            raw_connect(&conns[i].c, path);
+        else
+            port_connect(&conns[i].c, path, ECHO_PORT, "");
         conns[i].sent_at = calloc(inflight, sizeof(uint64_t));
         if (!conns[i].sent_at) die("calloc");
         conns[i].next_rid = 1;
@@ -311,7 +333,8 @@ static int run_send(const char *path, size_t size, int nconns, unsigned inflight
                         window_end = t + measure_ns;
                     } else {
                         counted++;
-                        if (nsamples < max_samples) samples[nsamples++] = t - s->sent_at[r.rid % inflight];
+                        if (nsamples < max_samples)
+                            samples[nsamples++] = t - s->sent_at[r.rid % inflight];
                     }
                 }
                 s->sent_at[s->next_rid % inflight] = t;
@@ -338,7 +361,8 @@ static int run_send(const char *path, size_t size, int nconns, unsigned inflight
 /* ---- kernel->user messages ----------------------------------------------------------------- */
 
 static int run_k2u(const char *path, size_t size, unsigned readers, uint64_t warmup_ns,
-                   uint64_t measure_ns) {
+                   uint64_t measure_ns)
+{
     unsigned char *reply = malloc(size ? size : 1);
     if (!reply) die("malloc");
     for (size_t i = 0; i < size; i++) reply[i] = (unsigned char)(i * 17u + 3u);
@@ -387,7 +411,8 @@ static int run_k2u(const char *path, size_t size, unsigned readers, uint64_t war
             struct wire_result r;
             if (next_frame(&ctl.in, &r)) {
                 if (r.tag != WIRE_SEND_RESULT || r.status != 0) fail("the k2u command failed");
-                size_t len = r.data_len < sizeof(result) - 1 ? (size_t)r.data_len : sizeof(result) - 1;
+                size_t len =
+                    r.data_len < sizeof(result) - 1 ? (size_t)r.data_len : sizeof(result) - 1;
                 memcpy(result, r.data, len);
                 result[len] = 0;
             }
@@ -406,7 +431,8 @@ static int run_k2u(const char *path, size_t size, unsigned readers, uint64_t war
     return errors ? 1 : 0;
 }
 
-static void usage(void) {
+static void usage(void)
+{
     fprintf(stderr,
             "usage: fltload send PATH [--size N] [--conns K] [--inflight W] [--warmup-ms A]\n"
             "                         [--measure-ms B] [--raw --cpu-pid PID]\n"
@@ -414,7 +440,8 @@ static void usage(void) {
     exit(2);
 }
 
-int main(int argc, char **argv) {
+int main(int argc, char **argv)
+{
     if (argc < 3) usage();
     install_stop_handlers();
     int k2u = strcmp(argv[1], "k2u") == 0;
@@ -432,20 +459,29 @@ int main(int argc, char **argv) {
         char *end;
         long v = strtol(val, &end, 10);
         if (end == val || *end || v < 0) usage();
-        if (!strcmp(opt, "--size")) size = v;
-        else if (!strcmp(opt, "--conns") && !k2u) conns = v;
-        else if (!strcmp(opt, "--inflight") && !k2u) inflight = v;
-        else if (!strcmp(opt, "--readers") && k2u) readers = v;
-        else if (!strcmp(opt, "--warmup-ms")) warmup_ms = v;
-        else if (!strcmp(opt, "--measure-ms")) measure_ms = v;
-        else if (!strcmp(opt, "--cpu-pid") && !k2u) cpu_pid = v;
-        else usage();
+        if (!strcmp(opt, "--size"))
+            size = v;
+        else if (!strcmp(opt, "--conns") && !k2u)
+            conns = v;
+        else if (!strcmp(opt, "--inflight") && !k2u)
+            inflight = v;
+        else if (!strcmp(opt, "--readers") && k2u)
+            readers = v;
+        else if (!strcmp(opt, "--warmup-ms"))
+            warmup_ms = v;
+        else if (!strcmp(opt, "--measure-ms"))
+            measure_ms = v;
+        else if (!strcmp(opt, "--cpu-pid") && !k2u)
+            cpu_pid = v;
+        else
+            usage();
     }
     if (raw != (cpu_pid > 0)) usage(); /* --raw needs the server's pid, and the other way round */
-    if (size < 1 || size > 16 * 1024 * 1024 || conns < 1 || conns > MAX_CONNS || inflight < 1
-        || readers < 1 || readers > 1024 || inflight > 1024)
+    if (size < 1 || size > 16 * 1024 * 1024 || conns < 1 || conns > MAX_CONNS || inflight < 1 ||
+        readers < 1 || readers > 1024 || inflight > 1024)
         usage();
     uint64_t warmup = (uint64_t)warmup_ms * 1000000u, measure = (uint64_t)measure_ms * 1000000u;
     if (k2u) return run_k2u(argv[2], (size_t)size, (unsigned)readers, warmup, measure);
-    return run_send(argv[2], (size_t)size, (int)conns, (unsigned)inflight, warmup, measure, cpu_pid);
+    return run_send(argv[2], (size_t)size, (int)conns, (unsigned)inflight, warmup, measure,
+                    cpu_pid);
 }

@@ -34,7 +34,8 @@ typedef struct {
     buffer in, out;
 } conn_state;
 
-static int run_server(const char *path) {
+static int run_server(const char *path)
+{
     struct sockaddr_un addr;
     if (strlen(path) >= sizeof(addr.sun_path)) {
         fprintf(stderr, "ipcbench: socket path too long\n");
@@ -145,20 +146,22 @@ typedef struct {
     unsigned head, count, window;
 } client_conn;
 
-static int cmp_u64(const void *a, const void *b) {
+static int cmp_u64(const void *a, const void *b)
+{
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
     return x < y ? -1 : x > y;
 }
 
-static void queue_request(client_conn *c, const unsigned char *frame, size_t frame_len,
-                          uint64_t t) {
+static void queue_request(client_conn *c, const unsigned char *frame, size_t frame_len, uint64_t t)
+{
     buf_append(&c->out, frame, frame_len);
     c->sent_at[(c->head + c->count) % c->window] = t;
     c->count++;
 }
 
 static int run_client(const char *path, size_t size, int nconns, unsigned inflight,
-                      uint64_t warmup_ns, uint64_t measure_ns, size_t max_samples) {
+                      uint64_t warmup_ns, uint64_t measure_ns, size_t max_samples)
+{
     struct sockaddr_un addr;
     memset(&addr, 0, sizeof(addr));
     addr.sun_family = AF_UNIX;
@@ -268,7 +271,8 @@ static int run_client(const char *path, size_t size, int nconns, unsigned inflig
     return errors ? 1 : 0;
 }
 
-static void usage(void) {
+static void usage(void)
+{
     fprintf(stderr,
             "usage: ipcbench server PATH\n"
             "       ipcbench client PATH [--size N] [--conns K] [--inflight W]\n"
@@ -276,7 +280,8 @@ static void usage(void) {
     exit(2);
 }
 
-int main(int argc, char **argv) {
+int main(int argc, char **argv)
+{
     if (argc < 3) usage();
     install_stop_handlers();
 
@@ -290,15 +295,22 @@ int main(int argc, char **argv) {
         const char *opt = argv[i], *val = argv[++i];
         long v = strtol(val, NULL, 10);
         if (v < 0) usage();
-        if (!strcmp(opt, "--size")) size = (size_t)v;
-        else if (!strcmp(opt, "--conns")) conns = v;
-        else if (!strcmp(opt, "--inflight")) inflight = v;
-        else if (!strcmp(opt, "--warmup-ms")) warmup_ms = v;
-        else if (!strcmp(opt, "--measure-ms")) measure_ms = v;
-        else if (!strcmp(opt, "--max-samples")) max_samples = (size_t)v;
-        else usage();
+        if (!strcmp(opt, "--size"))
+            size = (size_t)v;
+        else if (!strcmp(opt, "--conns"))
+            conns = v;
+        else if (!strcmp(opt, "--inflight"))
+            inflight = v;
+        else if (!strcmp(opt, "--warmup-ms"))
+            warmup_ms = v;
+        else if (!strcmp(opt, "--measure-ms"))
+            measure_ms = v;
+        else if (!strcmp(opt, "--max-samples"))
+            max_samples = (size_t)v;
+        else
+            usage();
     }
     if (conns < 1 || conns > MAX_FDS || inflight < 1 || size > MAX_FRAME_BYTES) usage();
-    return run_client(argv[2], size, (int)conns, (unsigned)inflight,
-                      (uint64_t)warmup_ms * 1000000u, (uint64_t)measure_ms * 1000000u, max_samples);
+    return run_client(argv[2], size, (int)conns, (unsigned)inflight, (uint64_t)warmup_ms * 1000000u,
+                      (uint64_t)measure_ms * 1000000u, max_samples);
 }

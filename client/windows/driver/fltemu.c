@@ -36,8 +36,8 @@ enum conn_state {
     CONN_NEW,        /* created, no IOCTL_FLTEMU_CONNECT yet */
     CONN_CONNECTING, /* Connect sent, waiting for ConnectResult */
     CONN_OPEN,
-    CONN_DEAD,       /* the daemon or the filter ended the connection: calls fail at once
-                        with STATUS_PORT_DISCONNECTED */
+    CONN_DEAD, /* the daemon or the filter ended the connection: calls fail at once
+                  with STATUS_PORT_DISCONNECTED */
 };
 
 /* Which request a pending IRP stands for (kept in Irp->Tail.Overlay.DriverContext[1]). */
@@ -51,18 +51,18 @@ struct out_frame {
 };
 
 typedef struct conn {
-    volatile LONG refs;        /* the file object's, the reader's and the writer's */
-    KSPIN_LOCK lock;           /* guards state, closed, pending, next_rid, the out queue */
+    volatile LONG refs; /* the file object's, the reader's and the writer's */
+    KSPIN_LOCK lock;    /* guards state, closed, pending, next_rid, the out queue */
     enum conn_state state;
-    BOOLEAN closed;            /* IRP_MJ_CLOSE arrived */
-    LIST_ENTRY pending;        /* IRPs waiting for the daemon, linked by Tail.Overlay.ListEntry */
+    BOOLEAN closed;     /* IRP_MJ_CLOSE arrived */
+    LIST_ENTRY pending; /* IRPs waiting for the daemon, linked by Tail.Overlay.ListEntry */
     ULONGLONG next_rid;
     struct out_frame *out_head, *out_tail; /* the writer's queue, in order */
-    BOOLEAN half_close;        /* shut the socket's write side once the queue is sent */
-    BOOLEAN writer_stop;       /* the connection ended: the writer exits */
-    KEVENT out_ready;          /* the writer's wake-up */
-    int fd;                    /* -1 until connect; closed when the last reference goes */
-    ULONGLONG max_message;     /* the daemon's payload limit (ConnectResult) */
+    BOOLEAN half_close;                    /* shut the socket's write side once the queue is sent */
+    BOOLEAN writer_stop;                   /* the connection ended: the writer exits */
+    KEVENT out_ready;                      /* the writer's wake-up */
+    int fd;                /* -1 until connect; closed when the last reference goes */
+    ULONGLONG max_message; /* the daemon's payload limit (ConnectResult) */
     unsigned char token[WIRE_ATTACH_TOKEN_BYTES]; /* ConnectResult.attach_token, or zeros */
 } conn;
 
@@ -155,8 +155,10 @@ static void conn_send(conn *c, const unsigned char *frame, ULONGLONG len)
     f->length = len;
     fe_copy(f->data, frame, len);
     KeAcquireSpinLock(&c->lock, &irql);
-    if (c->out_tail) c->out_tail->next = f;
-    else c->out_head = f;
+    if (c->out_tail)
+        c->out_tail->next = f;
+    else
+        c->out_head = f;
     c->out_tail = f;
     KeReleaseSpinLock(&c->lock, irql);
     KeSetEvent(&c->out_ready, IO_NO_INCREMENT, FALSE);
@@ -304,11 +306,11 @@ static ULONGLONG open_section_in(HANDLE pid, const unsigned char *data, ULONG le
     CLIENT_ID cid;
     InitializeObjectAttributes(&attr, NULL, OBJ_KERNEL_HANDLE, NULL, NULL);
     size.QuadPart = length;
-    if (!length || !NT_SUCCESS(ZwCreateSection(&section, SECTION_ALL_ACCESS, &attr, &size, PAGE_READWRITE,
-                                               SEC_COMMIT, NULL)))
+    if (!length || !NT_SUCCESS(ZwCreateSection(&section, SECTION_ALL_ACCESS, &attr, &size,
+                                               PAGE_READWRITE, SEC_COMMIT, NULL)))
         return 0;
-    if (NT_SUCCESS(ZwMapViewOfSection(section, NtCurrentProcess(), &base, 0, 0, NULL, &view, ViewUnmap, 0,
-                                      PAGE_READWRITE))) {
+    if (NT_SUCCESS(ZwMapViewOfSection(section, NtCurrentProcess(), &base, 0, 0, NULL, &view,
+                                      ViewUnmap, 0, PAGE_READWRITE))) {
         fe_copy(base, data, length);
         ZwUnmapViewOfSection(NtCurrentProcess(), base);
         cid.UniqueProcess = pid;
@@ -370,14 +372,17 @@ static void handle_result(conn *c, const struct wire_result *r)
         irp = take_pending(c, 0);
         KeAcquireSpinLock(&c->lock, &irql);
         if (c->state == CONN_CONNECTING) c->state = NT_SUCCESS(status) ? CONN_OPEN : CONN_DEAD;
-        if (r->max_message) c->max_message = r->max_message < (1ull << 40) ? r->max_message : (1ull << 40);
-        if (r->token_len == WIRE_ATTACH_TOKEN_BYTES) fe_copy(c->token, r->token, WIRE_ATTACH_TOKEN_BYTES);
+        if (r->max_message)
+            c->max_message = r->max_message < (1ull << 40) ? r->max_message : (1ull << 40);
+        if (r->token_len == WIRE_ATTACH_TOKEN_BYTES)
+            fe_copy(c->token, r->token, WIRE_ATTACH_TOKEN_BYTES);
         ULONGLONG max_message = c->max_message;
         KeReleaseSpinLock(&c->lock, irql);
         if (!irp) return;
         ULONG_PTR info = 0;
         PIO_STACK_LOCATION sp = IoGetCurrentIrpStackLocation(irp);
-        if (NT_SUCCESS(status) && sp->Parameters.DeviceIoControl.OutputBufferLength >= sizeof(FLTEMU_CONNECT_OUT)) {
+        if (NT_SUCCESS(status) &&
+            sp->Parameters.DeviceIoControl.OutputBufferLength >= sizeof(FLTEMU_CONNECT_OUT)) {
             FLTEMU_CONNECT_OUT *out = irp->AssociatedIrp.SystemBuffer;
             fe_copy(out->token, c->token, sizeof(out->token));
             out->max_message = max_message;
@@ -407,7 +412,8 @@ static void handle_result(conn *c, const struct wire_result *r)
         if (!NT_ERROR(status) && n) fe_copy(buf, r->data, n);
         info = NT_ERROR(status) ? 0 : (ULONG_PTR)n;
         for (struct section *s = IRP_SECTIONS(irp); s && !NT_ERROR(status); s = s->next) {
-            ULONGLONG handle = s->offset + 8ull <= n ? open_section_in(IRP_PROCESS(irp), s->data, s->length) : 0;
+            ULONGLONG handle =
+                s->offset + 8ull <= n ? open_section_in(IRP_PROCESS(irp), s->data, s->length) : 0;
             if (handle) fe_copy(buf + s->offset, &handle, 8);
         }
     } else if (r->tag == WIRE_GET_RESULT && IRP_KIND(irp) == KIND_GET) {
@@ -417,7 +423,7 @@ static void handle_result(conn *c, const struct wire_result *r)
                 info = (ULONG_PTR)(r->data_len + 16);
             } else {
                 fe_zero(buf, 16);
-                *(ULONG *)buf = r->reply_length;        /* FILTER_MESSAGE_HEADER.ReplyLength */
+                *(ULONG *)buf = r->reply_length;         /* FILTER_MESSAGE_HEADER.ReplyLength */
                 *(ULONGLONG *)(buf + 8) = r->message_id; /* .MessageId */
                 fe_copy(buf + 16, r->data, r->data_len);
                 info = (ULONG_PTR)(r->data_len + 16);
@@ -455,7 +461,8 @@ static void NTAPI reader_main(void *arg)
         if (!read_full(c->fd, hdr, 4)) break;
         ULONGLONG len = hdr[0] | (hdr[1] << 8) | (hdr[2] << 16) | ((ULONGLONG)hdr[3] << 24);
         if (len == 0 || len > c->max_message + WIRE_FRAME_OVERHEAD) break;
-        unsigned char *body = len <= sizeof(small) ? small : ExAllocatePoolWithTag(NonPagedPool, len, FE_TAG);
+        unsigned char *body =
+            len <= sizeof(small) ? small : ExAllocatePoolWithTag(NonPagedPool, len, FE_TAG);
         if (!body) break;
         BOOLEAN ok = read_full(c->fd, body, len);
         struct wire_result r;
@@ -509,9 +516,12 @@ static NTSTATUS submit(conn *c, PIRP irp, enum irp_kind kind, unsigned char *fra
     IoMarkIrpPending(irp);
     if (kind == KIND_GET) IoSetCancelRoutine(irp, cancel_get);
     KeAcquireSpinLock(&c->lock, &irql);
-    if (c->state == CONN_DEAD) refused = STATUS_PORT_DISCONNECTED; /* died since begin_request */
-    else if (kind == KIND_GET && irp->Cancel) refused = STATUS_CANCELLED;
-    else InsertTailList(&c->pending, &irp->Tail.Overlay.ListEntry);
+    if (c->state == CONN_DEAD)
+        refused = STATUS_PORT_DISCONNECTED; /* died since begin_request */
+    else if (kind == KIND_GET && irp->Cancel)
+        refused = STATUS_CANCELLED;
+    else
+        InsertTailList(&c->pending, &irp->Tail.Overlay.ListEntry);
     KeReleaseSpinLock(&c->lock, irql);
     if (refused != STATUS_SUCCESS) {
         if (kind == KIND_GET) IoSetCancelRoutine(irp, NULL);
@@ -574,9 +584,12 @@ static NTSTATUS do_connect(conn *c, PIRP irp, const unsigned char *in, ULONG in_
         /* The reference client's mapping (protocol §1): permission -> access denied, any
          * other failure ("no daemon") -> the status of a port that does not exist.  A daemon
          * run by a user the agent does not trust is refused as a permission failure. */
-        if (r == -LNX_EACCES || r == -LNX_EPERM) status = STATUS_ACCESS_DENIED;
-        else if (r < 0) status = STATUS_OBJECT_NAME_NOT_FOUND;
-        else if (!lnx_trusted_peer(lnx_peer_uid((int)fd), hdr->trust_uid)) status = STATUS_ACCESS_DENIED;
+        if (r == -LNX_EACCES || r == -LNX_EPERM)
+            status = STATUS_ACCESS_DENIED;
+        else if (r < 0)
+            status = STATUS_OBJECT_NAME_NOT_FOUND;
+        else if (!lnx_trusted_peer(lnx_peer_uid((int)fd), hdr->trust_uid))
+            status = STATUS_ACCESS_DENIED;
     }
     if (status != STATUS_SUCCESS) {
         if (fd >= 0) lnx_close((int)fd);
@@ -591,7 +604,8 @@ static NTSTATUS do_connect(conn *c, PIRP irp, const unsigned char *in, ULONG in_
     unsigned char *frame = ExAllocatePoolWithTag(NonPagedPool, size, FE_TAG);
     HANDLE reader, writer;
     InterlockedIncrement(&c->refs); /* the reader's */
-    if (frame && NT_SUCCESS(PsCreateSystemThread(&reader, THREAD_ALL_ACCESS, NULL, NULL, NULL, reader_main, c))) {
+    if (frame && NT_SUCCESS(PsCreateSystemThread(&reader, THREAD_ALL_ACCESS, NULL, NULL, NULL,
+                                                 reader_main, c))) {
         ZwClose(reader);
     } else {
         InterlockedDecrement(&c->refs);
@@ -604,7 +618,8 @@ static NTSTATUS do_connect(conn *c, PIRP irp, const unsigned char *in, ULONG in_
     }
     /* From here on the reader owns the connection's end: a failure below makes it see EOF. */
     InterlockedIncrement(&c->refs); /* the writer's */
-    if (NT_SUCCESS(PsCreateSystemThread(&writer, THREAD_ALL_ACCESS, NULL, NULL, NULL, writer_main, c))) {
+    if (NT_SUCCESS(
+            PsCreateSystemThread(&writer, THREAD_ALL_ACCESS, NULL, NULL, NULL, writer_main, c))) {
         ZwClose(writer);
     } else {
         InterlockedDecrement(&c->refs);
@@ -616,7 +631,8 @@ static NTSTATUS do_connect(conn *c, PIRP irp, const unsigned char *in, ULONG in_
     wire_put_uint(&o, WIRE_PROTOCOL_VERSION);
     wire_put_str(&o, name, hdr->name_bytes);
     wire_put_bin(&o, context, hdr->context_bytes);
-    wire_put_uint(&o, hdr->options | WIRE_OPTION_DISCONNECT_NOTICE | WIRE_OPTION_SECTIONS | WIRE_OPTION_ATTACH);
+    wire_put_uint(&o, hdr->options | WIRE_OPTION_DISCONNECT_NOTICE | WIRE_OPTION_SECTIONS |
+                          WIRE_OPTION_ATTACH);
     /* rid 0 stands for the connect: request ids start at 1. */
     status = submit(c, irp, KIND_CONNECT, frame, &o, 0);
     ExFreePoolWithTag(frame, FE_TAG);
@@ -640,12 +656,16 @@ static NTSTATUS do_request(conn *c, PIRP irp, ULONG code)
     }
     if (!begin_request(c, &rid, &status)) return status;
 
-    ULONGLONG payload = code == IOCTL_FLTEMU_SEND ? in_len : code == IOCTL_FLTEMU_REPLY ? in_len : 0;
+    ULONGLONG payload = code == IOCTL_FLTEMU_SEND    ? in_len
+                        : code == IOCTL_FLTEMU_REPLY ? in_len
+                                                     : 0;
     /* Over the daemon's limit: this call fails, as the daemon would fail it (protocol §14). */
     if (payload > c->max_message) return STATUS_INSUFFICIENT_RESOURCES;
     unsigned char stack_frame[64];
     ULONGLONG size = WIRE_REQUEST_MAX(payload);
-    unsigned char *frame = size <= sizeof(stack_frame) ? stack_frame : ExAllocatePoolWithTag(NonPagedPool, size, FE_TAG);
+    unsigned char *frame = size <= sizeof(stack_frame)
+                               ? stack_frame
+                               : ExAllocatePoolWithTag(NonPagedPool, size, FE_TAG);
     if (!frame) return STATUS_INSUFFICIENT_RESOURCES;
     struct wire_out o = {frame + 4};
     enum irp_kind kind;
@@ -739,8 +759,10 @@ static NTSTATUS NTAPI dispatch_close(PDEVICE_OBJECT device, PIRP irp)
         KeReleaseSpinLock(&c->lock, irql);
         complete_all(&cancelled, STATUS_PORT_DISCONNECTED);
         if (c->fd >= 0) {
-            if (now) lnx_shutdown(c->fd, LNX_SHUT_WR);
-            else KeSetEvent(&c->out_ready, IO_NO_INCREMENT, FALSE);
+            if (now)
+                lnx_shutdown(c->fd, LNX_SHUT_WR);
+            else
+                KeSetEvent(&c->out_ready, IO_NO_INCREMENT, FALSE);
         }
         conn_release(c);
     }
@@ -755,11 +777,13 @@ static NTSTATUS NTAPI dispatch_ioctl(PDEVICE_OBJECT device, PIRP irp)
     conn *c = sp->FileObject->FsContext;
     ULONG code = sp->Parameters.DeviceIoControl.IoControlCode;
     NTSTATUS status;
-    if (!c) status = STATUS_INVALID_HANDLE;
+    if (!c)
+        status = STATUS_INVALID_HANDLE;
     else if (code == IOCTL_FLTEMU_CONNECT || code == IOCTL_FLTEMU_SEND || FLTEMU_IS_SEND_AT(code) ||
              code == IOCTL_FLTEMU_GET || code == IOCTL_FLTEMU_REPLY)
         status = do_request(c, irp, code);
-    else status = STATUS_INVALID_DEVICE_REQUEST;
+    else
+        status = STATUS_INVALID_DEVICE_REQUEST;
     if (status != STATUS_PENDING) complete(irp, status, 0);
     return status;
 }

@@ -55,17 +55,17 @@ struct fast_call {
 };
 
 struct fast_conn {
-    struct fast_conn *next;     /* in g_conns */
-    volatile LONG refs;         /* the table's, the reader's, each call's */
-    HANDLE handle;              /* the port handle it was connected for */
+    struct fast_conn *next; /* in g_conns */
+    volatile LONG refs;     /* the table's, the reader's, each call's */
+    HANDLE handle;          /* the port handle it was connected for */
     int fd;
-    SRWLOCK lock;               /* calls, next_rid, dead, disconnected */
-    SRWLOCK write_lock;         /* one frame at a time on the socket */
+    SRWLOCK lock;       /* calls, next_rid, dead, disconnected */
+    SRWLOCK write_lock; /* one frame at a time on the socket */
     struct fast_call *calls;
     unsigned long long next_rid;
     unsigned long long max_message;
-    BOOL dead;                  /* the socket ended: the device path answers */
-    BOOL disconnected;          /* the filter ended the connection: calls fail at once */
+    BOOL dead;         /* the socket ended: the device path answers */
+    BOOL disconnected; /* the filter ended the connection: calls fail at once */
 };
 
 static SRWLOCK g_conns_lock = SRWLOCK_INIT;
@@ -106,7 +106,8 @@ static void conn_unlist(struct fast_conn *c)
 static BOOL handle_is_ours(HANDLE h)
 {
     OBJECT_BASIC_INFORMATION info;
-    if (!NT_SUCCESS(NtQueryObject(h, ObjectBasicInformation, &info, sizeof info, NULL))) return FALSE;
+    if (!NT_SUCCESS(NtQueryObject(h, ObjectBasicInformation, &info, sizeof info, NULL)))
+        return FALSE;
     return info.GrantedAccess == FLTEMU_PORT_ACCESS;
 }
 
@@ -226,7 +227,8 @@ static DWORD WINAPI reader_main(void *arg)
     for (;;) {
         unsigned char hdr[4];
         if (!read_full(c->fd, hdr, 4)) break;
-        unsigned long long len = hdr[0] | (hdr[1] << 8) | (hdr[2] << 16) | ((unsigned long long)hdr[3] << 24);
+        unsigned long long len =
+            hdr[0] | (hdr[1] << 8) | (hdr[2] << 16) | ((unsigned long long)hdr[3] << 24);
         if (len == 0 || len > c->max_message + WIRE_FRAME_OVERHEAD) break;
         unsigned char *body = len <= sizeof(small) ? small : HeapAlloc(GetProcessHeap(), 0, len);
         if (!body) break;
@@ -408,11 +410,13 @@ BOOL fast_reply(HANDLE h, const void *reply, ULONG len, NTSTATUS *status)
 }
 
 /* Reads one frame during the handshake into `body` (at most `size` bytes). */
-static BOOL read_handshake(int fd, unsigned char *body, unsigned long long size, struct wire_result *r)
+static BOOL read_handshake(int fd, unsigned char *body, unsigned long long size,
+                           struct wire_result *r)
 {
     unsigned char hdr[4];
     if (!read_full(fd, hdr, 4)) return FALSE;
-    unsigned long long len = hdr[0] | (hdr[1] << 8) | (hdr[2] << 16) | ((unsigned long long)hdr[3] << 24);
+    unsigned long long len =
+        hdr[0] | (hdr[1] << 8) | (hdr[2] << 16) | ((unsigned long long)hdr[3] << 24);
     return len && len <= size && read_full(fd, body, len) && wire_decode(body, len, r) == 0;
 }
 
@@ -423,7 +427,8 @@ void fast_attach(HANDLE h, const char *path, int trust_uid, const FLTEMU_CONNECT
     struct wire_result r;
     unsigned char frame[64], body[256];
     int path_len = lstrlenA(path);
-    if (!memcmp(out->token, no_token, sizeof no_token) || path_len > (int)FLTEMU_MAX_SOCKET_PATH) return;
+    if (!memcmp(out->token, no_token, sizeof no_token) || path_len > (int)FLTEMU_MAX_SOCKET_PATH)
+        return;
     if (g_unchecked_handles < 0) {
         char flag[4];
         DWORD n = GetEnvironmentVariableA("FLTEMU_UNCHECKED_HANDLES", flag, sizeof flag);
@@ -443,9 +448,11 @@ void fast_attach(HANDLE h, const char *path, int trust_uid, const FLTEMU_CONNECT
     wire_put_bin(&o, out->token, WIRE_ATTACH_TOKEN_BYTES);
     wire_put_uint(&o, WIRE_OPTION_DISCONNECT_NOTICE | WIRE_OPTION_SECTIONS);
     unsigned long long len = wire_finish(&o, frame);
-    if (lnx_connect((int)fd, &addr, 2 + path_len) < 0 || !lnx_trusted_peer(lnx_peer_uid((int)fd), trust_uid) ||
-        lnx_send((int)fd, frame, len) != (long long)len || !read_handshake((int)fd, body, sizeof body, &r) ||
-        r.tag != WIRE_CONNECT_RESULT || r.status != 0) {
+    if (lnx_connect((int)fd, &addr, 2 + path_len) < 0 ||
+        !lnx_trusted_peer(lnx_peer_uid((int)fd), trust_uid) ||
+        lnx_send((int)fd, frame, len) != (long long)len ||
+        !read_handshake((int)fd, body, sizeof body, &r) || r.tag != WIRE_CONNECT_RESULT ||
+        r.status != 0) {
         /* No direct path: every call of this handle takes the device path, as before. */
         lnx_close((int)fd);
         return;

@@ -108,7 +108,10 @@ static void remember_get(HANDLE port, OVERLAPPED *ov)
  * STATUS_INVALID_PARAMETER, and naming no port changes nothing on an unbound handle. */
 static BOOL has_completion_port(HANDLE h)
 {
-    struct { HANDLE port; ULONG_PTR key; } info = {NULL, 0}; /* FILE_COMPLETION_INFORMATION */
+    struct {
+        HANDLE port;
+        ULONG_PTR key;
+    } info = {NULL, 0}; /* FILE_COMPLETION_INFORMATION */
     IO_STATUS_BLOCK io;
     return NtSetInformationFile(h, &io, &info, sizeof info, (FILE_INFORMATION_CLASS)30) ==
            STATUS_INVALID_PARAMETER_;
@@ -142,8 +145,8 @@ static void free_thread_state(void)
 
 /* One IOCTL, waited for.  No completion packet is queued for it (ApcContext NULL), as for
  * fltlib's synchronous calls on an IOCP-bound handle (semantics §3.2). */
-static NTSTATUS ioctl_sync(HANDLE h, ULONG code, void *in, ULONG in_len, void *out,
-                           ULONG out_len, ULONG_PTR *information)
+static NTSTATUS ioctl_sync(HANDLE h, ULONG code, void *in, ULONG in_len, void *out, ULONG out_len,
+                           ULONG_PTR *information)
 {
     IO_STATUS_BLOCK iosb;
     HANDLE ev = thread_event();
@@ -178,10 +181,12 @@ BOOL socket_path(char *out, DWORD size)
 {
     char dir[FLTEMU_MAX_SOCKET_PATH + 2];
     if (GetEnvironmentVariableW(L"FLTEMU_SOCKET", NULL, 0) > 1)
-        return env_utf8(L"FLTEMU_SOCKET", out, size) && lstrlenA(out) <= (int)FLTEMU_MAX_SOCKET_PATH;
+        return env_utf8(L"FLTEMU_SOCKET", out, size) &&
+               lstrlenA(out) <= (int)FLTEMU_MAX_SOCKET_PATH;
     if (GetEnvironmentVariableW(L"XDG_RUNTIME_DIR", NULL, 0) > 1) {
         if (!env_utf8(L"XDG_RUNTIME_DIR", dir, sizeof dir) ||
-            lstrlenA(dir) + sizeof("/fltemu.sock") > FLTEMU_MAX_SOCKET_PATH + 1 || size < FLTEMU_MAX_SOCKET_PATH + 1)
+            lstrlenA(dir) + sizeof("/fltemu.sock") > FLTEMU_MAX_SOCKET_PATH + 1 ||
+            size < FLTEMU_MAX_SOCKET_PATH + 1)
             return FALSE;
         wsprintfA(out, "%s/fltemu.sock", dir);
         return TRUE;
@@ -217,7 +222,8 @@ static void start_driver(void)
     if (svc) {
         StartServiceW(svc, 0, NULL);
         for (int i = 0; i < 100 && QueryServiceStatus(svc, &status) &&
-                        status.dwCurrentState == SERVICE_START_PENDING; i++)
+                        status.dwCurrentState == SERVICE_START_PENDING;
+             i++)
             Sleep(50);
         CloseServiceHandle(svc);
     }
@@ -231,7 +237,8 @@ static NTSTATUS open_device(DWORD options, LPSECURITY_ATTRIBUTES sa, HANDLE *h)
     IO_STATUS_BLOCK iosb;
     NTSTATUS st = 0;
     RtlInitUnicodeString(&name, FLTEMU_OPEN_NAME);
-    InitializeObjectAttributes(&attr, &name, (sa && sa->bInheritHandle) ? OBJ_INHERIT : 0, NULL, NULL);
+    InitializeObjectAttributes(&attr, &name, (sa && sa->bInheritHandle) ? OBJ_INHERIT : 0, NULL,
+                               NULL);
     for (int attempt = 0; attempt < 2; attempt++) {
         /* The access and flags of fltlib's own open (semantics §3.1). */
         st = NtCreateFile(h, FLTEMU_PORT_ACCESS, &attr, &iosb, NULL, 0,
@@ -248,8 +255,9 @@ static NTSTATUS open_device(DWORD options, LPSECURITY_ATTRIBUTES sa, HANDLE *h)
 /* FilterConnectCommunicationPort: S_OK; 0x80070002 (no such port, no daemon, no driver),
  * 0x80070005, 0x800704D6, 0x801F000B, translate(ConnectNotify's status); E_INVALIDARG for bad
  * arguments (semantics §3.1). */
-HRESULT WINAPI FilterConnectCommunicationPort(LPCWSTR lpPortName, DWORD dwOptions, LPCVOID lpContext,
-                                              WORD wSizeOfContext, LPSECURITY_ATTRIBUTES lpSecurityAttributes,
+HRESULT WINAPI FilterConnectCommunicationPort(LPCWSTR lpPortName, DWORD dwOptions,
+                                              LPCVOID lpContext, WORD wSizeOfContext,
+                                              LPSECURITY_ATTRIBUTES lpSecurityAttributes,
                                               HANDLE *hPort)
 {
     char path[FLTEMU_MAX_SOCKET_PATH + 2];
@@ -303,8 +311,8 @@ HRESULT WINAPI FilterConnectCommunicationPort(LPCWSTR lpPortName, DWORD dwOption
 /* FilterSendMessage: S_OK only for exactly STATUS_SUCCESS; otherwise translate(MessageNotify's
  * status), 0x80070006 once disconnected, 0x80070001 without MessageNotify, E_INVALIDARG for no
  * input.  *lpBytesReturned is the output length, 0 on errors (semantics §3.2). */
-HRESULT WINAPI FilterSendMessage(HANDLE hPort, LPVOID lpInBuffer, DWORD dwInBufferSize, LPVOID lpOutBuffer,
-                                 DWORD dwOutBufferSize, LPDWORD lpBytesReturned)
+HRESULT WINAPI FilterSendMessage(HANDLE hPort, LPVOID lpInBuffer, DWORD dwInBufferSize,
+                                 LPVOID lpOutBuffer, DWORD dwOutBufferSize, LPDWORD lpBytesReturned)
 {
     ULONG_PTR info;
     ULONG returned;
@@ -312,7 +320,8 @@ HRESULT WINAPI FilterSendMessage(HANDLE hPort, LPVOID lpInBuffer, DWORD dwInBuff
     if (!lpBytesReturned) return E_INVALIDARG;
     *lpBytesReturned = 0;
     if (!lpInBuffer || !dwInBufferSize) return E_INVALIDARG;
-    if (fast_send(hPort, lpInBuffer, dwInBufferSize, lpOutBuffer, dwOutBufferSize, &st, &returned)) {
+    if (fast_send(hPort, lpInBuffer, dwInBufferSize, lpOutBuffer, dwOutBufferSize, &st,
+                  &returned)) {
         *lpBytesReturned = returned;
         return flt_hresult(st);
     }
@@ -327,14 +336,15 @@ HRESULT WINAPI FilterSendMessage(HANDLE hPort, LPVOID lpInBuffer, DWORD dwInBuff
 /* FilterGetMessage: with an OVERLAPPED, HRESULT_FROM_WIN32(ERROR_IO_PENDING) and a completion
  * of 0 / 122 / 6 / 995; without, S_OK, 0x8007007A, 0x80070006, 0x800703E3.  E_INVALIDARG for no
  * buffer; 0x80070006 at once when already disconnected (semantics §3.3). */
-HRESULT WINAPI FilterGetMessage(HANDLE hPort, PFILTER_MESSAGE_HEADER lpMessageBuffer, DWORD dwMessageBufferSize,
-                                LPOVERLAPPED lpOverlapped)
+HRESULT WINAPI FilterGetMessage(HANDLE hPort, PFILTER_MESSAGE_HEADER lpMessageBuffer,
+                                DWORD dwMessageBufferSize, LPOVERLAPPED lpOverlapped)
 {
     ULONG_PTR info;
     NTSTATUS st;
     if (!lpMessageBuffer || !dwMessageBufferSize) return E_INVALIDARG;
     if (!lpOverlapped) {
-        st = ioctl_sync(hPort, IOCTL_FLTEMU_GET, NULL, 0, lpMessageBuffer, dwMessageBufferSize, &info);
+        st = ioctl_sync(hPort, IOCTL_FLTEMU_GET, NULL, 0, lpMessageBuffer, dwMessageBufferSize,
+                        &info);
         return flt_hresult(st);
     }
     /* As kernel32's DeviceIoControl: the OVERLAPPED is the IO_STATUS_BLOCK, and an hEvent with
@@ -354,13 +364,15 @@ HRESULT WINAPI FilterGetMessage(HANDLE hPort, PFILTER_MESSAGE_HEADER lpMessageBu
 
 /* FilterReplyMessage: S_OK, 0x801F0020 (no waiter), 0x800700EA (truncated), 0x80070006;
  * E_INVALIDARG below the 16-byte FILTER_REPLY_HEADER (semantics §3.4). */
-HRESULT WINAPI FilterReplyMessage(HANDLE hPort, PFILTER_REPLY_HEADER lpReplyBuffer, DWORD dwReplyBufferSize)
+HRESULT WINAPI FilterReplyMessage(HANDLE hPort, PFILTER_REPLY_HEADER lpReplyBuffer,
+                                  DWORD dwReplyBufferSize)
 {
     ULONG_PTR info;
     NTSTATUS st;
     if (!lpReplyBuffer || dwReplyBufferSize < sizeof(FILTER_REPLY_HEADER)) return E_INVALIDARG;
     if (fast_reply(hPort, lpReplyBuffer, dwReplyBufferSize, &st)) return flt_hresult(st);
-    return flt_hresult(ioctl_sync(hPort, IOCTL_FLTEMU_REPLY, lpReplyBuffer, dwReplyBufferSize, NULL, 0, &info));
+    return flt_hresult(
+        ioctl_sync(hPort, IOCTL_FLTEMU_REPLY, lpReplyBuffer, dwReplyBufferSize, NULL, 0, &info));
 }
 
 BOOL WINAPI DllMain(HINSTANCE instance, DWORD reason, LPVOID reserved)

@@ -152,7 +152,8 @@ static enum control_outcome control(const char *command, const char *target, uns
         wire_put_str(&o, target, target_len);
         if (send_all((int)fd, frame, wire_finish(&o, frame)) && read_all((int)fd, hdr, 4)) {
             *len = hdr[0] | (hdr[1] << 8) | (hdr[2] << 16) | ((unsigned long long)hdr[3] << 24);
-            if (*len && *len <= MAX_CONTROL_ANSWER && (*body = HeapAlloc(GetProcessHeap(), 0, *len))) {
+            if (*len && *len <= MAX_CONTROL_ANSWER &&
+                (*body = HeapAlloc(GetProcessHeap(), 0, *len))) {
                 if (read_all((int)fd, *body, *len)) {
                     outcome = CONTROL_ANSWERED;
                 } else {
@@ -220,9 +221,12 @@ static HRESULT daemon_filters(struct filter_list **out)
             unsigned keys = wire_get_map(&in);
             for (unsigned k = 0; k < keys && !in.bad; k++) {
                 const unsigned char *key = wire_get_bytes(&in, 1, &key_len);
-                if (key_len == 4 && !memcmp(key, "name", 4)) name = wire_get_bytes(&in, 1, &name_len);
-                else if (key_len == 5 && !memcmp(key, "state", 5)) state = wire_get_bytes(&in, 1, &state_len);
-                else wire_skip(&in, 0);
+                if (key_len == 4 && !memcmp(key, "name", 4))
+                    name = wire_get_bytes(&in, 1, &name_len);
+                else if (key_len == 5 && !memcmp(key, "state", 5))
+                    state = wire_get_bytes(&in, 1, &state_len);
+                else
+                    wire_skip(&in, 0);
             }
             if (!in.bad && name && state && state_len == 10 && !memcmp(state, "registered", 10) &&
                 list->count < MAX_FILTERS && (list->names[list->count] = to_wide(name, name_len)))
@@ -253,16 +257,23 @@ static HRESULT is_loaded(LPCWSTR name)
 
 /* One filter's information in `dwInformationClass`'s layout: one entry, no altitude (fltemu's
  * filters have none), no instance (there is no volume). */
-static HRESULT filter_information(LPCWSTR name, FILTER_INFORMATION_CLASS cls, LPVOID buffer, DWORD size,
-                                  LPDWORD returned)
+static HRESULT filter_information(LPCWSTR name, FILTER_INFORMATION_CLASS cls, LPVOID buffer,
+                                  DWORD size, LPDWORD returned)
 {
     USHORT name_bytes = (USHORT)(lstrlenW(name) * sizeof(WCHAR));
     DWORD header, need;
     switch (cls) {
-    case FilterFullInformation: header = FIELD_OFFSET(FILTER_FULL_INFORMATION, FilterNameBuffer); break;
-    case FilterAggregateBasicInformation: header = sizeof(FILTER_AGGREGATE_BASIC_INFORMATION); break;
-    case FilterAggregateStandardInformation: header = sizeof(FILTER_AGGREGATE_STANDARD_INFORMATION); break;
-    default: return E_INVALIDARG;
+    case FilterFullInformation:
+        header = FIELD_OFFSET(FILTER_FULL_INFORMATION, FilterNameBuffer);
+        break;
+    case FilterAggregateBasicInformation:
+        header = sizeof(FILTER_AGGREGATE_BASIC_INFORMATION);
+        break;
+    case FilterAggregateStandardInformation:
+        header = sizeof(FILTER_AGGREGATE_STANDARD_INFORMATION);
+        break;
+    default:
+        return E_INVALIDARG;
     }
     need = header + name_bytes;
     *returned = need;
@@ -289,8 +300,8 @@ static HRESULT filter_information(LPCWSTR name, FILTER_INFORMATION_CLASS cls, LP
 
 /* FilterFindFirst: the first of the daemon's filters; HRESULT_FROM_WIN32(ERROR_NO_MORE_ITEMS)
  * when there is none, ERROR_INSUFFICIENT_BUFFER with the size needed, E_ACCESSDENIED. */
-HRESULT WINAPI FilterFindFirst(FILTER_INFORMATION_CLASS dwInformationClass, LPVOID lpBuffer, DWORD dwBufferSize,
-                               LPDWORD lpBytesReturned, LPHANDLE lpFilterFind)
+HRESULT WINAPI FilterFindFirst(FILTER_INFORMATION_CLASS dwInformationClass, LPVOID lpBuffer,
+                               DWORD dwBufferSize, LPDWORD lpBytesReturned, LPHANDLE lpFilterFind)
 {
     struct filter_list *list;
     HRESULT hr;
@@ -302,7 +313,8 @@ HRESULT WINAPI FilterFindFirst(FILTER_INFORMATION_CLASS dwInformationClass, LPVO
         free_list(list);
         return NO_MORE_ITEMS;
     }
-    hr = filter_information(list->names[0], dwInformationClass, lpBuffer, dwBufferSize, lpBytesReturned);
+    hr = filter_information(list->names[0], dwInformationClass, lpBuffer, dwBufferSize,
+                            lpBytesReturned);
     if (FAILED(hr)) {
         free_list(list);
         return hr;
@@ -313,8 +325,8 @@ HRESULT WINAPI FilterFindFirst(FILTER_INFORMATION_CLASS dwInformationClass, LPVO
 }
 
 /* FilterFindNext: the next filter; ERROR_NO_MORE_ITEMS after the last; E_HANDLE. */
-HRESULT WINAPI FilterFindNext(HANDLE hFilterFind, FILTER_INFORMATION_CLASS dwInformationClass, LPVOID lpBuffer,
-                              DWORD dwBufferSize, LPDWORD lpBytesReturned)
+HRESULT WINAPI FilterFindNext(HANDLE hFilterFind, FILTER_INFORMATION_CLASS dwInformationClass,
+                              LPVOID lpBuffer, DWORD dwBufferSize, LPDWORD lpBytesReturned)
 {
     struct filter_list *list;
     HRESULT hr = NO_MORE_ITEMS;
@@ -361,15 +373,16 @@ HRESULT WINAPI FilterClose(HFILTER hFilter)
     return close_list(hFilter, FILTER_MAGIC);
 }
 
-HRESULT WINAPI FilterGetInformation(HFILTER hFilter, FILTER_INFORMATION_CLASS dwInformationClass, LPVOID lpBuffer,
-                                    DWORD dwBufferSize, LPDWORD lpBytesReturned)
+HRESULT WINAPI FilterGetInformation(HFILTER hFilter, FILTER_INFORMATION_CLASS dwInformationClass,
+                                    LPVOID lpBuffer, DWORD dwBufferSize, LPDWORD lpBytesReturned)
 {
     struct filter_list *list;
     HRESULT hr;
     if (!lpBytesReturned) return E_INVALIDARG;
     *lpBytesReturned = 0;
     if (!(list = lock_list(hFilter, FILTER_MAGIC))) return E_HANDLE;
-    hr = filter_information(list->names[0], dwInformationClass, lpBuffer, dwBufferSize, lpBytesReturned);
+    hr = filter_information(list->names[0], dwInformationClass, lpBuffer, dwBufferSize,
+                            lpBytesReturned);
     ReleaseSRWLockExclusive(&live_lock);
     return hr;
 }
@@ -382,7 +395,8 @@ HRESULT WINAPI FilterLoad(LPCWSTR lpFilterName)
     if (!lpFilterName) return E_INVALIDARG;
     hr = is_loaded(lpFilterName);
     if (FAILED(hr)) return hr;
-    return hr == S_OK ? HRESULT_FROM_WIN32(ERROR_SERVICE_ALREADY_RUNNING) : HRESULT_FROM_WIN32(ERROR_FILE_NOT_FOUND);
+    return hr == S_OK ? HRESULT_FROM_WIN32(ERROR_SERVICE_ALREADY_RUNNING)
+                      : HRESULT_FROM_WIN32(ERROR_FILE_NOT_FOUND);
 }
 
 /* FilterUnload: FltUnregisterFilter of a loaded filter (the daemon's `unload`), else
@@ -397,15 +411,19 @@ HRESULT WINAPI FilterUnload(LPCWSTR lpFilterName)
     HRESULT hr;
     if (!lpFilterName) return E_INVALIDARG;
     if ((hr = is_loaded(lpFilterName)) != S_OK) return FAILED(hr) ? hr : ERROR_FLT_FILTER_NOT_FOUND;
-    if (!WideCharToMultiByte(CP_UTF8, 0, lpFilterName, -1, name, sizeof name, NULL, NULL)) return E_INVALIDARG;
+    if (!WideCharToMultiByte(CP_UTF8, 0, lpFilterName, -1, name, sizeof name, NULL, NULL))
+        return E_INVALIDARG;
     outcome = control("unload", name, &body, &len);
     if (outcome != CONTROL_ANSWERED)
-        return outcome == CONTROL_NO_DAEMON ? ERROR_FLT_FILTER_NOT_FOUND : outcome == CONTROL_DENIED ? E_ACCESSDENIED : E_FAIL;
+        return outcome == CONTROL_NO_DAEMON ? ERROR_FLT_FILTER_NOT_FOUND
+               : outcome == CONTROL_DENIED  ? E_ACCESSDENIED
+                                            : E_FAIL;
     struct wire_in in = {body, body + len, 0};
-    hr = !control_status(&in, &status) ? E_FAIL
-         : status == 0 ? S_OK
-         : status == 0xC0000034u ? ERROR_FLT_FILTER_NOT_FOUND
-         : status == STATUS_ACCESS_DENIED_ ? E_ACCESSDENIED : flt_hresult((NTSTATUS)status);
+    hr = !control_status(&in, &status)     ? E_FAIL
+         : status == 0                     ? S_OK
+         : status == 0xC0000034u           ? ERROR_FLT_FILTER_NOT_FOUND
+         : status == STATUS_ACCESS_DENIED_ ? E_ACCESSDENIED
+                                           : flt_hresult((NTSTATUS)status);
     HeapFree(GetProcessHeap(), 0, body);
     return hr;
 }
@@ -424,40 +442,52 @@ static HRESULT filter_then(LPCWSTR filter, HRESULT if_loaded)
 HRESULT WINAPI FilterAttach(LPCWSTR lpFilterName, LPCWSTR lpVolumeName, LPCWSTR lpInstanceName,
                             DWORD dwCreatedInstanceNameLength, LPWSTR lpCreatedInstanceName)
 {
-    (void)lpVolumeName; (void)lpInstanceName; (void)dwCreatedInstanceNameLength; (void)lpCreatedInstanceName;
+    (void)lpVolumeName;
+    (void)lpInstanceName;
+    (void)dwCreatedInstanceNameLength;
+    (void)lpCreatedInstanceName;
     return filter_then(lpFilterName, ERROR_FLT_VOLUME_NOT_FOUND);
 }
 
-HRESULT WINAPI FilterAttachAtAltitude(LPCWSTR lpFilterName, LPCWSTR lpVolumeName, LPCWSTR lpAltitude,
-                                      LPCWSTR lpInstanceName, DWORD dwCreatedInstanceNameLength,
+HRESULT WINAPI FilterAttachAtAltitude(LPCWSTR lpFilterName, LPCWSTR lpVolumeName,
+                                      LPCWSTR lpAltitude, LPCWSTR lpInstanceName,
+                                      DWORD dwCreatedInstanceNameLength,
                                       LPWSTR lpCreatedInstanceName)
 {
-    (void)lpVolumeName; (void)lpAltitude; (void)lpInstanceName; (void)dwCreatedInstanceNameLength;
+    (void)lpVolumeName;
+    (void)lpAltitude;
+    (void)lpInstanceName;
+    (void)dwCreatedInstanceNameLength;
     (void)lpCreatedInstanceName;
     return filter_then(lpFilterName, ERROR_FLT_VOLUME_NOT_FOUND);
 }
 
 HRESULT WINAPI FilterDetach(LPCWSTR lpFilterName, LPCWSTR lpVolumeName, LPCWSTR lpInstanceName)
 {
-    (void)lpVolumeName; (void)lpInstanceName;
+    (void)lpVolumeName;
+    (void)lpInstanceName;
     return filter_then(lpFilterName, ERROR_FLT_VOLUME_NOT_FOUND);
 }
 
-HRESULT WINAPI FilterInstanceCreate(LPCWSTR lpFilterName, LPCWSTR lpVolumeName, LPCWSTR lpInstanceName,
-                                    HFILTER_INSTANCE *hInstance)
+HRESULT WINAPI FilterInstanceCreate(LPCWSTR lpFilterName, LPCWSTR lpVolumeName,
+                                    LPCWSTR lpInstanceName, HFILTER_INSTANCE *hInstance)
 {
-    (void)lpVolumeName; (void)lpInstanceName;
+    (void)lpVolumeName;
+    (void)lpInstanceName;
     if (!hInstance) return E_INVALIDARG;
     *hInstance = INVALID_HANDLE_VALUE;
     return filter_then(lpFilterName, ERROR_FLT_VOLUME_NOT_FOUND);
 }
 
 /* FilterInstanceFindFirst: a loaded filter has no instance (ERROR_NO_MORE_ITEMS). */
-HRESULT WINAPI FilterInstanceFindFirst(LPCWSTR lpFilterName, INSTANCE_INFORMATION_CLASS dwInformationClass,
+HRESULT WINAPI FilterInstanceFindFirst(LPCWSTR lpFilterName,
+                                       INSTANCE_INFORMATION_CLASS dwInformationClass,
                                        LPVOID lpBuffer, DWORD dwBufferSize, LPDWORD lpBytesReturned,
                                        LPHANDLE lpFilterInstanceFind)
 {
-    (void)dwInformationClass; (void)lpBuffer; (void)dwBufferSize;
+    (void)dwInformationClass;
+    (void)lpBuffer;
+    (void)dwBufferSize;
     if (!lpBytesReturned || !lpFilterInstanceFind) return E_INVALIDARG;
     *lpBytesReturned = 0;
     *lpFilterInstanceFind = INVALID_HANDLE_VALUE;
@@ -466,21 +496,27 @@ HRESULT WINAPI FilterInstanceFindFirst(LPCWSTR lpFilterName, INSTANCE_INFORMATIO
 
 /* The volume enumeration is empty, consistently: there is no volume, so FilterVolumeFindFirst
  * says no more items, and every volume name is unknown. */
-HRESULT WINAPI FilterVolumeFindFirst(FILTER_VOLUME_INFORMATION_CLASS dwInformationClass, LPVOID lpBuffer,
-                                     DWORD dwBufferSize, LPDWORD lpBytesReturned, PHANDLE lpVolumeFind)
+HRESULT WINAPI FilterVolumeFindFirst(FILTER_VOLUME_INFORMATION_CLASS dwInformationClass,
+                                     LPVOID lpBuffer, DWORD dwBufferSize, LPDWORD lpBytesReturned,
+                                     PHANDLE lpVolumeFind)
 {
-    (void)dwInformationClass; (void)lpBuffer; (void)dwBufferSize;
+    (void)dwInformationClass;
+    (void)lpBuffer;
+    (void)dwBufferSize;
     if (!lpBytesReturned || !lpVolumeFind) return E_INVALIDARG;
     *lpBytesReturned = 0;
     *lpVolumeFind = INVALID_HANDLE_VALUE;
     return NO_MORE_ITEMS;
 }
 
-HRESULT WINAPI FilterVolumeInstanceFindFirst(LPCWSTR lpVolumeName, INSTANCE_INFORMATION_CLASS dwInformationClass,
-                                             LPVOID lpBuffer, DWORD dwBufferSize, LPDWORD lpBytesReturned,
-                                             LPHANDLE lpVolumeInstanceFind)
+HRESULT WINAPI FilterVolumeInstanceFindFirst(LPCWSTR lpVolumeName,
+                                             INSTANCE_INFORMATION_CLASS dwInformationClass,
+                                             LPVOID lpBuffer, DWORD dwBufferSize,
+                                             LPDWORD lpBytesReturned, LPHANDLE lpVolumeInstanceFind)
 {
-    (void)dwInformationClass; (void)lpBuffer; (void)dwBufferSize;
+    (void)dwInformationClass;
+    (void)lpBuffer;
+    (void)dwBufferSize;
     if (!lpVolumeName || !lpBytesReturned || !lpVolumeInstanceFind) return E_INVALIDARG;
     *lpBytesReturned = 0;
     *lpVolumeInstanceFind = INVALID_HANDLE_VALUE;
@@ -497,9 +533,13 @@ HRESULT WINAPI FilterGetDosName(LPCWSTR lpVolumeName, LPWSTR lpDosName, DWORD dw
 
 /* Handles that no call above ever returns: E_HANDLE. */
 
-HRESULT WINAPI FilterVolumeFindNext(HANDLE h, FILTER_VOLUME_INFORMATION_CLASS c, LPVOID b, DWORD s, LPDWORD r)
+HRESULT WINAPI FilterVolumeFindNext(HANDLE h, FILTER_VOLUME_INFORMATION_CLASS c, LPVOID b, DWORD s,
+                                    LPDWORD r)
 {
-    (void)h; (void)c; (void)b; (void)s;
+    (void)h;
+    (void)c;
+    (void)b;
+    (void)s;
     if (r) *r = 0;
     return E_HANDLE;
 }
@@ -516,9 +556,13 @@ HRESULT WINAPI FilterVolumeClose(HANDLE h)
     return E_HANDLE;
 }
 
-HRESULT WINAPI FilterInstanceFindNext(HANDLE h, INSTANCE_INFORMATION_CLASS c, LPVOID b, DWORD s, LPDWORD r)
+HRESULT WINAPI FilterInstanceFindNext(HANDLE h, INSTANCE_INFORMATION_CLASS c, LPVOID b, DWORD s,
+                                      LPDWORD r)
 {
-    (void)h; (void)c; (void)b; (void)s;
+    (void)h;
+    (void)c;
+    (void)b;
+    (void)s;
     if (r) *r = 0;
     return E_HANDLE;
 }
@@ -529,9 +573,13 @@ HRESULT WINAPI FilterInstanceFindClose(HANDLE h)
     return E_HANDLE;
 }
 
-HRESULT WINAPI FilterVolumeInstanceFindNext(HANDLE h, INSTANCE_INFORMATION_CLASS c, LPVOID b, DWORD s, LPDWORD r)
+HRESULT WINAPI FilterVolumeInstanceFindNext(HANDLE h, INSTANCE_INFORMATION_CLASS c, LPVOID b,
+                                            DWORD s, LPDWORD r)
 {
-    (void)h; (void)c; (void)b; (void)s;
+    (void)h;
+    (void)c;
+    (void)b;
+    (void)s;
     if (r) *r = 0;
     return E_HANDLE;
 }
@@ -548,10 +596,13 @@ HRESULT WINAPI FilterInstanceClose(HFILTER_INSTANCE h)
     return E_HANDLE;
 }
 
-HRESULT WINAPI FilterInstanceGetInformation(HFILTER_INSTANCE h, INSTANCE_INFORMATION_CLASS c, LPVOID b, DWORD s,
-               LPDWORD r)
+HRESULT WINAPI FilterInstanceGetInformation(HFILTER_INSTANCE h, INSTANCE_INFORMATION_CLASS c,
+                                            LPVOID b, DWORD s, LPDWORD r)
 {
-    (void)h; (void)c; (void)b; (void)s;
+    (void)h;
+    (void)c;
+    (void)b;
+    (void)s;
     if (r) *r = 0;
     return E_HANDLE;
 }

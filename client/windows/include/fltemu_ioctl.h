@@ -34,7 +34,7 @@
  * protocol §7.1).  METHOD_BUFFERED hides the caller's buffer from the driver, so the low bits
  * travel in the function number, 0x900 to 0x9FF; IOCTL_FLTEMU_SEND counts as aligned. */
 #define IOCTL_FLTEMU_SEND FLTEMU_CTL(0x802u)
-#define IOCTL_FLTEMU_SEND_AT(low) FLTEMU_CTL(0x900u | ((unsigned)(low) & 0xFFu))
+#define IOCTL_FLTEMU_SEND_AT(low) FLTEMU_CTL(0x900u | ((unsigned)(low)&0xFFu))
 #define FLTEMU_IS_SEND_AT(code) (((code) & ~(0xFFu << 2)) == FLTEMU_CTL(0x900u))
 #define FLTEMU_SEND_AT_LOW(code) (((code) >> 2) & 0xFFu)
 /* in: nothing; out: FILTER_MESSAGE_HEADER + message.  Information = 16 + message length
@@ -54,14 +54,14 @@
 
 #pragma pack(push, 1)
 typedef struct FLTEMU_CONNECT_IN {
-    unsigned int version;       /* FLTEMU_IOCTL_VERSION */
-    unsigned int options;       /* dwOptions, passed to the daemon's Connect */
-    unsigned short name_bytes;  /* UTF-8 port name, no terminator */
+    unsigned int version;      /* FLTEMU_IOCTL_VERSION */
+    unsigned int options;      /* dwOptions, passed to the daemon's Connect */
+    unsigned short name_bytes; /* UTF-8 port name, no terminator */
     unsigned short context_bytes;
-    unsigned short path_bytes;  /* Unix socket path, no terminator */
+    unsigned short path_bytes; /* Unix socket path, no terminator */
     unsigned short reserved;
-    int trust_uid;              /* FLTEMU_TRUST_UID: a daemon user to trust besides the
-                                   caller's and root (-1: none) */
+    int trust_uid; /* FLTEMU_TRUST_UID: a daemon user to trust besides the
+                      caller's and root (-1: none) */
     /* followed by: name, context, path */
 } FLTEMU_CONNECT_IN;
 
@@ -70,7 +70,7 @@ typedef struct FLTEMU_CONNECT_IN {
  * limit.  The DLL then makes FilterSendMessage and FilterReplyMessage itself, over that
  * socket, without an IOCTL (docs/wine.md, "How a call travels"). */
 typedef struct FLTEMU_CONNECT_OUT {
-    unsigned char token[16];    /* WIRE_ATTACH_TOKEN_BYTES */
+    unsigned char token[16]; /* WIRE_ATTACH_TOKEN_BYTES */
     unsigned long long max_message;
 } FLTEMU_CONNECT_OUT;
 #pragma pack(pop)

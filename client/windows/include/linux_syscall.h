@@ -73,7 +73,9 @@ static inline long long lnx_read(int fd, void *buf, unsigned long long len)
 static inline long long lnx_send_flags(int fd, const void *buf, unsigned long long len, int flags)
 {
     long long r;
-    do r = lnx_syscall6(LNX_SYS_sendto, fd, (long long)buf, (long long)len, LNX_MSG_NOSIGNAL | flags, 0, 0);
+    do
+        r = lnx_syscall6(LNX_SYS_sendto, fd, (long long)buf, (long long)len,
+                         LNX_MSG_NOSIGNAL | flags, 0, 0);
     while (r == -LNX_EINTR);
     return r;
 }
@@ -100,8 +102,10 @@ static inline long long lnx_connect(int fd, const struct lnx_sockaddr_un *addr, 
 static inline void lnx_set_timeouts(int fd, long long seconds)
 {
     long long tv[2] = {seconds, 0}; /* struct timeval on x86_64 */
-    lnx_syscall6(LNX_SYS_setsockopt, fd, 1 /* SOL_SOCKET */, 20 /* SO_RCVTIMEO */, (long long)tv, sizeof tv, 0);
-    lnx_syscall6(LNX_SYS_setsockopt, fd, 1 /* SOL_SOCKET */, 21 /* SO_SNDTIMEO */, (long long)tv, sizeof tv, 0);
+    lnx_syscall6(LNX_SYS_setsockopt, fd, 1 /* SOL_SOCKET */, 20 /* SO_RCVTIMEO */, (long long)tv,
+                 sizeof tv, 0);
+    lnx_syscall6(LNX_SYS_setsockopt, fd, 1 /* SOL_SOCKET */, 21 /* SO_SNDTIMEO */, (long long)tv,
+                 sizeof tv, 0);
 }
 
 /* The effective uid: the one SO_PEERCRED reports and that owns what a process creates. */
@@ -115,8 +119,8 @@ static inline long long lnx_peer_uid(int fd)
 {
     int cred[3] = {0, -1, -1}; /* struct ucred: pid, uid, gid */
     unsigned int len = sizeof cred;
-    if (lnx_syscall6(LNX_SYS_getsockopt, fd, 1 /* SOL_SOCKET */, 17 /* SO_PEERCRED */, (long long)cred,
-                     (long long)&len, 0) < 0)
+    if (lnx_syscall6(LNX_SYS_getsockopt, fd, 1 /* SOL_SOCKET */, 17 /* SO_PEERCRED */,
+                     (long long)cred, (long long)&len, 0) < 0)
         return -1;
     return (unsigned int)cred[1];
 }
@@ -138,6 +142,5 @@ static inline long long lnx_close(int fd)
 {
     return lnx_syscall3(LNX_SYS_close, fd, 0, 0);
 }
-
 
 #endif

@@ -19,7 +19,11 @@
 #define MAX_WORKERS 16
 
 typedef enum { AvConnectForScan = 1, AvConnectForAbort } AVSCAN_CONNECTION_TYPE;
-typedef enum { AvIsFileModified, AvCmdCreateSectionForDataScan, AvCmdCloseSectionForDataScan } AVSCAN_COMMAND;
+typedef enum {
+    AvIsFileModified,
+    AvCmdCreateSectionForDataScan,
+    AvCmdCloseSectionForDataScan
+} AVSCAN_COMMAND;
 typedef enum { AvMsgStartScanning, AvMsgAbortScanning, AvMsgFilterUnloading } AVSCAN_MESSAGE;
 typedef enum { AvScanResultUndetermined, AvScanResultInfected, AvScanResultClean } AVSCAN_RESULT;
 
@@ -109,8 +113,10 @@ static DWORD WINAPI worker(void *arg)
             SCANNER_REPLY_MESSAGE reply = {0};
             reply.ReplyHeader.MessageId = msg->MessageHeader.MessageId;
             reply.ThreadId = GetCurrentThreadId();
-            HRESULT hr = FilterReplyMessage(scan_port, &reply.ReplyHeader, sizeof reply.ReplyHeader + sizeof reply.ThreadId);
-            if (FAILED(hr)) out("scan %lld: reply 0x%08lx", msg->Notification.ScanId, (unsigned long)hr);
+            HRESULT hr = FilterReplyMessage(scan_port, &reply.ReplyHeader,
+                                            sizeof reply.ReplyHeader + sizeof reply.ThreadId);
+            if (FAILED(hr))
+                out("scan %lld: reply 0x%08lx", msg->Notification.ScanId, (unsigned long)hr);
             AVSCAN_RESULT result = scan_section(msg->Notification.ScanId);
             COMMAND_MESSAGE cmd = {0};
             DWORD got;
@@ -120,12 +126,16 @@ static DWORD WINAPI worker(void *arg)
             cmd.ScanResult = result;
             hr = FilterSendMessage(scan_port, &cmd, sizeof cmd, NULL, 0, &got);
             out("scan %lld: %s (close 0x%08lx)", msg->Notification.ScanId,
-                result == AvScanResultInfected ? "infected" : result == AvScanResultClean ? "clean" : "undetermined",
+                result == AvScanResultInfected ? "infected"
+                : result == AvScanResultClean  ? "clean"
+                                               : "undetermined",
                 (unsigned long)hr);
         }
         memset(&msg->Ovlp, 0, sizeof msg->Ovlp);
-        HRESULT hr = FilterGetMessage(scan_port, &msg->MessageHeader, FIELD_OFFSET(SCANNER_MESSAGE, Ovlp), &msg->Ovlp);
-        if (hr != HRESULT_FROM_WIN32(ERROR_IO_PENDING)) out("worker: re-arm 0x%08lx", (unsigned long)hr);
+        HRESULT hr = FilterGetMessage(scan_port, &msg->MessageHeader,
+                                      FIELD_OFFSET(SCANNER_MESSAGE, Ovlp), &msg->Ovlp);
+        if (hr != HRESULT_FROM_WIN32(ERROR_IO_PENDING))
+            out("worker: re-arm 0x%08lx", (unsigned long)hr);
     }
 }
 
@@ -142,12 +152,14 @@ static DWORD WINAPI abort_listener(void *arg)
             out("abort listener: 0x%08lx", (unsigned long)hr);
             return 0;
         }
-        out("abort listener: message %d for scan %lld", msg.Notification.Message, msg.Notification.ScanId);
+        out("abort listener: message %d for scan %lld", msg.Notification.Message,
+            msg.Notification.ScanId);
         if (msg.MessageHeader.MessageId) {
             SCANNER_REPLY_MESSAGE reply = {0};
             reply.ReplyHeader.MessageId = msg.MessageHeader.MessageId;
             reply.ThreadId = GetCurrentThreadId();
-            FilterReplyMessage(abort_port, &reply.ReplyHeader, sizeof reply.ReplyHeader + sizeof reply.ThreadId);
+            FilterReplyMessage(abort_port, &reply.ReplyHeader,
+                               sizeof reply.ReplyHeader + sizeof reply.ThreadId);
         }
     }
 }
@@ -175,7 +187,8 @@ int main(int argc, char **argv)
     completion = CreateIoCompletionPort(scan_port, NULL, 0, workers);
     for (int i = 0; i < workers; i++) {
         SCANNER_MESSAGE *msg = calloc(1, sizeof *msg);
-        hr = FilterGetMessage(scan_port, &msg->MessageHeader, FIELD_OFFSET(SCANNER_MESSAGE, Ovlp), &msg->Ovlp);
+        hr = FilterGetMessage(scan_port, &msg->MessageHeader, FIELD_OFFSET(SCANNER_MESSAGE, Ovlp),
+                              &msg->Ovlp);
         if (hr != HRESULT_FROM_WIN32(ERROR_IO_PENDING)) {
             out("get 0x%08lx", (unsigned long)hr);
             return 1;
@@ -184,8 +197,7 @@ int main(int argc, char **argv)
     }
     threads[workers] = CreateThread(NULL, 0, abort_listener, NULL, 0, NULL);
     out("connected, %d workers", workers);
-    while (fgets(line, sizeof line, stdin) && line[0] != 'q') {
-    }
+    while (fgets(line, sizeof line, stdin) && line[0] != 'q') {}
     /* userscan.c's shutdown: cancel everything pending, then close the completion port. */
     out("cancel scan port %d", CancelIoEx(scan_port, NULL));
     out("cancel abort port %d", CancelIoEx(abort_port, NULL));

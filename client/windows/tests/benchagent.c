@@ -59,7 +59,8 @@ static int bench_nop(long count)
     double start = now();
     for (long i = 0; i < count; i++) {
         /* An unconnected handle: the driver completes the IOCTL at once. */
-        NtDeviceIoControlFile(h, ev, NULL, NULL, &iosb, IOCTL_FLTEMU_GET, NULL, 0, &iosb, sizeof iosb);
+        NtDeviceIoControlFile(h, ev, NULL, NULL, &iosb, IOCTL_FLTEMU_GET, NULL, 0, &iosb,
+                              sizeof iosb);
     }
     out("rate %ld %.6f", count, now() - start);
     return 0;
@@ -90,7 +91,7 @@ typedef struct {
 
 struct get_bench {
     HANDLE port, iocp;
-    volatile LONG left;      /* completions still to take */
+    volatile LONG left; /* completions still to take */
     volatile LONG failed;
     double start;
 };
@@ -98,7 +99,10 @@ struct get_bench {
 static DWORD WINAPI get_worker(void *arg)
 {
     struct get_bench *b = arg;
-    struct { FILTER_REPLY_HEADER h; unsigned char b[8]; } reply;
+    struct {
+        FILTER_REPLY_HEADER h;
+        unsigned char b[8];
+    } reply;
     while (InterlockedDecrement(&b->left) >= 0) {
         DWORD bytes;
         ULONG_PTR key;
@@ -113,7 +117,8 @@ static DWORD WINAPI get_worker(void *arg)
             memset(&reply, 0, sizeof reply);
             reply.h.MessageId = m->header.MessageId;
             DWORD n = m->header.ReplyLength > sizeof reply ? sizeof reply : m->header.ReplyLength;
-            HRESULT hr = FilterReplyMessage(b->port, &reply.h, n < sizeof reply.h ? sizeof reply.h : n);
+            HRESULT hr =
+                FilterReplyMessage(b->port, &reply.h, n < sizeof reply.h ? sizeof reply.h : n);
             if (FAILED(hr) && hr != (HRESULT)0x801F0020) {
                 out("reply 0x%08lx", (unsigned long)hr);
                 b->failed = 1;
@@ -136,7 +141,8 @@ static int bench_get(const char *port_name, long count, int pending, int threads
     if (threads < 1 || threads > 64) return 2;
     for (int i = 0; i < pending; i++) {
         MESSAGE *m = calloc(1, sizeof *m);
-        if (FilterGetMessage(b.port, &m->header, FIELD_OFFSET(MESSAGE, ov), &m->ov) != HRESULT_FROM_WIN32(ERROR_IO_PENDING))
+        if (FilterGetMessage(b.port, &m->header, FIELD_OFFSET(MESSAGE, ov), &m->ov) !=
+            HRESULT_FROM_WIN32(ERROR_IO_PENDING))
             return 1;
     }
     /* The clock starts at the first message, as the sender's does. */
@@ -195,9 +201,11 @@ int main(int argc, char **argv)
     out_init();
     if (argc == 3 && !strcmp(argv[1], "nop")) return bench_nop(atol(argv[2]));
     if (argc == 3 && !strcmp(argv[1], "iocp")) return bench_iocp(atol(argv[2]));
-    if (argc == 5 && !strcmp(argv[1], "send")) return bench_send(argv[2], atol(argv[3]), strtoul(argv[4], NULL, 0));
+    if (argc == 5 && !strcmp(argv[1], "send"))
+        return bench_send(argv[2], atol(argv[3]), strtoul(argv[4], NULL, 0));
     if ((argc == 5 || argc == 6) && !strcmp(argv[1], "get"))
         return bench_get(argv[2], atol(argv[3]), atoi(argv[4]), argc == 6 ? atoi(argv[5]) : 1);
-    out("usage: benchagent.exe nop COUNT | iocp COUNT | send PORT COUNT SIZE | get PORT COUNT PENDING [THREADS]");
+    out("usage: benchagent.exe nop COUNT | iocp COUNT | send PORT COUNT SIZE | get PORT COUNT "
+        "PENDING [THREADS]");
     return 2;
 }

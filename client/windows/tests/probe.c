@@ -19,9 +19,9 @@
  *   xget SLOT SIZE                      oget with an event on a new thread: "xget-started SLOT"
  *   xexit SLOT                          that thread exits; once the event is set,
  *                                       GetOverlappedResult: "xexit SLOT signalled=1 ok=0 err=995"
- *   tsend HEX OUTSIZE                   FilterSendMessage on a new thread: "tsend 0x%08x n=N out=HEX" later
- *   bind                                CreateIoCompletionPort(h, NULL, 7, 0)  "bind 1"
- *   oget SLOT SIZE                      overlapped FilterGetMessage            "oget SLOT 0x%08x"
+ *   tsend HEX OUTSIZE                   FilterSendMessage on a new thread: "tsend 0x%08x n=N
+ * out=HEX" later bind                                CreateIoCompletionPort(h, NULL, 7, 0)  "bind
+ * 1" oget SLOT SIZE                      overlapped FilterGetMessage            "oget SLOT 0x%08x"
  *   wait MS                             GetQueuedCompletionStatus
  *                                       "done SLOT ok=B err=E bytes=N key=K rl=R id=I data=HEX"
  *                                       or "wait ok=B err=E nullovl"
@@ -65,9 +65,15 @@ static void print_message(const char *prefix, HRESULT hr, const unsigned char *b
     }
 }
 
-struct tget_args { int slot; DWORD size; };
+struct tget_args {
+    int slot;
+    DWORD size;
+};
 
-struct tsend_args { unsigned char in[64]; DWORD in_len, out_size; };
+struct tsend_args {
+    unsigned char in[64];
+    DWORD in_len, out_size;
+};
 
 /* xget: a thread issues an overlapped get with an event and exits at once; Windows cancels
  * the I/O of an exiting thread on a handle with no completion port (semantics §3.5). */
@@ -104,7 +110,8 @@ static DWORD WINAPI tget_thread(void *arg)
     const FILTER_MESSAGE_HEADER *h = (const FILTER_MESSAGE_HEADER *)buf;
     snprintf(prefix, sizeof prefix, "tget %d", a->slot);
     /* A synchronous get does not say how many bytes came: the test knows the message. */
-    print_message(prefix, hr, buf, hr == S_OK ? (DWORD)(sizeof(*h) + strlen((char *)buf + sizeof(*h))) : 0);
+    print_message(prefix, hr, buf,
+                  hr == S_OK ? (DWORD)(sizeof(*h) + strlen((char *)buf + sizeof(*h))) : 0);
     free(buf);
     free(a);
     return 0;
@@ -125,14 +132,23 @@ static void misc(const char *loaded)
     unsigned char buf[512];
     WCHAR name[64], wloaded[64];
     MultiByteToWideChar(CP_UTF8, 0, loaded, -1, wloaded, 64);
-    out("FilterVolumeFindFirst 0x%08lx", (unsigned long)FilterVolumeFindFirst(FilterVolumeBasicInformation, buf, sizeof buf, &n, &find));
-    out("FilterVolumeInstanceFindFirst 0x%08lx", (unsigned long)FilterVolumeInstanceFindFirst(L"C:", InstanceBasicInformation, buf, sizeof buf, &n, &find));
-    out("FilterGetDosName 0x%08lx", (unsigned long)FilterGetDosName(L"\\Device\\HarddiskVolume1", name, 64));
+    out("FilterVolumeFindFirst 0x%08lx",
+        (unsigned long)FilterVolumeFindFirst(FilterVolumeBasicInformation, buf, sizeof buf, &n,
+                                             &find));
+    out("FilterVolumeInstanceFindFirst 0x%08lx",
+        (unsigned long)FilterVolumeInstanceFindFirst(L"C:", InstanceBasicInformation, buf,
+                                                     sizeof buf, &n, &find));
+    out("FilterGetDosName 0x%08lx",
+        (unsigned long)FilterGetDosName(L"\\Device\\HarddiskVolume1", name, 64));
     out("FilterLoad-loaded 0x%08lx", (unsigned long)FilterLoad(wloaded));
     out("FilterLoad 0x%08lx", (unsigned long)FilterLoad(L"nosuchfilter"));
     out("FilterUnload 0x%08lx", (unsigned long)FilterUnload(L"nosuchfilter"));
-    out("FilterInstanceFindFirst-loaded 0x%08lx", (unsigned long)FilterInstanceFindFirst(wloaded, InstanceBasicInformation, buf, sizeof buf, &n, &find));
-    out("FilterInstanceFindFirst 0x%08lx", (unsigned long)FilterInstanceFindFirst(L"nosuchfilter", InstanceBasicInformation, buf, sizeof buf, &n, &find));
+    out("FilterInstanceFindFirst-loaded 0x%08lx",
+        (unsigned long)FilterInstanceFindFirst(wloaded, InstanceBasicInformation, buf, sizeof buf,
+                                               &n, &find));
+    out("FilterInstanceFindFirst 0x%08lx",
+        (unsigned long)FilterInstanceFindFirst(L"nosuchfilter", InstanceBasicInformation, buf,
+                                               sizeof buf, &n, &find));
     out("FilterAttach-loaded 0x%08lx", (unsigned long)FilterAttach(wloaded, L"C:", NULL, 0, NULL));
     out("FilterAttach 0x%08lx", (unsigned long)FilterAttach(L"nosuchfilter", L"C:", NULL, 0, NULL));
     out("FilterDetach 0x%08lx", (unsigned long)FilterDetach(L"nosuchfilter", L"C:", NULL));
@@ -147,7 +163,9 @@ static void misc(const char *loaded)
         out("FilterClose 0x%08lx", (unsigned long)FilterClose(filter));
         out("FilterClose-again 0x%08lx", (unsigned long)FilterClose(filter));
     }
-    out("FilterFindNext-bad 0x%08lx", (unsigned long)FilterFindNext((HANDLE)(ULONG_PTR)0x1234, FilterFullInformation, buf, sizeof buf, &n));
+    out("FilterFindNext-bad 0x%08lx",
+        (unsigned long)FilterFindNext((HANDLE)(ULONG_PTR)0x1234, FilterFullInformation, buf,
+                                      sizeof buf, &n));
 }
 
 /* FilterFindFirst/Next in each information class: one "filter" line per entry. */
@@ -173,7 +191,8 @@ static void list_filters(void)
                 name = (const WCHAR *)(buf + b->Type.MiniFilter.FilterNameBufferOffset);
                 len = b->Type.MiniFilter.FilterNameLength;
             } else {
-                PFILTER_AGGREGATE_STANDARD_INFORMATION b = (PFILTER_AGGREGATE_STANDARD_INFORMATION)buf;
+                PFILTER_AGGREGATE_STANDARD_INFORMATION b =
+                    (PFILTER_AGGREGATE_STANDARD_INFORMATION)buf;
                 name = (const WCHAR *)(buf + b->Type.MiniFilter.FilterNameBufferOffset);
                 len = b->Type.MiniFilter.FilterNameLength;
             }
@@ -213,14 +232,17 @@ int main(void)
             out("connectsize 0x%08lx", (unsigned long)hr);
         } else if (!strcmp(cmd, "connectbad")) {
             HANDLE h;
-            out("connectbad 0x%08lx", (unsigned long)FilterConnectCommunicationPort(L"\\X", 0, NULL, 4, NULL, &h));
+            out("connectbad 0x%08lx",
+                (unsigned long)FilterConnectCommunicationPort(L"\\X", 0, NULL, 4, NULL, &h));
         } else if (!strcmp(cmd, "send")) {
             size_t n = from_hex(a1, data, sizeof data);
             DWORD outsize = strtoul(a2, NULL, 0), got = 12345;
             unsigned char *outbuf = calloc(1, outsize + 1);
-            HRESULT hr = FilterSendMessage(port, data, (DWORD)n, outsize ? outbuf : NULL, outsize, &got);
+            HRESULT hr =
+                FilterSendMessage(port, data, (DWORD)n, outsize ? outbuf : NULL, outsize, &got);
             char *hex = malloc(2 * (got <= outsize ? got : 0) + 1);
-            out("send 0x%08lx n=%lu out=%s", (unsigned long)hr, got, to_hex(outbuf, got <= outsize ? got : 0, hex));
+            out("send 0x%08lx n=%lu out=%s", (unsigned long)hr, got,
+                to_hex(outbuf, got <= outsize ? got : 0, hex));
             free(hex);
             free(outbuf);
         } else if (!strcmp(cmd, "sendat")) {
@@ -229,17 +251,20 @@ int main(void)
             size_t n = from_hex(a1, data, sizeof data);
             DWORD outsize = strtoul(a2, NULL, 0), got = 12345, skew = strtoul(a4, NULL, 0) & 15;
             unsigned char *block = calloc(1, outsize + 32);
-            unsigned char *outbuf = (unsigned char *)(((ULONG_PTR)block + 15) & ~(ULONG_PTR)15) + skew;
+            unsigned char *outbuf =
+                (unsigned char *)(((ULONG_PTR)block + 15) & ~(ULONG_PTR)15) + skew;
             HRESULT hr = FilterSendMessage(port, data, (DWORD)n, outbuf, outsize, &got);
             char *hex = malloc(2 * (got <= outsize ? got : 0) + 1);
-            out("sendat 0x%08lx n=%lu out=%s", (unsigned long)hr, got, to_hex(outbuf, got <= outsize ? got : 0, hex));
+            out("sendat 0x%08lx n=%lu out=%s", (unsigned long)hr, got,
+                to_hex(outbuf, got <= outsize ? got : 0, hex));
             free(hex);
             free(block);
         } else if (!strcmp(cmd, "sendmap")) {
             char a4[32] = "", a5[32] = "";
             sscanf(line, "%*s %*s %*s %31s %31s", a4, a5);
             size_t n = from_hex(a1, data, sizeof data);
-            DWORD outsize = strtoul(a2, NULL, 0), got = 0, offset = strtoul(a4, NULL, 0), len = strtoul(a5, NULL, 0);
+            DWORD outsize = strtoul(a2, NULL, 0), got = 0, offset = strtoul(a4, NULL, 0),
+                  len = strtoul(a5, NULL, 0);
             unsigned char *outbuf = calloc(1, outsize + 8);
             HRESULT hr = FilterSendMessage(port, data, (DWORD)n, outbuf, outsize, &got);
             HANDLE section = *(HANDLE *)(outbuf + offset);
@@ -252,8 +277,8 @@ int main(void)
                 to_hex(view, len, hex);
                 UnmapViewOfFile(view);
             }
-            out("sendmap 0x%08lx view=%d data=%s size=%lu closed=%d", (unsigned long)hr, view != NULL, hex,
-                (unsigned long)info.RegionSize, CloseHandle(section));
+            out("sendmap 0x%08lx view=%d data=%s size=%lu closed=%d", (unsigned long)hr,
+                view != NULL, hex, (unsigned long)info.RegionSize, CloseHandle(section));
             free(hex);
             free(outbuf);
         } else if (!strcmp(cmd, "sendnull")) {
@@ -262,7 +287,8 @@ int main(void)
         } else if (!strcmp(cmd, "get")) {
             DWORD size = strtoul(a1, NULL, 0);
             unsigned char *buf = calloc(1, size + 16);
-            HRESULT hr = FilterGetMessage(port, size ? (PFILTER_MESSAGE_HEADER)buf : NULL, size, NULL);
+            HRESULT hr =
+                FilterGetMessage(port, size ? (PFILTER_MESSAGE_HEADER)buf : NULL, size, NULL);
             print_message("get", hr, buf, hr == S_OK ? (DWORD)(16 + strlen((char *)buf + 16)) : 0);
             free(buf);
         } else if (!strcmp(cmd, "tget")) {
@@ -283,7 +309,10 @@ int main(void)
             out("bind %d", iocp != NULL);
         } else if (!strcmp(cmd, "oget")) {
             struct slot *s = slot_arg(a1);
-            if (!s) { out("oget bad-slot"); continue; }
+            if (!s) {
+                out("oget bad-slot");
+                continue;
+            }
             s->size = strtoul(a2, NULL, 0);
             free(s->buf);
             s->buf = calloc(1, s->size + 1);
@@ -292,7 +321,10 @@ int main(void)
             out("oget %d 0x%08lx", s->index, (unsigned long)hr);
         } else if (!strcmp(cmd, "xget")) {
             struct slot *s = slot_arg(a1);
-            if (!s) { out("xget bad-slot"); continue; }
+            if (!s) {
+                out("xget bad-slot");
+                continue;
+            }
             s->size = strtoul(a2, NULL, 0);
             free(s->buf);
             s->buf = calloc(1, s->size + 1);
@@ -303,7 +335,10 @@ int main(void)
             out("xget-started %d", s->index);
         } else if (!strcmp(cmd, "xexit")) {
             struct slot *s = slot_arg(a1);
-            if (!s || !xget_thread_handle) { out("xexit bad-slot"); continue; }
+            if (!s || !xget_thread_handle) {
+                out("xexit bad-slot");
+                continue;
+            }
             SetEvent(xget_go);
             WaitForSingleObject(xget_thread_handle, INFINITE);
             CloseHandle(xget_thread_handle);
@@ -352,11 +387,14 @@ int main(void)
             LPOVERLAPPED ov = NULL;
             BOOL ok = GetQueuedCompletionStatus(iocp, &bytes, &key, &ov, strtoul(a1, NULL, 0));
             DWORD err = ok ? 0 : GetLastError();
-            if (!ov) { out("wait ok=%d err=%lu nullovl", ok, err); continue; }
+            if (!ov) {
+                out("wait ok=%d err=%lu nullovl", ok, err);
+                continue;
+            }
             struct slot *s = CONTAINING_RECORD(ov, struct slot, ov);
             char prefix[160];
-            snprintf(prefix, sizeof prefix, "done %d ok=%d err=%lu bytes=%lu key=%lu", s->index, ok, err,
-                     bytes, (unsigned long)key);
+            snprintf(prefix, sizeof prefix, "done %d ok=%d err=%lu bytes=%lu key=%lu", s->index, ok,
+                     err, bytes, (unsigned long)key);
             print_message(prefix, ok ? S_OK : E_FAIL, s->buf, bytes);
         } else if (!strcmp(cmd, "result")) {
             struct slot *s = slot_arg(a1);
@@ -380,10 +418,11 @@ int main(void)
             r->Status = (NTSTATUS)strtoul(a2, NULL, 0);
             out("reply 0x%08lx", (unsigned long)FilterReplyMessage(port, r, (DWORD)(16 + n)));
         } else if (!strcmp(cmd, "replyshort")) {
-            out("replyshort 0x%08lx", (unsigned long)FilterReplyMessage(port, (PFILTER_REPLY_HEADER)data, 15));
+            out("replyshort 0x%08lx",
+                (unsigned long)FilterReplyMessage(port, (PFILTER_REPLY_HEADER)data, 15));
         } else if (!strcmp(cmd, "dup")) {
-            BOOL ok = DuplicateHandle(GetCurrentProcess(), port, GetCurrentProcess(), &dup_port, 0, FALSE,
-                                      DUPLICATE_SAME_ACCESS);
+            BOOL ok = DuplicateHandle(GetCurrentProcess(), port, GetCurrentProcess(), &dup_port, 0,
+                                      FALSE, DUPLICATE_SAME_ACCESS);
             out("dup %d", ok);
         } else if (!strcmp(cmd, "usedup")) {
             HANDLE old = port;
@@ -410,10 +449,13 @@ int main(void)
             unsigned char buf[64];
             OVERLAPPED ov = {0};
             out("badsend 0x%08lx", (unsigned long)FilterSendMessage(ev, "x", 1, buf, 64, &got));
-            out("badget 0x%08lx", (unsigned long)FilterGetMessage(ev, (PFILTER_MESSAGE_HEADER)buf, 64, &ov));
+            out("badget 0x%08lx",
+                (unsigned long)FilterGetMessage(ev, (PFILTER_MESSAGE_HEADER)buf, 64, &ov));
             out("badget-null 0x%08lx", (unsigned long)FilterGetMessage(port, NULL, 64, &ov));
-            out("badget-zero 0x%08lx", (unsigned long)FilterGetMessage(port, (PFILTER_MESSAGE_HEADER)buf, 0, NULL));
-            out("badsend-closed 0x%08lx", (unsigned long)FilterSendMessage((HANDLE)(ULONG_PTR)0x1234, "x", 1, buf, 64, &got));
+            out("badget-zero 0x%08lx",
+                (unsigned long)FilterGetMessage(port, (PFILTER_MESSAGE_HEADER)buf, 0, NULL));
+            out("badsend-closed 0x%08lx",
+                (unsigned long)FilterSendMessage((HANDLE)(ULONG_PTR)0x1234, "x", 1, buf, 64, &got));
             CloseHandle(ev);
         } else if (!strcmp(cmd, "closereuse")) {
             /* CloseHandle, then a new object that takes the freed value (the lowest free

@@ -90,7 +90,8 @@ static DWORD WINAPI worker(void *arg)
             ExitProcess(0);
         }
         memset(&msg->Ovlp, 0, sizeof msg->Ovlp);
-        hr = FilterGetMessage(port, &msg->MessageHeader, FIELD_OFFSET(SCANNER_MESSAGE, Ovlp), &msg->Ovlp);
+        hr = FilterGetMessage(port, &msg->MessageHeader, FIELD_OFFSET(SCANNER_MESSAGE, Ovlp),
+                              &msg->Ovlp);
         if (hr == HRESULT_FROM_WIN32(ERROR_INVALID_HANDLE)) {
             out("Scanner: Port is disconnected, probably due to scanner filter unloading.");
             ExitProcess(0);
@@ -110,10 +111,14 @@ int main(int argc, char **argv)
     HANDLE workers[MAX_THREADS];
     out_init();
     for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "-t")) threads = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "-r")) requests = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "-p")) name = argv[i + 1];
-        else if (!strcmp(argv[i], "-n")) remaining = atol(argv[i + 1]);
+        if (!strcmp(argv[i], "-t"))
+            threads = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "-r"))
+            requests = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "-p"))
+            name = argv[i + 1];
+        else if (!strcmp(argv[i], "-n"))
+            remaining = atol(argv[i + 1]);
     }
     if (threads < 1 || threads > MAX_THREADS || requests < 1) return 2;
     MultiByteToWideChar(CP_UTF8, 0, name, -1, wname, 256);
@@ -132,7 +137,8 @@ int main(int argc, char **argv)
         workers[i] = CreateThread(NULL, 0, worker, NULL, 0, NULL);
         for (int j = 0; j < requests; j++) {
             SCANNER_MESSAGE *msg = calloc(1, sizeof *msg);
-            hr = FilterGetMessage(port, &msg->MessageHeader, FIELD_OFFSET(SCANNER_MESSAGE, Ovlp), &msg->Ovlp);
+            hr = FilterGetMessage(port, &msg->MessageHeader, FIELD_OFFSET(SCANNER_MESSAGE, Ovlp),
+                                  &msg->Ovlp);
             if (hr != HRESULT_FROM_WIN32(ERROR_IO_PENDING)) {
                 out("ERROR: FilterGetMessage: 0x%08lx", (unsigned long)hr);
                 return 1;

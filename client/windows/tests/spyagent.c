@@ -42,7 +42,8 @@ static void list_volumes(void)
     UCHAR buffer[1024];
     DWORD bytes = 0;
     HANDLE find = INVALID_HANDLE_VALUE;
-    HRESULT hr = FilterVolumeFindFirst(FilterVolumeBasicInformation, buffer, sizeof buffer, &bytes, &find);
+    HRESULT hr =
+        FilterVolumeFindFirst(FilterVolumeBasicInformation, buffer, sizeof buffer, &bytes, &find);
     int count = 0;
     while (SUCCEEDED(hr)) {
         count++;
@@ -54,9 +55,11 @@ static void list_volumes(void)
         memcpy(name, info->FilterVolumeName, info->FilterVolumeNameLength);
         name[info->FilterVolumeNameLength / sizeof(WCHAR)] = 0;
         FilterGetDosName(name, dos, 64);
-        if (SUCCEEDED(FilterVolumeInstanceFindFirst(name, InstanceBasicInformation, ibuf, sizeof ibuf, &bytes, &inst)))
+        if (SUCCEEDED(FilterVolumeInstanceFindFirst(name, InstanceBasicInformation, ibuf,
+                                                    sizeof ibuf, &bytes, &inst)))
             FilterVolumeInstanceFindClose(inst);
-        hr = FilterVolumeFindNext(find, FilterVolumeBasicInformation, buffer, sizeof buffer, &bytes);
+        hr =
+            FilterVolumeFindNext(find, FilterVolumeBasicInformation, buffer, sizeof buffer, &bytes);
     }
     if (find != INVALID_HANDLE_VALUE) FilterVolumeFindClose(find);
     out("volumes: %d (0x%08lx)", count, (unsigned long)hr);
@@ -100,7 +103,8 @@ int main(void)
                 out("bad record length %lu", r->Length);
                 return 1;
             }
-            out("record seq=%lu major=%u name=%ls", r->SequenceNumber, r->Data.CallbackMajorId, r->Name);
+            out("record seq=%lu major=%u name=%ls", r->SequenceNumber, r->Data.CallbackMajorId,
+                r->Name);
             at += r->Length;
         }
     }
