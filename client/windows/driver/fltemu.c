@@ -214,6 +214,18 @@ done:
     PsTerminateSystemThread(STATUS_SUCCESS);
 }
 
+/* Takes a get's cancel routine away before the IRP is completed.  If the routine is already
+ * running it owns the cancel lock while it looks the IRP up: wait for it to let go, so the IRP
+ * is not completed and freed under it. */
+static void disarm_cancel(PIRP irp)
+{
+    if (IoSetCancelRoutine(irp, NULL) == NULL && IRP_KIND(irp) == KIND_GET) {
+        KIRQL cirql;
+        IoAcquireCancelSpinLock(&cirql);
+        IoReleaseCancelSpinLock(cirql);
+    }
+}
+
 /* Removes the pending IRP with this rid, or returns NULL. */
 static PIRP take_pending(conn *c, ULONGLONG rid)
 {
@@ -229,13 +241,7 @@ static PIRP take_pending(conn *c, ULONGLONG rid)
         }
     }
     KeReleaseSpinLock(&c->lock, irql);
-    if (found && IoSetCancelRoutine(found, NULL) == NULL && IRP_KIND(found) == KIND_GET) {
-        /* The cancel routine owns the cancel lock while it looks the IRP up; wait for it to
-         * let go before the IRP is completed and freed. */
-        KIRQL cirql;
-        IoAcquireCancelSpinLock(&cirql);
-        IoReleaseCancelSpinLock(cirql);
-    }
+    if (found) disarm_cancel(found);
     return found;
 }
 
@@ -253,11 +259,7 @@ static void complete_all(LIST_ENTRY *list, NTSTATUS status)
 {
     while (!IsListEmpty(list)) {
         PIRP irp = CONTAINING_RECORD(RemoveHeadList(list), IRP, Tail.Overlay.ListEntry);
-        if (IoSetCancelRoutine(irp, NULL) == NULL && IRP_KIND(irp) == KIND_GET) {
-            KIRQL cirql;
-            IoAcquireCancelSpinLock(&cirql);
-            IoReleaseCancelSpinLock(cirql);
-        }
+        disarm_cancel(irp);
         complete(irp, status, 0);
     }
 }
@@ -532,15 +534,16 @@ static NTSTATUS submit(conn *c, PIRP irp, enum irp_kind kind, unsigned char *fra
     return STATUS_PENDING;
 }
 
-/* Takes a rid and checks the connection can carry a request.  On failure the caller
- * completes the IRP with *status. */
-static BOOLEAN begin_request(conn *c, ULONGLONG *rid, NTSTATUS *status)
+/* Takes a rid (and reads the daemon's payload limit) and checks the connection can carry a
+ * request.  On failure the caller completes the IRP with *status. */
+static BOOLEAN begin_request(conn *c, ULONGLONG *rid, ULONGLONG *max_message, NTSTATUS *status)
 {
     KIRQL irql;
     BOOLEAN ok = FALSE;
     KeAcquireSpinLock(&c->lock, &irql);
     if (c->state == CONN_OPEN) {
         *rid = ++c->next_rid;
+        *max_message = c->max_message; /* written by the reader thread, under the lock */
         ok = TRUE;
     } else if (c->state == CONN_DEAD) {
         *status = STATUS_PORT_DISCONNECTED;
@@ -654,13 +657,14 @@ static NTSTATUS do_request(conn *c, PIRP irp, ULONG code)
         out_address = FLTEMU_SEND_AT_LOW(code);
         code = IOCTL_FLTEMU_SEND;
     }
-    if (!begin_request(c, &rid, &status)) return status;
+    /* FILTER_REPLY_HEADER {Status @0, MessageId @8} comes first in a reply. */
+    if (code == IOCTL_FLTEMU_REPLY && in_len < 16) return STATUS_INVALID_PARAMETER;
+    ULONGLONG max_message;
+    if (!begin_request(c, &rid, &max_message, &status)) return status;
 
-    ULONGLONG payload = code == IOCTL_FLTEMU_SEND    ? in_len
-                        : code == IOCTL_FLTEMU_REPLY ? in_len
-                                                     : 0;
+    ULONGLONG payload = code == IOCTL_FLTEMU_GET ? 0 : in_len;
     /* Over the daemon's limit: this call fails, as the daemon would fail it (protocol §14). */
-    if (payload > c->max_message) return STATUS_INSUFFICIENT_RESOURCES;
+    if (payload > max_message) return STATUS_INSUFFICIENT_RESOURCES;
     unsigned char stack_frame[64];
     ULONGLONG size = WIRE_REQUEST_MAX(payload);
     unsigned char *frame = size <= sizeof(stack_frame)
@@ -686,11 +690,7 @@ static NTSTATUS do_request(conn *c, PIRP irp, ULONG code)
         wire_put_uint(&o, rid);
         wire_put_uint(&o, out_len);
         break;
-    default: /* IOCTL_FLTEMU_REPLY: FILTER_REPLY_HEADER {Status @0, MessageId @8} + payload */
-        if (in_len < 16) {
-            if (frame != stack_frame) ExFreePoolWithTag(frame, FE_TAG);
-            return STATUS_INVALID_PARAMETER;
-        }
+    default: /* IOCTL_FLTEMU_REPLY: FILTER_REPLY_HEADER + payload */
         kind = KIND_REPLY;
         wire_put_array(&o, 5);
         wire_put_uint(&o, WIRE_REPLY_REQUEST);

@@ -18,17 +18,16 @@
  * the device path, which gives the same answers.
  */
 #define WIN32_LEAN_AND_MEAN
+#define WIN32_NO_STATUS
 #include <windows.h>
+#undef WIN32_NO_STATUS
+#include <ntstatus.h>
 #include <winternl.h>
 
 #include "../include/fltemu_ioctl.h"
 #include "../include/linux_syscall.h"
 #include "../include/wire.h"
 #include "fltlib_private.h"
-
-#define STATUS_PORT_DISCONNECTED_ ((NTSTATUS)0xC0000037L)
-#define STATUS_INSUFFICIENT_RESOURCES_ ((NTSTATUS)0xC000009AL)
-#define STATUS_ERROR_ ((NTSTATUS)0xC0000001L) /* STATUS_UNSUCCESSFUL */
 
 /* Seconds the attach handshake may take before the handle keeps the device path only. */
 #define ATTACH_TIMEOUT_SECONDS 5
@@ -210,7 +209,7 @@ static void on_result(struct fast_conn *c, const struct wire_result *r)
         finish(call, status);
     } else if (r->tag == WIRE_REPLY_RESULT) {
         /* The filter closed this connection: later calls fail at once (protocol §9). */
-        if (r->status == (unsigned)STATUS_PORT_DISCONNECTED_) c->disconnected = TRUE;
+        if (r->status == (unsigned)STATUS_PORT_DISCONNECTED) c->disconnected = TRUE;
         finish(call, (NTSTATUS)r->status);
     }
     ReleaseSRWLockExclusive(&c->lock);
@@ -222,7 +221,7 @@ static void on_result(struct fast_conn *c, const struct wire_result *r)
 static DWORD WINAPI reader_main(void *arg)
 {
     struct fast_conn *c = arg;
-    NTSTATUS end = STATUS_PORT_DISCONNECTED_;
+    NTSTATUS end = STATUS_PORT_DISCONNECTED;
     unsigned char small[512];
     for (;;) {
         unsigned char hdr[4];
@@ -274,7 +273,7 @@ static BOOL call_daemon(struct fast_conn *c, struct fast_call *call, unsigned ch
     }
     if (c->disconnected) {
         ReleaseSRWLockExclusive(&c->lock);
-        call->status = STATUS_PORT_DISCONNECTED_;
+        call->status = STATUS_PORT_DISCONNECTED;
         return TRUE;
     }
     call->next = c->calls;
@@ -334,7 +333,7 @@ BOOL fast_send(HANDLE h, const void *in, ULONG in_len, void *out, ULONG out_len,
     if (in_len > c->max_message) {
         /* Over the daemon's limit: the call fails as the daemon would fail it (protocol §14). */
         conn_release(c);
-        *status = STATUS_INSUFFICIENT_RESOURCES_;
+        *status = STATUS_INSUFFICIENT_RESOURCES;
         *returned = 0;
         return TRUE;
     }
@@ -383,7 +382,7 @@ BOOL fast_reply(HANDLE h, const void *reply, ULONG len, NTSTATUS *status)
     if (!c) return FALSE;
     if (len - 16 > c->max_message) {
         conn_release(c);
-        *status = STATUS_INSUFFICIENT_RESOURCES_;
+        *status = STATUS_INSUFFICIENT_RESOURCES;
         return TRUE;
     }
     unsigned long long size = WIRE_REQUEST_MAX((unsigned long long)len);

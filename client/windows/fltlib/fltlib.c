@@ -12,7 +12,10 @@
  * The filter-management exports are in manage.c.
  */
 #define WIN32_LEAN_AND_MEAN
+#define WIN32_NO_STATUS
 #include <windows.h>
+#undef WIN32_NO_STATUS
+#include <ntstatus.h>
 #include <winternl.h>
 #include <fltuser.h>
 
@@ -23,14 +26,6 @@
 #ifndef FLT_PORT_FLAG_SYNC_HANDLE
 #define FLT_PORT_FLAG_SYNC_HANDLE 0x00000001
 #endif
-#ifndef STATUS_PENDING
-#define STATUS_PENDING ((NTSTATUS)0x00000103L)
-#endif
-#define STATUS_TIMEOUT_ ((NTSTATUS)0x00000102L)
-#define STATUS_OBJECT_NAME_NOT_FOUND_ ((NTSTATUS)0xC0000034L)
-#define STATUS_OBJECT_PATH_NOT_FOUND_ ((NTSTATUS)0xC000003AL)
-#define STATUS_INSUFFICIENT_RESOURCES_ ((NTSTATUS)0xC000009AL)
-#define STATUS_INVALID_PARAMETER_ ((NTSTATUS)0xC000000DL)
 #define FILE_OPEN_ 0x00000001
 #define FILE_SYNCHRONOUS_IO_NONALERT_ 0x00000020
 #define FILE_NON_DIRECTORY_FILE_ 0x00000040
@@ -53,7 +48,7 @@ HRESULT flt_hresult(NTSTATUS status)
         }
         return E_FAIL;
     }
-    if (status == STATUS_TIMEOUT_) return HRESULT_FROM_WIN32(WAIT_TIMEOUT);
+    if (status == STATUS_TIMEOUT) return HRESULT_FROM_WIN32(WAIT_TIMEOUT);
     err = RtlNtStatusToDosError(status);
     if ((LONG)err <= 0) return (HRESULT)err;
     return (HRESULT)(0x80070000 | (err & 0xFFFF));
@@ -114,7 +109,7 @@ static BOOL has_completion_port(HANDLE h)
     } info = {NULL, 0}; /* FILE_COMPLETION_INFORMATION */
     IO_STATUS_BLOCK io;
     return NtSetInformationFile(h, &io, &info, sizeof info, (FILE_INFORMATION_CLASS)30) ==
-           STATUS_INVALID_PARAMETER_;
+           STATUS_INVALID_PARAMETER;
 }
 
 /* A thread exits: Windows cancels its pending I/O on handles with no completion port
@@ -152,7 +147,7 @@ static NTSTATUS ioctl_sync(HANDLE h, ULONG code, void *in, ULONG in_len, void *o
     HANDLE ev = thread_event();
     NTSTATUS st;
     *information = 0;
-    if (!ev) return STATUS_INSUFFICIENT_RESOURCES_;
+    if (!ev) return STATUS_INSUFFICIENT_RESOURCES;
     iosb.Status = STATUS_PENDING;
     iosb.Information = 0;
     st = NtDeviceIoControlFile(h, ev, NULL, NULL, &iosb, code, in, in_len, out, out_len);
@@ -245,10 +240,10 @@ static NTSTATUS open_device(DWORD options, LPSECURITY_ATTRIBUTES sa, HANDLE *h)
                           FILE_SHARE_READ | FILE_SHARE_WRITE, FILE_OPEN_,
                           (options & FLT_PORT_FLAG_SYNC_HANDLE) ? FILE_SYNCHRONOUS_IO_NONALERT_ : 0,
                           NULL, 0);
-        if (st != STATUS_OBJECT_NAME_NOT_FOUND_ && st != STATUS_OBJECT_PATH_NOT_FOUND_) break;
+        if (st != STATUS_OBJECT_NAME_NOT_FOUND && st != STATUS_OBJECT_PATH_NOT_FOUND) break;
         if (attempt == 0) start_driver();
     }
-    if (st == STATUS_OBJECT_PATH_NOT_FOUND_) st = STATUS_OBJECT_NAME_NOT_FOUND_;
+    if (st == STATUS_OBJECT_PATH_NOT_FOUND) st = STATUS_OBJECT_NAME_NOT_FOUND;
     return st;
 }
 
@@ -277,8 +272,8 @@ HRESULT WINAPI FilterConnectCommunicationPort(LPCWSTR lpPortName, DWORD dwOption
     name_bytes = WideCharToMultiByte(CP_UTF8, 0, lpPortName, -1, NULL, 0, NULL, NULL);
     if (name_bytes <= 0) return E_INVALIDARG;
     name_bytes -= 1; /* without the terminator */
-    if ((ULONG)name_bytes > FLTEMU_MAX_PORT_NAME) return flt_hresult(STATUS_OBJECT_NAME_NOT_FOUND_);
-    if (!socket_path(path, sizeof(path))) return flt_hresult(STATUS_OBJECT_NAME_NOT_FOUND_);
+    if ((ULONG)name_bytes > FLTEMU_MAX_PORT_NAME) return flt_hresult(STATUS_OBJECT_NAME_NOT_FOUND);
+    if (!socket_path(path, sizeof(path))) return flt_hresult(STATUS_OBJECT_NAME_NOT_FOUND);
 
     size = sizeof(*in) + name_bytes + wSizeOfContext + lstrlenA(path);
     in = HeapAlloc(GetProcessHeap(), 0, size);

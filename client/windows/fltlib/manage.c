@@ -10,7 +10,10 @@
  * fltemu emulates no volume, so there is no volume and no instance to find or attach.
  */
 #define WIN32_LEAN_AND_MEAN
+#define WIN32_NO_STATUS
 #include <windows.h>
+#undef WIN32_NO_STATUS
+#include <ntstatus.h>
 #include <fltuser.h>
 
 #include "../include/fltemu_ioctl.h"
@@ -22,7 +25,6 @@
 HRESULT WINAPI FilterVolumeClose(HANDLE hVolume);
 
 #define NO_MORE_ITEMS HRESULT_FROM_WIN32(ERROR_NO_MORE_ITEMS)
-#define STATUS_ACCESS_DENIED_ 0xC0000022u
 /* A control answer larger than this is refused (the filter listing is small). */
 #define MAX_CONTROL_ANSWER (64u << 20)
 /* A filter name as UTF-8: FILTER_NAME_MAX_CHARS UTF-16 units, at most 3 bytes each. */
@@ -212,7 +214,8 @@ static HRESULT daemon_filters(struct filter_list **out)
     if (!control_status(&in, &status)) {
         hr = E_FAIL;
     } else if (status) {
-        hr = status == STATUS_ACCESS_DENIED_ ? E_ACCESSDENIED : flt_hresult((NTSTATUS)status);
+        hr = status == (unsigned)STATUS_ACCESS_DENIED ? E_ACCESSDENIED
+                                                      : flt_hresult((NTSTATUS)status);
     } else if (in.p < in.end) {
         unsigned filters = wire_get_array(&in);
         for (unsigned i = 0; i < filters && !in.bad; i++) {
@@ -419,11 +422,11 @@ HRESULT WINAPI FilterUnload(LPCWSTR lpFilterName)
                : outcome == CONTROL_DENIED  ? E_ACCESSDENIED
                                             : E_FAIL;
     struct wire_in in = {body, body + len, 0};
-    hr = !control_status(&in, &status)     ? E_FAIL
-         : status == 0                     ? S_OK
-         : status == 0xC0000034u           ? ERROR_FLT_FILTER_NOT_FOUND
-         : status == STATUS_ACCESS_DENIED_ ? E_ACCESSDENIED
-                                           : flt_hresult((NTSTATUS)status);
+    hr = !control_status(&in, &status)                      ? E_FAIL
+         : status == 0                                      ? S_OK
+         : status == (unsigned)STATUS_OBJECT_NAME_NOT_FOUND ? ERROR_FLT_FILTER_NOT_FOUND
+         : status == (unsigned)STATUS_ACCESS_DENIED         ? E_ACCESSDENIED
+                                                            : flt_hresult((NTSTATUS)status);
     HeapFree(GetProcessHeap(), 0, body);
     return hr;
 }
