@@ -158,3 +158,14 @@ def test_run_all() -> None:
         assert {"what", "value", "target", "holds", "verdict"} <= target.keys()
         assert target["value"] is not None
         assert target["verdict"] in ("yes", "NO", "reported")
+
+
+def test_soak_torn_frames() -> None:
+    rows = run_script("soak_torn_frames.py", "--quick", "--json")
+    check_env(rows)
+    soaks = of(rows, bench="soak_torn_frames")
+    assert {r["loop"] for r in soaks} == {"uvloop", "asyncio"}
+    for row in soaks:
+        assert {"rss_start_kib", "rss_end_kib", "rss_max_kib", "growth_kib", "flat"} <= row.keys()
+        assert row["torn_frames"] == 80
+        assert len(row["rss_kib"]) == row["rounds"] == 10
