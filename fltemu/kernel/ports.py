@@ -44,7 +44,7 @@ import inspect
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from ..errors import StatusError
@@ -462,10 +462,12 @@ class ClientPort:
                 return plain, output
         name = self.server_port.name
         sections: Any = None
+        has_sections = False
         try:
             if isinstance(result, tuple):
                 if len(result) == 3:
                     raw_status, output, sections = result
+                    has_sections = True
                 else:
                     raw_status, output = result
             else:
@@ -488,6 +490,15 @@ class ClientPort:
                 "(status, bytes, sections)",
                 name,
                 type(result).__name__,
+            )
+            return _UNSUCCESSFUL, b""
+        if has_sections and not isinstance(sections, Mapping):
+            # (0, b"x", 1) would otherwise succeed with its sections silently dropped.
+            log.error(
+                "MessageNotify of port '%s' returned sections of type %r, not a mapping "
+                "{offset: content}; failing the send",
+                name,
+                type(sections).__name__,
             )
             return _UNSUCCESSFUL, b""
         if status == NtStatus.STATUS_PENDING:
@@ -526,12 +537,7 @@ class ClientPort:
         name = self.server_port.name
         limit = self._max_message_bytes
         valid: Sections = {}
-        try:
-            items = list(sections.items())
-        except AttributeError:
-            log.error("MessageNotify of port '%s' returned sections that are not a mapping", name)
-            return valid
-        for offset, content in items:
+        for offset, content in list(sections.items()):
             if not (isinstance(offset, int) and 0 <= offset and offset + 8 <= out_len):
                 log.error(
                     "MessageNotify of port '%s': section offset %r is not in the output",
