@@ -574,20 +574,35 @@ class ClientPort:
         return asyncio.shield(self._teardown)
 
     async def _wait_inflight(self) -> None:
-        # Rundown: in-flight MessageNotify calls finish before DisconnectNotify (§2.4).
-        grace = self.server_port.filter.manager.rundown_timeout
+        # Rundown: in-flight MessageNotify calls finish before DisconnectNotify (§2.4): as long
+        # as they take, as on Windows, until the rundown's bound (shutdown) abandons them.
+        rundown = self.server_port.filter.manager.rundown
         while self._inflight:
-            _, pending = await asyncio.wait(list(self._inflight), timeout=grace)
-            if pending and grace is not None:
-                log.warning(
-                    "port '%s': cancelling %d MessageNotify call(s) still running after %.1f s",
-                    self.server_port.name,
-                    len(pending),
-                    grace,
-                )
-                for task in pending:
-                    task.cancel()
-                await asyncio.wait(pending, timeout=grace)
+            tasks = list(self._inflight)
+            try:
+                async with rundown.wait():
+                    await asyncio.wait(tasks)
+                continue
+            except TimeoutError:
+                pass
+            pending = [task for task in tasks if not task.done()]
+            log.warning(
+                "port '%s': cancelling %d MessageNotify call(s) still running on connection #%d "
+                "(pid %s) %s; their callers get STATUS_PORT_DISCONNECTED",
+                self.server_port.name,
+                len(pending),
+                self.id,
+                self.process.pid,
+                "at the end of the shutdown grace"
+                if rundown.deadline is not None
+                else f"after {rundown.timeout:.1f} s",
+            )
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=rundown.after_cancel())
+            # One that ignores its cancellation is abandoned: DisconnectNotify runs all the same.
+            self._inflight.difference_update(pending)
+            break
 
     async def _teardown_steps(self) -> None:
         # Whether the filter ended this connection before the user closed it (§9.1).
