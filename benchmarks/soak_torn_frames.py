@@ -43,8 +43,8 @@ COLUMNS: Final = [
 ]
 
 
-def torn_frame(address: str, frame_bytes: int, body: memoryview) -> None:
-    """Connect to the echo port, send a frame's prefix and part of its body, close.
+def torn_frame(address: str, frame_bytes: int, body: memoryview, port: str = h.ECHO_PORT) -> None:
+    """Connect to ``port``, send a frame's prefix and part of its body, close.
 
     Returns once the daemon has closed its end (it answers the torn frame with a Goodbye).
 
@@ -54,12 +54,12 @@ def torn_frame(address: str, frame_bytes: int, body: memoryview) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(address)
         wire = WireConnection(Role.USER)
-        sock.sendall(wire.send(Connect(PROTOCOL_VERSION, h.ECHO_PORT, b"", 0)))
+        sock.sendall(wire.send(Connect(PROTOCOL_VERSION, port, b"", 0)))
         while True:
             event = wire.next_event()
             if isinstance(event, ConnectResult):
                 if event.status != 0:
-                    raise RuntimeError(f"connect to {h.ECHO_PORT} failed: {event.status:#x}")
+                    raise RuntimeError(f"connect to {port} failed: {event.status:#x}")
                 break
             data = sock.recv(4096)
             if not data:

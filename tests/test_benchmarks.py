@@ -169,3 +169,14 @@ def test_soak_torn_frames() -> None:
         assert {"rss_start_kib", "rss_end_kib", "rss_max_kib", "growth_kib", "flat"} <= row.keys()
         assert row["torn_frames"] == 80
         assert len(row["rss_kib"]) == row["rounds"] == 10
+
+
+def test_soak_smoke() -> None:
+    # The long soak is not a test (30 minutes); a short run keeps the script working.
+    rows = run_script("soak.py", "--quick", "--json", "--duration", "10", timeout=90)
+    check_env(rows)
+    (summary,) = of(rows, bench="soak", kind="summary")
+    assert {"rss_start_kib", "rss_end_kib", "rss_max_kib", "fds_start", "fds_end"} <= summary.keys()
+    assert summary["unexpected_errors"] == 0, summary["unexpected_first"]
+    assert {"good_sends", "sigkilled", "torn_frames"} <= summary["counts"].keys()
+    assert len(of(rows, bench="soak", kind="rest")) >= 2
