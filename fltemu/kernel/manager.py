@@ -469,20 +469,22 @@ class Filter:
     async def _request_unload(self) -> None:
         callback, self.unload_callback = self.unload_callback, None
         if callback is not None:
-            bound = self.manager.rundown.wait()
+            rundown = self.manager.rundown
+            bound = None
             try:
                 result = callback(self)
                 if inspect.isawaitable(result):
+                    bound = rundown.wait()
                     async with bound:
                         await result
             except TimeoutError:
-                if not bound.expired:
+                if bound is None or not bound.expired:
                     log.exception("the unload callback of filter %r raised", self.name)
                 else:
                     log.error(
-                        "the unload callback (teardown) of filter %r did not return by the end "
-                        "of the shutdown grace; abandoned",
+                        "the unload callback (teardown) of filter %r did not return %s; abandoned",
                         self.name,
+                        rundown.describe(),
                     )
             except Exception:
                 log.exception("the unload callback of filter %r raised", self.name)
@@ -522,10 +524,10 @@ class Filter:
                 return NtStatus.STATUS_UNSUCCESSFUL, None
             # The daemon is shutting down: its client must not wait any longer.
             log.error(
-                "ConnectNotify of port '%s' (pid %s) did not return by the end of the shutdown "
-                "grace; abandoned",
+                "ConnectNotify of port '%s' (pid %s) did not return %s; abandoned",
                 server_port.name,
                 client_port.process.pid,
+                self.manager.rundown.describe(),
             )
             return NtStatus.STATUS_PORT_DISCONNECTED, None
         except asyncio.CancelledError:
@@ -558,23 +560,23 @@ class Filter:
     async def _notify_disconnect(self, client_port: ClientPort) -> None:
         notify: Callable[[object], Any] = client_port.server_port.disconnect_notify
         # As long as it takes (as Windows waits), until shutdown bounds it, even once started.
-        bound = self.manager.rundown.wait()
+        rundown = self.manager.rundown
+        bound = None
         try:
             result = notify(client_port.cookie)
             if inspect.isawaitable(result):
+                bound = rundown.wait()
                 async with bound:
                     await result
         except TimeoutError:
-            if not bound.expired:  # the callback's own TimeoutError
+            if bound is None or not bound.expired:  # the callback's own TimeoutError
                 log.exception("DisconnectNotify of port '%s' raised", client_port.server_port.name)
             else:
                 log.error(
                     "DisconnectNotify of port '%s' (connection #%d) did not return %s; abandoned",
                     client_port.server_port.name,
                     client_port.id,
-                    "by the end of the shutdown grace"
-                    if self.manager.rundown.deadline is not None
-                    else f"within {self.manager.rundown.timeout:.1f} s",
+                    rundown.describe(),
                 )
         except asyncio.CancelledError:
             task = asyncio.current_task()

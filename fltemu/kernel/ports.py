@@ -594,7 +594,7 @@ class ClientPort:
                 self.id,
                 self.process.pid,
                 "at the end of the shutdown grace"
-                if rundown.deadline is not None
+                if rundown.timeout is None or rundown.deadline is not None
                 else f"after {rundown.timeout:.1f} s",
             )
             for task in pending:

@@ -68,10 +68,11 @@ class Rundown:
         remaining = self.deadline + CANCEL_SLACK - asyncio.get_running_loop().time()
         return max(0.0, remaining)
 
-    @property
-    def is_over(self) -> bool:
-        """Whether shutdown's deadline has passed: a callback started now is abandoned at once."""
-        return self.deadline is not None and asyncio.get_running_loop().time() >= self.deadline
+    def describe(self) -> str:
+        """How the bound reads in a log line: "by the end of the shutdown grace", "within 5.0 s"."""
+        if self.deadline is not None or self.timeout is None:
+            return "by the end of the shutdown grace"
+        return f"within {self.timeout:.1f} s"
 
     def _enter(self, timeout: asyncio.Timeout) -> None:
         self._active.add(timeout)
