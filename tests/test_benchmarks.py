@@ -158,3 +158,25 @@ def test_run_all() -> None:
         assert {"what", "value", "target", "holds", "verdict"} <= target.keys()
         assert target["value"] is not None
         assert target["verdict"] in ("yes", "NO", "reported")
+
+
+def test_soak_torn_frames() -> None:
+    rows = run_script("soak_torn_frames.py", "--quick", "--json")
+    check_env(rows)
+    soaks = of(rows, bench="soak_torn_frames")
+    assert {r["loop"] for r in soaks} == {"uvloop", "asyncio"}
+    for row in soaks:
+        assert {"rss_start_kib", "rss_end_kib", "rss_max_kib", "growth_kib", "flat"} <= row.keys()
+        assert row["torn_frames"] == 80
+        assert len(row["rss_kib"]) == row["rounds"] == 10
+
+
+def test_soak_smoke() -> None:
+    # The long soak is not a test (30 minutes); a short run keeps the script working.
+    rows = run_script("soak.py", "--quick", "--json", "--duration", "10", timeout=90)
+    check_env(rows)
+    (summary,) = of(rows, bench="soak", kind="summary")
+    assert {"rss_start_kib", "rss_end_kib", "rss_max_kib", "fds_start", "fds_end"} <= summary.keys()
+    assert summary["unexpected_errors"] == 0, summary["unexpected_first"]
+    assert {"good_sends", "sigkilled", "torn_frames"} <= summary["counts"].keys()
+    assert len(of(rows, bench="soak", kind="rest")) >= 2

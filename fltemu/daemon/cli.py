@@ -13,6 +13,7 @@ from ..errors import FltEmuError
 from .loader import BUILTIN_FILTERS
 from .logs import LOG_FORMATS, configure_logging
 from .runner import DaemonConfig, LoopChoiceError, run
+from .server import DEFAULT_SHUTDOWN_GRACE, SHUTDOWN_SLACK
 from .trace import TRACE_KINDS
 
 __all__ = ["build_parser", "main"]
@@ -30,7 +31,9 @@ The socket is --address, else $FLTEMU_SOCKET, else $XDG_RUNTIME_DIR/fltemu.sock,
 /tmp/fltemu-<uid>/fltemu.sock. Filter modules are imported from the current folder and
 PYTHONPATH. One line "fltemu: listening on PATH ..." is printed once clients can connect (not
 with --quiet); -v logs the start-up details too. SIGINT or SIGTERM shuts down cleanly: every
-connection is disconnected and each DisconnectNotify runs.
+connection is disconnected and each DisconnectNotify runs; callbacks that have not returned
+after --shutdown-grace are abandoned (and logged), so the daemon is gone within the grace plus
+1 s. A second signal exits at once.
 """
 
 
@@ -41,6 +44,16 @@ def _octal(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode such as 600") from None
     if not 0 <= value <= 0o777:
         raise argparse.ArgumentTypeError(f"{text!r} is not a permission mode (000-777)")
+    return value
+
+
+def _grace(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError("must be between 0 and 3600 seconds")
     return value
 
 
@@ -173,6 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="write the ready line to this file once clients can connect, removed at "
         "shutdown (for scripts that cannot read stdout; see also 'fltemu wait')",
+    )
+    serve.add_argument(
+        "--shutdown-grace",
+        type=_grace,
+        default=DEFAULT_SHUTDOWN_GRACE,
+        metavar="SECONDS",
+        help="on SIGTERM or SIGINT, how long in all to wait for filter callbacks that have "
+        "not returned before abandoning them (their callers get 0x80070006); the daemon is "
+        f"gone within it plus {SHUTDOWN_SLACK:g} s (default: %(default)s, which fits "
+        "docker stop's 10 s)",
     )
     _add_version(serve)
     serve.add_argument(
@@ -712,6 +735,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         allow_everyone=args.allow_everyone,
         announce=(lambda line: None) if args.quiet else (lambda line: print(line, flush=True)),
         ready_file=args.ready_file,
+        shutdown_grace=args.shutdown_grace,
     )
     try:
         run(config)

@@ -26,6 +26,7 @@ from .. import __version__
 from .._limits import DEFAULT_MAX_MESSAGE_BYTES
 from ..errors import FltEmuError
 from ..kernel import Filter, FilterManager, SecurityDescriptor
+from ..kernel.rundown import CANCEL_SLACK
 from ..wire import DaemonInfo, Trace, WireConnection, default_socket_dir, resolve_address
 from .session import READ_BUFFER_BYTES, Session
 from .trace import TraceHub, TraceSubscriber
@@ -36,13 +37,20 @@ __all__ = [
     "DaemonAddressError",
     "DaemonAddressInUseError",
     "DaemonAddressUnsafeError",
+    "SHUTDOWN_SLACK",
 ]
 
 log = logging.getLogger(__name__)
 
-#: How long shutdown waits for in-flight MessageNotify calls before cancelling them. Windows
-#: waits forever; a daemon asked to stop must stop.
+#: How long shutdown waits, in all, for the filter callbacks still running or started by the
+#: shutdown itself (teardowns, MessageNotify, DisconnectNotify, ConnectNotify) before it
+#: abandons them. Windows waits forever; a daemon asked to stop must stop.
 DEFAULT_SHUTDOWN_GRACE: Final = 5.0
+
+#: What shutdown may take beyond the grace, in all: cancelled callbacks unwind
+#: (``CANCEL_SLACK``), then every connection gets its Goodbye and is closed. ``docker stop``
+#: waits 10 s: 5 s of grace and this fit well inside it.
+SHUTDOWN_SLACK: Final = 1.0
 
 #: listen(2) backlog: load tests open hundreds of connections at once.
 LISTEN_BACKLOG: Final = 1024
@@ -146,7 +154,9 @@ class Daemon:
         max_message_bytes: the largest message payload carried (at least 16 MiB by default).
         socket_mode: permission bits of the socket file (0600: only the daemon's user can even
             reach it; ports then check their own security).
-        shutdown_grace: seconds that shutdown waits for in-flight MessageNotify calls.
+        shutdown_grace: seconds that shutdown waits, in all, for filter callbacks that have
+            not returned (each is then abandoned: cancelled, logged, its caller answered
+            0x80070006); shutdown ends within it plus ``SHUTDOWN_SLACK``.
         default_security: what ports created with ``security=None`` admit (default: root and
             the daemon's user, like FltBuildDefaultSecurityDescriptor).
         ready_at_start: whether the daemon is ready (``fltemu status``, ``fltemu wait``) as
@@ -278,38 +288,39 @@ class Daemon:
     async def shutdown(self) -> None:
         """Stop accepting, unload every filter (DisconnectNotify for each connection), close.
 
-        Every wait is bounded by ``shutdown_grace``: a filter callback that never returns is
-        cancelled (and logged) rather than keeping the daemon alive.
+        Bounded in all by ``shutdown_grace`` plus ``SHUTDOWN_SLACK``, however many filters
+        and callbacks hang: at the end of the grace every callback still running (a
+        teardown, MessageNotify, DisconnectNotify, ConnectNotify, the ones that began before
+        the shutdown included) is cancelled and named in the log, and its caller gets
+        STATUS_PORT_DISCONNECTED (0x80070006); filters unloaded after that point get no wait.
         """
         server, self._server = self._server, None
         if server is None:
             return
         self.is_ready = False
         server.close()
-        self.manager.rundown_timeout = self.shutdown_grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.shutdown_grace
+        end = deadline + SHUTDOWN_SLACK
+        self.manager.rundown.begin(deadline)
         # Newest first, as the modules were loaded: one's teardown may rely on an older one.
+        # Every wait inside is bounded by the deadline; this bound only catches a callback
+        # that ignores its cancellation.
         for flt in reversed(list(self.manager.filters.values())):
             try:
-                # A teardown may wait for MessageNotify (grace), cancel it (grace) and run
-                # DisconnectNotify (grace).
-                async with asyncio.timeout(self.shutdown_grace * 3):
+                async with asyncio.timeout_at(deadline + CANCEL_SLACK):
                     await flt.unload_requested()
             except TimeoutError:
-                log.error(
-                    "filter %r did not unload within %.1f s", flt.name, self.shutdown_grace * 3
-                )
+                log.error("filter %r did not finish unloading; abandoned", flt.name)
         self.trace_hub.close_all("the daemon is shutting down")
         for session in list(self._sessions):
             session.close()
-        await self._finish_tasks()
+        await self._finish_tasks(deadline + CANCEL_SLACK, end)
         # Sessions close asynchronously; give their connection_lost a chance to run.
-        for _ in range(100):
-            if not self._sessions:
-                break
+        while self._sessions and loop.time() < end:
             await asyncio.sleep(0.01)
-        await self._finish_tasks()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), 1.0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), max(0.0, end - loop.time()))
         self._unlink_socket()
         log.debug("stopped")
 
@@ -334,18 +345,24 @@ class Daemon:
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
-    async def _finish_tasks(self) -> None:
-        # Connects, teardowns and control commands still running: give them the grace, then
-        # cancel what is left (a DisconnectNotify that never returns, say).
+    async def _finish_tasks(self, deadline: float, end: float) -> None:
+        # Connects, teardowns and control commands still running: their callbacks are bounded
+        # by the rundown, so they end by ``deadline``; one that does not is cancelled.
+        loop = asyncio.get_running_loop()
         while self._tasks:
             tasks = list(self._tasks)
-            _, pending = await asyncio.wait(tasks, timeout=self.shutdown_grace)
+            _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
             if pending:
-                log.error("cancelling %d task(s) still running at shutdown", len(pending))
+                log.error(
+                    "cancelling %d task(s) still running at shutdown: %s",
+                    len(pending),
+                    ", ".join(sorted(_task_name(task) for task in pending)),
+                )
                 for task in pending:
                     task.cancel()
-                await asyncio.wait(pending, timeout=self.shutdown_grace)
+                await asyncio.wait(pending, timeout=max(0.0, end - loop.time()))
                 self._tasks.difference_update(pending)
+                return
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -357,6 +374,11 @@ class Daemon:
         with contextlib.suppress(OSError):
             if self._inode is not None and os.stat(self.address).st_ino == self._inode:
                 os.unlink(self.address)
+
+
+def _task_name(task: asyncio.Task[Any]) -> str:
+    coro = task.get_coro()
+    return getattr(coro, "__qualname__", None) or task.get_name()
 
 
 def _remove_stale_socket(path: str) -> None:

@@ -523,7 +523,7 @@ class Session(asyncio.BufferedProtocol):
             # Only reachable through a bug: the kernel answering something never asked. The
             # wire is now in ERROR and drops every later answer, so end the connection
             # rather than leave the client waiting.
-            log.error("%s: not sent, disconnecting: %s", self._peer(), exc)
+            log.error("%s: not sent, disconnecting: %s", self._peer(), str(exc))
             self._closing = False
             self._close_after_flush()
             return
@@ -548,7 +548,9 @@ class Session(asyncio.BufferedProtocol):
             self._transport.close()
 
     def _fail(self, exc: RemoteProtocolError) -> None:
-        log.warning("%s: protocol error, disconnecting: %s", self._peer(), exc)
+        # The text, not the exception: a handler that keeps records (pytest's, a
+        # MemoryHandler) would otherwise keep its traceback, and this session with it.
+        log.warning("%s: protocol error, disconnecting: %s", self._peer(), str(exc))
         self._send(Goodbye(int(exc.status_hint), str(exc)))
         self._close_after_flush()
 

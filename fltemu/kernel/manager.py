@@ -25,6 +25,7 @@ from .messaging import PendingSend, SendMessageResult
 from .namespace import PortNamespace
 from .ports import ClientPort, ClientPortState, ServerPort, ServerPortState, is_status
 from .process import ProcessInfo
+from .rundown import Rundown
 from .security import SecurityDescriptor
 from .trace import Tracer, TraceRecord, record
 
@@ -53,9 +54,10 @@ class FilterManager:
             the daemon's user).
 
     Attributes:
-        rundown_timeout: how long a teardown waits for in-flight MessageNotify calls before
-            cancelling them; ``None`` (Windows' behaviour) waits as long as they take. The
-            daemon sets a grace period while it shuts down.
+        rundown: how long the manager waits for filter callbacks: as long as they take
+            (Windows' behaviour), or until the deadline the daemon sets when it shuts down
+            (``rundown.begin``), after which each callback still running is abandoned:
+            cancelled, logged by name, and its caller answered.
     """
 
     def __init__(
@@ -70,13 +72,24 @@ class FilterManager:
         #: What ``security=None`` means for new ports: FltBuildDefaultSecurityDescriptor's
         #: equivalent (root and the daemon's user) unless the daemon was told to widen it.
         self.default_security = default_security or SecurityDescriptor.default()
-        self.rundown_timeout: float | None = None
+        self.rundown = Rundown()
         #: Called with a ``TraceRecord`` for each port operation while someone traces
         #: (``fltemu trace``); ``None`` otherwise.
         self.tracer: Tracer | None = None
 
     def __repr__(self) -> str:
         return f"<FilterManager filters={sorted(self.filters)} ports={len(self.namespace)}>"
+
+    @property
+    def rundown_timeout(self) -> float | None:
+        """Seconds a teardown waits for in-flight MessageNotify calls and DisconnectNotify
+        before abandoning them; ``None`` (the default, Windows' behaviour): as long as they take.
+        """
+        return self.rundown.timeout
+
+    @rundown_timeout.setter
+    def rundown_timeout(self, value: float | None) -> None:
+        self.rundown.timeout = value
 
     def register_filter(self, name: str) -> Filter:
         """FltRegisterFilter + FltStartFiltering: a filter that can create ports.
@@ -485,10 +498,23 @@ class Filter:
     async def _request_unload(self) -> None:
         callback, self.unload_callback = self.unload_callback, None
         if callback is not None:
+            rundown = self.manager.rundown
+            bound = None
             try:
                 result = callback(self)
                 if inspect.isawaitable(result):
-                    await result
+                    bound = rundown.wait()
+                    async with bound:
+                        await result
+            except TimeoutError:
+                if bound is None or not bound.expired:
+                    log.exception("the unload callback of filter %r raised", self.name)
+                else:
+                    log.error(
+                        "the unload callback (teardown) of filter %r did not return %s; abandoned",
+                        self.name,
+                        rundown.describe(),
+                    )
             except Exception:
                 log.exception("the unload callback of filter %r raised", self.name)
         await self.unload()
@@ -510,14 +536,29 @@ class Filter:
         self, client_port: ClientPort, context: bytes
     ) -> tuple[NtStatus, object]:
         server_port = client_port.server_port
+        bound = None
         try:
             result: Any = server_port.connect_notify(
                 client_port, server_port.server_port_cookie, context
             )
             if inspect.isawaitable(result):
-                result = await result
+                bound = self.manager.rundown.wait()
+                async with bound:
+                    result = await result
         except StatusError as exc:
             return exc.status, None
+        except TimeoutError:
+            if bound is None or not bound.expired:
+                log.exception("ConnectNotify of port '%s' raised", server_port.name)
+                return NtStatus.STATUS_UNSUCCESSFUL, None
+            # The daemon is shutting down: its client must not wait any longer.
+            log.error(
+                "ConnectNotify of port '%s' (pid %s) did not return %s; abandoned",
+                server_port.name,
+                client_port.process.pid,
+                self.manager.rundown.describe(),
+            )
+            return NtStatus.STATUS_PORT_DISCONNECTED, None
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -547,20 +588,24 @@ class Filter:
 
     async def _notify_disconnect(self, client_port: ClientPort) -> None:
         notify: Callable[[object], Any] = client_port.server_port.disconnect_notify
-        grace = self.manager.rundown_timeout  # None (wait as Windows does) until shutdown
+        # As long as it takes (as Windows waits), until shutdown bounds it, even once started.
+        rundown = self.manager.rundown
+        bound = None
         try:
             result = notify(client_port.cookie)
             if inspect.isawaitable(result):
-                async with asyncio.timeout(grace):
+                bound = rundown.wait()
+                async with bound:
                     await result
         except TimeoutError:
-            if grace is None:  # the callback's own TimeoutError
+            if bound is None or not bound.expired:  # the callback's own TimeoutError
                 log.exception("DisconnectNotify of port '%s' raised", client_port.server_port.name)
             else:
                 log.error(
-                    "DisconnectNotify of port '%s' did not return within %.1f s; abandoned",
+                    "DisconnectNotify of port '%s' (connection #%d) did not return %s; abandoned",
                     client_port.server_port.name,
-                    grace,
+                    client_port.id,
+                    rundown.describe(),
                 )
         except asyncio.CancelledError:
             task = asyncio.current_task()

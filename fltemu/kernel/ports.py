@@ -44,7 +44,7 @@ import inspect
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from ..errors import StatusError
@@ -462,10 +462,12 @@ class ClientPort:
                 return plain, output
         name = self.server_port.name
         sections: Any = None
+        has_sections = False
         try:
             if isinstance(result, tuple):
                 if len(result) == 3:
                     raw_status, output, sections = result
+                    has_sections = True
                 else:
                     raw_status, output = result
             else:
@@ -488,6 +490,15 @@ class ClientPort:
                 "(status, bytes, sections)",
                 name,
                 type(result).__name__,
+            )
+            return _UNSUCCESSFUL, b""
+        if has_sections and not isinstance(sections, Mapping):
+            # (0, b"x", 1) would otherwise succeed with its sections silently dropped.
+            log.error(
+                "MessageNotify of port '%s' returned sections of type %r, not a mapping "
+                "{offset: content}; failing the send",
+                name,
+                type(sections).__name__,
             )
             return _UNSUCCESSFUL, b""
         if status == NtStatus.STATUS_PENDING:
@@ -526,12 +537,7 @@ class ClientPort:
         name = self.server_port.name
         limit = self._max_message_bytes
         valid: Sections = {}
-        try:
-            items = list(sections.items())
-        except AttributeError:
-            log.error("MessageNotify of port '%s' returned sections that are not a mapping", name)
-            return valid
-        for offset, content in items:
+        for offset, content in list(sections.items()):
             if not (isinstance(offset, int) and 0 <= offset and offset + 8 <= out_len):
                 log.error(
                     "MessageNotify of port '%s': section offset %r is not in the output",
@@ -568,20 +574,35 @@ class ClientPort:
         return asyncio.shield(self._teardown)
 
     async def _wait_inflight(self) -> None:
-        # Rundown: in-flight MessageNotify calls finish before DisconnectNotify (§2.4).
-        grace = self.server_port.filter.manager.rundown_timeout
+        # Rundown: in-flight MessageNotify calls finish before DisconnectNotify (§2.4): as long
+        # as they take, as on Windows, until the rundown's bound (shutdown) abandons them.
+        rundown = self.server_port.filter.manager.rundown
         while self._inflight:
-            _, pending = await asyncio.wait(list(self._inflight), timeout=grace)
-            if pending and grace is not None:
-                log.warning(
-                    "port '%s': cancelling %d MessageNotify call(s) still running after %.1f s",
-                    self.server_port.name,
-                    len(pending),
-                    grace,
-                )
-                for task in pending:
-                    task.cancel()
-                await asyncio.wait(pending, timeout=grace)
+            tasks = list(self._inflight)
+            try:
+                async with rundown.wait():
+                    await asyncio.wait(tasks)
+                continue
+            except TimeoutError:
+                pass
+            pending = [task for task in tasks if not task.done()]
+            log.warning(
+                "port '%s': cancelling %d MessageNotify call(s) still running on connection #%d "
+                "(pid %s) %s; their callers get STATUS_PORT_DISCONNECTED",
+                self.server_port.name,
+                len(pending),
+                self.id,
+                self.process.pid,
+                "at the end of the shutdown grace"
+                if rundown.timeout is None or rundown.deadline is not None
+                else f"after {rundown.timeout:.1f} s",
+            )
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=rundown.after_cancel())
+            # One that ignores its cancellation is abandoned: DisconnectNotify runs all the same.
+            self._inflight.difference_update(pending)
+            break
 
     async def _teardown_steps(self) -> None:
         # Whether the filter ended this connection before the user closed it (§9.1).

@@ -238,13 +238,18 @@ class WireConnection:
                     f"connection closed in the middle of a frame "
                     f"({self._reader.buffered} bytes buffered)"
                 )
+                # The rest of that frame will never come: free what it had (up to 16 MiB).
+                self._reader.clear()
             else:
                 self._events.append(_EOF)
             return
         try:
             self._reader.feed(data, self._events.append)
         except RemoteProtocolError as exc:
-            self._pending_error = exc
+            # Kept without its traceback: its frames hold this connection (a cycle that
+            # only a garbage collection would free, with all it pins) and the bytes read.
+            self._pending_error = RemoteProtocolError(str(exc), status_hint=exc.status_hint)
+            self._reader.clear()
 
     def next_event(self) -> object:
         """The next message received, ``NEED_DATA``, or ``EOF`` once after the peer closed.
@@ -268,12 +273,16 @@ class WireConnection:
                 # Drop what was queued behind it (a queued EOF would turn ERROR into CLOSED),
                 # as receive_data drops everything that arrives after the failure.
                 self._events.clear()
+                self._reader.clear()
                 raise RemoteProtocolError(str(exc), status_hint=exc.status_hint) from None
             return event
-        if self._pending_error is not None:
+        error = self._pending_error
+        if error is not None:
             self.state = State.ERROR
             self._events.clear()
-            raise self._pending_error
+            # A copy each time: the one kept here never gets a traceback, whose frames
+            # would hold this connection in a reference cycle.
+            raise RemoteProtocolError(str(error), status_hint=error.status_hint)
         if self.state is State.ERROR:
             raise RemoteProtocolError("the connection already failed")
         return NEED_DATA

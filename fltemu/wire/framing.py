@@ -73,6 +73,10 @@ class FrameReader:
         """How many bytes of an incomplete frame are waiting."""
         return len(self._buf)
 
+    def clear(self) -> None:
+        """Drop the incomplete frame, and its memory: the stream ended or cannot go on."""
+        self._buf = bytearray()
+
     def feed(self, data: bytes | bytearray | memoryview, emit: Callable[[Any], None]) -> None:
         """Consume ``data``; call ``emit`` with each decoded message in order.
 

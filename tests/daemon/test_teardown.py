@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
+import tracemalloc
 import weakref
 from typing import Any
 
@@ -14,8 +16,10 @@ import fltemu
 import fltuser
 from fltemu import NtStatus
 from fltemu.daemon import Daemon
+from fltemu.daemon.session import Session
 from fltemu.kernel import ClientPort, FilterState
-from fltemu.wire import PROTOCOL_VERSION, Control, Role, WireConnection
+from fltemu.wire import NEED_DATA, PROTOCOL_VERSION, Connect, Control, Role, WireConnection
+from fltemu.wire.framing import FrameReader
 
 from ..helpers import until
 
@@ -195,3 +199,61 @@ async def test_a_closed_connection_is_freed_without_a_cyclic_gc(socket_path: str
             await until(lambda: session_ref() is None and port_ref() is None)
         finally:
             gc.enable()
+
+
+_TORN_PREFIX = (16 << 20).to_bytes(4, "little")  # a 16 MiB frame, within the limit
+
+
+async def _torn_frame(daemon: Daemon, body: memoryview, cut: int, handshake: bool) -> None:
+    """Connect, send a 16 MiB frame's first ``cut`` bytes (length prefix included), leave."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, daemon.address)
+        if handshake:
+            user = WireConnection(Role.USER)
+            await loop.sock_sendall(sock, user.send(Connect(PROTOCOL_VERSION, "\\T", b"", 0)))
+            while user.next_event() is NEED_DATA:
+                user.receive_data(await loop.sock_recv(sock, 4096))
+        await loop.sock_sendall(sock, _TORN_PREFIX[:cut])
+        if cut > len(_TORN_PREFIX):
+            await loop.sock_sendall(sock, body[: cut - len(_TORN_PREFIX)])
+    finally:
+        sock.close()
+
+
+def _live(*types: type) -> int:
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, types))
+
+
+@pytest.mark.parametrize("handshake", [True, False], ids=["connected", "before-connect"])
+async def test_torn_large_frames_leave_nothing_behind(socket_path: str, handshake: bool) -> None:
+    """Connections closed in the middle of a large frame, however far it got: once they are
+    gone, the daemon holds none of their sessions, wire state or buffered bytes, without a
+    garbage collection (an idle daemon never runs one)."""
+    body = memoryview(bytes(12 << 20))
+    cuts = [2, 4, 5, 64 * 1024 + 1, len(body)]
+    async with fltemu.Daemon(address=socket_path) as daemon:
+        flt, clients, disconnects = await _port(daemon, max_connections=64)
+        gc.collect()
+        gc.disable()
+        tracemalloc.start()
+        try:
+            baseline = tracemalloc.get_traced_memory()[0]
+            sessions_before = _live(Session, WireConnection, FrameReader)
+            refs: list[weakref.ref[Session]] = []
+            for _ in range(4):
+                await asyncio.gather(*(_torn_frame(daemon, body, cut, handshake) for cut in cuts))
+                refs.extend(weakref.ref(s) for s in daemon.sessions)
+                await until(lambda: not daemon.sessions and not flt.connections())
+            await until(lambda: all(ref() is None for ref in refs))
+            assert _live(Session, WireConnection, FrameReader) == sessions_before
+            held = tracemalloc.get_traced_memory()[0] - baseline
+            # 20 torn frames of up to 12 MiB each went through; what is left is noise.
+            assert held < 1 << 20, f"{held} bytes still held"
+        finally:
+            tracemalloc.stop()
+            gc.enable()
+    if handshake:
+        assert len(clients) == len(disconnects) == 4 * len(cuts)

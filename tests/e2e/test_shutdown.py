@@ -10,14 +10,20 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 import fltuser
 from fltemu.daemon.control import call
+from fltemu.daemon.runner import WATCHDOG_MARGIN
+from fltemu.daemon.server import SHUTDOWN_SLACK
 from fltemu.status import HResult
 from fltemu.wire import PROTOCOL_VERSION, Control
+
+from ..helpers import LineProcess
 
 HANG_FILTER = textwrap.dedent(
     """
@@ -135,3 +141,168 @@ def test_a_second_signal_exits_even_while_a_callback_blocks_the_loop(
         """
     )
     signal_twice(serve_module(tmp_path, socket_path, "blocker", blocker), signal.SIGINT)
+
+
+# Every kind of callback hangs, in every filter: ConnectNotify (for the context b"hang"),
+# MessageNotify, DisconnectNotify and the module's teardown (its FilterUnloadCallback).
+EVERYTHING_HANGS = textwrap.dedent(
+    """
+    import asyncio
+    from fltemu import NtStatus
+
+    def say(text):
+        print(text, flush=True)
+
+    async def setup(flt):
+        name = flt.name
+
+        async def on_connect(client_port, cookie, context):
+            if context == b"hang":
+                say(f"{name}: ConnectNotify hangs")
+                await asyncio.Event().wait()
+            return NtStatus.STATUS_SUCCESS
+
+        async def on_message(cookie, data, size):
+            say(f"{name}: MessageNotify hangs")
+            await asyncio.Event().wait()
+
+        async def on_disconnect(cookie):
+            say(f"{name}: DisconnectNotify hangs")
+            await asyncio.Event().wait()
+
+        await flt.create_communication_port(
+            f"\\\\Hang_{name}", connect_notify=on_connect, disconnect_notify=on_disconnect,
+            message_notify=on_message, max_connections=8)
+
+    async def teardown(flt):
+        say(f"{flt.name}: teardown hangs")
+        await asyncio.Event().wait()
+    """
+)
+
+GRACE = 1.0
+#: The bound on the whole shutdown, from the signal to the process's exit: the grace, the
+#: daemon's fixed slack and the watchdog's margin (past which it exits with status 1), and
+#: room for a slow machine to start and end a Python process.
+EXIT_BOUND = GRACE + SHUTDOWN_SLACK + WATCHDOG_MARGIN + 10.0
+
+
+def line_is(text: str) -> Callable[[str], bool]:
+    return lambda line: line == text
+
+
+class Blocked:
+    """A client call on a thread that stays blocked until the daemon answers it."""
+
+    def __init__(self, what: str, call: Callable[[], object]) -> None:
+        self.what = what
+        self.error: BaseException | None = None
+        self.returned = False
+        self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
+        self._thread.start()
+
+    def _run(self, call: Callable[[], object]) -> None:
+        try:
+            call()
+            self.returned = True
+        except BaseException as exc:  # noqa: BLE001 - recorded for the test
+            self.error = exc
+
+    def join(self) -> None:
+        self._thread.join(EXIT_BOUND)
+        assert not self._thread.is_alive(), f"{self.what}: still blocked"
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_shutdown_is_bounded_in_all_by_the_grace_whatever_hangs(
+    tmp_path: Path, socket_path: str, loop: str
+) -> None:
+    names = ["hang_a", "hang_b", "hang_c"]
+    for name in names:
+        (tmp_path / f"{name}.py").write_text(EVERYTHING_HANGS)
+    filters = [arg for name in names for arg in ("--filter", name)]
+    daemon = LineProcess(
+        [sys.executable, "-m", "fltemu", "serve", *filters, "--address", socket_path]
+        + ["--shutdown-grace", str(GRACE), "--loop", loop],
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        cwd=tmp_path,
+    )
+    try:
+        daemon.wait_for(lambda line: "listening on" in line, "the ready line")
+        expect_e_handle: list[Blocked] = []
+        closes: list[Blocked] = []
+        ports: list[fltuser.Port] = []
+        for name in names:
+            port_name = f"\\Hang_{name}"
+            sender = fltuser.connect(port_name, address=socket_path)
+            getter = fltuser.connect(port_name, address=socket_path)
+            ports += [sender, getter]
+            expect_e_handle.append(Blocked(f"{name} send", partial(sender.send, b"x", 4)))
+            daemon.wait_for(line_is(f"{name}: MessageNotify hangs"), "a send")
+            expect_e_handle.append(Blocked(f"{name} get", partial(getter.get_message, 64)))
+            hang = partial(fltuser.connect, port_name, b"hang", address=socket_path)
+            expect_e_handle.append(Blocked(f"{name} connect", hang))
+            daemon.wait_for(line_is(f"{name}: ConnectNotify hangs"), "a connect")
+            # A DisconnectNotify already running when the shutdown begins (CloseHandle waits).
+            closing = fltuser.connect(port_name, address=socket_path)
+            closes.append(Blocked(f"{name} close", closing.close))
+            daemon.wait_for(line_is(f"{name}: DisconnectNotify hangs"), "a disconnect")
+        daemon.proc.send_signal(signal.SIGTERM)
+        # Exit status 0: the shutdown ended by itself, not by the watchdog (status 1).
+        assert daemon.proc.wait(timeout=EXIT_BOUND) == 0, daemon.output
+        daemon.wait_exit()
+    finally:
+        daemon.stop(kill=True)
+    for blocked in expect_e_handle:
+        blocked.join()
+        assert isinstance(blocked.error, fltuser.HResultError), (blocked.what, blocked.error)
+        assert blocked.error.hresult == HResult.E_HANDLE, blocked.what
+    for blocked in closes:
+        blocked.join()
+        assert blocked.returned, (blocked.what, blocked.error)
+    for port in ports:
+        port.close()
+    output = daemon.output
+    for name in names:
+        quoted = f"'\\Hang_{name}'"
+        for abandoned in (
+            f"the unload callback (teardown) of filter '{name}' did not return",
+            f"ConnectNotify of port {quoted} (pid",
+            f"port {quoted}: cancelling 1 MessageNotify call(s) still running on connection #",
+            f"DisconnectNotify of port {quoted} (connection #",
+        ):
+            assert abandoned in output, output
+
+
+def test_the_watchdog_ends_a_shutdown_that_a_blocking_callback_holds(
+    tmp_path: Path, socket_path: str
+) -> None:
+    # A plain teardown that blocks the event loop: nothing inside the loop can stop it, so
+    # the watchdog the signal started ends the process, and says where it was.
+    blocker = textwrap.dedent(
+        """
+        import time
+
+        async def setup(flt):
+            pass
+
+        def teardown(flt):
+            time.sleep(120)
+        """
+    )
+    (tmp_path / "blocker.py").write_text(blocker)
+    daemon = LineProcess(
+        [sys.executable, "-m", "fltemu", "serve", "--filter", "blocker", "--address", socket_path]
+        + ["--shutdown-grace", "0"],
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        cwd=tmp_path,
+    )
+    try:
+        daemon.wait_for(lambda line: "listening on" in line, "the ready line")
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(timeout=SHUTDOWN_SLACK + WATCHDOG_MARGIN + 10.0) == 1
+        daemon.wait_exit()
+    finally:
+        daemon.stop(kill=True)
+    assert "fltemu: shutdown did not end within 2.0 s of the signal" in daemon.output
+    assert "in teardown" in daemon.output and "time.sleep(120)" in daemon.output

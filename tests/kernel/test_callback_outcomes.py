@@ -4,6 +4,7 @@ that one call, and only ints are statuses (semantics §7.1)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -23,14 +24,44 @@ def cancelled_disconnect(cookie: object) -> None:
     raise asyncio.CancelledError
 
 
-@pytest.mark.parametrize("result", [0.0, True, "0", None, (0.0, b"x")], ids=repr)
-async def test_a_message_notify_result_that_is_no_status_fails_the_send(
-    flt: Filter, rec: Recorder, make_port: PortFactory, connect: Connector, result: Any
+MALFORMED_RESULTS = [
+    0.0,
+    True,
+    "0",
+    None,
+    (0.0, b"x"),
+    (0, 5),
+    (0, b"x", 1),  # sections that are not a mapping {offset: content}
+    (0, b"x", 0),
+    (0, b"x", None),
+    (0, b"x", [(0, b"y")]),
+    (0, b"x", "sections"),
+]
+
+
+@pytest.mark.parametrize("result", MALFORMED_RESULTS, ids=repr)
+@pytest.mark.parametrize("flavour", ["plain", "coroutine"])
+async def test_a_malformed_message_notify_result_fails_the_send(
+    flt: Filter,
+    rec: Recorder,
+    make_port: PortFactory,
+    connect: Connector,
+    caplog: pytest.LogCaptureFixture,
+    result: Any,
+    flavour: str,
 ) -> None:
-    rec.message = result
-    await make_port()
-    user = await connect()
-    assert user.port.user_send(b"x", 4) == (NtStatus.STATUS_UNSUCCESSFUL, b"")
+    async def coroutine(cookie: object, data: bytes, size: int) -> Any:
+        return result
+
+    rec.message = result if flavour == "plain" else coroutine
+    await make_port("\\Malformed")
+    user = await connect("\\Malformed")
+    outcome = user.port.user_send(b"x", 4)
+    if isinstance(outcome, asyncio.Task):
+        outcome = await outcome
+    assert outcome == (NtStatus.STATUS_UNSUCCESSFUL, b"")
+    (line,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "MessageNotify of port '\\Malformed' returned" in line.getMessage()
 
 
 async def test_a_plain_message_notify_raising_cancelled_fails_only_that_send(

@@ -5,6 +5,7 @@ Also the address resolution rule (``fltemu.wire.address``). No event loop anywhe
 
 from __future__ import annotations
 
+import gc
 import os
 import struct
 import sys
@@ -358,6 +359,47 @@ def test_eof_in_the_middle_of_a_frame(cut: int) -> None:
         pair.kernel.next_event()
     assert info.value.status_hint is INVALID_PARAMETER
     assert_error_is_sticky(pair.kernel)
+
+
+_TORN: dict[str, bytes] = {
+    # A large frame cut short by the close, a frame over the limit, a frame that does not decode.
+    "eof": struct.pack("<I", 1 << 20) + bytes(256 * 1024),
+    "oversize": struct.pack("<I", 1 << 30) + bytes(1024),
+    "malformed": frame(b"\xc1" * 16) + struct.pack("<I", 1 << 20) + bytes(1024),
+    # A legal frame at the wrong time, a partial one behind it.
+    "illegal": WireConnection(Role.USER).send(Connect(1, "\\P")) + struct.pack("<I", 1 << 20),
+}
+
+
+def _fail_connection(how: str) -> None:
+    pair = open_pair()
+    kernel = pair.kernel
+    kernel.receive_data(_TORN[how])
+    if how == "eof":
+        kernel.receive_data(b"")
+    failures = []
+    for _ in range(2):
+        try:
+            drain(kernel)
+        except RemoteProtocolError as exc:
+            failures.append(exc.status_hint)
+    assert len(failures) == 2
+    assert kernel.state is State.ERROR
+
+
+@pytest.mark.parametrize("how", list(_TORN))
+def test_a_failed_connection_keeps_no_bytes_and_no_cycle(how: str) -> None:
+    # The daemon never runs a full garbage collection while idle: a failed connection that
+    # pointed back at itself (through a traceback kept with its error) would stay, with the
+    # session around it and the frame it was reading.
+    _fail_connection(how)  # once first: what the first use of anything leaves is not ours
+    gc.collect()
+    gc.disable()
+    try:
+        _fail_connection(how)
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
 
 
 def test_eof_queued_behind_a_violation_does_not_end_error() -> None:
