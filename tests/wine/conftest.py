@@ -191,6 +191,10 @@ def start_agent(wine_build: WineBuild, wine_prefix: WinePrefix) -> Iterator[Agen
     def start(
         address: str, name: str = "probe", *args: str, env: dict[str, str] | None = None
     ) -> Agent:
+        # The session runs before the agent starts: an agent that started it would leave
+        # its stdout to the session's processes (and a test that ended the session, or a
+        # benchmark that reinstalled the prefix, would leave the next agent to start it).
+        wine_prefix.start_session(persistent=True)
         environment = agent_environment(wine_prefix, address)
         environment.update(env or {})
         agent = Agent(agent_argv(str(wine_build.agent(name)), args), environment)
