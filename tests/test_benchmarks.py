@@ -1,6 +1,6 @@
 """The benchmark scripts still run: each with ``--quick --json``, output parsed, keys checked.
 
-Benchmarks are not tests (STYLE.md B10): nothing here looks at a timing. These tests only
+Benchmarks are not tests (benchmarks/README.md): nothing here looks at a timing. These tests only
 keep the scripts from rotting as the code they measure changes.
 """
 

@@ -1,4 +1,4 @@
-"""The public namespaces and the import rules between layers (STYLE.md B2)."""
+"""The public namespaces and the import rules between layers (README.md, "How it is built")."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ def test_all_is_sorted_and_resolves(module: object) -> None:
         assert getattr(module, name) is not None
 
 
-def test_api_md_names_exist() -> None:
-    # The names API.md fixes.
+def test_the_documented_names_exist() -> None:
+    # The names the README and the docs promise users.
     for name in ["Daemon", "Filter", "StatusError", "NtStatus", "HResult", "nt_success"]:
         assert hasattr(fltemu, name)
     for name in ["connect", "aconnect", "Port", "AsyncPort", "HResult", "HResultError", "NtStatus"]:

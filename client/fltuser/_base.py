@@ -596,7 +596,7 @@ def _connect_failed(address: str, reason: str) -> HResultError:
 
 
 def untrusted_peer_error(address: str, uid: int) -> HResultError:
-    """E_ACCESSDENIED for a socket served by a user we do not trust (API.md §2)."""
+    """E_ACCESSDENIED for a socket served by a user we do not trust (protocol §1)."""
     return hresult_error_for(
         HResult.E_ACCESSDENIED,
         f"the daemon at {address} runs as uid {uid}, not as you or root; set "

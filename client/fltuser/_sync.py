@@ -255,7 +255,7 @@ class Port:
     def _withdraw_get(self, rid: int, waiter: _Waiter) -> Message | None:
         """The caller of get ``rid`` gives up: cancel its getter. Returns the message when it
         was answered already (the reading thread is handing it over right now: a message must
-        never be lost, API.md §5a); raises the get's error if that was its answer."""
+        never be lost, protocol §7.4); raises the get's error if that was its answer."""
         with self._lock:
             cancel = self._core.abandon_get(rid)
         if cancel is None:
@@ -452,7 +452,7 @@ def connect(
         port_name: the server port name, e.g. ``"\\\\ScannerPort"`` (exact, case-sensitive).
         context: bytes handed to ConnectNotify (at most 65535).
         options: 0 or ``FLT_PORT_FLAG_SYNC_HANDLE``.
-        address: the daemon's socket; default as API.md §2 says.
+        address: the daemon's socket; default as protocol §1 says.
 
     Raises:
         HResultError: 0x80070002 (no such port, or no daemon), E_ACCESSDENIED (the port's

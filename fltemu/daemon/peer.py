@@ -1,7 +1,7 @@
 """Who is at the other end of a Unix socket: SO_PEERCRED, where the OS has it.
 
 The daemon uses it to judge clients (port security, control commands); the control client
-uses it to judge the daemon (API.md §2). Not here: the rules (``kernel.security``,
+uses it to judge the daemon (protocol §1). Not here: the rules (``kernel.security``,
 ``wire.is_trusted_peer``).
 """
 

@@ -123,7 +123,7 @@ def explain_address_error(path: str, exc: OSError) -> DaemonAddressError:
 def _ensure_private_dir(path: str) -> None:
     """Create ``/tmp/fltemu-<uid>`` with mode 0700, or check that the one there is a folder
     (not a link) of this user that nobody else may enter: another user who made it first could
-    otherwise put a daemon of theirs in front of our clients (API.md §2).
+    otherwise put a daemon of theirs in front of our clients (protocol §1).
 
     Raises:
         DaemonAddressUnsafeError: it is not.
@@ -150,7 +150,7 @@ class Daemon:
     """The Filter Manager and its message device, served on a Unix socket.
 
     Args:
-        address: the socket path; ``None`` resolves it as API.md §2 says.
+        address: the socket path; ``None`` resolves it as protocol §1 says.
         max_message_bytes: the largest message payload carried (at least 16 MiB by default).
         socket_mode: permission bits of the socket file (0600: only the daemon's user can even
             reach it; ports then check their own security).

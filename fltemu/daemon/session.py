@@ -248,7 +248,7 @@ class Session(asyncio.BufferedProtocol):
         self._send(GetResult(token, int(status), message_id, reply_length, data, required_size))  # type: ignore[arg-type]
 
     def kernel_disconnected(self) -> None:
-        """Tell a client that asked for it that the filter ended the connection (§10)."""
+        """Tell a client that asked for it that the filter ended the connection (protocol §10)."""
         for session in self._attached:
             session.kernel_disconnected()
         if not self._closed and self._options & OPTION_DISCONNECT_NOTICE:

@@ -223,7 +223,7 @@ class MessageQueues:
         waiter = self._replies.get(message_id)
         if waiter is None or waiter.future.done():
             # A done future here was cancelled: its task has not run ``withdraw`` yet, but the
-            # sender is gone all the same (API §5a: a later reply finds no waiter).
+            # sender is gone all the same (§2.8: a later reply finds no waiter).
             return _DISCONNECTED if self.is_failed else _NO_WAITER
         # Converted before the waiter is unlinked: a value that is no 32-bit NTSTATUS raises
         # ValueError and leaves the sender waiting for a valid reply, not orphaned forever.

@@ -28,7 +28,7 @@ WINDOWS_PIPE: Final = "\\\\.\\pipe\\fltemu"
 
 def resolve_address(address: str | os.PathLike[str] | None = None) -> str:
     """The address to use: ``address``, else ``$FLTEMU_SOCKET``, else
-    ``$XDG_RUNTIME_DIR/fltemu.sock``, else ``/tmp/fltemu-<uid>/fltemu.sock`` (API.md §2): a
+    ``$XDG_RUNTIME_DIR/fltemu.sock``, else ``/tmp/fltemu-<uid>/fltemu.sock`` (protocol §1): a
     private folder, never a bare path in world-writable ``/tmp`` (the daemon creates it with
     mode 0700 and refuses one that is not the user's own).
     """

@@ -1,5 +1,5 @@
 """The fallback socket lives in a private folder, and clients talk only to a daemon they trust
-(API.md §2)."""
+(protocol §1)."""
 
 from __future__ import annotations
 

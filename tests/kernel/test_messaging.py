@@ -423,7 +423,7 @@ async def test_one_timeout_covers_delivery_and_reply_2_8(flt: Filter, user: User
     assert timer.cancelled()
 
 
-# --- cancellation (API §5a, §2.8) ----------------------------------------------------------
+# --- cancellation (§2.8) ----------------------------------------------------------------
 
 
 async def test_cancel_undelivered_send_withdraws_message_5a(flt: Filter, user: User) -> None:

@@ -1,6 +1,6 @@
 """One table of user-side scenarios, run through both client flavours and both loops.
 
-Section numbers refer to reference/fltmgr-semantics.md.
+Section numbers refer to docs/fltmgr-semantics.md.
 """
 
 from __future__ import annotations

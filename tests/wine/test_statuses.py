@@ -518,7 +518,7 @@ def test_a_killed_daemon_fails_every_wait(
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
 def test_a_daemon_of_another_user_is_refused(start_agent: AgentFactory) -> None:
-    """API.md §2: the Windows side, too, talks only to a daemon of its user, root, or
+    """Protocol §1: the Windows side, too, talks only to a daemon of its user, root, or
     FLTEMU_TRUST_UID."""
     folder = Path(tempfile.mkdtemp(prefix="fltemu-shared-"))
     folder.chmod(0o1777)

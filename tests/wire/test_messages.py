@@ -186,7 +186,7 @@ WIRE_CASES: list[tuple[Any, bytes]] = [
         b"\xaeawaiting_reply\x00\xafsends_from_user\x02\xb2messages_delivered\x03"
         b"\xb2messages_timed_out\x00\x02\xc0",
     ),
-    # The frames of protocol.md §15 that came with the capability bits (§5a).
+    # The frames of protocol.md §15 that came with the capability bits (protocol §5a).
     (Disconnected(0xC0000037), bytes.fromhex("07000000 9216 cec0000037")),
     (Section(1, 8, b"abc"), bytes.fromhex("09000000 9417 0108 c403616263")),
     (

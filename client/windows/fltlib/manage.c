@@ -3,8 +3,8 @@
  * FilterAttach/Detach, instances and volumes, answered as a Windows machine with fltemu's
  * loaded filters would answer.
  *
- * The filters are the daemon's: the DLL asks for them with a control connection (protocol
- * §17, the `ports` command), as `fltemu ports` does, and unloads one with `unload`. The daemon
+ * The filters are the daemon's: the DLL asks for them with a control connection (the
+ * `ports` command, protocol §17), as `fltemu ports` does, and unloads one with `unload`. The daemon
  * allows control connections to root and its own user only, as Windows allows these calls to
  * administrators only: anyone else gets E_ACCESSDENIED. With no daemon there is no filter.
  * fltemu emulates no volume, so there is no volume and no instance to find or attach.

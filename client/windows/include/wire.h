@@ -7,7 +7,7 @@
  *
  * Frames are a u32 little-endian body length, then one msgpack array whose element 0 is the
  * tag (protocol §2-§4).  The decoder is strict as the protocol asks: wrong types, values out
- * of range and truncated values are errors; trailing elements are ignored (§11).
+ * of range and truncated values are errors; trailing elements are ignored (protocol §11).
  */
 #ifndef FLTEMU_WIRE_H
 #define FLTEMU_WIRE_H
