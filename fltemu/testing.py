@@ -147,6 +147,23 @@ class DaemonThread:
         assert self._loop is not None, "the daemon is not running"
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
+    def wait_for_sessions(self, count: int, timeout: float = DEFAULT_WAIT) -> None:
+        """Block until the daemon has ``count`` open sockets (0: every client's sockets,
+        attached ones too, are closed, so no teardown of theirs is still to come).
+
+        Raises:
+            TimeoutError: it had another count for ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+
+        async def sessions() -> int:
+            return len(self.daemon.sessions)
+
+        while self.run(sessions()) != count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the daemon did not reach {count} open sockets")
+            time.sleep(0.005)
+
     def filter(self, name: str = "test") -> Filter:
         """A filter registered on the daemon (the same object for the same name)."""
         flt = self._filters.get(name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import os
 import shutil
 import subprocess
@@ -209,7 +210,7 @@ def test_cancel_3_5(wine_daemon: DaemonThread, start_agent: AgentFactory) -> Non
     assert all("ok=0 err=995 bytes=0" in line for line in done), done
     # A synchronous get on another thread, cancelled by CancelIoEx(h, NULL): 0x800703E3.
     assert agent.cmd("tget 5 64") == "tget-started 5"
-    time.sleep(0.5)
+    harness.wait_for_getters(1)
     assert agent.cmd("cancelall") == "cancelall 1 err=0"
     assert agent.expect("tget 5") == "tget 5 0x800703e3"
     # Nothing was lost: the port still works.
@@ -261,7 +262,8 @@ def test_close_handle_with_gets_pending_3_5(
     assert all("err=6 " in line for line in completions), completions
     assert agent.expect("tget 2") == "tget 2 0x80070006"
     harness.wait_for_disconnect()
-    time.sleep(0.5)
+    # Once the daemon has no socket of the agent left, no other teardown can come.
+    wine_daemon.wait_for_sessions(0)
     assert len(harness.disconnects) == 1
     # The slot is free again: a new connection is admitted.
     assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
@@ -320,7 +322,7 @@ def test_killed_agent_disconnects_once(
     assert agent.cmd("oget 0 64") == "oget 0 0x800703e5"
     agent.kill()
     harness.wait_for_disconnect()
-    time.sleep(0.5)
+    wine_daemon.wait_for_sessions(0)
     assert len(harness.disconnects) == 1
 
 
@@ -328,13 +330,13 @@ def test_daemon_stops_while_the_agent_waits(start_agent: AgentFactory) -> None:
     daemon = DaemonThread()
     daemon.start()
     try:
-        daemon.create_port(PORT)
+        harness = daemon.create_port(PORT)
         agent = start_agent(daemon.address)
         assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
         assert agent.cmd("bind") == "bind 1"
         assert agent.cmd("oget 0 64") == "oget 0 0x800703e5"
         assert agent.cmd("tget 1 64") == "tget-started 1"
-        time.sleep(0.5)
+        harness.wait_for_getters(2)
     finally:
         daemon.stop()
     assert agent.cmd("wait 20000") == "done 0 ok=0 err=6 bytes=0 key=7 0x80004005"
@@ -490,6 +492,25 @@ def test_connect_while_the_filter_unloads_3_1(
     assert agent.cmd("connect \\LeavingPort") == "connect 0x801f000b"
 
 
+def _wait_for_pending_gets(address: str, count: int) -> None:
+    """Until the daemon (another process) has ``count`` gets pending, by ``fltemu ports``."""
+    deadline = time.monotonic() + ANSWER_WAIT
+    while True:
+        done = subprocess.run(
+            [sys.executable, "-m", "fltemu", "ports", "--json", "--address", address],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        pending = sum(
+            connection["pending_getters"]
+            for flt in json.loads(done.stdout)
+            for port in flt["ports"]
+            for connection in port["connections"]
+        )
+        if pending >= count:
+            return
+        assert time.monotonic() < deadline, f"{pending} gets pending, not {count}"
+
+
 def test_a_killed_daemon_fails_every_wait(
     tmp_path: Path, socket_path: str, start_agent: AgentFactory
 ) -> None:
@@ -506,7 +527,7 @@ def test_a_killed_daemon_fails_every_wait(
         assert agent.cmd("bind") == "bind 1"
         assert agent.cmd("oget 0 64") == "oget 0 0x800703e5"
         assert agent.cmd("tget 1 64") == "tget-started 1"
-        time.sleep(0.5)
+        _wait_for_pending_gets(socket_path, 2)
         daemon.kill()
         assert agent.cmd("wait 20000") == "done 0 ok=0 err=6 bytes=0 key=7 0x80004005"
         assert agent.expect("tget 1") == "tget 1 0x80070006"
