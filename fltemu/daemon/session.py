@@ -272,8 +272,9 @@ class Session(asyncio.BufferedProtocol):
             or target._closing
             or target._draining
             or target._closed
-            # Only the process that owns the handle may join it: the same user, as the
-            # token came to it through its own handle.
+            # The token is the guard: only the process that connected the handle got it
+            # (through the connect IOCTL's output). The uid is checked too; the pid cannot
+            # be, as the handle's own socket belongs to winedevice.exe.
             or target.process.uid != self.process.uid
         ):
             status = NtStatus.STATUS_ACCESS_DENIED
@@ -309,7 +310,7 @@ class Session(asyncio.BufferedProtocol):
             self._daemon.attachable.pop(self._attach_token, None)
             self._attach_token = b""
         for session in list(self._attached):
-            session.close()
+            session.close("the handle's connection ended")
 
     # --- dispatch -----------------------------------------------------------------------------
 
@@ -543,7 +544,9 @@ class Session(asyncio.BufferedProtocol):
         if self._transport is not None and not self._closed and not self._closing:
             self._flush()
             self._closing = True
-            if self.port is not None:
+            # An attached socket's end is not the handle's (protocol §5b): connection_lost
+            # withdraws its gets and leaves the connection to its own socket.
+            if self.port is not None and self._joined is None:
                 self.port.user_closing()
             self._transport.close()
 
@@ -554,10 +557,9 @@ class Session(asyncio.BufferedProtocol):
         self._send(Goodbye(int(exc.status_hint), str(exc)))
         self._close_after_flush()
 
-    def close(self) -> None:
-        """Disconnect this session (daemon shutdown)."""
+    def close(self, reason: str = "the daemon is shutting down") -> None:
+        """Disconnect this session: daemon shutdown, or the end of the connection an
+        attached socket belongs to."""
         if self._transport is not None and not self._closed and not self._closing:
-            self._send(
-                Goodbye(int(NtStatus.STATUS_PORT_DISCONNECTED), "the daemon is shutting down")
-            )
+            self._send(Goodbye(int(NtStatus.STATUS_PORT_DISCONNECTED), reason))
             self._close_after_flush()

@@ -206,3 +206,45 @@ async def test_the_filter_closing_the_port_tells_both(daemon: Daemon, port: Port
     finally:
         await second.close()
         await first.close()
+
+
+async def test_a_protocol_error_on_the_attached_socket_ends_only_that_socket(
+    daemon: Daemon, port: Port
+) -> None:
+    """The attached socket is the DLL's, not the handle: a malformed frame on it closes it
+    alone; the connection and its pending get live on, and DisconnectNotify runs once, at
+    the handle's close."""
+    first, second = await open_pair(daemon)
+    try:
+        client_port = port.connected[0]
+        await first.send(GetRequest(1, 1024))
+        await until(lambda: client_port.queues.getter_count == 1)
+        await second.write(b"\x02\x00\x00\x00\xc1\xc1")  # not msgpack
+        bye = await second.read()
+        assert isinstance(bye, Goodbye) and bye.status == NtStatus.STATUS_INVALID_PARAMETER
+        assert await second.at_eof()
+        assert client_port.is_connected and client_port.queues.getter_count == 1
+        flt = daemon.manager.filters["attach"]
+        sent = asyncio.ensure_future(flt.send_message(client_port, b"still", reply_length=None))
+        got = await first.read()
+        assert isinstance(got, GetResult) and got.data == b"still"
+        assert (await sent).status == NtStatus.STATUS_SUCCESS
+        assert port.disconnects == 0
+    finally:
+        await second.close()
+        await first.close()
+    await until(lambda: port.disconnects == 1)
+
+
+async def test_a_token_is_refused_once_its_connection_ends(daemon: Daemon, port: Port) -> None:
+    first = await RawClient.open(daemon.address)
+    await first.send(Connect(PROTOCOL_VERSION, PORT, b"", OPTION_ATTACH))
+    result = await first.read()
+    await first.close()
+    await until(lambda: port.disconnects == 1)
+    late = await RawClient.open(daemon.address)
+    try:
+        await late.send(Attach(PROTOCOL_VERSION, result.attach_token))
+        assert await late.read() == ConnectResult(PROTOCOL_VERSION, NtStatus.STATUS_ACCESS_DENIED)
+    finally:
+        await late.close()
