@@ -331,6 +331,11 @@ class Port:
                 if self._backlog:
                     self._drain_backlog()
         except OSError as exc:
+            if self._is_closed:
+                # After close() half-closed the socket: a call that was built before it and
+                # written after it fails when close() reaches the EOF, with E_HANDLE, and the
+                # sends that were running still get their answers (semantics §2.4).
+                return
             self._lost(f"writing to the daemon failed: {exc}")
         self._flush_backlog()
 
