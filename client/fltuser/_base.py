@@ -152,7 +152,8 @@ class PortCore:
 
     Args:
         port_name: the server port name, e.g. ``"\\\\ScannerPort"``.
-        context: bytes given to ConnectNotify (at most 65535).
+        context: bytes given to ConnectNotify (at most 65511; 65512 to 65535 bytes are
+            refused by the daemon with STATUS_ACCESS_DENIED, protocol §5).
         options: 0 or FLT_PORT_FLAG_SYNC_HANDLE.
         address: the daemon's socket path, for messages.
 

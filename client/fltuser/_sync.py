@@ -455,13 +455,14 @@ def connect(
 
     Args:
         port_name: the server port name, e.g. ``"\\\\ScannerPort"`` (exact, case-sensitive).
-        context: bytes handed to ConnectNotify (at most 65535).
+        context: bytes handed to ConnectNotify (at most 65511, what fltlib can carry on x64;
+            65512 to 65535 bytes are refused with E_ACCESSDENIED, protocol §5).
         options: 0 or ``FLT_PORT_FLAG_SYNC_HANDLE``.
         address: the daemon's socket; default as protocol §1 says.
 
     Raises:
         HResultError: 0x80070002 (no such port, or no daemon), E_ACCESSDENIED (the port's
-            security refuses this user), 0x800704D6 (max_connections reached), E_INVALIDARG
+            security refuses this user, or a context of 65512 to 65535 bytes), 0x800704D6 (max_connections reached), E_INVALIDARG
             (bad context or options), 0x801F000B (the filter is unloading), or fltlib's
             translation of the failure status ConnectNotify returned.
     """

@@ -47,9 +47,10 @@ struct fast_call {
     CONDITION_VARIABLE wake;
     BOOL done;
     NTSTATUS status;
-    unsigned char *out; /* a send's output buffer */
+    unsigned char *out; /* a send's output buffer, written by the caller's own thread */
     ULONG out_len;
     ULONG got;
+    unsigned char *answer; /* the output the reader received (HeapAlloc), `got` bytes */
     struct fast_section *sections;
 };
 
@@ -64,6 +65,7 @@ struct fast_conn {
     unsigned long long next_rid;
     unsigned long long max_message;
     BOOL dead;         /* the socket ended: the device path answers */
+    HMODULE module;    /* the reader's reference to this DLL */
     BOOL disconnected; /* the filter ended the connection: calls fail at once */
 };
 
@@ -202,9 +204,15 @@ static void on_result(struct fast_conn *c, const struct wire_result *r)
     } else if (r->tag == WIRE_SEND_RESULT) {
         NTSTATUS status = (NTSTATUS)r->status;
         if (!NT_ERROR(status)) {
+            /* Kept for the caller, which copies it into its buffer: a bad output pointer
+             * must fault in the caller's thread, not in the reader every call relies on. */
             ULONG n = r->data_len <= call->out_len ? (ULONG)r->data_len : call->out_len;
-            if (n) CopyMemory(call->out, r->data, n);
-            call->got = n;
+            call->answer = n ? HeapAlloc(GetProcessHeap(), 0, n) : NULL;
+            if (n && !call->answer)
+                status = STATUS_INSUFFICIENT_RESOURCES;
+            else if (n)
+                CopyMemory(call->answer, r->data, n);
+            call->got = call->answer ? n : 0;
         }
         finish(call, status);
     } else if (r->tag == WIRE_REPLY_RESULT) {
@@ -253,8 +261,9 @@ static DWORD WINAPI reader_main(void *arg)
         if (!call->done) finish(call, end);
     ReleaseSRWLockExclusive(&c->lock);
     lnx_shutdown(c->fd, LNX_SHUT_RDWR);
+    HMODULE module = c->module;
     conn_release(c);
-    return 0;
+    FreeLibraryAndExitThread(module, 0);
 }
 
 /* Sends one request built in `frame` and waits for its result.  FALSE when the connection
@@ -265,6 +274,7 @@ static BOOL call_daemon(struct fast_conn *c, struct fast_call *call, unsigned ch
     InitializeConditionVariable(&call->wake);
     call->done = FALSE;
     call->sections = NULL;
+    call->answer = NULL;
     call->got = 0;
     AcquireSRWLockExclusive(&c->lock);
     if (c->dead) {
@@ -358,6 +368,10 @@ BOOL fast_send(HANDLE h, const void *in, ULONG in_len, void *out, ULONG out_len,
     if (handled) {
         *status = call.status;
         *returned = NT_ERROR(call.status) ? 0 : call.got;
+        if (call.answer) {
+            CopyMemory(out, call.answer, call.got);
+            HeapFree(GetProcessHeap(), 0, call.answer);
+        }
         for (struct fast_section *s = call.sections; s;) {
             struct fast_section *next = s->next;
             if (!NT_ERROR(call.status) && s->offset + 8ull <= call.got) {
@@ -419,6 +433,23 @@ static BOOL read_handshake(int fd, unsigned char *body, unsigned long long size,
     return len && len <= size && read_full(fd, body, len) && wire_decode(body, len, r) == 0;
 }
 
+/* Takes the connection listed under handle value `h` out of the table: it belongs to a
+ * handle closed since, whose value a new connect now has. */
+static void forget_handle(HANDLE h)
+{
+    struct fast_conn *stale = NULL;
+    AcquireSRWLockExclusive(&g_conns_lock);
+    for (struct fast_conn **p = &g_conns; *p; p = &(*p)->next) {
+        if ((*p)->handle == h) {
+            stale = *p;
+            *p = stale->next;
+            break;
+        }
+    }
+    ReleaseSRWLockExclusive(&g_conns_lock);
+    if (stale) conn_release(stale);
+}
+
 void fast_attach(HANDLE h, const char *path, int trust_uid, const FLTEMU_CONNECT_OUT *out)
 {
     static const unsigned char no_token[WIRE_ATTACH_TOKEN_BYTES];
@@ -426,6 +457,8 @@ void fast_attach(HANDLE h, const char *path, int trust_uid, const FLTEMU_CONNECT
     struct wire_result r;
     unsigned char frame[64], body[256];
     int path_len = lstrlenA(path);
+    /* First, whatever happens below: the value may not keep naming an old connection. */
+    forget_handle(h);
     if (!memcmp(out->token, no_token, sizeof no_token) || path_len > (int)FLTEMU_MAX_SOCKET_PATH)
         return;
     if (g_unchecked_handles < 0) {
@@ -469,25 +502,28 @@ void fast_attach(HANDLE h, const char *path, int trust_uid, const FLTEMU_CONNECT
     InitializeSRWLock(&c->lock);
     InitializeSRWLock(&c->write_lock);
     c->max_message = r.max_message ? r.max_message : out->max_message;
-    HANDLE thread = CreateThread(NULL, 0, reader_main, c, 0, NULL);
-    if (!thread) {
+    /* The reader runs this DLL's code as long as the connection lives, which may be after
+     * the agent's CloseHandle and FreeLibrary: it holds a reference to the module, and lets
+     * it go with FreeLibraryAndExitThread. */
+    HMODULE self;
+    if (!GetModuleHandleExW(GET_MODULE_HANDLE_EX_FLAG_FROM_ADDRESS, (LPCWSTR)(void *)reader_main,
+                            &self)) {
         lnx_close((int)fd);
         HeapFree(GetProcessHeap(), 0, c);
         return;
     }
-    CloseHandle(thread);
-    /* A connection listed under this handle value before belongs to a handle closed since. */
-    struct fast_conn *stale = NULL;
+    c->module = self;
+    /* Listed before the reader starts, so that a reader that ends at once unlists it. */
     AcquireSRWLockExclusive(&g_conns_lock);
-    for (struct fast_conn **p = &g_conns; *p; p = &(*p)->next) {
-        if ((*p)->handle == h) {
-            stale = *p;
-            *p = stale->next;
-            break;
-        }
-    }
     c->next = g_conns;
     g_conns = c;
     ReleaseSRWLockExclusive(&g_conns_lock);
-    if (stale) conn_release(stale);
+    HANDLE thread = CreateThread(NULL, 0, reader_main, c, 0, NULL);
+    if (thread) {
+        CloseHandle(thread);
+        return;
+    }
+    c->refs = 1; /* no reader: the table's reference only */
+    FreeLibrary(self);
+    conn_unlist(c); /* the handle takes the device path */
 }

@@ -54,20 +54,11 @@ HRESULT flt_hresult(NTSTATUS status)
     return (HRESULT)(0x80070000 | (err & 0xFFFF));
 }
 
-/* Overlapped gets a thread remembers for its exit; a thread with more pending gets than this
- * at once leaves the oldest to Wine's own handling. */
-#define THREAD_GETS 64
-
-/* What fltlib keeps per thread: the event its synchronous calls wait on (each call waits for
- * its own IRP, never for the handle: semantics §3.3, several threads may wait on one
- * asynchronous handle), and the overlapped gets it issued (see cancel_thread_gets). */
+/* What fltlib keeps per thread: the event its synchronous calls wait on, so that each call
+ * waits for its own IRP, never for the handle (semantics §3.3: several threads may wait on
+ * one asynchronous handle). */
 struct thread_state {
     HANDLE event;
-    unsigned count, oldest;
-    struct {
-        HANDLE port;
-        OVERLAPPED *ov;
-    } gets[THREAD_GETS];
 };
 
 static struct thread_state *thread_state(void)
@@ -87,16 +78,37 @@ static HANDLE thread_event(void)
     return t ? t->event : NULL;
 }
 
-/* Notes an overlapped get of this thread (an OVERLAPPED reused for every get is noted once). */
+/* The overlapped gets of the process, by OVERLAPPED, with the thread that issued each last
+ * (see cancel_thread_gets).  Agents reuse their OVERLAPPEDs, so the table stays small; past
+ * OWNED_GETS distinct ones the oldest is forgotten (its thread's exit leaves it to Wine). */
+#define OWNED_GETS 1024
+static SRWLOCK g_gets_lock = SRWLOCK_INIT;
+static struct owned_get {
+    OVERLAPPED *ov;
+    HANDLE port;
+    DWORD thread;
+} g_gets[OWNED_GETS];
+static unsigned g_gets_count, g_gets_oldest;
+
+/* Seconds a thread's exit waits for the cancelled gets to complete: they go to the daemon
+ * and back (protocol §7.4), and a daemon that does not answer must not hold the exit, which
+ * runs under the loader lock. */
+#define EXIT_CANCEL_WAIT_MS 5000
+
+/* Notes that this thread issues a get with `ov`, before it is issued: a thread that exits
+ * meanwhile cannot take the OVERLAPPED for its own. */
 static void remember_get(HANDLE port, OVERLAPPED *ov)
 {
-    struct thread_state *t = thread_state();
-    if (!t) return;
-    for (unsigned i = 0; i < t->count; i++)
-        if (t->gets[i].ov == ov && t->gets[i].port == port) return;
-    unsigned i = t->count < THREAD_GETS ? t->count++ : t->oldest++ % THREAD_GETS;
-    t->gets[i].port = port;
-    t->gets[i].ov = ov;
+    unsigned i;
+    AcquireSRWLockExclusive(&g_gets_lock);
+    for (i = 0; i < g_gets_count && g_gets[i].ov != ov; i++)
+        ;
+    if (i == g_gets_count)
+        i = g_gets_count < OWNED_GETS ? g_gets_count++ : g_gets_oldest++ % OWNED_GETS;
+    g_gets[i].ov = ov;
+    g_gets[i].port = port;
+    g_gets[i].thread = GetCurrentThreadId();
+    ReleaseSRWLockExclusive(&g_gets_lock);
 }
 
 /* Whether `h` is bound to a completion port: binding it again fails with
@@ -113,19 +125,34 @@ static BOOL has_completion_port(HANDLE h)
 }
 
 /* A thread exits: Windows cancels its pending I/O on handles with no completion port
- * (semantics §3.5).  Wine cancels it too, but completes it after the thread is gone, when the
- * OVERLAPPED can no longer be written: the event is set while Internal still reads
- * STATUS_PENDING.  So fltlib cancels the thread's pending gets itself, while the thread still
- * runs, and waits for each to complete (ERROR_OPERATION_ABORTED, or its message if one won
- * the race, protocol §7.4).  CancelIoEx only matches the OVERLAPPED's address, so one that the
- * agent freed after its get completed is never touched. */
-static void cancel_thread_gets(struct thread_state *t)
+ * (semantics §3.5).  Wine cancels it too, but may complete it after the thread is gone, when
+ * the OVERLAPPED can no longer be written: the event is set while Internal still reads
+ * STATUS_PENDING.  So fltlib cancels the gets this thread issued last on each OVERLAPPED
+ * itself, while the thread still runs, and waits (at most EXIT_CANCEL_WAIT_MS) until each
+ * has completed: ERROR_OPERATION_ABORTED, or its message if one won the race (protocol
+ * §7.4).  The lock is held while cancelling, so no other thread can issue a get with one of
+ * these OVERLAPPEDs in between; CancelIoEx only matches pending I/O by address, so one that
+ * completed (or was freed) is never touched. */
+static void cancel_thread_gets(void)
 {
-    for (unsigned i = 0; i < t->count; i++) {
-        HANDLE port = t->gets[i].port;
-        DWORD bytes;
-        if (!has_completion_port(port) && CancelIoEx(port, t->gets[i].ov))
-            GetOverlappedResult(port, t->gets[i].ov, &bytes, TRUE);
+    OVERLAPPED *cancelled[64];
+    unsigned n = 0;
+    DWORD me = GetCurrentThreadId();
+    AcquireSRWLockExclusive(&g_gets_lock);
+    for (unsigned i = 0; i < g_gets_count; i++) {
+        if (g_gets[i].thread != me) continue;
+        g_gets[i].thread = 0;
+        if (!has_completion_port(g_gets[i].port) && CancelIoEx(g_gets[i].port, g_gets[i].ov) &&
+            n < sizeof cancelled / sizeof *cancelled)
+            cancelled[n++] = g_gets[i].ov;
+    }
+    ReleaseSRWLockExclusive(&g_gets_lock);
+    DWORD start = GetTickCount();
+    for (unsigned i = 0; i < n; i++) {
+        /* The completion comes as an APC to this thread, run while it waits. */
+        while (cancelled[i]->Internal == (ULONG_PTR)STATUS_PENDING &&
+               GetTickCount() - start < EXIT_CANCEL_WAIT_MS)
+            SleepEx(1, FALSE);
     }
 }
 
@@ -348,12 +375,10 @@ HRESULT WINAPI FilterGetMessage(HANDLE hPort, PFILTER_MESSAGE_HEADER lpMessageBu
     PVOID apc_context = ((ULONG_PTR)lpOverlapped->hEvent & 1) ? NULL : lpOverlapped;
     lpOverlapped->Internal = (ULONG_PTR)STATUS_PENDING;
     lpOverlapped->InternalHigh = 0;
+    remember_get(hPort, lpOverlapped);
     st = NtDeviceIoControlFile(hPort, event, NULL, apc_context, (PIO_STATUS_BLOCK)lpOverlapped,
                                IOCTL_FLTEMU_GET, NULL, 0, lpMessageBuffer, dwMessageBufferSize);
-    if (st == STATUS_PENDING) {
-        remember_get(hPort, lpOverlapped);
-        return HRESULT_FROM_WIN32(ERROR_IO_PENDING);
-    }
+    if (st == STATUS_PENDING) return HRESULT_FROM_WIN32(ERROR_IO_PENDING);
     return flt_hresult(st);
 }
 
@@ -377,12 +402,10 @@ BOOL WINAPI DllMain(HINSTANCE instance, DWORD reason, LPVOID reserved)
     case DLL_PROCESS_ATTACH:
         g_tls = TlsAlloc();
         return g_tls != TLS_OUT_OF_INDEXES;
-    case DLL_THREAD_DETACH: {
-        struct thread_state *t = TlsGetValue(g_tls);
-        if (t) cancel_thread_gets(t);
+    case DLL_THREAD_DETACH:
+        cancel_thread_gets();
         free_thread_state();
         break;
-    }
     case DLL_PROCESS_DETACH:
         if (!reserved && g_tls != TLS_OUT_OF_INDEXES) {
             free_thread_state();
