@@ -1,7 +1,7 @@
 """Every document and section that the code, the tests and the docs cite exists in the
 repository: ``§N`` (a section of ``docs/fltmgr-semantics.md``, or of ``docs/protocol.md`` when
 written ``protocol §N`` or, unless written ``semantics §N``, inside protocol.md itself) and
-``NAME.md`` (a file of the repository)."""
+a Markdown file's name (a file of the repository)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ _NUMBER = r"§ ?\d+[a-z]?(?:\.\d+)*"
 _CITE = re.compile(
     rf"(protocol(?:\.md)? |(?:fltmgr-)?semantics(?:\.md)? )?({_NUMBER}(?:(?:, | and ){_NUMBER})*)"
 )
-#: A file name as code and docs cite one: a bare ``NAME.md`` or a path in the repository.
+#: A Markdown file's name as code and docs cite one: bare, or a path in the repository.
 _FILE = re.compile(r"(?<![\w/.-])((?:[\w-]+/)*[\w-]+\.md)\b")
 
 

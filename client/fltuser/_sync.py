@@ -462,9 +462,10 @@ def connect(
 
     Raises:
         HResultError: 0x80070002 (no such port, or no daemon), E_ACCESSDENIED (the port's
-            security refuses this user, or a context of 65512 to 65535 bytes), 0x800704D6 (max_connections reached), E_INVALIDARG
-            (bad context or options), 0x801F000B (the filter is unloading), or fltlib's
-            translation of the failure status ConnectNotify returned.
+            security refuses this user, or a context of 65512 to 65535 bytes), 0x800704D6
+            (max_connections reached), E_INVALIDARG (bad context or options), 0x801F000B (the
+            filter is unloading), or fltlib's translation of the failure status ConnectNotify
+            returned.
     """
     path = resolve_address(address)
     core = PortCore(port_name, context, options, path)
