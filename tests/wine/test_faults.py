@@ -39,11 +39,13 @@ async def setup(flt):
 """
 
 
-def wait_for(ready: object, what: str, timeout: float = ANSWER_WAIT) -> None:
+def wait_for(ready: object, what: str, timeout: float = ANSWER_WAIT, now: object = None) -> None:
+    """Poll ``ready`` until it holds; on failure say what ``now`` reads."""
     deadline = time.monotonic() + timeout
     while not ready():  # type: ignore[operator]
         if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout} s")
+            seen = f": {now()}" if now is not None else ""  # type: ignore[operator]
+            raise AssertionError(f"no {what} within {timeout} s{seen}")
         time.sleep(0.01)
 
 
@@ -210,8 +212,16 @@ def test_a_thousand_connects_and_closes_hold_nothing(
     assert agent.cmd("cycles 1000 \\Cycles", timeout=300) == "cycles 1000 0x00000000"
     harness.wait_for_disconnect(1001)
     # The last connection's threads end once the daemon has closed its sockets.
-    wait_for(lambda: _held(agent.proc.pid, agent.cmd("counts")) == before, "return to before")
-    wait_for(lambda: device_held() == device_before, "winedevice.exe's return to before")
+    wait_for(
+        lambda: _held(agent.proc.pid, agent.cmd("counts")) == before,
+        f"return to {before} (handles, threads, descriptors, tasks)",
+        now=lambda: _held(agent.proc.pid, agent.cmd("counts")),
+    )
+    wait_for(
+        lambda: device_held() == device_before,
+        f"winedevice.exe's return to {device_before} (descriptors, tasks)",
+        now=device_held,
+    )
     assert len(harness.disconnects) == 1001
 
 
