@@ -441,18 +441,6 @@ static void handle_result(conn *c, const struct wire_result *r)
     complete(irp, status, info);
 }
 
-/* Reads exactly len bytes.  FALSE on EOF or error. */
-static BOOLEAN read_full(int fd, unsigned char *p, ULONGLONG len)
-{
-    while (len) {
-        long long n = lnx_read(fd, p, len);
-        if (n <= 0) return FALSE;
-        p += n;
-        len -= (ULONGLONG)n;
-    }
-    return TRUE;
-}
-
 static void NTAPI reader_main(void *arg)
 {
     conn *c = arg;
@@ -460,13 +448,13 @@ static void NTAPI reader_main(void *arg)
     unsigned char small[512];
     for (;;) {
         unsigned char hdr[4];
-        if (!read_full(c->fd, hdr, 4)) break;
+        if (!lnx_read_full(c->fd, hdr, 4)) break;
         ULONGLONG len = hdr[0] | (hdr[1] << 8) | (hdr[2] << 16) | ((ULONGLONG)hdr[3] << 24);
         if (len == 0 || len > c->max_message + WIRE_FRAME_OVERHEAD) break;
         unsigned char *body =
             len <= sizeof(small) ? small : ExAllocatePoolWithTag(NonPagedPool, len, FE_TAG);
         if (!body) break;
-        BOOLEAN ok = read_full(c->fd, body, len);
+        BOOLEAN ok = lnx_read_full(c->fd, body, len);
         struct wire_result r;
         if (ok && wire_decode(body, len, &r) == 0) {
             if (r.tag == WIRE_GOODBYE) {

@@ -132,17 +132,6 @@ static struct fast_conn *conn_for(HANDLE h)
     return found;
 }
 
-static BOOL read_full(int fd, unsigned char *p, unsigned long long len)
-{
-    while (len) {
-        long long n = lnx_read(fd, p, len);
-        if (n <= 0) return FALSE;
-        p += n;
-        len -= (unsigned long long)n;
-    }
-    return TRUE;
-}
-
 static BOOL write_frame(struct fast_conn *c, const unsigned char *frame, unsigned long long len)
 {
     BOOL ok = TRUE;
@@ -233,13 +222,13 @@ static DWORD WINAPI reader_main(void *arg)
     unsigned char small[512];
     for (;;) {
         unsigned char hdr[4];
-        if (!read_full(c->fd, hdr, 4)) break;
+        if (!lnx_read_full(c->fd, hdr, 4)) break;
         unsigned long long len =
             hdr[0] | (hdr[1] << 8) | (hdr[2] << 16) | ((unsigned long long)hdr[3] << 24);
         if (len == 0 || len > c->max_message + WIRE_FRAME_OVERHEAD) break;
         unsigned char *body = len <= sizeof(small) ? small : HeapAlloc(GetProcessHeap(), 0, len);
         if (!body) break;
-        BOOL ok = read_full(c->fd, body, len);
+        BOOL ok = lnx_read_full(c->fd, body, len);
         struct wire_result r;
         if (ok && wire_decode(body, len, &r) == 0) {
             if (r.tag == WIRE_GOODBYE) {
@@ -427,10 +416,10 @@ static BOOL read_handshake(int fd, unsigned char *body, unsigned long long size,
                            struct wire_result *r)
 {
     unsigned char hdr[4];
-    if (!read_full(fd, hdr, 4)) return FALSE;
+    if (!lnx_read_full(fd, hdr, 4)) return FALSE;
     unsigned long long len =
         hdr[0] | (hdr[1] << 8) | (hdr[2] << 16) | ((unsigned long long)hdr[3] << 24);
-    return len && len <= size && read_full(fd, body, len) && wire_decode(body, len, r) == 0;
+    return len && len <= size && lnx_read_full(fd, body, len) && wire_decode(body, len, r) == 0;
 }
 
 /* Takes the connection listed under handle value `h` out of the table: it belongs to a

@@ -104,17 +104,6 @@ static BOOL send_all(int fd, const unsigned char *p, unsigned long long len)
     return TRUE;
 }
 
-static BOOL read_all(int fd, unsigned char *p, unsigned long long len)
-{
-    while (len) {
-        long long n = lnx_read(fd, p, len);
-        if (n <= 0) return FALSE;
-        p += n;
-        len -= (unsigned long long)n;
-    }
-    return TRUE;
-}
-
 /* How a control call went, besides an answer. */
 enum control_outcome { CONTROL_ANSWERED, CONTROL_NO_DAEMON, CONTROL_DENIED, CONTROL_FAILED };
 
@@ -152,11 +141,11 @@ static enum control_outcome control(const char *command, const char *target, uns
         wire_put_uint(&o, WIRE_PROTOCOL_VERSION);
         wire_put_str(&o, command, lstrlenA(command));
         wire_put_str(&o, target, target_len);
-        if (send_all((int)fd, frame, wire_finish(&o, frame)) && read_all((int)fd, hdr, 4)) {
+        if (send_all((int)fd, frame, wire_finish(&o, frame)) && lnx_read_full((int)fd, hdr, 4)) {
             *len = hdr[0] | (hdr[1] << 8) | (hdr[2] << 16) | ((unsigned long long)hdr[3] << 24);
             if (*len && *len <= MAX_CONTROL_ANSWER &&
                 (*body = HeapAlloc(GetProcessHeap(), 0, *len))) {
-                if (read_all((int)fd, *body, *len)) {
+                if (lnx_read_full((int)fd, *body, *len)) {
                     outcome = CONTROL_ANSWERED;
                 } else {
                     HeapFree(GetProcessHeap(), 0, *body);

@@ -69,6 +69,18 @@ static inline long long lnx_read(int fd, void *buf, unsigned long long len)
     return r;
 }
 
+/* Reads exactly `len` bytes: 1, or 0 at EOF or on an error. */
+static inline int lnx_read_full(int fd, unsigned char *p, unsigned long long len)
+{
+    while (len) {
+        long long n = lnx_read(fd, p, len);
+        if (n <= 0) return 0;
+        p += n;
+        len -= (unsigned long long)n;
+    }
+    return 1;
+}
+
 /* send(2) with MSG_NOSIGNAL (a dead daemon gives -EPIPE, never a SIGPIPE) and `flags`. */
 static inline long long lnx_send_flags(int fd, const void *buf, unsigned long long len, int flags)
 {
