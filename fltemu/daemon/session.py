@@ -352,7 +352,9 @@ class Session(asyncio.BufferedProtocol):
                 elif cls is GetRequest:
                     assert port is not None
                     rid = event.rid  # type: ignore[attr-defined]
-                    status = port.user_get(self._get_token(rid), event.buffer_size)  # type: ignore[attr-defined]
+                    # The rid itself, but for a get on an attached socket (protocol §5b).
+                    token = rid if self._joined is None else _AttachedGet(self, rid)
+                    status = port.user_get(token, event.buffer_size)  # type: ignore[attr-defined]
                     if status is not None:
                         self._send(GetResult(rid, int(status)))
                 elif cls is ReplyRequest:
