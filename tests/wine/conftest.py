@@ -183,6 +183,22 @@ def fields(line: str) -> dict[str, str]:
 AgentFactory = Callable[..., Agent]
 
 
+def _session_running(prefix: WinePrefix) -> bool:
+    """Whether the prefix's wineserver runs (a process of Wine's with this WINEPREFIX)."""
+    marker = f"WINEPREFIX={prefix.path}\0".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if b"wineserver" not in Path(f"/proc/{entry}/cmdline").read_bytes():
+                continue
+            if marker in Path(f"/proc/{entry}/environ").read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
 @pytest.fixture
 def start_agent(wine_build: WineBuild, wine_prefix: WinePrefix) -> Iterator[AgentFactory]:
     """Start a test agent (``client/windows/tests/NAME.c``) against a daemon's socket."""
@@ -194,7 +210,8 @@ def start_agent(wine_build: WineBuild, wine_prefix: WinePrefix) -> Iterator[Agen
         # The session runs before the agent starts: an agent that started it would leave
         # its stdout to the session's processes (and a test that ended the session, or a
         # benchmark that reinstalled the prefix, would leave the next agent to start it).
-        wine_prefix.start_session(persistent=True)
+        if not _session_running(wine_prefix):
+            wine_prefix.start_session(persistent=True)
         environment = agent_environment(wine_prefix, address)
         environment.update(env or {})
         agent = Agent(agent_argv(str(wine_build.agent(name)), args), environment)
