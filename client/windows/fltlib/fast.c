@@ -321,26 +321,56 @@ static ULONGLONG open_section(const struct fast_section *s)
     return (ULONGLONG)(ULONG_PTR)readonly;
 }
 
+/* What start_call decided. */
+enum call_start {
+    CALL_DEVICE,  /* no direct path for this handle: the caller issues the IOCTL */
+    CALL_REFUSED, /* fails at once with *status */
+    CALL_GO,      /* *c (a reference) and *frame are the caller's until end_call */
+};
+
+/* The connection and a frame buffer (`stack` when the request fits) for a request carrying
+ * `payload` bytes on handle `h`. */
+static enum call_start start_call(HANDLE h, unsigned long long payload, unsigned char *stack,
+                                  unsigned long long stack_size, struct fast_conn **c,
+                                  unsigned char **frame, NTSTATUS *status)
+{
+    *c = conn_for(h);
+    if (!*c) return CALL_DEVICE;
+    if (payload > (*c)->max_message) {
+        /* Over the daemon's limit: the call fails as the daemon would fail it (protocol §14). */
+        conn_release(*c);
+        *status = STATUS_INSUFFICIENT_RESOURCES;
+        return CALL_REFUSED;
+    }
+    unsigned long long size = WIRE_REQUEST_MAX(payload);
+    *frame = size <= stack_size ? stack : HeapAlloc(GetProcessHeap(), 0, size);
+    if (!*frame) {
+        conn_release(*c);
+        return CALL_DEVICE;
+    }
+    return CALL_GO;
+}
+
+static void end_call(struct fast_conn *c, unsigned char *frame, unsigned char *stack)
+{
+    if (frame != stack) HeapFree(GetProcessHeap(), 0, frame);
+    conn_release(c);
+}
+
 BOOL fast_send(HANDLE h, const void *in, ULONG in_len, void *out, ULONG out_len, NTSTATUS *status,
                ULONG *returned)
 {
-    struct fast_conn *c = conn_for(h);
+    struct fast_conn *c;
     struct fast_call call;
     unsigned char stack_frame[256], *frame;
-    BOOL handled;
-    if (!c) return FALSE;
-    if (in_len > c->max_message) {
-        /* Over the daemon's limit: the call fails as the daemon would fail it (protocol §14). */
-        conn_release(c);
-        *status = STATUS_INSUFFICIENT_RESOURCES;
-        *returned = 0;
-        return TRUE;
-    }
-    unsigned long long size = WIRE_REQUEST_MAX((unsigned long long)in_len);
-    frame = size <= sizeof(stack_frame) ? stack_frame : HeapAlloc(GetProcessHeap(), 0, size);
-    if (!frame) {
-        conn_release(c);
+    *returned = 0;
+    switch (start_call(h, in_len, stack_frame, sizeof stack_frame, &c, &frame, status)) {
+    case CALL_DEVICE:
         return FALSE;
+    case CALL_REFUSED:
+        return TRUE;
+    case CALL_GO:
+        break;
     }
     struct wire_out o = {frame + 4};
     wire_put_array(&o, 5);
@@ -352,8 +382,7 @@ BOOL fast_send(HANDLE h, const void *in, ULONG in_len, void *out, ULONG out_len,
     wire_put_uint(&o, (ULONG_PTR)out & 0xFF);
     call.out = out;
     call.out_len = out ? out_len : 0;
-    handled = call_daemon(c, &call, frame, &o);
-    if (frame != stack_frame) HeapFree(GetProcessHeap(), 0, frame);
+    BOOL handled = call_daemon(c, &call, frame, &o);
     if (handled) {
         *status = call.status;
         *returned = NT_ERROR(call.status) ? 0 : call.got;
@@ -371,28 +400,23 @@ BOOL fast_send(HANDLE h, const void *in, ULONG in_len, void *out, ULONG out_len,
             s = next;
         }
     }
-    conn_release(c);
+    end_call(c, frame, stack_frame);
     return handled;
 }
 
 BOOL fast_reply(HANDLE h, const void *reply, ULONG len, NTSTATUS *status)
 {
-    struct fast_conn *c = conn_for(h);
+    struct fast_conn *c;
     struct fast_call call;
     unsigned char stack_frame[256], *frame;
-    BOOL handled;
     const unsigned char *in = reply;
-    if (!c) return FALSE;
-    if (len - 16 > c->max_message) {
-        conn_release(c);
-        *status = STATUS_INSUFFICIENT_RESOURCES;
-        return TRUE;
-    }
-    unsigned long long size = WIRE_REQUEST_MAX((unsigned long long)len);
-    frame = size <= sizeof(stack_frame) ? stack_frame : HeapAlloc(GetProcessHeap(), 0, size);
-    if (!frame) {
-        conn_release(c);
+    switch (start_call(h, len - 16, stack_frame, sizeof stack_frame, &c, &frame, status)) {
+    case CALL_DEVICE:
         return FALSE;
+    case CALL_REFUSED:
+        return TRUE;
+    case CALL_GO:
+        break;
     }
     /* FILTER_REPLY_HEADER {Status @0, MessageId @8} + payload. */
     struct wire_out o = {frame + 4};
@@ -404,10 +428,9 @@ BOOL fast_reply(HANDLE h, const void *reply, ULONG len, NTSTATUS *status)
     wire_put_bin(&o, in + 16, len - 16);
     call.out = NULL;
     call.out_len = 0;
-    handled = call_daemon(c, &call, frame, &o);
-    if (frame != stack_frame) HeapFree(GetProcessHeap(), 0, frame);
+    BOOL handled = call_daemon(c, &call, frame, &o);
     if (handled) *status = call.status;
-    conn_release(c);
+    end_call(c, frame, stack_frame);
     return handled;
 }
 
