@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .errors import (
     ClosedResourceError,
     FltEmuError,
@@ -41,8 +42,6 @@ if TYPE_CHECKING:
         ServerPort,
         timeout_from_large_integer,
     )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ClientPort",

@@ -7,7 +7,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from .. import __version__
+from .._version import __version__
 from .._limits import DEFAULT_MAX_MESSAGE_BYTES
 from ..errors import FltEmuError
 from .loader import BUILTIN_FILTERS

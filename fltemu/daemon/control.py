@@ -66,7 +66,7 @@ def snapshot(manager: FilterManager) -> tuple[FilterInfo, ...]:
     for flt in manager.filters.values():
         ports = [
             _port_info(p)
-            for p in flt._ports
+            for p in flt.all_ports
             if p.state is ServerPortState.OPEN or any(not c.is_kernel_closed for c in p.connections)
         ]
         filters.append(FilterInfo(flt.name, flt.state.value, tuple(ports)))
@@ -102,7 +102,7 @@ def _find_ports(manager: FilterManager, name: str) -> list[ServerPort]:
     # Open ports by their exact name, then closed ones that still have connections.
     found = []
     for flt in manager.filters.values():
-        for port in flt._ports:
+        for port in flt.all_ports:
             if port.name == name and (port.state is ServerPortState.OPEN or port.connections):
                 found.append(port)
     return found

@@ -22,7 +22,7 @@ from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, Final
 
-from .. import __version__
+from .._version import __version__
 from .._limits import DEFAULT_MAX_MESSAGE_BYTES
 from ..errors import FltEmuError
 from ..kernel import Filter, FilterManager, SecurityDescriptor
@@ -324,26 +324,40 @@ class Daemon:
         self._unlink_socket()
         log.debug("stopped")
 
-    # --- internals ---------------------------------------------------------------------------
+    # --- what its sessions use (session.SessionHost) -------------------------------------------
 
-    def _read_buffer(self) -> memoryview:
-        # Shared by every session (see Session.get_buffer); allocated on first use.
-        if self._read_view is None:
+    def read_buffer(self) -> memoryview:
+        """The read buffer every session shares (see ``Session.get_buffer``)."""
+        if self._read_view is None:  # allocated on first use
             self._read_view = memoryview(bytearray(READ_BUFFER_BYTES))
         return self._read_view
 
-    def _start_trace(
+    def start_trace(
         self, transport: asyncio.BaseTransport, wire: WireConnection, request: Trace, note: str = ""
     ) -> None:
+        """Hand a session's transport over to a trace subscriber."""
         TraceSubscriber(self.trace_hub, transport, wire, request).start(note)
 
-    def _next_session_id(self) -> int:
+    def next_session_id(self) -> int:
+        """A number for a new session, for logs."""
         return next(self._session_ids)
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def session_opened(self, session: Session) -> None:
+        """A session's connection was made: it counts until ``session_closed``."""
+        self._sessions.add(session)
+
+    def session_closed(self, session: Session) -> None:
+        """A session's connection is gone (or was handed to a trace)."""
+        self._sessions.discard(session)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` in a task that shutdown waits for (within the grace), then cancels."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
+
+    # --- internals ---------------------------------------------------------------------------
 
     async def _finish_tasks(self, deadline: float, end: float) -> None:
         # Connects, teardowns and control commands still running: their callbacks are bounded

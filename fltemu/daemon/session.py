@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from typing import TYPE_CHECKING, Final, cast
+from collections.abc import Coroutine
+from typing import Any, Final, Protocol, cast
 
 from ..errors import LocalProtocolError, RemoteProtocolError, StatusError
-from ..kernel import ClientPort, ProcessInfo
+from ..kernel import ClientPort, FilterManager, ProcessInfo
 from ..kernel.ports import SendOutcome
 from ..status import NtStatus
 from ..wire import (
@@ -30,6 +31,7 @@ from ..wire import (
     ConnectResult,
     Control,
     ControlResult,
+    DaemonInfo,
     Disconnected,
     GetCancel,
     GetRequest,
@@ -47,10 +49,7 @@ from ..wire import (
 from .control import may_control, run_control, trace_note, trace_refusal
 from .peer import socket_peer
 
-if TYPE_CHECKING:
-    from .server import Daemon
-
-__all__ = ["READ_BUFFER_BYTES", "Session"]
+__all__ = ["READ_BUFFER_BYTES", "Session", "SessionHost"]
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +95,59 @@ class _AttachedGet:
         return hash((id(self.session), self.rid))
 
 
+class SessionHost(Protocol):
+    """What a session needs of the daemon that accepted it (``Daemon`` is the implementation)."""
+
+    @property
+    def manager(self) -> FilterManager:
+        """The kernel model the session's calls go to."""
+        ...
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The payload limit the session's wire enforces."""
+        ...
+
+    @property
+    def attachable(self) -> dict[bytes, Session]:
+        """Open connections another socket may join, by attach token (protocol §5b)."""
+        ...
+
+    def info(self) -> DaemonInfo:
+        """What ``status`` answers."""
+        ...
+
+    def read_buffer(self) -> memoryview:
+        """The read buffer every session shares."""
+        ...
+
+    def next_session_id(self) -> int:
+        """A number for a new session, for logs."""
+        ...
+
+    def session_opened(self, session: Session) -> None:
+        """The session's connection was made."""
+        ...
+
+    def session_closed(self, session: Session) -> None:
+        """The session's connection is gone, or was handed to a trace."""
+        ...
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` in a task that the daemon's shutdown waits for, then cancels."""
+        ...
+
+    def start_trace(
+        self, transport: asyncio.BaseTransport, wire: WireConnection, request: Trace, note: str = ""
+    ) -> None:
+        """Hand the session's transport over to a trace subscriber."""
+        ...
+
+
 class Session(asyncio.BufferedProtocol):
     """The daemon's end of one connection; implements the kernel's ``Channel``."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: SessionHost) -> None:
         self._daemon = daemon
         self._wire = WireConnection(Role.KERNEL, max_message_bytes=daemon.max_message_bytes)
         self._out = bytearray()
@@ -120,7 +168,7 @@ class Session(asyncio.BufferedProtocol):
         self._options = 0
         self._control_task: asyncio.Task[None] | None = None
         self.process = ProcessInfo(None, None, None)
-        self.sid = daemon._next_session_id()
+        self.sid = daemon.next_session_id()
         #: An attached socket's session: the connection's own session (protocol §5b), whose
         #: port this one's calls use. None for a connection's own session.
         self._joined: Session | None = None
@@ -143,17 +191,17 @@ class Session(asyncio.BufferedProtocol):
         # Kept: on CPython 3.11 every asyncio.get_running_loop() makes a getpid() system call.
         self._loop = asyncio.get_running_loop()
         self.process = peer_process(transport)
-        self._daemon._sessions.add(self)
+        self._daemon.session_opened(self)
         log.debug("%s: connected", self._peer())
 
     def get_buffer(self, sizehint: int) -> memoryview:
         # The daemon's shared buffer: the loop reads one transport at a time, get_buffer,
         # recv_into, then buffer_updated, and buffer_updated consumes every byte before it
         # returns (the frame reader copies a partial frame into the connection's own buffer).
-        return self._daemon._read_buffer()
+        return self._daemon.read_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._wire.receive_data(self._daemon._read_buffer()[:nbytes])
+        self._wire.receive_data(self._daemon.read_buffer()[:nbytes])
         self._process_events()
 
     def eof_received(self) -> bool:
@@ -168,7 +216,7 @@ class Session(asyncio.BufferedProtocol):
         # the sends it had running get their answers (the wire is DRAINING), nothing else.
         self._draining = True
         port.user_closing()
-        self._daemon._spawn(self._close_after_teardown(port))
+        self._daemon.spawn(self._close_after_teardown(port))
         return True
 
     async def _close_after_teardown(self, port: ClientPort) -> None:
@@ -181,7 +229,7 @@ class Session(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        self._daemon._sessions.discard(self)
+        self._daemon.session_closed(self)
         if self._joined is not None:
             self._leave()
             return
@@ -198,7 +246,7 @@ class Session(asyncio.BufferedProtocol):
         if port is not None:
             # CloseHandle: the teardown runs in the background; the daemon waits for it at
             # shutdown.
-            self._daemon._spawn(port.user_close())
+            self._daemon.spawn(port.user_close())
         log.debug("%s: closed", self._peer())
 
     def pause_writing(self) -> None:
@@ -428,7 +476,7 @@ class Session(asyncio.BufferedProtocol):
             self._send(ConnectResult(PROTOCOL_VERSION, int(NtStatus.STATUS_REVISION_MISMATCH)))
             self._close_after_flush()
             return
-        self._daemon._spawn(self._connect(request))
+        self._daemon.spawn(self._connect(request))
 
     async def _connect(self, request: Connect) -> None:
         daemon = self._daemon
@@ -465,10 +513,7 @@ class Session(asyncio.BufferedProtocol):
             status = NtStatus.STATUS_ACCESS_DENIED
             text = "control commands are for root and the daemon's own user"
         else:
-            task = asyncio.get_running_loop().create_task(self._control(request))
-            self._control_task = task
-            self._daemon._tasks.add(task)
-            task.add_done_callback(self._daemon._task_done)
+            self._control_task = self._daemon.spawn(self._control(request))
             return
         log.info("%s: control command %r refused: %s", self._peer(), request.command, text)
         self._send(ControlResult(PROTOCOL_VERSION, int(status), text))
@@ -496,9 +541,9 @@ class Session(asyncio.BufferedProtocol):
             log.info("%s: trace started (%s)", self._peer(), request.port or "all ports")
             transport, self._transport = self._transport, None
             self._closed = True
-            self._daemon._sessions.discard(self)
+            self._daemon.session_closed(self)
             note = trace_note(self._daemon.manager, request)
-            self._daemon._start_trace(transport, self._wire, request, note)
+            self._daemon.start_trace(transport, self._wire, request, note)
             return
         log.info("%s: trace refused: %s", self._peer(), text)
         self._send(Goodbye(int(status), text))

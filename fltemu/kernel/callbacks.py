@@ -9,12 +9,10 @@ Not here: when they are called (``ports``).
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Protocol, TypeAlias
+from typing import Protocol, TypeAlias
 
+from .ports import ClientPort
 from .process import ProcessInfo
-
-if TYPE_CHECKING:
-    from .ports import ClientPort
 
 __all__ = [
     "ConnectNotify",

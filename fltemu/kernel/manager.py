@@ -171,8 +171,8 @@ class FilterManager:
                 "that fltlib's FLTPORT attribute can carry",
             )
         server_port = self.namespace.lookup(port_name)
-        flt = server_port.filter
-        if flt.state is not FilterState.REGISTERED:
+        flt = self.filters.get(server_port.filter.name)
+        if flt is None or flt is not server_port.filter or flt.state is not FilterState.REGISTERED:
             raise error_for(NtStatus.STATUS_FLT_DELETING_OBJECT)
         if not server_port.security.admits(process):
             raise error_for(
@@ -188,12 +188,12 @@ class FilterManager:
         try:
             status, cookie = await flt._call_connect_notify(client_port, context)
         except BaseException:
-            client_port._refuse()
+            client_port.refuse()
             raise
         if nt_success(status) and flt.state is not FilterState.REGISTERED:
             status = NtStatus.STATUS_FLT_DELETING_OBJECT
         if not nt_success(status):
-            client_port._refuse()
+            client_port.refuse()
             raise error_for(status, f"ConnectNotify of '{port_name}' refused: {status}")
         client_port.cookie = cookie
         if client_port.is_kernel_closed:
@@ -237,6 +237,12 @@ class Filter:
     def server_ports(self) -> list[ServerPort]:
         """The filter's open server ports."""
         return [p for p in self._ports if p.state is ServerPortState.OPEN]
+
+    @property
+    def all_ports(self) -> list[ServerPort]:
+        """The filter's server ports: the open ones, and closed ones while they still have
+        connections."""
+        return list(self._ports)
 
     def connections(self) -> list[ClientPort]:
         """Every live connection made through any of this filter's ports (even closed ones)."""
@@ -321,10 +327,12 @@ class Filter:
             raise error_for(NtStatus.STATUS_INVALID_HANDLE, f"{server_port!r} is not open")
         server_port.state = ServerPortState.CLOSED
         self.manager.namespace.remove(server_port)
-        self._forget_if_done(server_port)
+        self.port_ended(server_port)
 
-    def _forget_if_done(self, server_port: ServerPort) -> None:
-        # A closed port is kept only while it still has connections (they use its callbacks).
+    def port_ended(self, server_port: ServerPort) -> None:
+        """Forget ``server_port`` once it is closed and its last connection has ended (a
+        closed port is kept while it has connections: they use its callbacks). Ports call it
+        (``PortOwner``); calling it for a port that is still in use does nothing."""
         if (
             server_port.state is ServerPortState.CLOSED
             and not server_port.connections
@@ -585,37 +593,3 @@ class Filter:
                 result,
             )
             return NtStatus.STATUS_UNSUCCESSFUL, None
-
-    async def _notify_disconnect(self, client_port: ClientPort) -> None:
-        notify: Callable[[object], Any] = client_port.server_port.disconnect_notify
-        # As long as it takes (as Windows waits), until shutdown bounds it, even once started.
-        rundown = self.manager.rundown
-        bound = None
-        try:
-            result = notify(client_port.cookie)
-            if inspect.isawaitable(result):
-                bound = rundown.wait()
-                async with bound:
-                    await result
-        except TimeoutError:
-            if bound is None or not bound.expired:  # the callback's own TimeoutError
-                log.exception("DisconnectNotify of port '%s' raised", client_port.server_port.name)
-            else:
-                log.error(
-                    "DisconnectNotify of port '%s' (connection #%d) did not return %s; abandoned",
-                    client_port.server_port.name,
-                    client_port.id,
-                    rundown.describe(),
-                )
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise
-            log.error(
-                "DisconnectNotify of port '%s' was cancelled from inside",
-                client_port.server_port.name,
-            )
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException:
-            log.exception("DisconnectNotify of port '%s' raised", client_port.server_port.name)

@@ -45,20 +45,25 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
 from ..errors import StatusError
 from ..status import NtStatus, nt_error
 from .channel import DETACHED, Channel
-from .messaging import MessageQueues
+from .messaging import MessageQueues, SendMessageResult
 from .process import ProcessInfo
+from .rundown import Rundown
 from .security import SecurityDescriptor
-from .trace import record
+from .trace import Tracer, record
 
-if TYPE_CHECKING:
-    from .manager import Filter
-
-__all__ = ["ClientPort", "ClientPortState", "ServerPort", "ServerPortState"]
+__all__ = [
+    "ClientPort",
+    "ClientPortState",
+    "PortHost",
+    "PortOwner",
+    "ServerPort",
+    "ServerPortState",
+]
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +118,59 @@ def is_status(value: object) -> bool:
     return cls is NtStatus or cls is int or (isinstance(value, int) and cls is not bool)
 
 
+class PortHost(Protocol):
+    """What ports need of the Filter Manager (``FilterManager`` is the implementation)."""
+
+    @property
+    def rundown(self) -> Rundown:
+        """How long teardowns wait for callbacks (see ``FilterManager``)."""
+        ...
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest payload a connection carries."""
+        ...
+
+    @property
+    def tracer(self) -> Tracer | None:
+        """Called with each port operation while someone traces; ``None`` otherwise."""
+        ...
+
+
+class PortOwner(Protocol):
+    """The filter that created a server port, as the port and its users see it (``Filter``
+    is the implementation): its name and manager, the two calls a driver makes on a
+    connection, and the one a port makes back."""
+
+    @property
+    def name(self) -> str:
+        """The filter's name."""
+        ...
+
+    @property
+    def manager(self) -> PortHost:
+        """The Filter Manager the filter is registered with."""
+        ...
+
+    async def send_message(
+        self,
+        client_port: ClientPort | None,
+        data: bytes | bytearray | memoryview,
+        reply_length: int | None = None,
+        timeout: float | None = None,
+    ) -> SendMessageResult:
+        """FltSendMessage (see ``Filter.send_message``)."""
+        ...
+
+    async def close_client_port(self, client_port: ClientPort | None) -> None:
+        """FltCloseClientPort (see ``Filter.close_client_port``)."""
+        ...
+
+    def port_ended(self, server_port: ServerPort) -> None:
+        """Called by a port when its last connection ended: a closed port is forgotten."""
+        ...
+
+
 class ServerPortState(enum.Enum):
     """A server port's life: open until FltCloseCommunicationPort or unload."""
 
@@ -131,7 +189,7 @@ class ServerPort:
 
     def __init__(
         self,
-        filter: Filter,
+        filter: PortOwner,
         name: str,
         *,
         connect_notify: Callable[..., Any],
@@ -421,6 +479,14 @@ class ClientPort:
             self._channel.kernel_disconnected()
         await self._run_down()
 
+    def refuse(self) -> None:
+        """ConnectNotify refused the connection (or the connect was cancelled): free it and
+        give its slot back, with no DisconnectNotify (§2.3); a send started from ConnectNotify
+        fails instead of hanging."""
+        self._release_slot()
+        self.state = ClientPortState.DISCONNECTED
+        self.queues.fail_all()
+
     # --- internals ---------------------------------------------------------------------------
 
     def _start_task(self, coro: Awaitable[SendOutcome]) -> asyncio.Task[SendOutcome]:
@@ -555,13 +621,6 @@ class ClientPort:
                 valid[offset] = bytes(content)
         return valid
 
-    def _refuse(self) -> None:
-        # ConnectNotify refused (or the connect was cancelled): freed, slot given back, no
-        # DisconnectNotify (§2.3); a send started from ConnectNotify must not hang.
-        self._release_slot()
-        self.state = ClientPortState.DISCONNECTED
-        self.queues.fail_all()
-
     def _release_slot(self) -> None:
         if self.has_slot:
             self.has_slot = False
@@ -604,6 +663,40 @@ class ClientPort:
             self._inflight.difference_update(pending)
             break
 
+    async def _notify_disconnect(self) -> None:
+        notify: Callable[[object], Any] = self.server_port.disconnect_notify
+        # As long as it takes (as Windows waits), until shutdown bounds it, even once started.
+        rundown = self._manager.rundown
+        bound = None
+        try:
+            result = notify(self.cookie)
+            if inspect.isawaitable(result):
+                bound = rundown.wait()
+                async with bound:
+                    await result
+        except TimeoutError:
+            if bound is None or not bound.expired:  # the callback's own TimeoutError
+                log.exception("DisconnectNotify of port '%s' raised", self.server_port.name)
+            else:
+                log.error(
+                    "DisconnectNotify of port '%s' (connection #%d) did not return %s; abandoned",
+                    self.server_port.name,
+                    self.id,
+                    rundown.describe(),
+                )
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            log.error(
+                "DisconnectNotify of port '%s' was cancelled from inside",
+                self.server_port.name,
+            )
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:
+            log.exception("DisconnectNotify of port '%s' raised", self.server_port.name)
+
     async def _teardown_steps(self) -> None:
         # Whether the filter ended this connection before the user closed it (§9.1).
         kernel_closed_first = self.is_kernel_closed
@@ -615,10 +708,10 @@ class ClientPort:
         skip = kernel_closed_first and not self.server_port.notify_after_close_client_port
         if not self._notified and self.state is not ClientPortState.CONNECTING and not skip:
             self._notified = True
-            await self.server_port.filter._notify_disconnect(self)
+            await self._notify_disconnect()
         self.state = ClientPortState.DISCONNECTED
         self.server_port.connections.discard(self)
-        self.server_port.filter._forget_if_done(self.server_port)
+        self.server_port.filter.port_ended(self.server_port)
         if self.has_slot and not self.is_kernel_closed:
             log.debug(
                 "port '%s': DisconnectNotify of connection #%d did not call close_client_port; "

@@ -12,12 +12,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .ports import ClientPort
+from .process import ProcessInfo
 
-__all__ = ["TraceRecord", "Tracer", "record"]
+__all__ = ["TraceRecord", "Traced", "Tracer", "record"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +66,31 @@ class TraceRecord:
 Tracer = Callable[[TraceRecord], None]
 
 
-def record(kind: str, client_port: ClientPort, **fields: object) -> TraceRecord:
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class Traced(Protocol):
+    """What a record is about: a connection (``ClientPort`` is one)."""
+
+    @property
+    def id(self) -> int:
+        """The connection id."""
+        ...
+
+    @property
+    def process(self) -> ProcessInfo:
+        """Who connected."""
+        ...
+
+    @property
+    def server_port(self) -> _Named:
+        """The server port it was made through (its name is recorded)."""
+        ...
+
+
+def record(kind: str, client_port: Traced, **fields: object) -> TraceRecord:
     """A record of ``kind`` about ``client_port``'s connection, stamped now."""
     process = client_port.process
     return TraceRecord(
