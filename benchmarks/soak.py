@@ -52,7 +52,6 @@ import _harness as h
 from soak_torn_frames import torn_frame
 
 import fltuser
-from fltemu.daemon.control import ControlError, call
 from fltemu.wire import (
     PROTOCOL_VERSION,
     Connect,
@@ -62,6 +61,7 @@ from fltemu.wire import (
     SendRequest,
     WireConnection,
 )
+from fltuser.control import ControlError, call
 
 FILTER_MODULE: Final = "_soak_filter"
 ECHO_PORT: Final = "\\SoakEcho"

@@ -25,8 +25,9 @@ import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
+from fltuser.control import call
+
 from .daemon import Daemon
-from .daemon.control import call
 from .daemon.runner import loop_factory
 from .kernel import ClientPort, Filter, SendMessageResult, ServerPort
 from .kernel.security import SecurityDescriptor

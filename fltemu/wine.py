@@ -8,7 +8,7 @@ an installed wheel ships in ``fltemu/_windows``), prepares a Wine prefix (create
 both, registers the driver as a kernel service) and runs the agent in it with
 ``FLTEMU_SOCKET`` set.
 
-Not here: the C sources (``client/windows``), argument parsing (``daemon/cli.py``).
+Not here: the C sources (``client/windows``), argument parsing (``fltemu.cli.wine``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``fltemu bench``: turn arguments into a BenchConfig, run it, print and plot the report.
 
-Not here: argument definitions (``fltemu.daemon.cli``), the load itself (``load``).
+Not here: argument definitions (``fltemu.cli.bench``), the load itself (``load``).
 """
 
 from __future__ import annotations

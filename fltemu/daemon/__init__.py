@@ -1,4 +1,6 @@
-"""The asyncio transport: the daemon, its sessions, filter loading and the CLI.
+"""The asyncio transport: the daemon, its sessions, the control commands it answers,
+tracing, filter loading and the run loop. The server alone: the command line is
+``fltemu.cli``, the clients are ``fltuser``.
 
 Not here: protocol rules (``fltemu.wire``) and port semantics (``fltemu.kernel``).
 """

@@ -1,55 +1,32 @@
-"""Control commands: what ``fltemu ports / send / disconnect / unload`` ask the daemon.
+"""Control commands: the daemon's answer to what ``fltemu status / ports / send / disconnect
+/ unload`` ask, and who may trace.
 
-The daemon side (``run_control``) answers one ``Control`` request with one ``ControlResult``;
-the client side (``call``) is a blocking one-shot exchange for the CLI and tests. Only root
-and the daemon's own user may send commands.
-Not here: argument parsing and printing (``cli``), port semantics (``fltemu.kernel``).
+``run_control`` answers one ``Control`` request with one ``ControlResult``. Only root and the
+daemon's own user may send commands.
+Not here: the client (``fltuser.control``), printing (``fltemu.cli``), port semantics
+(``fltemu.kernel``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
-import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable
 from typing import Final
 
-from ..errors import FltEmuError, ProtocolError
 from ..kernel import ClientPort, Filter, FilterManager, ProcessInfo, ServerPort, ServerPortState
 from ..status import NtStatus
 from ..wire import (
-    EOF,
-    NEED_DATA,
     PROTOCOL_VERSION,
     ConnectionInfo,
     Control,
     ControlResult,
     DaemonInfo,
     FilterInfo,
-    Goodbye,
     PortInfo,
-    Role,
     Trace,
-    TraceEvent,
-    WireConnection,
-    is_trusted_peer,
-    resolve_address,
 )
-from .peer import socket_peer
 
-__all__ = [
-    "COMMANDS",
-    "ControlError",
-    "call",
-    "may_control",
-    "run_control",
-    "snapshot",
-    "trace",
-    "trace_note",
-    "trace_refusal",
-    "wait_ready",
-]
+__all__ = ["COMMANDS", "may_control", "run_control", "snapshot", "trace_note", "trace_refusal"]
 
 #: The commands ``Control.command`` may name.
 COMMANDS: Final = ("status", "ports", "send", "disconnect", "unload")
@@ -249,158 +226,3 @@ async def run_control(
         NtStatus.STATUS_INVALID_PARAMETER,
         f"unknown command {command!r}; known: {', '.join(COMMANDS)}",
     )
-
-
-# --- the client side -----------------------------------------------------------------------
-
-
-class ControlError(FltEmuError):
-    """The daemon could not be reached or broke off the exchange."""
-
-
-class NoDaemonError(ControlError):
-    """Nothing listens at the address (yet)."""
-
-
-class ControlTimeoutError(ControlError):
-    """The daemon did not answer in time (it is busy starting, or stuck)."""
-
-
-#: How long ``fltemu status`` waits for an answer: a health check must not hang on a daemon
-#: that accepts connections but does not answer.
-STATUS_TIMEOUT_SECONDS: Final = 10.0
-
-
-def _open(
-    path: str, request: Control | Trace, wire: WireConnection, timeout: float | None = None
-) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)  # None: blocking, without a bound
-    try:
-        try:
-            sock.connect(path)
-        except OSError as exc:
-            raise NoDaemonError(
-                f"no fltemu daemon is listening on {path} ({exc.strerror or exc}); "
-                "start one with 'fltemu serve', or pass --address / set FLTEMU_SOCKET"
-            ) from exc
-        uid = socket_peer(sock).uid
-        if not is_trusted_peer(uid):
-            raise ControlError(
-                f"the daemon at {path} runs as uid {uid}, not as you or root; set "
-                f"FLTEMU_TRUST_UID={uid} to talk to it anyway"
-            )
-        sock.sendall(wire.send(request))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _events(
-    request: Control | Trace, address: str | None, timeout: float | None = None
-) -> Generator[object, None, None]:
-    """Open a control or trace connection, send ``request`` and yield the daemon's messages
-    (blocking) until it closes the connection; the socket is closed when the caller stops.
-    ``timeout`` bounds each step (connecting, sending, each read).
-
-    Raises:
-        ControlError: no daemon, or the connection broke or carried nonsense;
-            ControlTimeoutError when a step took longer than ``timeout``.
-    """
-    path = resolve_address(address)
-    wire = WireConnection(Role.USER)
-    try:
-        sock = _open(path, request, wire, timeout)
-    except TimeoutError as exc:
-        raise ControlTimeoutError(f"the daemon at {path} did not answer in time") from exc
-    try:
-        while True:
-            data = sock.recv(65536)
-            wire.receive_data(data)
-            while (event := wire.next_event()) is not NEED_DATA:
-                if event is not EOF:
-                    yield event
-            if not data:
-                return
-    except ProtocolError as exc:
-        raise ControlError(f"the daemon at {path} answered nonsense: {exc}") from exc
-    except TimeoutError as exc:
-        raise ControlTimeoutError(f"the daemon at {path} did not answer in time") from exc
-    except OSError as exc:
-        raise ControlError(f"talking to the daemon at {path} failed: {exc}") from exc
-    finally:
-        sock.close()
-
-
-def call(
-    request: Control, address: str | None = None, timeout: float | None = None
-) -> ControlResult:
-    """Send one control command and wait for its answer (blocking).
-
-    Raises:
-        ControlError: no daemon listens at the address, or it closed without answering;
-            ControlTimeoutError when a step took longer than ``timeout`` seconds.
-    """
-    with contextlib.closing(_events(request, address, timeout)) as events:
-        for event in events:
-            if isinstance(event, ControlResult):
-                return event
-            if isinstance(event, Goodbye):
-                raise ControlError(f"the daemon refused: {event.reason}")
-    raise ControlError("the daemon closed the connection without answering")
-
-
-def trace(request: Trace, address: str | None = None) -> Iterator[TraceEvent]:
-    """Open a trace connection and yield its events as they come (blocking), the ``start``
-    event first, until the daemon ends the trace (then it returns) or the caller stops.
-
-    Raises:
-        ControlError: no daemon, not allowed (root and the daemon's user only), or the
-            connection broke.
-    """
-    started = False
-    with contextlib.closing(_events(request, address)) as events:
-        for event in events:
-            if isinstance(event, TraceEvent):
-                started = True
-                yield event
-            elif isinstance(event, Goodbye):
-                if not started:
-                    raise ControlError(f"the daemon refused: {event.reason}")
-                return
-    if not started:
-        raise ControlError("the daemon closed the connection without answering")
-
-
-def wait_ready(
-    address: str | None = None, timeout: float | None = None, interval: float = 0.1
-) -> ControlResult:
-    """Wait until a daemon answers ``status`` as ready; returns that answer (blocking).
-
-    Raises:
-        TimeoutError: none was ready within ``timeout`` seconds (``None``: wait forever);
-            the message says what was seen last.
-        ControlError: a daemon answered but refused (another user's daemon, say).
-    """
-    deadline = None if timeout is None else time.monotonic() + timeout
-    last = "no daemon answered"
-    while True:
-        remaining = None if deadline is None else max(0.01, deadline - time.monotonic())
-        try:
-            result = call(Control(PROTOCOL_VERSION, "status"), address, remaining)
-        except (NoDaemonError, ControlTimeoutError) as exc:
-            last = str(exc)
-        else:
-            if result.status == NtStatus.STATUS_SUCCESS:
-                return result
-            if result.status != NtStatus.STATUS_PENDING:
-                raise ControlError(
-                    f"the daemon answered {NtStatus(result.status)}: {result.message}"
-                )
-            last = "the daemon is starting (its filters are not set up yet)"
-        if deadline is not None and time.monotonic() >= deadline:
-            raise TimeoutError(last)
-        time.sleep(
-            interval if deadline is None else max(0.0, min(interval, deadline - time.monotonic()))
-        )

@@ -1,8 +1,8 @@
 """Who is at the other end of a Unix socket: SO_PEERCRED, where the OS has it.
 
-The daemon uses it to judge clients (port security, control commands); the control client
-uses it to judge the daemon (protocol §1). Not here: the rules (``kernel.security``,
-``wire.is_trusted_peer``).
+The daemon uses it to judge clients (port security, control commands). Not here: the
+rules (``kernel.security``, ``wire.is_trusted_peer``), the clients' own check of the daemon
+(``fltuser``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Runs the daemon as a process: the loop choice, signals, filter modules, graceful shutdown.
 
-Not here: argument parsing (``cli``), the daemon object (``server``).
+Not here: argument parsing (``fltemu.cli.serve``), the daemon object (``server``).
 """
 
 from __future__ import annotations

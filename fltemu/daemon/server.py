@@ -22,8 +22,8 @@ from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, Final
 
-from .._version import __version__
 from .._limits import DEFAULT_MAX_MESSAGE_BYTES
+from .._version import __version__
 from ..errors import FltEmuError
 from ..kernel import Filter, FilterManager, SecurityDescriptor
 from ..kernel.rundown import CANCEL_SLACK

@@ -8,7 +8,7 @@ the payload) and queues it; the queue is written out once per loop iteration. A 
 does not keep up fills the socket buffer, then the queue (``MAX_QUEUED_EVENTS``); what comes
 after is counted, not kept, and the reader gets one ``dropped`` event with the count once it
 reads again. So a slow reader costs the daemon a bounded amount of memory and no waiting.
-Not here: what is recorded (``fltemu.kernel``), printing (``fltemu.daemon.tracefmt``).
+Not here: what is recorded (``fltemu.kernel``), printing (``fltemu.cli.tracefmt``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from ..wire import Goodbye, Trace, TraceEvent, WireConnection
 __all__ = [
     "MAX_PREVIEW_BYTES",
     "MAX_QUEUED_EVENTS",
-    "TRACE_KINDS",
     "TraceHub",
     "TraceSubscriber",
 ]
@@ -39,17 +38,6 @@ log = logging.getLogger(__name__)
 MAX_QUEUED_EVENTS: Final = 1024
 #: The most payload bytes an event carries (``Trace.preview_bytes`` is capped to it).
 MAX_PREVIEW_BYTES: Final = 4096
-#: The kinds of events the kernel reports, in the order of a message's life.
-TRACE_KINDS: Final = (
-    "connect",
-    "disconnect",
-    "send",
-    "get",
-    "message",
-    "deliver",
-    "message_done",
-    "reply",
-)
 
 
 class TraceHub:

@@ -18,6 +18,7 @@ __all__ = [
     "OPTION_DISCONNECT_NOTICE",
     "OPTION_SECTIONS",
     "OUT_ADDRESS_MODULUS",
+    "TRACE_KINDS",
     "PROTOCOL_VERSION",
     "WINDOWS_OPTIONS",
     "Attach",
@@ -166,6 +167,20 @@ class Control(_Message, frozen=True, tag=6):
     data: bytes = b""
     reply_length: U32 | None = None
     timeout: Annotated[float, msgspec.Meta(ge=0)] | None = None
+
+
+#: The kinds of events a trace reports (``Trace.kinds``, ``TraceEvent.kind``), in the order
+#: of a message's life.
+TRACE_KINDS: Final = (
+    "connect",
+    "disconnect",
+    "send",
+    "get",
+    "message",
+    "deliver",
+    "message_done",
+    "reply",
+)
 
 
 class Trace(_Message, frozen=True, tag=7):

@@ -94,7 +94,7 @@ async def test_disconnected_reaches_only_clients_that_asked(
     try:
         await able.send(GetRequest(1, 64))
         await until(lambda: ports[1].queues.getter_count == 1)
-        flt = ports[0].server_port.filter
+        flt = daemon.manager.filters[ports[0].server_port.filter.name]
         if how == "unload":
             await flt.unload()
         else:

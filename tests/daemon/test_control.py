@@ -14,9 +14,9 @@ import fltemu
 import fltuser
 from fltemu import NtStatus
 from fltemu.daemon import Daemon
-from fltemu.daemon.control import ControlError, ControlTimeoutError, call, wait_ready
 from fltemu.kernel import ClientPort
 from fltemu.wire import PROTOCOL_VERSION, Control, ControlResult
+from fltuser.control import ControlError, ControlTimeoutError, call, wait_ready
 
 from ..helpers import until
 

@@ -7,7 +7,7 @@ import errno
 import os
 from pathlib import Path
 
-from fltemu.daemon.ctl import format_ports
+from fltemu.cli.ctl import format_ports
 from fltemu.daemon.server import DaemonAddressError, explain_address_error
 from fltemu.wire import ConnectionInfo, FilterInfo, PortInfo
 

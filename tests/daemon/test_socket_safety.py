@@ -17,10 +17,10 @@ import pytest
 import fltemu.daemon.server as server_module
 import fltuser
 from fltemu.daemon import Daemon
-from fltemu.daemon.control import ControlError, call
 from fltemu.daemon.server import DaemonAddressUnsafeError
 from fltemu.status import HResult
 from fltemu.wire import PROTOCOL_VERSION, Control, is_trusted_peer
+from fltuser.control import ControlError, call
 
 NOBODY = 65534
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import fltuser
-from fltemu.daemon.cli import main
+from fltemu.cli import main
 
 from .test_cli import Served, start
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 import fltuser
-from fltemu.daemon.control import call
 from fltemu.daemon.runner import WATCHDOG_MARGIN
 from fltemu.daemon.server import SHUTDOWN_SLACK
 from fltemu.status import HResult
 from fltemu.wire import PROTOCOL_VERSION, Control
+from fltuser.control import call
 
 from ..helpers import LineProcess
 

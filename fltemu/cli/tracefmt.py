@@ -1,7 +1,7 @@
 """How ``fltemu trace`` prints events: one line each, a hex/ASCII preview, and the fields of
 the built-in samples' messages decoded.
 
-Not here: collecting the events (``fltemu.daemon.trace``), the connection (``control``).
+Not here: collecting the events (``fltemu.daemon.trace``), the connection (``fltuser.control``).
 """
 
 from __future__ import annotations
