@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -55,6 +57,18 @@ def _modules_after(statement: str) -> set[str]:
         ("import fltemu", {"asyncio", "socket", "fltemu.kernel", "fltemu.daemon", "uvloop"}),
         ("import fltemu.kernel", {"msgspec", "fltemu.wire", "fltemu.daemon", "uvloop"}),
         ("import fltuser", {"fltemu.kernel", "fltemu.daemon", "uvloop"}),
+        ("import fltuser.control", {"fltemu.kernel", "fltemu.daemon", "uvloop"}),
+        (
+            "import fltemu.daemon",
+            {
+                "fltemu.cli",
+                "fltemu.bench",
+                "fltemu.wine",
+                "fltemu.samples",
+                "fltemu.testing",
+                "fltuser",
+            },
+        ),
     ],
 )
 def test_import_rules(statement: str, forbidden: set[str]) -> None:
@@ -78,3 +92,75 @@ def test_kernel_and_wire_sources_import_no_socket() -> None:
                 else:
                     continue
                 assert not {"socket", "selectors", "ssl"} & set(names), f"{path} imports {names}"
+
+
+_SOURCES = {"fltemu": Path(fltemu.__file__).parent, "fltuser": Path(fltuser.__file__).parent}
+
+
+def _module_name(path: Path) -> str:
+    for top, root in _SOURCES.items():
+        if path.is_relative_to(root):
+            parts = [top, *path.relative_to(root).with_suffix("").parts]
+            return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    raise AssertionError(path)
+
+
+def _imports() -> dict[str, set[str]]:
+    """Every module of fltemu and fltuser, and the modules of theirs each one imports: at the
+    top, in a function or under TYPE_CHECKING alike."""
+    modules = {
+        _module_name(path): path for root in _SOURCES.values() for path in root.rglob("*.py")
+    }
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges = graph.setdefault(name, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = package
+                for _ in range(node.level - 1):
+                    base = base.rpartition(".")[0]
+                target = (
+                    node.module or ""
+                    if node.level == 0
+                    else ".".join(filter(None, [base, node.module]))
+                )
+                # ``from package import submodule`` imports the submodule.
+                targets = [
+                    f"{target}.{a.name}" if f"{target}.{a.name}" in modules else target
+                    for a in node.names
+                ]
+            else:
+                continue
+            edges.update(t for t in targets if t in modules and t != name)
+    return graph
+
+
+def test_no_import_cycles() -> None:
+    graph = _imports()
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            cycle = path[path.index(module) :] + [module]
+            raise AssertionError("import cycle: " + " -> ".join(cycle))
+        if module in done:
+            return
+        for target in sorted(graph[module]):
+            visit(target, [*path, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+
+
+def test_the_daemon_imports_only_the_layers_below_it() -> None:
+    # The server alone: the command line, the tools, the samples and the clients sit above it.
+    allowed = ("fltemu.daemon", "fltemu.wire", "fltemu.kernel", "fltemu.errors", "fltemu.status")
+    allowed += ("fltemu._limits", "fltemu._version")
+    for module, targets in _imports().items():
+        if module.startswith("fltemu.daemon"):
+            wrong = sorted(t for t in targets if not t.startswith(allowed))
+            assert not wrong, f"{module} imports {wrong}"

@@ -1,5 +1,5 @@
 """How ``fltemu trace`` prints events: one line each, a hex/ASCII preview, and the fields of
-the built-in samples' messages decoded.
+the built-in samples' messages, as each sample decodes them (its ``TRACE_DECODERS``).
 
 Not here: collecting the events (``fltemu.daemon.trace``), the connection (``fltuser.control``).
 """
@@ -7,13 +7,15 @@ Not here: collecting the events (``fltemu.daemon.trace``), the connection (``flt
 from __future__ import annotations
 
 import datetime
+import functools
+import importlib
 import struct
 from collections.abc import Callable
 from typing import Final
 
 import msgspec
 
-from ..samples import avscan, minispy, scanner
+from ..daemon.loader import BUILTIN_FILTERS
 from ..status import NtStatus
 from ..wire import TraceEvent
 
@@ -102,69 +104,22 @@ def hex_preview(data: bytes, total: int) -> list[str]:
     return lines
 
 
-def _scanner(kind: str, data: bytes) -> str | None:
-    if kind in ("message", "deliver") and len(data) >= 8:
-        bytes_to_scan, _ = struct.unpack_from("<II", data)
-        contents = data[8 : 8 + bytes_to_scan]
-        more = "..." if bytes_to_scan > len(contents) else ""
-        return (
-            f"SCANNER_NOTIFICATION BytesToScan={bytes_to_scan} "
-            f"Contents={contents.decode('latin-1')!r}{more}"
-        )
-    if kind in ("reply", "message_done") and len(data) >= scanner.SCANNER_REPLY.size:
-        (safe,) = scanner.SCANNER_REPLY.unpack_from(data)
-        return f"SCANNER_REPLY SafeToOpen={safe} ({'safe' if safe else 'unsafe'})"
-    return None
-
-
-def _minispy(kind: str, data: bytes) -> str | None:
-    if kind == "send" and len(data) >= minispy.COMMAND_MESSAGE.size:
-        command, _ = minispy.COMMAND_MESSAGE.unpack_from(data)
-        try:
-            name = minispy.MiniSpyCommand(command).name
-        except ValueError:
-            name = str(command)
-        return f"COMMAND_MESSAGE Command={name}"
-    return None
-
-
-def _avscan(kind: str, data: bytes) -> str | None:
-    if kind in ("message", "deliver") and len(data) >= avscan.AV_SCANNER_NOTIFICATION.size:
-        message, reason, scan_id, thread = avscan.AV_SCANNER_NOTIFICATION.unpack_from(data)
-        return (
-            f"AV_SCANNER_NOTIFICATION Message={_enum(avscan.AvScanMessage, message)} "
-            f"Reason={_enum(avscan.AvScanReason, reason)} ScanId={scan_id} "
-            f"ScanThreadId={thread}"
-        )
-    if kind == "send" and len(data) >= avscan.COMMAND_MESSAGE.size:
-        command, scan_id, thread, union = avscan.COMMAND_MESSAGE.unpack_from(data)
-        name = _enum(avscan.AvScanCommand, command)
-        if command == avscan.AvScanCommand.AvCmdCloseSectionForDataScan:
-            last = f"ScanResult={_enum(avscan.AvScanResult, union)}"
-        else:
-            last = f"FileHandle={union:#x}"
-        return f"COMMAND_MESSAGE Command={name} ScanId={scan_id} ScanThreadId={thread} {last}"
-    return None
-
-
-def _enum(cls: Callable[[int], object], value: int) -> str:
-    try:
-        return str(getattr(cls(value), "name", value))
-    except ValueError:
-        return str(value)
-
-
-_DECODERS: Final[dict[str, Callable[[str, bytes], str | None]]] = {
-    scanner.PORT_NAME: _scanner,
-    minispy.PORT_NAME: _minispy,
-    **{name: _avscan for name in avscan.PORT_NAMES.values()},
-}
+@functools.cache
+def _decoders() -> dict[str, Callable[[str, bytes], str | None]]:
+    # Each built-in sample says how its messages read (its TRACE_DECODERS); they are imported
+    # by name, as the daemon loads them, and only when a trace shows a message.
+    decoders: dict[str, Callable[[str, bytes], str | None]] = {}
+    for module in BUILTIN_FILTERS.values():
+        decoders.update(getattr(importlib.import_module(module), "TRACE_DECODERS", {}))
+    return decoders
 
 
 def decode_sample(event: TraceEvent) -> str | None:
     """The fields of a built-in sample's message, when the event carries one."""
-    decoder = _DECODERS.get(event.port)
-    if decoder is None or not event.data:
+    if not event.data:
+        return None
+    decoder = _decoders().get(event.port)
+    if decoder is None:
         return None
     try:
         return decoder(event.kind, event.data)

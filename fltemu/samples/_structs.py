@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import struct
 import time
-from typing import Final
+from collections.abc import Callable
+from typing import Final, TypeAlias
 
 __all__ = [
     "EPOCH_1601_OFFSET_100NS",
     "HANDLE",
     "POINTER_BYTES",
+    "TraceDecoder",
     "ULONG",
+    "enum_name",
     "is_aligned",
     "pad",
     "read_u32",
@@ -31,6 +34,11 @@ POINTER_BYTES: Final = 8
 ULONG: Final = struct.Struct("<I")
 #: HANDLE (a pointer-sized value on x64): 8 bytes.
 HANDLE: Final = struct.Struct("<Q")
+#: How ``fltemu trace`` shows a sample's messages: called with the event's kind and its payload
+#: (the first bytes of it), it returns the message's fields in a line, or ``None`` when the
+#: payload is not one of the sample's messages. A sample maps its port names to one in
+#: ``TRACE_DECODERS``.
+TraceDecoder: TypeAlias = Callable[[str, bytes], "str | None"]
 #: 100-ns intervals from 1601-01-01 (the Windows system-time epoch) to 1970-01-01.
 EPOCH_1601_OFFSET_100NS: Final = 116_444_736_000_000_000
 
@@ -92,3 +100,11 @@ def pad(data: bytes, size: int) -> bytes:
     b'ab\\x00\\x00'
     """
     return data[:size].ljust(size, b"\0")
+
+
+def enum_name(cls: Callable[[int], object], value: int) -> str:
+    """``value``'s name in the enum ``cls``, or the number when it has none."""
+    try:
+        return str(getattr(cls(value), "name", value))
+    except ValueError:
+        return str(value)

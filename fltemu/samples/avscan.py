@@ -110,7 +110,7 @@ from ._sources import (
     parse_source,
     sample_state,
 )
-from ._structs import HANDLE, ULONG, is_aligned, pad, read_u32, read_u64
+from ._structs import HANDLE, ULONG, TraceDecoder, enum_name, is_aligned, pad, read_u32, read_u64
 
 __all__ = [
     "ABORT_PORT_NAME",
@@ -123,6 +123,7 @@ __all__ = [
     "SCAN_PORT_NAME",
     "STATUS_NOT_FOUND",
     "STATUS_VIRUS_INFECTED",
+    "TRACE_DECODERS",
     "AvConnectionType",
     "AvScanCommand",
     "AvScanMessage",
@@ -130,6 +131,7 @@ __all__ = [
     "AvScanResult",
     "AvScanState",
     "AvVerdict",
+    "describe_message",
     "setup",
     "state_of",
     "teardown",
@@ -243,6 +245,35 @@ PORT_NAMES: Final = {
     AvConnectionType.AvConnectForAbort: ABORT_PORT_NAME,
     AvConnectionType.AvConnectForQuery: QUERY_PORT_NAME,
 }
+
+
+def describe_message(kind: str, data: bytes) -> str | None:
+    """How ``fltemu trace`` shows the sample's messages: an AV_SCANNER_NOTIFICATION's fields,
+    a COMMAND_MESSAGE's command and what its union holds."""
+    if kind in ("message", "deliver") and len(data) >= AV_SCANNER_NOTIFICATION.size:
+        message, reason, scan_id, thread = AV_SCANNER_NOTIFICATION.unpack_from(data)
+        return (
+            f"AV_SCANNER_NOTIFICATION Message={enum_name(AvScanMessage, message)} "
+            f"Reason={enum_name(AvScanReason, reason)} ScanId={scan_id} "
+            f"ScanThreadId={thread}"
+        )
+    if kind == "send" and len(data) >= COMMAND_MESSAGE.size:
+        command, scan_id, thread, union = COMMAND_MESSAGE.unpack_from(data)
+        if command == AvScanCommand.AvCmdCloseSectionForDataScan:
+            last = f"ScanResult={enum_name(AvScanResult, union)}"
+        else:
+            last = f"FileHandle={union:#x}"
+        return (
+            f"COMMAND_MESSAGE Command={enum_name(AvScanCommand, command)} ScanId={scan_id} "
+            f"ScanThreadId={thread} {last}"
+        )
+    return None
+
+
+#: Its ports' messages, as ``fltemu trace`` shows them.
+TRACE_DECODERS: Final[dict[str, TraceDecoder]] = dict.fromkeys(
+    PORT_NAMES.values(), describe_message
+)
 
 
 @dataclass(eq=False)

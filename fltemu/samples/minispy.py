@@ -89,7 +89,16 @@ from ._sources import (
     parse_source,
     sample_state,
 )
-from ._structs import POINTER_BYTES, ULONG, is_aligned, read_u32, round_to_size, system_time_now
+from ._structs import (
+    POINTER_BYTES,
+    ULONG,
+    TraceDecoder,
+    enum_name,
+    is_aligned,
+    read_u32,
+    round_to_size,
+    system_time_now,
+)
 
 __all__ = [
     "COMMAND_MESSAGE",
@@ -100,10 +109,12 @@ __all__ = [
     "MINISPYVER",
     "PORT_NAME",
     "RECORD_DATA",
+    "TRACE_DECODERS",
     "MiniSpyCommand",
     "MiniSpyState",
     "SpyOperation",
     "build_log_record",
+    "describe_message",
     "record_name",
     "setup",
     "state_of",
@@ -198,6 +209,18 @@ class MiniSpyCommand(enum.IntEnum):
 
     GetMiniSpyLog = 0
     GetMiniSpyVersion = 1
+
+
+def describe_message(kind: str, data: bytes) -> str | None:
+    """How ``fltemu trace`` shows the sample's messages: a COMMAND_MESSAGE's command."""
+    if kind == "send" and len(data) >= COMMAND_MESSAGE.size:
+        command, _ = COMMAND_MESSAGE.unpack_from(data)
+        return f"COMMAND_MESSAGE Command={enum_name(MiniSpyCommand, command)}"
+    return None
+
+
+#: Its port's messages, as ``fltemu trace`` shows them.
+TRACE_DECODERS: Final[dict[str, TraceDecoder]] = {PORT_NAME: describe_message}
 
 
 @dataclass(frozen=True, slots=True)

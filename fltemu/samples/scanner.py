@@ -83,6 +83,7 @@ from ._sources import (
     parse_source,
     sample_state,
 )
+from ._structs import TraceDecoder
 
 __all__ = [
     "FOUL_STRING",
@@ -91,9 +92,11 @@ __all__ = [
     "SCANNER_NOTIFICATION",
     "SCANNER_READ_BUFFER_SIZE",
     "SCANNER_REPLY",
+    "TRACE_DECODERS",
     "ScanOperation",
     "ScanVerdict",
     "ScannerState",
+    "describe_message",
     "setup",
     "state_of",
     "teardown",
@@ -115,6 +118,27 @@ SCANNER_REPLY: Final = struct.Struct("<B")
 #: What the sample's user program searches for (scanUser.c's FoulString).
 FOUL_STRING: Final = b"foul"
 #: The attribute of the Filter that holds the sample's state.
+
+
+def describe_message(kind: str, data: bytes) -> str | None:
+    """How ``fltemu trace`` shows the sample's messages: a SCANNER_NOTIFICATION's size and
+    contents, a SCANNER_REPLY's verdict."""
+    if kind in ("message", "deliver") and len(data) >= 8:
+        bytes_to_scan, _ = struct.unpack_from("<II", data)
+        contents = data[8 : 8 + bytes_to_scan]
+        more = "..." if bytes_to_scan > len(contents) else ""
+        return (
+            f"SCANNER_NOTIFICATION BytesToScan={bytes_to_scan} "
+            f"Contents={contents.decode('latin-1')!r}{more}"
+        )
+    if kind in ("reply", "message_done") and len(data) >= SCANNER_REPLY.size:
+        (safe,) = SCANNER_REPLY.unpack_from(data)
+        return f"SCANNER_REPLY SafeToOpen={safe} ({'safe' if safe else 'unsafe'})"
+    return None
+
+
+#: Its port's messages, as ``fltemu trace`` shows them.
+TRACE_DECODERS: Final[dict[str, TraceDecoder]] = {PORT_NAME: describe_message}
 
 #: The settings this sample reads.
 SETTINGS: Final = ("source", "extensions", "interval", "seed", "history")
