@@ -158,8 +158,10 @@ def test_no_import_cycles() -> None:
 
 def test_the_daemon_imports_only_the_layers_below_it() -> None:
     # The server alone: the command line, the tools, the samples and the clients sit above it.
-    allowed = ("fltemu.daemon", "fltemu.wire", "fltemu.kernel", "fltemu.errors", "fltemu.status")
-    allowed += ("fltemu._limits", "fltemu._version")
+    allowed = (
+        *("fltemu.daemon", "fltemu.wire", "fltemu.kernel", "fltemu.errors", "fltemu.status"),
+        *("fltemu._limits", "fltemu._version"),
+    )
     for module, targets in _imports().items():
         if module.startswith("fltemu.daemon"):
             wrong = sorted(t for t in targets if not t.startswith(allowed))
