@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import inspect
 import os
+import select
+import socket
 import sys
 import tempfile
 import threading
@@ -17,6 +20,7 @@ import fltuser._sync as fltuser_sync
 from fltemu import NtStatus, SecurityDescriptor
 from fltemu.daemon import Daemon
 from fltemu.kernel import ClientPort
+from fltemu.wire import NEED_DATA, PROTOCOL_VERSION, Connect, ConnectResult, Role, WireConnection
 
 from ..helpers import until
 
@@ -271,3 +275,56 @@ async def test_async_sync_handle_serializes_calls_9_7(daemon: Daemon) -> None:
     assert await sender == b"x"
     assert events == ["get released", "send"]
     await port.aclose()
+
+
+def _daemon_that_goes_away(path: str, unread: bool) -> threading.Thread:
+    """A daemon's end that accepts one port connection, then goes away.
+
+    With ``unread``, it waits for the client's next request and leaves it unread: closing a
+    Unix socket with unread data resets the connection, so the client's read fails with
+    ECONNRESET. Without, it closes at once, and the client's next write fails with EPIPE.
+    """
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    def serve() -> None:
+        with listener, listener.accept()[0] as conn:
+            wire = WireConnection(Role.KERNEL)
+            while (event := wire.next_event()) is NEED_DATA:
+                wire.receive_data(conn.recv(4096))
+            assert isinstance(event, Connect)
+            conn.sendall(wire.send(ConnectResult(PROTOCOL_VERSION, 0, 1 << 20)))
+            if unread:
+                select.select([conn], [], [], 10)  # the client's request has arrived
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize(
+    ("unread", "error", "code"),
+    [(True, ConnectionResetError, errno.ECONNRESET), (False, BrokenPipeError, errno.EPIPE)],
+    ids=["read-fails", "write-fails"],
+)
+def test_sync_port_keeps_the_socket_error_as_the_cause(
+    unread: bool, error: type[OSError], code: int
+) -> None:
+    # The call fails as on any lost connection (the HRESULT is unchanged); the OSError
+    # behind it stays chained as its cause, its errno readable.
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        path = os.path.join(tmp, "d.sock")
+        server = _daemon_that_goes_away(path, unread)
+        port = fltuser.connect("\\Gone", address=path)
+        if not unread:
+            server.join()  # the daemon's end is closed before the client writes
+        with pytest.raises(fltuser.HResultError) as info:
+            port.get_message(64)
+        server.join()
+        port.close()
+    assert info.value.hresult == 0x80070006  # E_HANDLE, as for any connection that ends
+    cause = info.value.__cause__
+    assert isinstance(cause, error)
+    assert cause.errno == code
+    assert f"[Errno {code}]" in str(info.value)
