@@ -3,7 +3,7 @@
 Runs ``bench_daemon.py`` (with ``--base``), ``baseline.py``, ``bench_roundtrip.py``,
 ``bench_kernel_to_user.py`` (both reader kinds) and ``bench_connections.py`` one after another
 (each as a subprocess with ``--json``, so each pins, warms up and repeats as it does alone),
-prints each script's tables, then the target table: every target (``_harness.TARGETS``) with
+prints each script's tables, then the target table: every target (``_harness/targets.py``) with
 fltemu's figure, the reference it is a ratio to (measured in the same script run) and whether
 it holds. ``--write-readme`` writes that run into README.md and benchmarks/README.md.
 Not here: the measurements themselves (the scripts).
