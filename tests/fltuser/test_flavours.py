@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 import fltuser
-import fltuser._sync as fltuser_sync
 from fltemu import NtStatus, SecurityDescriptor
 from fltemu.daemon import Daemon
 from fltemu.kernel import ClientPort
@@ -223,7 +222,7 @@ def _parked_on_the_handle(thread: threading.Thread) -> bool:
     return (
         frame is not None
         and frame.f_code.co_name == "wrapper"
-        and frame.f_code.co_filename == fltuser_sync.__file__
+        and frame.f_code.co_filename == inspect.getfile(fltuser.Port)
     )
 
 
