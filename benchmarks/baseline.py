@@ -463,30 +463,44 @@ def bare_impl(client: str, loop: str, codec: str, timing: h.Timing, seed: int) -
 
 
 def reference_servers(
-    build: h.CBuild, loops: list[str], codec: str, placement: h.Placement
+    build: h.CBuild | None, loops: list[str], codec: str, placement: h.Placement
 ) -> dict[str, Callable[[], h.Server]]:
-    """Server starters for the references: ``c`` and ``bare-<loop>``."""
+    """Server starters for the references: ``c`` (when built) and ``bare-<loop>``."""
     start: dict[str, Callable[[], h.Server]] = {}
-    if build.binary is not None:
+    if build is not None and build.binary is not None:
         start["c"] = lambda: h.start_c_server(build, placement)
     for loop in loops:
         start[f"bare-{loop}"] = lambda loop=loop: start_bare_server(loop, codec, placement)  # type: ignore[misc]
     return start
 
 
+def add_baseline_arg(parser: argparse.ArgumentParser) -> None:
+    """``--baseline c,bare``: the references the ``bench_*`` scripts run alongside fltemu."""
+    parser.add_argument(
+        "--baseline",
+        type=h.choices_list(["c", "bare", "none"]),
+        default=["c", "bare"],
+        help="references run alongside (default c,bare)",
+    )
+
+
 # --- standalone ------------------------------------------------------------------------------
 
-COLUMNS: Final = [
-    ("impl", "impl"),
-    ("client", "client"),
-    ("loop", "loop"),
-    ("scenario", "scenario"),
-    ("payload", "payload B"),
-    ("msgs_per_s", "msg/s"),
-    ("spread_pct", "±%"),
-    ("p50_us", "p50 µs"),
-    ("p99_us", "p99 µs"),
-    ("ratio_c", "× C"),
+TABLES: Final = [
+    h.Table(
+        [
+            ("impl", "impl"),
+            ("client", "client"),
+            ("loop", "loop"),
+            ("scenario", "scenario"),
+            ("payload", "payload B"),
+            ("msgs_per_s", "msg/s"),
+            ("spread_pct", "±%"),
+            ("p50_us", "p50 µs"),
+            ("p99_us", "p99 µs"),
+            ("ratio_c", "× C"),
+        ]
+    )
 ]
 
 
@@ -505,36 +519,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--serve", metavar="PATH", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.versions:
-        h.versions_and_exit(args)
-    if args.serve:
+    if args.serve and not args.versions:
         serve(args.serve, args.loop[0], args.codec)
         return 0
-
-    timing = h.Timing.from_args(args)
-    placement = h.Placement.choose(args.no_pin)
-    out = h.Output(args.json)
-    env = h.environment(placement)
-    build = h.build_c()
-    env["c_reference"] = build.note
-    h.print_env(out, env)
-    noise = h.NoiseMeter()
-    if build.binary is None:
-        out.note(f"# {build.note}")
-
-    impls: list[h.Impl] = []
-    if build.binary is not None:
-        impls.append(c_impl(build, timing, placement))
-    for loop in args.loop:
-        for client in args.client:
-            impls.append(bare_impl(client, loop, args.codec, timing, args.seed))
-    configs = h.scenario_configs(args)
-    start = reference_servers(build, args.loop, args.codec, placement)
-    results = h.run_matrix(impls, configs, timing, start, out)
-    emit_rows(out, "baseline", impls, configs, results, timing, placement)
-    if not args.json:
-        print(h.format_table(out.rows[1:], COLUMNS))
-    h.finish(out, noise)
+    with h.measuring(args, TABLES, c_program="ipcbench") as run:
+        impls: list[h.Impl] = []
+        if run.build is not None and run.build.binary is not None:
+            impls.append(c_impl(run.build, run.timing, run.placement))
+        for loop in args.loop:
+            for client in args.client:
+                impls.append(bare_impl(client, loop, args.codec, run.timing, args.seed))
+        configs = h.scenario_configs(args)
+        start = reference_servers(run.build, args.loop, args.codec, run.placement)
+        results = h.run_matrix(impls, configs, run.timing, start, run.out)
+        emit_rows(run.out, "baseline", impls, configs, results, run.timing, run.placement)
     return 0
 
 

@@ -62,6 +62,10 @@ IDLE_COLUMNS: Final = [
     ("spread_pct_with", "±%"),
     ("change_pct", "change %"),
 ]
+TABLES: Final = [
+    h.Table(MEMORY_COLUMNS, {"kind": "memory"}),
+    h.Table(IDLE_COLUMNS, {"kind": "throughput"}),
+]
 
 
 # --- the idle-connection holder (a separate process) ------------------------------------------
@@ -215,16 +219,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.hold_idle is not None:
         return hold_idle(args.address, args.hold_idle)
-    if args.versions:
-        h.versions_and_exit(args)
+    with h.measuring(args, TABLES) as run:
+        measure(run)
+    return 0
 
-    timing = h.Timing.from_args(args)
+
+def measure(run: h.ScriptRun) -> None:
+    """The repeats: memory per idle connection, then the busy loads with and without them."""
+    args, timing, placement, out = run.args, run.timing, run.placement, run.out
     idle = args.idle if args.idle is not None else (50 if timing.quick else 1000)
     pairs = max(1, min(2, args.pairs if args.pairs is not None else (1 if timing.quick else 2)))
-    placement = h.Placement.choose(args.no_pin)
-    out = h.Output(args.json)
-    h.print_env(out, h.environment(placement))
-    noise = h.NoiseMeter()
     warm = h.Timing(0.0, min(0.05, timing.measure_s), 1, True)
 
     memory_runs: list[dict[str, float]] = []
@@ -344,15 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         "max_abs_change_pct": max(changes) if changes else None,
     }
     out.emit(summary)
-    if not args.json:
-        print(h.format_table([r for r in rows if r["kind"] == "memory"], MEMORY_COLUMNS))
-        print()
-        print(h.format_table([r for r in rows if r["kind"] == "throughput"], IDLE_COLUMNS))
-        for allocation in allocations:
-            for item in allocation.get("top", []):
-                print(f"  {item['size_diff'] / idle:8.0f} B/conn  {item['where']}")
-    h.finish(out, noise)
-    return 0
+    for allocation in allocations:
+        for item in allocation.get("top", []):
+            run.epilogue.append(f"  {item['size_diff'] / idle:8.0f} B/conn  {item['where']}")
 
 
 if __name__ == "__main__":

@@ -42,19 +42,23 @@ import baseline
 #: The revision whose CPU per message the speed targets are set against (``run_all.py``).
 CPU_BASE_REV: Final = "efc5622"
 
-COLUMNS: Final = [
-    ("impl", "daemon"),
-    ("mode", "mode"),
-    ("depth", "in flight"),
-    ("payload", "payload B"),
-    ("msgs_per_s", "msg/s"),
-    ("spread_pct", "±%"),
-    ("p50_us", "p50 µs"),
-    ("cpu_us_per_msg", "cpu µs/msg"),
-    ("cpu_pct", "daemon cpu %"),
-    ("ratio_base", "msg/s × base"),
-    ("cpu_ratio_base", "cpu × base"),
-    ("cpu_ratio_bare", "cpu × bare"),
+TABLES: Final = [
+    h.Table(
+        [
+            ("impl", "daemon"),
+            ("mode", "mode"),
+            ("depth", "in flight"),
+            ("payload", "payload B"),
+            ("msgs_per_s", "msg/s"),
+            ("spread_pct", "±%"),
+            ("p50_us", "p50 µs"),
+            ("cpu_us_per_msg", "cpu µs/msg"),
+            ("cpu_pct", "daemon cpu %"),
+            ("ratio_base", "msg/s × base"),
+            ("cpu_ratio_base", "cpu × base"),
+            ("cpu_ratio_bare", "cpu × bare"),
+        ]
+    )
 ]
 
 
@@ -191,51 +195,46 @@ def main(argv: list[str] | None = None) -> int:
         f"{CPU_BASE_REV}, the revision the CPU target is set against)",
     )
     args = parser.parse_args(argv)
-    if args.versions:
-        h.versions_and_exit(args)
-    timing = h.Timing.from_args(args)
-    placement = h.Placement.choose(args.no_pin)
-    out = h.Output(args.json)
-    env = h.environment(placement)
-    build = h.build_c("fltload")
-    env["native_client"] = build.note
-    env["base"] = args.base
-    h.print_env(out, env)
-    noise = h.NoiseMeter()
-    if build.binary is None:
-        out.note(f"# {build.note}: nothing to measure")
-        h.finish(out, noise)
-        return 0
-    loop = args.loop[0]
-    with contextlib.ExitStack() as stack:
-        start = {"daemon": lambda: h.start_daemon(loop, placement)}
-        labels = {"impl": "fltemu", "loop": loop}
-        impls = [h.Impl("fltemu", labels, "daemon", _runner(build, timing))]
-        if "send" in args.modes:
-            start["bare"] = lambda: baseline.start_bare_server(loop, "msgpack", placement)
-            bare_labels = {"impl": "bare", "loop": loop}
-            impls.insert(0, h.Impl("bare", bare_labels, "bare", _runner(build, timing, raw=True)))
-        base = args.base
-        try:
-            tree = stack.enter_context(checkout(base)) if base else None
-        except RuntimeError as exc:  # a shallow clone, an unknown revision
-            out.note(f"# the daemon of {base} is not measured: {exc}")
-            tree = base = None
-        if tree is not None:
-            start["base"] = lambda: h.start_daemon(loop, placement, source=tree)
-            base_labels = {"impl": f"fltemu@{base}", "loop": loop}
-            impls.insert(0, h.Impl("base", base_labels, "base", _runner(build, timing)))
-        configs = [
-            {"mode": m, "depth": d, "payload": p}
-            for m in args.modes
-            for p in args.payload
-            for d in args.depth
-        ]
-        results = h.run_matrix(impls, configs, timing, start, out)
-    emit_rows(out, impls, configs, results, timing, base)
-    if not args.json:
-        print(h.format_table(out.rows[1:], COLUMNS))
-    h.finish(out, noise)
+    with h.measuring(
+        args,
+        TABLES,
+        c_program="fltload",
+        c_key="native_client",
+        env_extra={"base": args.base},
+        without_c=": nothing to measure",
+    ) as run:
+        build, timing, placement = run.build, run.timing, run.placement
+        if build is None or build.binary is None:
+            run.tables = []
+            return 0
+        loop = args.loop[0]
+        with contextlib.ExitStack() as stack:
+            start = {"daemon": lambda: h.start_daemon(loop, placement)}
+            labels = {"impl": "fltemu", "loop": loop}
+            impls = [h.Impl("fltemu", labels, "daemon", _runner(build, timing))]
+            if "send" in args.modes:
+                start["bare"] = lambda: baseline.start_bare_server(loop, "msgpack", placement)
+                bare_labels = {"impl": "bare", "loop": loop}
+                bare = h.Impl("bare", bare_labels, "bare", _runner(build, timing, raw=True))
+                impls.insert(0, bare)
+            base = args.base
+            try:
+                tree = stack.enter_context(checkout(base)) if base else None
+            except RuntimeError as exc:  # a shallow clone, an unknown revision
+                run.out.note(f"# the daemon of {base} is not measured: {exc}")
+                tree = base = None
+            if tree is not None:
+                start["base"] = lambda: h.start_daemon(loop, placement, source=tree)
+                base_labels = {"impl": f"fltemu@{base}", "loop": loop}
+                impls.insert(0, h.Impl("base", base_labels, "base", _runner(build, timing)))
+            configs = [
+                {"mode": m, "depth": d, "payload": p}
+                for m in args.modes
+                for p in args.payload
+                for d in args.depth
+            ]
+            results = h.run_matrix(impls, configs, timing, start, run.out)
+        emit_rows(run.out, impls, configs, results, timing, base)
     return 0
 
 

@@ -189,21 +189,25 @@ def _key(labels: dict[str, Any]) -> str:
     return key + ("/separate" if labels.get("reader") == "reply, get" else "")
 
 
-COLUMNS: Final = [
-    ("impl", "impl"),
-    ("client", "client"),
-    ("loop", "loop"),
-    ("readers", "readers"),
-    ("reader", "reader calls"),
-    ("payload", "payload B"),
-    ("msgs_per_s", "msg/s"),
-    ("spread_pct", "±%"),
-    ("p50_us", "p50 µs"),
-    ("p99_us", "p99 µs"),
-    ("ratio_c", "× C"),
-    ("c_ref", "C ref"),
-    ("ratio_c_pipe64", "× C pipe64"),
-    ("ratio_bare", "× bare"),
+TABLES: Final = [
+    h.Table(
+        [
+            ("impl", "impl"),
+            ("client", "client"),
+            ("loop", "loop"),
+            ("readers", "readers"),
+            ("reader", "reader calls"),
+            ("payload", "payload B"),
+            ("msgs_per_s", "msg/s"),
+            ("spread_pct", "±%"),
+            ("p50_us", "p50 µs"),
+            ("p99_us", "p99 µs"),
+            ("ratio_c", "× C"),
+            ("c_ref", "C ref"),
+            ("ratio_c_pipe64", "× C pipe64"),
+            ("ratio_bare", "× bare"),
+        ]
+    )
 ]
 
 
@@ -238,73 +242,53 @@ def main(argv: list[str] | None = None) -> int:
         help="how a reader answers and waits again: reply_and_get (combined, default) and/or "
         "reply then get_message (separate)",
     )
-    parser.add_argument(
-        "--baseline",
-        type=h.choices_list(["c", "bare", "none"]),
-        default=["c", "bare"],
-        help="references run alongside (default c,bare)",
-    )
+    baseline.add_baseline_arg(parser)
     args = parser.parse_args(argv)
-    if args.versions:
-        h.versions_and_exit(args)
-
-    timing = h.Timing.from_args(args)
-    placement = h.Placement.choose(args.no_pin)
-    out = h.Output(args.json)
-    env = h.environment(placement)
-    build = h.build_c() if "c" in args.baseline else h.CBuild(None, "C reference not asked for")
-    env["c_reference"] = build.note
-    h.print_env(out, env)
-    noise = h.NoiseMeter()
-    if build.binary is None:
-        out.note(f"# {build.note}")
-
-    impls: list[h.Impl] = []
-    if build.binary is not None:
-        impls.append(baseline.c_impl(build, timing, placement))
-    bare_loops = args.loop if "bare" in args.baseline else []
-    for loop in bare_loops:
-        impls.append(baseline.bare_impl("async", loop, "msgpack", timing, args.seed))
-    for loop in args.loop:
-        for client in args.client:
-            for reader in args.reader:
-                impls.append(
-                    fltemu_impl(
-                        client,
-                        loop,
-                        timing,
-                        args.seed,
-                        args.senders,
-                        args.reply_size,
-                        reader == "combined",
+    with h.measuring(args, TABLES, c_program="ipcbench", c_wanted="c" in args.baseline) as run:
+        timing, placement = run.timing, run.placement
+        impls: list[h.Impl] = []
+        if run.build is not None and run.build.binary is not None:
+            impls.append(baseline.c_impl(run.build, timing, placement))
+        bare_loops = args.loop if "bare" in args.baseline else []
+        for loop in bare_loops:
+            impls.append(baseline.bare_impl("async", loop, "msgpack", timing, args.seed))
+        for loop in args.loop:
+            for client in args.client:
+                for reader in args.reader:
+                    impls.append(
+                        fltemu_impl(
+                            client,
+                            loop,
+                            timing,
+                            args.seed,
+                            args.senders,
+                            args.reply_size,
+                            reader == "combined",
+                        )
                     )
-                )
-    start = baseline.reference_servers(build, bare_loops, "msgpack", placement)
-    for loop in args.loop:
-        start[f"daemon-{loop}"] = lambda loop=loop: h.start_daemon(loop, placement)  # type: ignore[misc]
-    configs = [{"readers": r, "payload": p} for p in args.payload for r in args.readers]
-    # C's pipelined rate (64 in flight) for every payload, for the ratio the issue asks for.
-    pipe_configs = [{"readers": 64, "payload": p} for p in args.payload]
-    all_configs = configs + [c for c in pipe_configs if c not in configs]
-    results = h.run_matrix(impls, all_configs, timing, start, out)
-    baseline.emit_rows(
-        out,
-        "kernel_to_user",
-        impls,
-        configs,
-        results,
-        timing,
-        placement,
-        bare_for=lambda impl: (
-            f"bare/async/{impl.labels['loop']}" if impl.labels["impl"] == "fltemu" else None
-        ),
-        decorate=lambda row, index: _decorate(
-            row, index, configs, all_configs, results, args.senders
-        ),
-    )
-    if not args.json:
-        print(h.format_table(out.rows[1:], COLUMNS))
-    h.finish(out, noise)
+        start = baseline.reference_servers(run.build, bare_loops, "msgpack", placement)
+        for loop in args.loop:
+            start[f"daemon-{loop}"] = lambda loop=loop: h.start_daemon(loop, placement)  # type: ignore[misc]
+        configs = [{"readers": r, "payload": p} for p in args.payload for r in args.readers]
+        # C's pipelined rate (64 in flight) for every payload, for the ratio the issue asks for.
+        pipe_configs = [{"readers": 64, "payload": p} for p in args.payload]
+        all_configs = configs + [c for c in pipe_configs if c not in configs]
+        results = h.run_matrix(impls, all_configs, timing, start, run.out)
+        baseline.emit_rows(
+            run.out,
+            "kernel_to_user",
+            impls,
+            configs,
+            results,
+            timing,
+            placement,
+            bare_for=lambda impl: (
+                f"bare/async/{impl.labels['loop']}" if impl.labels["impl"] == "fltemu" else None
+            ),
+            decorate=lambda row, index: _decorate(
+                row, index, configs, all_configs, results, args.senders
+            ),
+        )
     return 0
 
 

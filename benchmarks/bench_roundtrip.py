@@ -87,18 +87,22 @@ def fltemu_impl(client: str, loop: str, timing: h.Timing, seed: int) -> h.Impl:
     return h.Impl(f"fltemu/{client}/{loop}", labels, f"daemon-{loop}", run)
 
 
-COLUMNS: Final = [
-    ("impl", "impl"),
-    ("client", "client"),
-    ("loop", "loop"),
-    ("scenario", "scenario"),
-    ("payload", "payload B"),
-    ("msgs_per_s", "msg/s"),
-    ("spread_pct", "±%"),
-    ("p50_us", "p50 µs"),
-    ("p99_us", "p99 µs"),
-    ("ratio_c", "× C"),
-    ("ratio_bare", "× bare"),
+TABLES: Final = [
+    h.Table(
+        [
+            ("impl", "impl"),
+            ("client", "client"),
+            ("loop", "loop"),
+            ("scenario", "scenario"),
+            ("payload", "payload B"),
+            ("msgs_per_s", "msg/s"),
+            ("spread_pct", "±%"),
+            ("p50_us", "p50 µs"),
+            ("p99_us", "p99 µs"),
+            ("ratio_c", "× C"),
+            ("ratio_bare", "× bare"),
+        ]
+    )
 ]
 
 
@@ -109,59 +113,39 @@ def main(argv: list[str] | None = None) -> int:
     h.add_client_arg(parser)
     h.add_payload_arg(parser)
     h.add_scenario_args(parser)
-    parser.add_argument(
-        "--baseline",
-        type=h.choices_list(["c", "bare", "none"]),
-        default=["c", "bare"],
-        help="references run alongside (default c,bare)",
-    )
+    baseline.add_baseline_arg(parser)
     args = parser.parse_args(argv)
-    if args.versions:
-        h.versions_and_exit(args)
-
-    timing = h.Timing.from_args(args)
-    placement = h.Placement.choose(args.no_pin)
-    out = h.Output(args.json)
-    env = h.environment(placement)
-    build = h.build_c() if "c" in args.baseline else h.CBuild(None, "C reference not asked for")
-    env["c_reference"] = build.note
-    h.print_env(out, env)
-    noise = h.NoiseMeter()
-    if build.binary is None:
-        out.note(f"# {build.note}")
-
-    impls: list[h.Impl] = []
-    if build.binary is not None:
-        impls.append(baseline.c_impl(build, timing, placement))
-    bare_loops = args.loop if "bare" in args.baseline else []
-    for loop in bare_loops:
-        for client in args.client:
-            impls.append(baseline.bare_impl(client, loop, "msgpack", timing, args.seed))
-    for loop in args.loop:
-        for client in args.client:
-            impls.append(fltemu_impl(client, loop, timing, args.seed))
-    start = baseline.reference_servers(build, bare_loops, "msgpack", placement)
-    for loop in args.loop:
-        start[f"daemon-{loop}"] = lambda loop=loop: h.start_daemon(loop, placement)  # type: ignore[misc]
-    configs = h.scenario_configs(args)
-    results = h.run_matrix(impls, configs, timing, start, out)
-    baseline.emit_rows(
-        out,
-        "roundtrip",
-        impls,
-        configs,
-        results,
-        timing,
-        placement,
-        bare_for=lambda impl: (
-            f"bare/{impl.labels['client']}/{impl.labels['loop']}"
-            if impl.labels["impl"] == "fltemu"
-            else None
-        ),
-    )
-    if not args.json:
-        print(h.format_table(out.rows[1:], COLUMNS))
-    h.finish(out, noise)
+    with h.measuring(args, TABLES, c_program="ipcbench", c_wanted="c" in args.baseline) as run:
+        timing, placement = run.timing, run.placement
+        impls: list[h.Impl] = []
+        if run.build is not None and run.build.binary is not None:
+            impls.append(baseline.c_impl(run.build, timing, placement))
+        bare_loops = args.loop if "bare" in args.baseline else []
+        for loop in bare_loops:
+            for client in args.client:
+                impls.append(baseline.bare_impl(client, loop, "msgpack", timing, args.seed))
+        for loop in args.loop:
+            for client in args.client:
+                impls.append(fltemu_impl(client, loop, timing, args.seed))
+        start = baseline.reference_servers(run.build, bare_loops, "msgpack", placement)
+        for loop in args.loop:
+            start[f"daemon-{loop}"] = lambda loop=loop: h.start_daemon(loop, placement)  # type: ignore[misc]
+        configs = h.scenario_configs(args)
+        results = h.run_matrix(impls, configs, timing, start, run.out)
+        baseline.emit_rows(
+            run.out,
+            "roundtrip",
+            impls,
+            configs,
+            results,
+            timing,
+            placement,
+            bare_for=lambda impl: (
+                f"bare/{impl.labels['client']}/{impl.labels['loop']}"
+                if impl.labels["impl"] == "fltemu"
+                else None
+            ),
+        )
     return 0
 
 

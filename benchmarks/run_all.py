@@ -3,7 +3,7 @@
 Runs ``bench_daemon.py`` (with ``--base``), ``baseline.py``, ``bench_roundtrip.py``,
 ``bench_kernel_to_user.py`` (both reader kinds) and ``bench_connections.py`` one after another
 (each as a subprocess with ``--json``, so each pins, warms up and repeats as it does alone),
-prints each script's tables, then the target table: every target (``_harness.TARGETS``) with
+prints each script's tables, then the target table: every target (``_harness/targets.py``) with
 fltemu's figure, the reference it is a ratio to (measured in the same script run) and whether
 it holds. ``--write-readme`` writes that run into README.md and benchmarks/README.md.
 Not here: the measurements themselves (the scripts).
@@ -18,16 +18,21 @@ from pathlib import Path
 from typing import Any, Final
 
 import _harness as h
+import baseline
+import bench_connections
 import bench_daemon
-from bench_connections import IDLE_COLUMNS, MEMORY_COLUMNS
+import bench_kernel_to_user
+import bench_roundtrip
 
-SCRIPTS: Final = {
-    "daemon": "bench_daemon.py",
-    "baseline": "baseline.py",
-    "roundtrip": "bench_roundtrip.py",
-    "kernel_to_user": "bench_kernel_to_user.py",
-    "connections": "bench_connections.py",
+#: The scripts run, by the name their rows carry in ``bench``; each declares its ``TABLES``.
+MODULES: Final = {
+    "daemon": bench_daemon,
+    "baseline": baseline,
+    "roundtrip": bench_roundtrip,
+    "kernel_to_user": bench_kernel_to_user,
+    "connections": bench_connections,
 }
+SCRIPTS: Final = {name: Path(module.__file__ or name).name for name, module in MODULES.items()}
 
 
 def run_script(name: str, passthrough: list[str], extra: list[str]) -> list[dict[str, Any]]:
@@ -118,50 +123,6 @@ def evaluate(rows: list[dict[str, Any]], payload: int = 64) -> list[dict[str, An
     return out
 
 
-TABLES: Final = {
-    "daemon": bench_daemon.COLUMNS,
-    "baseline": [
-        ("impl", "impl"),
-        ("client", "client"),
-        ("loop", "loop"),
-        ("scenario", "scenario"),
-        ("payload", "payload B"),
-        ("msgs_per_s", "msg/s"),
-        ("spread_pct", "±%"),
-        ("p50_us", "p50 µs"),
-        ("p99_us", "p99 µs"),
-        ("ratio_c", "× C"),
-    ],
-    "roundtrip": [
-        ("impl", "impl"),
-        ("client", "client"),
-        ("loop", "loop"),
-        ("scenario", "scenario"),
-        ("payload", "payload B"),
-        ("msgs_per_s", "msg/s"),
-        ("spread_pct", "±%"),
-        ("p50_us", "p50 µs"),
-        ("p99_us", "p99 µs"),
-        ("ratio_c", "× C"),
-        ("ratio_bare", "× bare"),
-    ],
-    "kernel_to_user": [
-        ("impl", "impl"),
-        ("client", "client"),
-        ("loop", "loop"),
-        ("readers", "readers"),
-        ("payload", "payload B"),
-        ("msgs_per_s", "msg/s"),
-        ("spread_pct", "±%"),
-        ("p50_us", "p50 µs"),
-        ("p99_us", "p99 µs"),
-        ("ratio_c", "× C"),
-        ("c_ref", "C ref"),
-        ("ratio_c_pipe64", "× C pipe64"),
-        ("ratio_bare", "× bare"),
-    ],
-}
-
 TARGET_COLUMNS: Final = [
     ("what", "target"),
     ("loop", "loop"),
@@ -232,14 +193,7 @@ def write_readme(path: Path, block: str) -> None:
 
 def script_tables(name: str, rows: list[dict[str, Any]]) -> str:
     """A script's rows as the tables its README section shows, and its noise line."""
-    body = [r for r in rows if r.get("bench") not in ("env", "noise")]
-    if name == "connections":
-        parts = [
-            h.format_table([r for r in body if r.get("kind") == "memory"], MEMORY_COLUMNS),
-            h.format_table([r for r in body if r.get("kind") == "throughput"], IDLE_COLUMNS),
-        ]
-    else:
-        parts = [h.format_table(body, TABLES[name])]
+    parts = [h.render_tables(rows, MODULES[name].TABLES)]
     for r in rows:
         if r.get("bench") == "noise":
             parts.append(

@@ -160,6 +160,48 @@ def test_run_all() -> None:
         assert target["verdict"] in ("yes", "NO", "reported")
 
 
+def test_text_output() -> None:
+    # Without --json: the environment line, the script's table, the noise line.
+    proc = subprocess.run(
+        [sys.executable, str(BENCH_DIR / "bench_roundtrip.py"), "--quick", "--scenario", "seq"]
+        + ["--payload", "64", "--client", "async", "--baseline", "bare"],
+        capture_output=True,
+        text=True,
+        timeout=55,
+        cwd=BENCH_DIR.parent,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("# Python ")
+    assert lines[1] == "# C reference not asked for"
+    assert lines[2].startswith("| impl ") and lines[2].rstrip().endswith("| × bare |")
+    assert [line.split("|")[1].strip() for line in lines[4:6]] == ["bare", "fltemu"]
+    assert lines[6].startswith("# other processes used ")
+
+
+def test_run_all_prints_each_script_s_own_tables() -> None:
+    # run_all.py formats a script's JSON rows with the tables the script itself declares: the
+    # kernel->user table tells the two reader kinds apart, as the script's own table does.
+    code = """
+import json, run_all, bench_kernel_to_user
+row = {"bench": "kernel_to_user", "impl": "fltemu", "client": "async", "readers": 1}
+rows = [{"bench": "env"}, dict(row, reader="reply_and_get"), dict(row, reader="reply, get")]
+print(json.dumps([
+    run_all.script_tables("kernel_to_user", rows),
+    bench_kernel_to_user.TABLES[0].render(rows),
+]))
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=55, cwd=BENCH_DIR
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from_run_all, from_script = json.loads(proc.stdout)
+    assert from_run_all == from_script
+    header, _, first, second = from_run_all.splitlines()
+    assert "reader calls" in header
+    assert "reply_and_get" in first and "reply, get" in second
+
+
 def test_soak_torn_frames() -> None:
     rows = run_script("soak_torn_frames.py", "--quick", "--json")
     check_env(rows)

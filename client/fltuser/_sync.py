@@ -336,7 +336,7 @@ class Port:
                 # written after it fails when close() reaches the EOF, with E_HANDLE, and the
                 # sends that were running still get their answers (semantics §2.4).
                 return
-            self._lost(f"writing to the daemon failed: {exc}")
+            self._lost(f"writing to the daemon failed: {exc}", exc)
         self._flush_backlog()
 
     def _drain_backlog(self) -> None:
@@ -355,7 +355,7 @@ class Port:
             try:
                 self._drain_backlog()
             except OSError as exc:
-                self._lost(f"writing to the daemon failed: {exc}")
+                self._lost(f"writing to the daemon failed: {exc}", exc)
             finally:
                 self._wlock.release()
 
@@ -410,7 +410,7 @@ class Port:
         try:
             n = self._sock.recv_into(self._rbuf)
         except OSError as exc:
-            self._lost(f"reading from the daemon failed: {exc}")
+            self._lost(f"reading from the daemon failed: {exc}", exc)
             return True
         with self._lock:
             done, out = self._core.receive(self._rbuf[:n] if n else b"")
@@ -425,9 +425,18 @@ class Port:
     def _is_closed(self) -> bool:
         return self._core.state is PortState.CLOSED
 
-    def _lost(self, reason: str) -> None:
+    def _lost(self, reason: str, cause: OSError | None = None) -> None:
+        """The connection is gone: every waiting call fails with the HRESULT of a lost port.
+
+        ``cause``, the socket's error, is chained to each failure (``__cause__``), so that its
+        errno stays readable and a traceback shows it; ``reason`` says it in words.
+        """
         with self._lock:
             done = self._core.connection_lost(reason)
+        if cause is not None:
+            for _, _, error in done:
+                if error is not None and error.__cause__ is None:
+                    error.__cause__ = cause
         self._complete(done)
 
     def _complete(self, done: list[Completion]) -> None:

@@ -127,14 +127,14 @@ async def test_a_client_that_does_not_read_its_answers_is_not_served_ahead(
         client.writer.write(burst)
         (port,) = connected
         await until(lambda: port.sends_from_user > 0)
-        for _ in range(20):
-            await asyncio.sleep(0.01)
-        # A few answers fill the socket and the transport; the rest wait unanswered.
-        assert port.sends_from_user < 64
-        # Meanwhile another client is served as usual.
+        # Meanwhile another client is served as usual: its connect and send take the loop
+        # several turns, in each of which a daemon without the bound would go on reading and
+        # answering the burst (every request of it has been written).
         other = await fltuser.aconnect("\\Echo", address=daemon.address)
         assert await other.send(b"ping", 4) == b"ping"
         await other.aclose()
+        # A few answers fill the socket and the transport; the rest wait unanswered.
+        assert port.sends_from_user < 64
         answers = [await client.read() for _ in range(count)]
         assert [a.rid for a in answers] == list(range(1, count + 1))
         assert all(isinstance(a, SendResult) and len(a.data) == 65536 for a in answers)

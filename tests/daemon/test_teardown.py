@@ -75,10 +75,11 @@ async def test_cancelled_inside_message_notify_still_answers(daemon: Daemon) -> 
 async def test_interrupted_unload_still_completes(daemon: Daemon) -> None:
     flt, _, _ = await _port(daemon)
     log: list[str] = []
+    caller_gone = asyncio.Event()
 
     async def unload_callback(f: Any) -> None:
         log.append("start")
-        await asyncio.sleep(0.2)
+        await caller_gone.wait()
         log.append("done")
 
     flt.unload_callback = unload_callback
@@ -86,6 +87,9 @@ async def test_interrupted_unload_still_completes(daemon: Daemon) -> None:
     writer.write(WireConnection(Role.USER).send(Control(PROTOCOL_VERSION, "unload", "t")))
     await until(lambda: log == ["start"])
     writer.close()  # Ctrl-C on `fltemu unload t`
+    # The callback goes on only once the daemon has seen its caller leave.
+    await until(lambda: not daemon.sessions)
+    caller_gone.set()
     await until(lambda: flt.state is FilterState.UNLOADED)
     assert log == ["start", "done"]
     assert len(daemon.manager.namespace) == 0

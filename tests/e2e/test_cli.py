@@ -256,7 +256,7 @@ def test_bad_settings_fail_clearly(socket_path: str, args: list[str], message: s
 def test_allow_options_widen_the_default_security(args: list[str], expected: str) -> None:
     import tempfile
 
-    from ..userlib.test_flavours import _connect_as_nobody
+    from ..fltuser.test_flavours import _connect_as_nobody
 
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
         os.chmod(tmp, 0o755)

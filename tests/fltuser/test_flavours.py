@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import inspect
 import os
+import select
+import socket
+import sys
 import tempfile
 import threading
 from typing import Any
@@ -14,6 +19,7 @@ import fltuser
 from fltemu import NtStatus, SecurityDescriptor
 from fltemu.daemon import Daemon
 from fltemu.kernel import ClientPort
+from fltemu.wire import NEED_DATA, PROTOCOL_VERSION, Connect, ConnectResult, Role, WireConnection
 
 from ..helpers import until
 
@@ -182,40 +188,142 @@ async def _refuse_and_admit(socket_path: str) -> None:
         assert admitted == "connected"
 
 
-async def test_sync_handle_serializes_calls_9_7(
-    daemon: Daemon, port_clients: tuple[Any, list[ClientPort]]
-) -> None:
+async def _recording_port(daemon: Daemon, name: str) -> tuple[Any, list[ClientPort], list[str]]:
+    """A port whose MessageNotify records each send it sees in ``events``, as "send"."""
+    flt = daemon.register_filter("serial")
+    clients: list[ClientPort] = []
+    events: list[str] = []
+
+    def on_connect(client_port: ClientPort, cookie: object, context: bytes) -> int:
+        clients.append(client_port)
+        return 0
+
+    def on_message(cookie: object, data: bytes, out_size: int) -> tuple[int, bytes]:
+        events.append("send")
+        return 0, data[:out_size]
+
+    await flt.create_communication_port(
+        name,
+        connect_notify=on_connect,
+        disconnect_notify=lambda cookie: None,
+        message_notify=on_message,
+        max_connections=1,
+    )
+    return flt, clients, events
+
+
+def _parked_on_the_handle(thread: threading.Thread) -> bool:
+    """Whether ``thread`` waits for its turn on a synchronous handle (§9.7).
+
+    That is, its innermost Python frame is fltuser's serializing wrapper, blocked acquiring
+    the handle's lock: it has not started its call (a call under way is deeper down).
+    """
+    frame = sys._current_frames().get(thread.ident or -1)
+    return (
+        frame is not None
+        and frame.f_code.co_name == "wrapper"
+        and frame.f_code.co_filename == inspect.getfile(fltuser.Port)
+    )
+
+
+def _task_parked_on_the_handle(task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` waits for its turn on a synchronous handle (an ``asyncio.Lock``)."""
+    coro: object = task.get_coro()
+    while inspect.iscoroutine(getattr(coro, "cr_await", None)):
+        coro = coro.cr_await  # type: ignore[attr-defined]
+    return getattr(coro, "cr_code", None) is asyncio.Lock.acquire.__code__
+
+
+async def test_sync_handle_serializes_calls_9_7(daemon: Daemon) -> None:
     # On a FLT_PORT_FLAG_SYNC_HANDLE handle a thread blocked in FilterGetMessage holds up the
-    # other threads' calls, as the I/O manager serializes a synchronous file object.
-    flt, clients = port_clients
+    # other threads' calls, as the I/O manager serializes a synchronous file object: the send
+    # reaches the filter only once the get has left.
+    flt, clients, events = await _recording_port(daemon, "\\SerialPort")
     options = fltuser.FLT_PORT_FLAG_SYNC_HANDLE
-    port = await asyncio.to_thread(fltuser.connect, PORT, b"", options, daemon.address)
+    port = await asyncio.to_thread(fltuser.connect, "\\SerialPort", b"", options, daemon.address)
     await until(lambda: bool(clients))
     getter = asyncio.create_task(asyncio.to_thread(port.get_message, 64))
     await until(lambda: clients[0].queues.getter_count == 1)
-    sender = asyncio.create_task(asyncio.to_thread(port.send, b"x", 1))
-    await asyncio.sleep(0.05)
-    assert not sender.done() and clients[0].sends_from_user == 0  # held up by the get
+    sent: list[bytes] = []
+    sender = threading.Thread(target=lambda: sent.append(port.send(b"x", 1)))
+    sender.start()
+    # Either the send waits for its turn, or (serializing broken) it reaches the filter.
+    await until(lambda: _parked_on_the_handle(sender) or "send" in events)
+    events.append("get released")
     await flt.send_message(clients[0], b"release")
     assert (await getter).data == b"release"
-    assert await sender == b"x"
+    await asyncio.to_thread(sender.join, 10)
+    assert sent == [b"x"]
+    assert events == ["get released", "send"]
     await asyncio.to_thread(port.close)
 
 
-async def test_async_sync_handle_serializes_calls_9_7(
-    daemon: Daemon, port_clients: tuple[Any, list[ClientPort]]
-) -> None:
-    flt, clients = port_clients
+async def test_async_sync_handle_serializes_calls_9_7(daemon: Daemon) -> None:
+    flt, clients, events = await _recording_port(daemon, "\\SerialPort")
     port = await fltuser.aconnect(
-        PORT, options=fltuser.FLT_PORT_FLAG_SYNC_HANDLE, address=daemon.address
+        "\\SerialPort", options=fltuser.FLT_PORT_FLAG_SYNC_HANDLE, address=daemon.address
     )
     await until(lambda: bool(clients))
     getter = asyncio.create_task(port.get_message(64))
     await until(lambda: clients[0].queues.getter_count == 1)
     sender = asyncio.create_task(port.send(b"x", 1))
-    await asyncio.sleep(0.05)
-    assert not sender.done() and clients[0].sends_from_user == 0
+    await until(lambda: _task_parked_on_the_handle(sender) or "send" in events)
+    events.append("get released")
     await flt.send_message(clients[0], b"release")
     assert (await getter).data == b"release"
     assert await sender == b"x"
+    assert events == ["get released", "send"]
     await port.aclose()
+
+
+def _daemon_that_goes_away(path: str, unread: bool) -> threading.Thread:
+    """A daemon's end that accepts one port connection, then goes away.
+
+    With ``unread``, it waits for the client's next request and leaves it unread: closing a
+    Unix socket with unread data resets the connection, so the client's read fails with
+    ECONNRESET. Without, it closes at once, and the client's next write fails with EPIPE.
+    """
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    def serve() -> None:
+        with listener, listener.accept()[0] as conn:
+            wire = WireConnection(Role.KERNEL)
+            while (event := wire.next_event()) is NEED_DATA:
+                wire.receive_data(conn.recv(4096))
+            assert isinstance(event, Connect)
+            conn.sendall(wire.send(ConnectResult(PROTOCOL_VERSION, 0, 1 << 20)))
+            if unread:
+                select.select([conn], [], [], 10)  # the client's request has arrived
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize(
+    ("unread", "error", "code"),
+    [(True, ConnectionResetError, errno.ECONNRESET), (False, BrokenPipeError, errno.EPIPE)],
+    ids=["read-fails", "write-fails"],
+)
+def test_sync_port_keeps_the_socket_error_as_the_cause(
+    unread: bool, error: type[OSError], code: int
+) -> None:
+    # The call fails as on any lost connection (the HRESULT is unchanged); the OSError
+    # behind it stays chained as its cause, its errno readable.
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        path = os.path.join(tmp, "d.sock")
+        server = _daemon_that_goes_away(path, unread)
+        port = fltuser.connect("\\Gone", address=path)
+        if not unread:
+            server.join()  # the daemon's end is closed before the client writes
+        with pytest.raises(fltuser.HResultError) as info:
+            port.get_message(64)
+        server.join()
+        port.close()
+    assert info.value.hresult == 0x80070006  # E_HANDLE, as for any connection that ends
+    cause = info.value.__cause__
+    assert isinstance(cause, error)
+    assert cause.errno == code
+    assert f"[Errno {code}]" in str(info.value)
