@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+import fltuser
 from fltemu.status import NtStatus
 from fltemu.wire import NEED_DATA, Role, WireConnection
 
@@ -169,3 +170,27 @@ class LineProcess:
                 self.proc.terminate()
         self.proc.wait(timeout=self.wait)
         self._reader.join(timeout=self.wait)  # it closes the pipe at end of file
+
+
+def connect_as_nobody(port_name: str, address: str) -> str:
+    """Fork a child that drops to uid/gid 65534 and connects; return what it reports."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no asyncio, just the blocking client
+        try:
+            os.close(read_fd)
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                fltuser.connect(port_name, address=address).close()
+                report = "connected"
+            except fltuser.HResultError as exc:
+                report = f"{int(exc.hresult):#x} {exc.ntstatus!r} {exc}"
+            os.write(write_fd, report.encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        report = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return report

@@ -155,7 +155,7 @@ class _Protocol(asyncio.BufferedProtocol):
             if exc
             else "the daemon closed the connection"
         )
-        self.complete(self.core.connection_lost(reason))
+        self.complete(self.core.connection_lost(reason, exc))
         if not self.lost.done():
             self.lost.set_result(None)
         if self._resume is not None and not self._resume.done():

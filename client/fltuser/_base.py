@@ -410,10 +410,18 @@ class PortCore:
         self._out.clear()
         return done, out
 
-    def connection_lost(self, reason: str) -> list[Completion]:
-        """The socket failed or closed: every outstanding request fails with E_HANDLE."""
+    def connection_lost(self, reason: str, cause: BaseException | None = None) -> list[Completion]:
+        """The socket failed or closed: every outstanding request fails with E_HANDLE.
+
+        ``cause``, the socket's error, is chained to each failure (``__cause__``), so that its
+        errno stays readable and a traceback shows it; ``reason`` says it in words.
+        """
         done: list[Completion] = []
         self._end(done, reason)
+        if cause is not None:
+            for _, _, error in done:
+                if error is not None and error.__cause__ is None:
+                    error.__cause__ = cause
         return done
 
     def close(self) -> list[Completion]:

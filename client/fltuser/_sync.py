@@ -426,17 +426,10 @@ class Port:
         return self._core.state is PortState.CLOSED
 
     def _lost(self, reason: str, cause: OSError | None = None) -> None:
-        """The connection is gone: every waiting call fails with the HRESULT of a lost port.
-
-        ``cause``, the socket's error, is chained to each failure (``__cause__``), so that its
-        errno stays readable and a traceback shows it; ``reason`` says it in words.
-        """
+        # The connection is gone: every waiting call fails with the HRESULT of a lost port,
+        # the socket's error chained as its cause (PortCore.connection_lost).
         with self._lock:
-            done = self._core.connection_lost(reason)
-        if cause is not None:
-            for _, _, error in done:
-                if error is not None and error.__cause__ is None:
-                    error.__cause__ = cause
+            done = self._core.connection_lost(reason, cause)
         self._complete(done)
 
     def _complete(self, done: list[Completion]) -> None:

@@ -256,14 +256,14 @@ def test_bad_settings_fail_clearly(socket_path: str, args: list[str], message: s
 def test_allow_options_widen_the_default_security(args: list[str], expected: str) -> None:
     import tempfile
 
-    from ..fltuser.test_flavours import _connect_as_nobody
+    from ..helpers import connect_as_nobody
 
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
         os.chmod(tmp, 0o755)
         path = os.path.join(tmp, "d.sock")
         s = start(["--address", path, "--filter", "echo", "--socket-mode", "666", *args])
         try:
-            assert _connect_as_nobody("\\EchoPort", path).startswith(expected)
+            assert connect_as_nobody("\\EchoPort", path).startswith(expected)
         finally:
             assert s.stop()[0] == 0
 

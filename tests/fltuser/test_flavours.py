@@ -21,7 +21,7 @@ from fltemu.daemon import Daemon
 from fltemu.kernel import ClientPort
 from fltemu.wire import NEED_DATA, PROTOCOL_VERSION, Connect, ConnectResult, Role, WireConnection
 
-from ..helpers import until
+from ..helpers import connect_as_nobody, until
 
 PORT = "\\FlavourPort"
 
@@ -134,30 +134,6 @@ async def test_close_wakes_a_thread_blocked_in_get_message(
     assert exc.value.hresult == 0x80070006
 
 
-def _connect_as_nobody(port_name: str, address: str) -> str:
-    """Fork a child that drops to uid/gid 65534 and connects; return what it reports."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: no asyncio, just the blocking client
-        try:
-            os.close(read_fd)
-            os.setgid(65534)
-            os.setuid(65534)
-            try:
-                fltuser.connect(port_name, address=address).close()
-                report = "connected"
-            except fltuser.HResultError as exc:
-                report = f"{int(exc.hresult):#x} {exc.ntstatus!r} {exc}"
-            os.write(write_fd, report.encode())
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as pipe:
-        report = pipe.read().decode()
-    os.waitpid(pid, 0)
-    return report
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user")
 async def test_default_security_refuses_other_users_2_2() -> None:
     # The default descriptor admits root and the daemon's user only. The socket and its
@@ -181,10 +157,10 @@ async def _refuse_and_admit(socket_path: str) -> None:
                 max_connections=1,
                 security=security,
             )
-        refused = await asyncio.to_thread(_connect_as_nobody, "\\Private", socket_path)
+        refused = await asyncio.to_thread(connect_as_nobody, "\\Private", socket_path)
         assert refused.startswith("0x80070005 <NtStatus.STATUS_ACCESS_DENIED"), refused
         assert "no permission to reach" not in refused  # the port refused, not the file system
-        admitted = await asyncio.to_thread(_connect_as_nobody, "\\Open", socket_path)
+        admitted = await asyncio.to_thread(connect_as_nobody, "\\Open", socket_path)
         assert admitted == "connected"
 
 
@@ -327,3 +303,22 @@ def test_sync_port_keeps_the_socket_error_as_the_cause(
     assert isinstance(cause, error)
     assert cause.errno == code
     assert f"[Errno {code}]" in str(info.value)
+
+
+async def test_async_port_keeps_the_socket_error_as_the_cause() -> None:
+    # The async flavour shares the core's rule: the reset behind a lost connection is the
+    # failure's cause.
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        path = os.path.join(tmp, "d.sock")
+        server = _daemon_that_goes_away(path, unread=True)
+        port = await fltuser.aconnect("\\Gone", address=path)
+        try:
+            with pytest.raises(fltuser.HResultError) as info:
+                await port.get_message(64)
+        finally:
+            await asyncio.to_thread(server.join)
+            await port.aclose()
+    assert info.value.hresult == 0x80070006
+    cause = info.value.__cause__
+    assert isinstance(cause, ConnectionResetError)
+    assert cause.errno == errno.ECONNRESET
