@@ -1,7 +1,7 @@
 """Every status of the Windows-agent contract, as a Windows program under Wine sees it
 through fltemu's fltlib.dll and fltemu.sys (semantics §3, §5.2).
 
-Each test drives ``probe.exe`` (``client/windows/tests/probe.c``) line by line against a
+Each test drives ``probe.exe`` (``client/windows/agents/probe.c``) line by line against a
 port created by the test, and asserts the HRESULT, the completion's Win32 error and byte
 count, and what the kernel side saw.
 """
