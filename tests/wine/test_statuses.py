@@ -613,3 +613,24 @@ def test_a_thread_that_exits_cancels_its_overlapped_get_3_5(
         results.append(agent.cmd("xexit 0"))
         harness.wait_for_getters(0, exactly=True)
     assert results == ["xexit 0 signalled=1 ok=0 err=995"] * 10
+
+
+def test_threads_that_exit_at_once_cancel_their_overlapped_gets_3_5(
+    wine_daemon: DaemonThread, start_agent: AgentFactory
+) -> None:
+    """Many threads in a row issue an overlapped get with an event on a handle with no
+    completion port and exit at once; the agent waits for the event only, then calls
+    GetOverlappedResult without waiting: ERROR_OPERATION_ABORTED every time (§3.5), never
+    ERROR_IO_INCOMPLETE. Wine cancels an exiting thread's I/O while the thread still runs, and
+    a completion that reaches wineserver before the thread's death goes to that thread as an
+    APC it never runs: the event is set, the OVERLAPPED never written (without fltlib's own
+    cancel at thread detach, a quarter of the exits on an idle machine, most of them with the
+    CPUs busy and the exiting threads at SCHED_IDLE)."""
+    wine_daemon.create_port(PORT)
+    agent = start_agent(wine_daemon.address)
+    assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
+    for spin, idle in ((0, 0), (2, 1)):
+        assert agent.cmd(f"xloop 100 {spin} {idle}", timeout=120) == (
+            "xloop 100 aborted=100 incomplete=0 other=0 first=-"
+        )
+
