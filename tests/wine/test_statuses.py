@@ -238,9 +238,15 @@ def test_kernel_disconnect_with_nothing_pending_3_3(
 ) -> None:
     """The first call after FltCloseClientPort fails at once, even an overlapped get."""
     harness, agent = bound_agent(wine_daemon, start_agent)
+    assert agent.cmd("dup") == "dup 1"
     harness.wait_for_connection()
     harness.close_client_port()
-    time.sleep(0.5)  # the daemon's Disconnected notice reaches the driver
+    # A send on the duplicate travels through the driver's connection, whose frames arrive in
+    # order: once it is answered, the daemon's Disconnected notice has reached the driver (a
+    # send's answer does not mark the connection ended by itself, a get's would).
+    assert agent.cmd("usedup") == "usedup 1"
+    assert agent.cmd(f"send {b'x'.hex()} 4") == "send 0x80070006 n=0 out="
+    assert agent.cmd("usedup") == "usedup 1"
     assert agent.cmd("oget 0 64") == "oget 0 0x80070006"
     assert agent.cmd("wait 500") == "wait ok=0 err=258 nullovl"
 
@@ -633,4 +639,3 @@ def test_threads_that_exit_at_once_cancel_their_overlapped_gets_3_5(
         assert agent.cmd(f"xloop 100 {spin} {idle}", timeout=120) == (
             "xloop 100 aborted=100 incomplete=0 other=0 first=-"
         )
-
