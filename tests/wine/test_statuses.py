@@ -474,6 +474,36 @@ def test_a_send_over_the_daemons_limit_14(start_agent: AgentFactory) -> None:
         assert agent.cmd(f"send {b'fits'.hex()} 16") == f"send 0x00000000 n=4 out={b'FITS'.hex()}"
 
 
+def test_no_memory_for_an_answer_fails_that_send_only(
+    wine_daemon: DaemonThread, start_agent: AgentFactory
+) -> None:
+    """fltlib's reader has no memory for one send's answer (``FLTEMU_FAULT_ALLOC_LIMIT``
+    makes its allocations over 4096 bytes fail): that FilterSendMessage fails with
+    0x800705AA (STATUS_INSUFFICIENT_RESOURCES), while a send in flight on another thread gets
+    its own answer, and the handle's direct connection goes on."""
+    entered = threading.Event()
+    release = threading.Event()
+
+    async def notify(cookie: object, data: bytes, out_size: int) -> tuple[NtStatus, bytes]:
+        if data == b"wait":
+            entered.set()
+            await asyncio.to_thread(release.wait, 30)
+            return NtStatus.STATUS_SUCCESS, b"done!"
+        return NtStatus.STATUS_SUCCESS, data.upper()[:out_size]
+
+    wine_daemon.create_port(PORT, message_notify=notify)
+    agent = start_agent(wine_daemon.address, env={"FLTEMU_FAULT_ALLOC_LIMIT": "4096"})
+    assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
+    assert agent.cmd(f"tsend {b'wait'.hex()} 16") == "tsend-started"
+    assert entered.wait(ANSWER_WAIT)
+    assert agent.cmd(f"send {(b'x' * 6000).hex()} 6000") == "send 0x800705aa n=0 out="
+    release.set()
+    assert agent.expect("tsend ") == f"tsend 0x00000000 n=5 out={b'done!'.hex()}"
+    assert agent.cmd(f"send {b'fits'.hex()} 16") == f"send 0x00000000 n=4 out={b'FITS'.hex()}"
+    # The driver's socket and the DLL's own: the direct path did not end.
+    wine_daemon.wait_for_sessions(2)
+
+
 def test_connect_while_the_filter_unloads_3_1(
     wine_daemon: DaemonThread, start_agent: AgentFactory
 ) -> None:

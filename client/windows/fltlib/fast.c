@@ -52,6 +52,7 @@ struct fast_call {
     ULONG got;
     unsigned char *answer; /* the output the reader received (HeapAlloc), `got` bytes */
     struct fast_section *sections;
+    BOOL no_memory; /* part of the answer could not be kept: the call fails */
 };
 
 struct fast_conn {
@@ -74,6 +75,16 @@ static struct fast_conn *g_conns;
 /* FLTEMU_UNCHECKED_HANDLES=1: skip handle_is_ours, for load tests of agents that never use a
  * port handle after closing it.  Read once, when the first handle connects. */
 static int g_unchecked_handles = -1;
+/* FLTEMU_FAULT_ALLOC_LIMIT=N (tests only): the reader's allocations of more than N bytes fail,
+ * as when memory runs out.  Read once, when the first handle connects; 0: no limit. */
+static unsigned long long g_fault_alloc_limit;
+
+/* HeapAlloc for what the reader keeps of a frame (see g_fault_alloc_limit). */
+static void *reader_alloc(unsigned long long size)
+{
+    if ((g_fault_alloc_limit && size > g_fault_alloc_limit) || size > (SIZE_T)-1) return NULL;
+    return HeapAlloc(GetProcessHeap(), 0, (SIZE_T)size);
+}
 
 static void conn_release(struct fast_conn *c)
 {
@@ -181,9 +192,10 @@ static void on_result(struct fast_conn *c, const struct wire_result *r)
     }
     if (r->tag == WIRE_SECTION) {
         struct fast_section *s = NULL;
-        if (r->data_len <= 0xFFFFFFFFull)
-            s = HeapAlloc(GetProcessHeap(), 0, sizeof(*s) + r->data_len);
-        if (s) { /* without memory, the handle stays the filter's placeholder */
+        if (r->data_len <= 0xFFFFFFFFull) s = reader_alloc(sizeof(*s) + r->data_len);
+        if (!s) {
+            call->no_memory = TRUE; /* the send fails rather than hand out a placeholder */
+        } else {
             s->offset = r->offset;
             s->length = (ULONG)r->data_len;
             CopyMemory(s->data, r->data, r->data_len);
@@ -192,11 +204,13 @@ static void on_result(struct fast_conn *c, const struct wire_result *r)
         }
     } else if (r->tag == WIRE_SEND_RESULT) {
         NTSTATUS status = (NTSTATUS)r->status;
-        if (!NT_ERROR(status)) {
+        if (call->no_memory) {
+            status = STATUS_INSUFFICIENT_RESOURCES;
+        } else if (!NT_ERROR(status)) {
             /* Kept for the caller, which copies it into its buffer: a bad output pointer
              * must fault in the caller's thread, not in the reader every call relies on. */
             ULONG n = r->data_len <= call->out_len ? (ULONG)r->data_len : call->out_len;
-            call->answer = n ? HeapAlloc(GetProcessHeap(), 0, n) : NULL;
+            call->answer = n ? reader_alloc(n) : NULL;
             if (n && !call->answer)
                 status = STATUS_INSUFFICIENT_RESOURCES;
             else if (n)
@@ -210,6 +224,35 @@ static void on_result(struct fast_conn *c, const struct wire_result *r)
         finish(call, (NTSTATUS)r->status);
     }
     ReleaseSRWLockExclusive(&c->lock);
+}
+
+/* A frame of `len` bytes that the reader has no memory for: only the call it answers fails
+ * (STATUS_INSUFFICIENT_RESOURCES), the others and the connection go on.  A frame the DLL may
+ * not keep whole is a SendResult or a Section, whose rid follows the tag, so the first bytes
+ * name the call; the rest is read and dropped.  FALSE when the socket ended meanwhile. */
+static BOOL drop_frame(struct fast_conn *c, unsigned char *buf, unsigned long long size,
+                       unsigned long long len)
+{
+    unsigned long long first = len < size ? len : size;
+    if (!lnx_read_full(c->fd, buf, first)) return FALSE;
+    struct wire_in in = {buf, buf + first, 0};
+    unsigned n = wire_get_array(&in);
+    unsigned tag = (unsigned)wire_get_uint(&in, 0xFF);
+    unsigned long long rid = wire_get_uint(&in, ~0ull);
+    for (unsigned long long left = len - first; left;) {
+        unsigned long long chunk = left < size ? left : size;
+        if (!lnx_read_full(c->fd, buf, chunk)) return FALSE;
+        left -= chunk;
+    }
+    if (in.bad || n < 3 || (tag != WIRE_SEND_RESULT && tag != WIRE_SECTION)) return TRUE;
+    AcquireSRWLockExclusive(&c->lock);
+    struct fast_call *call = find_call(c, rid);
+    if (call && !call->done) {
+        call->no_memory = TRUE;
+        if (tag == WIRE_SEND_RESULT) finish(call, STATUS_INSUFFICIENT_RESOURCES);
+    }
+    ReleaseSRWLockExclusive(&c->lock);
+    return TRUE;
 }
 
 /* Reads the daemon's answers and hands each to its call.  When the socket ends (the handle
@@ -226,8 +269,11 @@ static DWORD WINAPI reader_main(void *arg)
         unsigned long long len =
             hdr[0] | (hdr[1] << 8) | (hdr[2] << 16) | ((unsigned long long)hdr[3] << 24);
         if (len == 0 || len > c->max_message + WIRE_FRAME_OVERHEAD) break;
-        unsigned char *body = len <= sizeof(small) ? small : HeapAlloc(GetProcessHeap(), 0, len);
-        if (!body) break;
+        unsigned char *body = len <= sizeof(small) ? small : reader_alloc(len);
+        if (!body) {
+            if (!drop_frame(c, small, sizeof small, len)) break;
+            continue;
+        }
         BOOL ok = lnx_read_full(c->fd, body, len);
         struct wire_result r;
         if (ok && wire_decode(body, len, &r) == 0) {
@@ -265,6 +311,7 @@ static BOOL call_daemon(struct fast_conn *c, struct fast_call *call, unsigned ch
     call->sections = NULL;
     call->answer = NULL;
     call->got = 0;
+    call->no_memory = FALSE;
     AcquireSRWLockExclusive(&c->lock);
     if (c->dead) {
         ReleaseSRWLockExclusive(&c->lock);
@@ -477,6 +524,10 @@ void fast_attach(HANDLE h, const char *path, int trust_uid, const FLTEMU_CONNECT
         char flag[4];
         DWORD n = GetEnvironmentVariableA("FLTEMU_UNCHECKED_HANDLES", flag, sizeof flag);
         g_unchecked_handles = n == 1 && flag[0] == '1';
+        char limit[24];
+        n = GetEnvironmentVariableA("FLTEMU_FAULT_ALLOC_LIMIT", limit, sizeof limit);
+        for (DWORD i = 0; n < sizeof limit && i < n && limit[i] >= '0' && limit[i] <= '9'; i++)
+            g_fault_alloc_limit = g_fault_alloc_limit * 10 + (unsigned)(limit[i] - '0');
     }
 
     long long fd = lnx_socket_unix();
