@@ -7,10 +7,10 @@
  *
  *   scanagent.exe [-t THREADS] [-r REQUESTS] [-p PORT] [-n COUNT] [-w 1]
  *
- * Prints "connected to PORT", then one verdict line per message; at the end the number of
- * replies and of failed replies.  With -w 1 each reply waits for a line on stdin (a scan that
- * takes as long as the caller wants).  Exits 0 when the port is disconnected (the filter
- * unloads; a get or a reply fails with ERROR_INVALID_HANDLE, as scanUser.c reads either) or
+ * Prints "connected to PORT" once its gets are posted, then one verdict line per message; at the
+ * end the number of replies and of failed replies.  With -w 1 each reply waits for a line on stdin
+ * (a scan that takes as long as the caller wants).  Exits 0 when the port is disconnected (the
+ * filter unloads; a get or a reply fails with ERROR_INVALID_HANDLE, as scanUser.c reads either) or
  * after COUNT messages, 1 on any other failure, 2 when the connect fails.
  */
 #include "agent.h"
@@ -151,7 +151,6 @@ int main(int argc, char **argv)
         out("ERROR: Creating completion port: %lu", GetLastError());
         return 1;
     }
-    out("connected to %s", name);
     for (int i = 0; i < threads; i++) {
         workers[i] = CreateThread(NULL, 0, worker, NULL, 0, NULL);
         for (int j = 0; j < requests; j++) {
@@ -164,6 +163,9 @@ int main(int argc, char **argv)
             }
         }
     }
+    /* Ready once every get is posted: a test that sends and unloads at this line cannot
+     * make a get of the start fail (scanUser.c would stop with that error). */
+    out("connected to %s", name);
     WaitForMultipleObjects(threads, workers, TRUE, INFINITE);
     return 0;
 }
