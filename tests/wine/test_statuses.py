@@ -82,6 +82,23 @@ def test_context_size_limits_3_1(wine_daemon: DaemonThread, start_agent: AgentFa
     assert [len(c) for c in harness.contexts] == [65511]
 
 
+def test_an_agent_that_exits_right_after_connecting_exits_cleanly(
+    wine_daemon: DaemonThread, start_agent: AgentFactory
+) -> None:
+    """A connect returns once fltlib's reader thread runs, so an agent that exits at once
+    does not end its process while Wine still sets that thread up (Wine then printed "wine
+    client error: ... sendmsg: Socket operation on non-socket" on the agent's output, in 12 of
+    60 tries): its output is its own, to the last line."""
+    wine_daemon.create_port(PORT, max_connections=64)
+    for _ in range(30):
+        agent = start_agent(wine_daemon.address)
+        assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
+        agent.send("exit 3")
+        assert agent.line() == "bye"
+        assert agent.proc.wait(ANSWER_WAIT) == 3
+        assert agent.lines.get(timeout=ANSWER_WAIT) is None, "more output after the last line"
+
+
 def test_no_daemon_is_file_not_found(wine_daemon: DaemonThread, start_agent: AgentFactory) -> None:
     agent = start_agent(wine_daemon.address + ".missing")
     assert agent.cmd(f"connect {PORT}") == "connect 0x80070002"

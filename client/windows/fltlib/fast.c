@@ -31,6 +31,8 @@
 
 /* Seconds the attach handshake may take before the handle keeps the device path only. */
 #define ATTACH_TIMEOUT_SECONDS 5
+/* How long a connect waits for its reader thread to run (see wait_for_reader). */
+#define READER_START_WAIT_MS 2000
 
 /* A Section frame kept with its send until the result (protocol §7.1). */
 struct fast_section {
@@ -65,9 +67,11 @@ struct fast_conn {
     struct fast_call *calls;
     unsigned long long next_rid;
     unsigned long long max_message;
-    BOOL dead;         /* the socket ended: the device path answers */
-    HMODULE module;    /* the reader's reference to this DLL */
-    BOOL disconnected; /* the filter ended the connection: calls fail at once */
+    BOOL dead;           /* the socket ended: the device path answers */
+    HMODULE module;      /* the reader's reference to this DLL */
+    BOOL disconnected;   /* the filter ended the connection: calls fail at once */
+    BOOL reader_started; /* under lock, with reader_start */
+    CONDITION_VARIABLE reader_start;
 };
 
 static SRWLOCK g_conns_lock = SRWLOCK_INIT;
@@ -263,6 +267,10 @@ static DWORD WINAPI reader_main(void *arg)
     struct fast_conn *c = arg;
     NTSTATUS end = STATUS_PORT_DISCONNECTED;
     unsigned char small[512];
+    AcquireSRWLockExclusive(&c->lock);
+    c->reader_started = TRUE;
+    ReleaseSRWLockExclusive(&c->lock);
+    WakeAllConditionVariable(&c->reader_start);
     for (;;) {
         unsigned char hdr[4];
         if (!lnx_read_full(c->fd, hdr, 4)) break;
@@ -492,6 +500,24 @@ static BOOL read_handshake(int fd, unsigned char *body, unsigned long long size,
     return len && len <= size && lnx_read_full(fd, body, len) && wire_decode(body, len, r) == 0;
 }
 
+/* Waits (at most READER_START_WAIT_MS) until the reader thread of `c` runs.  Wine 8.0 sets a
+ * new thread up with wineserver after CreateThread has returned; an agent that exits right
+ * after connecting would end the process in the middle of that, and Wine then prints "wine
+ * client error: ... sendmsg: Socket operation on non-socket" on the agent's output. */
+static void wait_for_reader(struct fast_conn *c)
+{
+    DWORD start = GetTickCount();
+    AcquireSRWLockExclusive(&c->lock);
+    while (!c->reader_started) {
+        DWORD waited = GetTickCount() - start;
+        if (waited >= READER_START_WAIT_MS ||
+            !SleepConditionVariableSRW(&c->reader_start, &c->lock, READER_START_WAIT_MS - waited,
+                                       0))
+            break;
+    }
+    ReleaseSRWLockExclusive(&c->lock);
+}
+
 /* Takes the connection listed under handle value `h` out of the table: it belongs to a
  * handle closed since, whose value a new connect now has. */
 static void forget_handle(HANDLE h)
@@ -564,6 +590,7 @@ void fast_attach(HANDLE h, const char *path, int trust_uid, const FLTEMU_CONNECT
     c->fd = (int)fd;
     InitializeSRWLock(&c->lock);
     InitializeSRWLock(&c->write_lock);
+    InitializeConditionVariable(&c->reader_start);
     c->max_message = r.max_message ? r.max_message : out->max_message;
     /* The reader runs this DLL's code as long as the connection lives, which may be after
      * the agent's CloseHandle and FreeLibrary: it holds a reference to the module, and lets
@@ -581,12 +608,16 @@ void fast_attach(HANDLE h, const char *path, int trust_uid, const FLTEMU_CONNECT
     c->next = g_conns;
     g_conns = c;
     ReleaseSRWLockExclusive(&g_conns_lock);
+    InterlockedIncrement(&c->refs); /* this function's, while it waits for the reader */
     HANDLE thread = CreateThread(NULL, 0, reader_main, c, 0, NULL);
     if (thread) {
         CloseHandle(thread);
+        wait_for_reader(c);
+        conn_release(c);
         return;
     }
-    c->refs = 1; /* no reader: the table's reference only */
+    InterlockedDecrement(&c->refs); /* no reader: its reference goes */
     FreeLibrary(self);
     conn_unlist(c); /* the handle takes the device path */
+    conn_release(c);
 }
