@@ -85,8 +85,8 @@ class WineBuild:
         return self.directory / "fltemu.sys"
 
     def agent(self, name: str) -> Path:
-        """A test agent built by ``make agents`` (``client/windows/tests/NAME.c``)."""
-        return self.directory / "tests" / f"{name}.exe"
+        """A test agent built by ``make agents`` (``client/windows/agents/NAME.c``)."""
+        return self.directory / "agents" / f"{name}.exe"
 
 
 def _require(tool: str) -> str:

@@ -3,7 +3,7 @@
 A Windows agent under Wine is measured through Wine's path (fltlib.dll, the driver in
 ``winedevice.exe``, wineserver), which has a ceiling of its own far below fltemu's. When the
 agent command is ``fltemu wine``, the limit check measures that ceiling instead of fltemu's:
-``benchagent.exe get`` (``client/windows/tests/benchagent.c``: pending overlapped
+``benchagent.exe get`` (``client/windows/agents/benchagent.c``: pending overlapped
 FilterGetMessage calls on an I/O completion port, one worker replying to each message at
 once, as the sample agents do) under the same ``fltemu wine`` options, with the run's mode,
 messages in flight, message and reply sizes.

@@ -1,5 +1,5 @@
 """Windows agents under Wine: the built Windows side, one prefix per run, and a line-driven
-agent (``client/windows/tests/probe.c``) for the status tests.
+agent (``client/windows/agents/probe.c``) for the status tests.
 
 These tests need Wine and mingw-w64 (``.ci/run`` installs them). Without them they are
 skipped on a developer's machine, with the command that installs them, and fail in CI.
@@ -50,7 +50,7 @@ def wine_build(tmp_path_factory: pytest.TempPathFactory) -> WineBuild:
 
 @pytest.fixture(scope="session")
 def go_agent(wine_build: WineBuild) -> Path:
-    """The Go test agent (``client/windows/tests/go``), built with GOOS=windows."""
+    """The Go test agent (``client/windows/agents/go``), built with GOOS=windows."""
     if shutil.which("go") is None:
         if os.environ.get("CI"):
             pytest.fail("the Go agent test must run in CI: go is not installed")
@@ -201,7 +201,7 @@ def _session_running(prefix: WinePrefix) -> bool:
 
 @pytest.fixture
 def start_agent(wine_build: WineBuild, wine_prefix: WinePrefix) -> Iterator[AgentFactory]:
-    """Start a test agent (``client/windows/tests/NAME.c``) against a daemon's socket."""
+    """Start a test agent (``client/windows/agents/NAME.c``) against a daemon's socket."""
     started: list[Agent] = []
 
     def start(

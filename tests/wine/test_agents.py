@@ -122,6 +122,31 @@ def test_scanner_agent_against_the_builtin_scanner_via_fltemu_wine(
             agent.close()
 
 
+def test_a_reply_after_the_filter_closed_the_port_ends_the_scanner_as_unloading(
+    wine_daemon: DaemonThread, start_agent: AgentFactory
+) -> None:
+    """The filter closes the port (it unloads) while a message is being scanned: the reply
+    fails with 0x80070006 and the agent ends as scanUser.c does, "Port is disconnected",
+    exit 0 (this race made the scanner test above exit 1 now and then). ``-w 1``: the agent
+    replies once it reads a line, so the close comes first every time."""
+    harness = wine_daemon.create_port("\\ScannerPort")
+    agent = start_agent(wine_daemon.address, "scanagent", "-t", "1", "-r", "1", "-w", "1")
+    assert agent.expect("connected to") == "connected to \\ScannerPort"
+    harness.wait_for_connection()
+    body = b"some foul text"
+    sent = wine_daemon.submit(
+        harness.asend_message_coro(NOTIFICATION.pack(len(body), 0, body), 1, 60.0, None)
+    )
+    verdict = agent.expect("Scanner: message")
+    assert verdict.endswith(f"scanned {len(body)} bytes: unsafe"), verdict
+    harness.close_client_port()  # FltCloseClientPort, as the filter's unload does
+    sent.result(ANSWER_WAIT)
+    agent.send("reply")
+    assert agent.line() == "Scanner: Error replying message. Error = 0x80070006"
+    assert agent.line().endswith("Port is disconnected, probably due to scanner filter unloading.")
+    assert agent.proc.wait(ANSWER_WAIT) == 0
+
+
 def test_20_threads_x_5_overlapped_gets_under_load(
     wine_daemon: DaemonThread, start_agent: AgentFactory
 ) -> None:

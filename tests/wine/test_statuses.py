@@ -1,7 +1,7 @@
 """Every status of the Windows-agent contract, as a Windows program under Wine sees it
 through fltemu's fltlib.dll and fltemu.sys (semantics §3, §5.2).
 
-Each test drives ``probe.exe`` (``client/windows/tests/probe.c``) line by line against a
+Each test drives ``probe.exe`` (``client/windows/agents/probe.c``) line by line against a
 port created by the test, and asserts the HRESULT, the completion's Win32 error and byte
 count, and what the kernel side saw.
 """
@@ -80,6 +80,23 @@ def test_context_size_limits_3_1(wine_daemon: DaemonThread, start_agent: AgentFa
     assert agent.cmd(f"connectsize {PORT} 65512") == "connectsize 0x80070005"
     assert agent.cmd(f"connectsize {PORT} 65535") == "connectsize 0x80070005"
     assert [len(c) for c in harness.contexts] == [65511]
+
+
+def test_an_agent_that_exits_right_after_connecting_exits_cleanly(
+    wine_daemon: DaemonThread, start_agent: AgentFactory
+) -> None:
+    """A connect returns once fltlib's reader thread runs, so an agent that exits at once
+    does not end its process while Wine still sets that thread up (Wine then printed "wine
+    client error: ... sendmsg: Socket operation on non-socket" on the agent's output, in 12 of
+    60 tries): its output is its own, to the last line."""
+    wine_daemon.create_port(PORT, max_connections=64)
+    for _ in range(30):
+        agent = start_agent(wine_daemon.address)
+        assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
+        agent.send("exit 3")
+        assert agent.line() == "bye"
+        assert agent.proc.wait(ANSWER_WAIT) == 3
+        assert agent.lines.get(timeout=ANSWER_WAIT) is None, "more output after the last line"
 
 
 def test_no_daemon_is_file_not_found(wine_daemon: DaemonThread, start_agent: AgentFactory) -> None:
@@ -238,9 +255,15 @@ def test_kernel_disconnect_with_nothing_pending_3_3(
 ) -> None:
     """The first call after FltCloseClientPort fails at once, even an overlapped get."""
     harness, agent = bound_agent(wine_daemon, start_agent)
+    assert agent.cmd("dup") == "dup 1"
     harness.wait_for_connection()
     harness.close_client_port()
-    time.sleep(0.5)  # the daemon's Disconnected notice reaches the driver
+    # A send on the duplicate travels through the driver's connection, whose frames arrive in
+    # order: once it is answered, the daemon's Disconnected notice has reached the driver (a
+    # send's answer does not mark the connection ended by itself, a get's would).
+    assert agent.cmd("usedup") == "usedup 1"
+    assert agent.cmd(f"send {b'x'.hex()} 4") == "send 0x80070006 n=0 out="
+    assert agent.cmd("usedup") == "usedup 1"
     assert agent.cmd("oget 0 64") == "oget 0 0x80070006"
     assert agent.cmd("wait 500") == "wait ok=0 err=258 nullovl"
 
@@ -468,6 +491,36 @@ def test_a_send_over_the_daemons_limit_14(start_agent: AgentFactory) -> None:
         assert agent.cmd(f"send {b'fits'.hex()} 16") == f"send 0x00000000 n=4 out={b'FITS'.hex()}"
 
 
+def test_no_memory_for_an_answer_fails_that_send_only(
+    wine_daemon: DaemonThread, start_agent: AgentFactory
+) -> None:
+    """fltlib's reader has no memory for one send's answer (``FLTEMU_FAULT_ALLOC_LIMIT``
+    makes its allocations over 4096 bytes fail): that FilterSendMessage fails with
+    0x800705AA (STATUS_INSUFFICIENT_RESOURCES), while a send in flight on another thread gets
+    its own answer, and the handle's direct connection goes on."""
+    entered = threading.Event()
+    release = threading.Event()
+
+    async def notify(cookie: object, data: bytes, out_size: int) -> tuple[NtStatus, bytes]:
+        if data == b"wait":
+            entered.set()
+            await asyncio.to_thread(release.wait, 30)
+            return NtStatus.STATUS_SUCCESS, b"done!"
+        return NtStatus.STATUS_SUCCESS, data.upper()[:out_size]
+
+    wine_daemon.create_port(PORT, message_notify=notify)
+    agent = start_agent(wine_daemon.address, env={"FLTEMU_FAULT_ALLOC_LIMIT": "4096"})
+    assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
+    assert agent.cmd(f"tsend {b'wait'.hex()} 16") == "tsend-started"
+    assert entered.wait(ANSWER_WAIT)
+    assert agent.cmd(f"send {(b'x' * 6000).hex()} 6000") == "send 0x800705aa n=0 out="
+    release.set()
+    assert agent.expect("tsend ") == f"tsend 0x00000000 n=5 out={b'done!'.hex()}"
+    assert agent.cmd(f"send {b'fits'.hex()} 16") == f"send 0x00000000 n=4 out={b'FITS'.hex()}"
+    # The driver's socket and the DLL's own: the direct path did not end.
+    wine_daemon.wait_for_sessions(2)
+
+
 def test_connect_while_the_filter_unloads_3_1(
     wine_daemon: DaemonThread, start_agent: AgentFactory
 ) -> None:
@@ -613,3 +666,23 @@ def test_a_thread_that_exits_cancels_its_overlapped_get_3_5(
         results.append(agent.cmd("xexit 0"))
         harness.wait_for_getters(0, exactly=True)
     assert results == ["xexit 0 signalled=1 ok=0 err=995"] * 10
+
+
+def test_threads_that_exit_at_once_cancel_their_overlapped_gets_3_5(
+    wine_daemon: DaemonThread, start_agent: AgentFactory
+) -> None:
+    """Many threads in a row issue an overlapped get with an event on a handle with no
+    completion port and exit at once; the agent waits for the event only, then calls
+    GetOverlappedResult without waiting: ERROR_OPERATION_ABORTED every time (§3.5), never
+    ERROR_IO_INCOMPLETE. Wine cancels an exiting thread's I/O while the thread still runs, and
+    a completion that reaches wineserver before the thread's death goes to that thread as an
+    APC it never runs: the event is set, the OVERLAPPED never written (without fltlib's own
+    cancel at thread detach, a quarter of the exits on an idle machine, most of them with the
+    CPUs busy and the exiting threads at SCHED_IDLE)."""
+    wine_daemon.create_port(PORT)
+    agent = start_agent(wine_daemon.address)
+    assert agent.cmd(f"connect {PORT}") == "connect 0x00000000"
+    for spin, idle in ((0, 0), (2, 1)):
+        assert agent.cmd(f"xloop 100 {spin} {idle}", timeout=120) == (
+            "xloop 100 aborted=100 incomplete=0 other=0 first=-"
+        )

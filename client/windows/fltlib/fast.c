@@ -31,6 +31,8 @@
 
 /* Seconds the attach handshake may take before the handle keeps the device path only. */
 #define ATTACH_TIMEOUT_SECONDS 5
+/* How long a connect waits for its reader thread to run (see wait_for_reader). */
+#define READER_START_WAIT_MS 2000
 
 /* A Section frame kept with its send until the result (protocol §7.1). */
 struct fast_section {
@@ -52,6 +54,7 @@ struct fast_call {
     ULONG got;
     unsigned char *answer; /* the output the reader received (HeapAlloc), `got` bytes */
     struct fast_section *sections;
+    BOOL no_memory; /* part of the answer could not be kept: the call fails */
 };
 
 struct fast_conn {
@@ -64,9 +67,11 @@ struct fast_conn {
     struct fast_call *calls;
     unsigned long long next_rid;
     unsigned long long max_message;
-    BOOL dead;         /* the socket ended: the device path answers */
-    HMODULE module;    /* the reader's reference to this DLL */
-    BOOL disconnected; /* the filter ended the connection: calls fail at once */
+    BOOL dead;           /* the socket ended: the device path answers */
+    HMODULE module;      /* the reader's reference to this DLL */
+    BOOL disconnected;   /* the filter ended the connection: calls fail at once */
+    BOOL reader_started; /* under lock, with reader_start */
+    CONDITION_VARIABLE reader_start;
 };
 
 static SRWLOCK g_conns_lock = SRWLOCK_INIT;
@@ -74,6 +79,16 @@ static struct fast_conn *g_conns;
 /* FLTEMU_UNCHECKED_HANDLES=1: skip handle_is_ours, for load tests of agents that never use a
  * port handle after closing it.  Read once, when the first handle connects. */
 static int g_unchecked_handles = -1;
+/* FLTEMU_FAULT_ALLOC_LIMIT=N (tests only): the reader's allocations of more than N bytes fail,
+ * as when memory runs out.  Read once, when the first handle connects; 0: no limit. */
+static unsigned long long g_fault_alloc_limit;
+
+/* HeapAlloc for what the reader keeps of a frame (see g_fault_alloc_limit). */
+static void *reader_alloc(unsigned long long size)
+{
+    if ((g_fault_alloc_limit && size > g_fault_alloc_limit) || size > (SIZE_T)-1) return NULL;
+    return HeapAlloc(GetProcessHeap(), 0, (SIZE_T)size);
+}
 
 static void conn_release(struct fast_conn *c)
 {
@@ -181,9 +196,10 @@ static void on_result(struct fast_conn *c, const struct wire_result *r)
     }
     if (r->tag == WIRE_SECTION) {
         struct fast_section *s = NULL;
-        if (r->data_len <= 0xFFFFFFFFull)
-            s = HeapAlloc(GetProcessHeap(), 0, sizeof(*s) + r->data_len);
-        if (s) { /* without memory, the handle stays the filter's placeholder */
+        if (r->data_len <= 0xFFFFFFFFull) s = reader_alloc(sizeof(*s) + r->data_len);
+        if (!s) {
+            call->no_memory = TRUE; /* the send fails rather than hand out a placeholder */
+        } else {
             s->offset = r->offset;
             s->length = (ULONG)r->data_len;
             CopyMemory(s->data, r->data, r->data_len);
@@ -192,11 +208,13 @@ static void on_result(struct fast_conn *c, const struct wire_result *r)
         }
     } else if (r->tag == WIRE_SEND_RESULT) {
         NTSTATUS status = (NTSTATUS)r->status;
-        if (!NT_ERROR(status)) {
+        if (call->no_memory) {
+            status = STATUS_INSUFFICIENT_RESOURCES;
+        } else if (!NT_ERROR(status)) {
             /* Kept for the caller, which copies it into its buffer: a bad output pointer
              * must fault in the caller's thread, not in the reader every call relies on. */
             ULONG n = r->data_len <= call->out_len ? (ULONG)r->data_len : call->out_len;
-            call->answer = n ? HeapAlloc(GetProcessHeap(), 0, n) : NULL;
+            call->answer = n ? reader_alloc(n) : NULL;
             if (n && !call->answer)
                 status = STATUS_INSUFFICIENT_RESOURCES;
             else if (n)
@@ -212,6 +230,35 @@ static void on_result(struct fast_conn *c, const struct wire_result *r)
     ReleaseSRWLockExclusive(&c->lock);
 }
 
+/* A frame of `len` bytes that the reader has no memory for: only the call it answers fails
+ * (STATUS_INSUFFICIENT_RESOURCES), the others and the connection go on.  A frame the DLL may
+ * not keep whole is a SendResult or a Section, whose rid follows the tag, so the first bytes
+ * name the call; the rest is read and dropped.  FALSE when the socket ended meanwhile. */
+static BOOL drop_frame(struct fast_conn *c, unsigned char *buf, unsigned long long size,
+                       unsigned long long len)
+{
+    unsigned long long first = len < size ? len : size;
+    if (!lnx_read_full(c->fd, buf, first)) return FALSE;
+    struct wire_in in = {buf, buf + first, 0};
+    unsigned n = wire_get_array(&in);
+    unsigned tag = (unsigned)wire_get_uint(&in, 0xFF);
+    unsigned long long rid = wire_get_uint(&in, ~0ull);
+    for (unsigned long long left = len - first; left;) {
+        unsigned long long chunk = left < size ? left : size;
+        if (!lnx_read_full(c->fd, buf, chunk)) return FALSE;
+        left -= chunk;
+    }
+    if (in.bad || n < 3 || (tag != WIRE_SEND_RESULT && tag != WIRE_SECTION)) return TRUE;
+    AcquireSRWLockExclusive(&c->lock);
+    struct fast_call *call = find_call(c, rid);
+    if (call && !call->done) {
+        call->no_memory = TRUE;
+        if (tag == WIRE_SEND_RESULT) finish(call, STATUS_INSUFFICIENT_RESOURCES);
+    }
+    ReleaseSRWLockExclusive(&c->lock);
+    return TRUE;
+}
+
 /* Reads the daemon's answers and hands each to its call.  When the socket ends (the handle
  * was closed, the filter unloaded, the daemon stopped) every call in flight fails as on a
  * disconnected port, and the handle's later calls take the device path. */
@@ -220,14 +267,21 @@ static DWORD WINAPI reader_main(void *arg)
     struct fast_conn *c = arg;
     NTSTATUS end = STATUS_PORT_DISCONNECTED;
     unsigned char small[512];
+    AcquireSRWLockExclusive(&c->lock);
+    c->reader_started = TRUE;
+    ReleaseSRWLockExclusive(&c->lock);
+    WakeAllConditionVariable(&c->reader_start);
     for (;;) {
         unsigned char hdr[4];
         if (!lnx_read_full(c->fd, hdr, 4)) break;
         unsigned long long len =
             hdr[0] | (hdr[1] << 8) | (hdr[2] << 16) | ((unsigned long long)hdr[3] << 24);
         if (len == 0 || len > c->max_message + WIRE_FRAME_OVERHEAD) break;
-        unsigned char *body = len <= sizeof(small) ? small : HeapAlloc(GetProcessHeap(), 0, len);
-        if (!body) break;
+        unsigned char *body = len <= sizeof(small) ? small : reader_alloc(len);
+        if (!body) {
+            if (!drop_frame(c, small, sizeof small, len)) break;
+            continue;
+        }
         BOOL ok = lnx_read_full(c->fd, body, len);
         struct wire_result r;
         if (ok && wire_decode(body, len, &r) == 0) {
@@ -265,6 +319,7 @@ static BOOL call_daemon(struct fast_conn *c, struct fast_call *call, unsigned ch
     call->sections = NULL;
     call->answer = NULL;
     call->got = 0;
+    call->no_memory = FALSE;
     AcquireSRWLockExclusive(&c->lock);
     if (c->dead) {
         ReleaseSRWLockExclusive(&c->lock);
@@ -445,6 +500,24 @@ static BOOL read_handshake(int fd, unsigned char *body, unsigned long long size,
     return len && len <= size && lnx_read_full(fd, body, len) && wire_decode(body, len, r) == 0;
 }
 
+/* Waits (at most READER_START_WAIT_MS) until the reader thread of `c` runs.  Wine 8.0 sets a
+ * new thread up with wineserver after CreateThread has returned; an agent that exits right
+ * after connecting would end the process in the middle of that, and Wine then prints "wine
+ * client error: ... sendmsg: Socket operation on non-socket" on the agent's output. */
+static void wait_for_reader(struct fast_conn *c)
+{
+    DWORD start = GetTickCount();
+    AcquireSRWLockExclusive(&c->lock);
+    while (!c->reader_started) {
+        DWORD waited = GetTickCount() - start;
+        if (waited >= READER_START_WAIT_MS ||
+            !SleepConditionVariableSRW(&c->reader_start, &c->lock, READER_START_WAIT_MS - waited,
+                                       0))
+            break;
+    }
+    ReleaseSRWLockExclusive(&c->lock);
+}
+
 /* Takes the connection listed under handle value `h` out of the table: it belongs to a
  * handle closed since, whose value a new connect now has. */
 static void forget_handle(HANDLE h)
@@ -477,6 +550,10 @@ void fast_attach(HANDLE h, const char *path, int trust_uid, const FLTEMU_CONNECT
         char flag[4];
         DWORD n = GetEnvironmentVariableA("FLTEMU_UNCHECKED_HANDLES", flag, sizeof flag);
         g_unchecked_handles = n == 1 && flag[0] == '1';
+        char limit[24];
+        n = GetEnvironmentVariableA("FLTEMU_FAULT_ALLOC_LIMIT", limit, sizeof limit);
+        for (DWORD i = 0; n < sizeof limit && i < n && limit[i] >= '0' && limit[i] <= '9'; i++)
+            g_fault_alloc_limit = g_fault_alloc_limit * 10 + (unsigned)(limit[i] - '0');
     }
 
     long long fd = lnx_socket_unix();
@@ -513,6 +590,7 @@ void fast_attach(HANDLE h, const char *path, int trust_uid, const FLTEMU_CONNECT
     c->fd = (int)fd;
     InitializeSRWLock(&c->lock);
     InitializeSRWLock(&c->write_lock);
+    InitializeConditionVariable(&c->reader_start);
     c->max_message = r.max_message ? r.max_message : out->max_message;
     /* The reader runs this DLL's code as long as the connection lives, which may be after
      * the agent's CloseHandle and FreeLibrary: it holds a reference to the module, and lets
@@ -530,12 +608,16 @@ void fast_attach(HANDLE h, const char *path, int trust_uid, const FLTEMU_CONNECT
     c->next = g_conns;
     g_conns = c;
     ReleaseSRWLockExclusive(&g_conns_lock);
+    InterlockedIncrement(&c->refs); /* this function's, while it waits for the reader */
     HANDLE thread = CreateThread(NULL, 0, reader_main, c, 0, NULL);
     if (thread) {
         CloseHandle(thread);
+        wait_for_reader(c);
+        conn_release(c);
         return;
     }
-    c->refs = 1; /* no reader: the table's reference only */
+    InterlockedDecrement(&c->refs); /* no reader: its reference goes */
     FreeLibrary(self);
     conn_unlist(c); /* the handle takes the device path */
+    conn_release(c);
 }

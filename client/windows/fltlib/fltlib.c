@@ -125,8 +125,9 @@ static BOOL has_completion_port(HANDLE h)
 }
 
 /* A thread exits: Windows cancels its pending I/O on handles with no completion port
- * (semantics §3.5).  Wine cancels it too, but may complete it after the thread is gone, when
- * the OVERLAPPED can no longer be written: the event is set while Internal still reads
+ * (semantics §3.5).  Wine cancels it too, at the thread's terminate request, while the thread
+ * still runs; a completion that reaches wineserver before it has seen the thread die is queued
+ * to the thread as an APC it never runs: the event is set while Internal still reads
  * STATUS_PENDING.  So fltlib cancels the gets this thread issued last on each OVERLAPPED
  * itself, while the thread still runs, and waits (at most EXIT_CANCEL_WAIT_MS) until each
  * has completed: ERROR_OPERATION_ABORTED, or its message if one won the race (protocol

@@ -5,11 +5,13 @@
  * find their SCANNER_MESSAGE with CONTAINING_RECORD, scan for "foul", reply by message id with
  * a 17-byte SCANNER_REPLY_MESSAGE and re-issue the get on the same buffer.
  *
- *   scanagent.exe [-t THREADS] [-r REQUESTS] [-p PORT] [-n COUNT]
+ *   scanagent.exe [-t THREADS] [-r REQUESTS] [-p PORT] [-n COUNT] [-w 1]
  *
- * Prints "connected to PORT", then one verdict line per message; at the end the number of
- * replies and of failed replies.  Exits 0 when the port is disconnected (the filter unloads)
- * or after COUNT messages, 1 on any other failure, 2 when the connect fails.
+ * Prints "connected to PORT" once its gets are posted, then one verdict line per message; at the
+ * end the number of replies and of failed replies.  With -w 1 each reply waits for a line on stdin
+ * (a scan that takes as long as the caller wants).  Exits 0 when the port is disconnected (the
+ * filter unloads; a get or a reply fails with ERROR_INVALID_HANDLE, as scanUser.c reads either) or
+ * after COUNT messages, 1 on any other failure, 2 when the connect fails.
  */
 #include "agent.h"
 
@@ -37,6 +39,8 @@ typedef struct {
 
 static HANDLE port, completion;
 static volatile LONG replies, reply_failures, remaining = -1;
+static int wait_for_stdin;
+static CRITICAL_SECTION stdin_lock;
 
 static BOOL scan(const UCHAR *buf, ULONG len)
 {
@@ -77,12 +81,24 @@ static DWORD WINAPI worker(void *arg)
         reply.SafeToOpen = !foul;
         out("Scanner: message id %llu (%lu bytes): scanned %lu bytes: %s",
             (unsigned long long)msg->MessageHeader.MessageId, bytes, n, foul ? "unsafe" : "safe");
+        if (wait_for_stdin) {
+            char line[16];
+            EnterCriticalSection(&stdin_lock);
+            if (!fgets(line, sizeof line, stdin)) wait_for_stdin = 0;
+            LeaveCriticalSection(&stdin_lock);
+        }
         HRESULT hr = FilterReplyMessage(port, &reply.ReplyHeader, sizeof reply);
         if (SUCCEEDED(hr)) {
             InterlockedIncrement(&replies);
         } else {
             InterlockedIncrement(&reply_failures);
             out("Scanner: Error replying message. Error = 0x%lx", (unsigned long)hr);
+            /* The filter unloaded while this message was scanned: scanUser.c's worker leaves
+             * its loop and reads ERROR_INVALID_HANDLE as the unload, as for a failed get. */
+            if (hr == HRESULT_FROM_WIN32(ERROR_INVALID_HANDLE)) {
+                out("Scanner: Port is disconnected, probably due to scanner filter unloading.");
+                ExitProcess(0);
+            }
             if (hr != (HRESULT)0x801F0020) ExitProcess(1);
         }
         if (remaining > 0 && InterlockedDecrement(&remaining) == 0) {
@@ -119,7 +135,10 @@ int main(int argc, char **argv)
             name = argv[i + 1];
         else if (!strcmp(argv[i], "-n"))
             remaining = atol(argv[i + 1]);
+        else if (!strcmp(argv[i], "-w"))
+            wait_for_stdin = atoi(argv[i + 1]);
     }
+    InitializeCriticalSection(&stdin_lock);
     if (threads < 1 || threads > MAX_THREADS || requests < 1) return 2;
     MultiByteToWideChar(CP_UTF8, 0, name, -1, wname, 256);
     HRESULT hr = FilterConnectCommunicationPort(wname, 0, NULL, 0, NULL, &port);
@@ -132,7 +151,6 @@ int main(int argc, char **argv)
         out("ERROR: Creating completion port: %lu", GetLastError());
         return 1;
     }
-    out("connected to %s", name);
     for (int i = 0; i < threads; i++) {
         workers[i] = CreateThread(NULL, 0, worker, NULL, 0, NULL);
         for (int j = 0; j < requests; j++) {
@@ -145,6 +163,9 @@ int main(int argc, char **argv)
             }
         }
     }
+    /* Ready once every get is posted: a test that sends and unloads at this line cannot
+     * make a get of the start fail (scanUser.c would stop with that error). */
+    out("connected to %s", name);
     WaitForMultipleObjects(threads, workers, TRUE, INFINITE);
     return 0;
 }

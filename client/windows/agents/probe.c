@@ -19,9 +19,14 @@
  *   xget SLOT SIZE                      oget with an event on a new thread: "xget-started SLOT"
  *   xexit SLOT                          that thread exits; once the event is set,
  *                                       GetOverlappedResult: "xexit SLOT signalled=1 ok=0 err=995"
- *   tsend HEX OUTSIZE                   FilterSendMessage on a new thread: "tsend 0x%08x n=N
- * out=HEX" later bind                                CreateIoCompletionPort(h, NULL, 7, 0)  "bind
- * 1" oget SLOT SIZE                      overlapped FilterGetMessage            "oget SLOT 0x%08x"
+ *   xloop COUNT SPIN IDLE               COUNT threads that each issue an overlapped get with an
+ *                                       event and exit, SPIN threads keeping the CPUs busy, the
+ *                                       exiting ones at SCHED_IDLE if IDLE is 1: "xloop COUNT
+ *                                       aborted=A incomplete=I other=O first=..."
+ *   tsend HEX OUTSIZE                   FilterSendMessage on a new thread:
+ *                                       "tsend 0x%08x n=N out=HEX" later
+ *   bind                                CreateIoCompletionPort(h, NULL, 7, 0)  "bind 1"
+ *   oget SLOT SIZE                      overlapped FilterGetMessage  "oget SLOT 0x%08x"
  *   wait MS                             GetQueuedCompletionStatus
  *                                       "done SLOT ok=B err=E bytes=N key=K rl=R id=I data=HEX"
  *                                       or "wait ok=B err=E nullovl"
@@ -40,6 +45,7 @@
  *   sleep MS, exit CODE
  */
 #include "agent.h"
+#include "../include/linux_syscall.h"
 #include <tlhelp32.h>
 
 #define SLOTS 64
@@ -85,6 +91,86 @@ static DWORD WINAPI xget_thread(void *arg)
     FilterGetMessage(port, (PFILTER_MESSAGE_HEADER)s->buf, s->size, &s->ov);
     WaitForSingleObject(xget_go, INFINITE); /* "xexit": the get is pending in the daemon */
     return 0;
+}
+
+/* xloop: many exits in a row, each with a get pending.  Wine cancels an exiting thread's I/O
+ * when the thread asks wineserver to terminate it, while it still runs; a cancelled get that
+ * completes before wineserver has seen the thread die has its completion queued as an APC to
+ * that thread, which never runs it: the event is set and the OVERLAPPED never written
+ * (Internal stays STATUS_PENDING), unless fltlib cancels the gets itself first.  `spin`
+ * threads keep the CPUs busy and, with `idle`, each exiting thread runs at SCHED_IDLE (a raw
+ * sched_setscheduler: Wine 8.0 maps no thread priority to Linux's), so that it stalls in that
+ * window as on a loaded machine. */
+static volatile LONG xloop_spinning;
+
+struct xloop_get {
+    OVERLAPPED ov;
+    unsigned char buf[64];
+    int idle;
+};
+
+static DWORD WINAPI xloop_spinner(void *arg)
+{
+    (void)arg;
+    while (xloop_spinning) YieldProcessor();
+    return 0;
+}
+
+static DWORD WINAPI xloop_thread(void *arg)
+{
+    struct xloop_get *g = arg;
+    if (g->idle) {
+        int param = 0; /* struct sched_param */
+        lnx_syscall3(144 /* sched_setscheduler */, 0, 5 /* SCHED_IDLE */, (long long)&param);
+    }
+    return (DWORD)FilterGetMessage(port, (PFILTER_MESSAGE_HEADER)g->buf, sizeof g->buf, &g->ov);
+}
+
+/* COUNT exits: "xloop COUNT aborted=A incomplete=I other=O first=WHAT" (WHAT: the first result
+ * that was not ERROR_OPERATION_ABORTED, "-" if none). */
+static void xloop(long count, int spin, int idle)
+{
+    HANDLE spinners[8];
+    long aborted = 0, incomplete = 0, other = 0;
+    char first[96] = "-";
+    struct xloop_get g = {.idle = idle};
+    g.ov.hEvent = CreateEventW(NULL, TRUE, FALSE, NULL);
+    if (spin > 8) spin = 8;
+    xloop_spinning = 1;
+    for (int i = 0; i < spin; i++)
+        spinners[i] = CreateThread(NULL, 0, xloop_spinner, NULL, 0, NULL);
+    for (long i = 0; i < count; i++) {
+        DWORD bytes = 0, get = 0;
+        ResetEvent(g.ov.hEvent);
+        HANDLE t = CreateThread(NULL, 0, xloop_thread, &g, 0, NULL);
+        /* What an agent sees: the event set, then GetOverlappedResult without waiting. */
+        DWORD signalled = WaitForSingleObject(g.ov.hEvent, 20000);
+        BOOL ok = GetOverlappedResult(port, &g.ov, &bytes, FALSE);
+        DWORD err = ok ? 0 : GetLastError();
+        WaitForSingleObject(t, INFINITE);
+        GetExitCodeThread(t, &get);
+        CloseHandle(t);
+        if (!ok && err == ERROR_OPERATION_ABORTED) {
+            aborted++;
+            continue;
+        }
+        if (!ok && err == ERROR_IO_INCOMPLETE)
+            incomplete++;
+        else
+            other++;
+        if (first[0] == '-')
+            snprintf(first, sizeof first, "#%ld:signalled=%d,ok=%d,err=%lu,get=0x%08lx", i,
+                     signalled == WAIT_OBJECT_0, ok, err, (unsigned long)get);
+        if (signalled != WAIT_OBJECT_0) break; /* a get that never ends ends the loop */
+    }
+    xloop_spinning = 0;
+    for (int i = 0; i < spin; i++) {
+        WaitForSingleObject(spinners[i], INFINITE);
+        CloseHandle(spinners[i]);
+    }
+    CloseHandle(g.ov.hEvent);
+    out("xloop %ld aborted=%ld incomplete=%ld other=%ld first=%s", count, aborted, incomplete,
+        other, first);
 }
 
 static DWORD WINAPI tsend_thread(void *arg)
@@ -351,6 +437,8 @@ int main(void)
                 ok ? 0 : GetLastError());
             CloseHandle(s->ov.hEvent);
             s->ov.hEvent = NULL;
+        } else if (!strcmp(cmd, "xloop")) {
+            xloop(strtol(a1, NULL, 0), atoi(a2), atoi(a3));
         } else if (!strcmp(cmd, "cycles")) {
             /* COUNT connects and closes of port a2, with a send on each: "cycles N 0x%08x"
              * (the first failure, or 0). */
