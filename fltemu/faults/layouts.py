@@ -107,9 +107,7 @@ class Layout:
             return RawMessage(rng.randbytes(self.size * 4), self.size)
         return RawMessage(b"\xff" * self.size, self.size)
 
-    async def file(
-        self, flt: Filter, rng: random.Random, name: str, send: SendRaw
-    ) -> FileResult:
+    async def file(self, flt: Filter, rng: random.Random, name: str, send: SendRaw) -> FileResult:
         """Send one file through the filter and judge the answer (``send`` sends a raw
         message on the port's live connection)."""
         msg = self.message(rng)
@@ -153,9 +151,7 @@ class ScannerLayout(Layout):
         body = _words(rng, False)
         return RawMessage(scanner.SCANNER_NOTIFICATION.pack(0xFFFFFFFF, 0, body), 1)
 
-    async def file(
-        self, flt: Filter, rng: random.Random, name: str, send: SendRaw
-    ) -> FileResult:
+    async def file(self, flt: Filter, rng: random.Random, name: str, send: SendRaw) -> FileResult:
         foul = rng.random() < 0.25
         content = _words(rng, foul)
         verdict = await scanner.state_of(flt).scan(name, content)
@@ -200,9 +196,7 @@ class AvScanLayout(Layout):
         data = avscan.AV_SCANNER_NOTIFICATION.pack(0x7777, 0x7777, rng.randrange(1 << 40), 0)
         return RawMessage(data, 4)
 
-    async def file(
-        self, flt: Filter, rng: random.Random, name: str, send: SendRaw
-    ) -> FileResult:
+    async def file(self, flt: Filter, rng: random.Random, name: str, send: SendRaw) -> FileResult:
         content = _words(rng, rng.random() < 0.25)
         verdict = await avscan.state_of(flt).scan(name, content=content)
         if verdict.status in _RETRY:

@@ -40,7 +40,16 @@ from .layouts import Layout, Outcome, RawMessage, layout_for
 from .report import EventVerdict, Report, exit_words
 from .schedule import PlannedEvent, Schedule, ScheduleError
 
-__all__ = ["AGENT_OUTPUT_LINES", "FaultRunError", "FaultRunner", "run_schedule"]
+__all__ = [
+    "AGENT_OUTPUT_LINES",
+    "DEFAULT_START_TIMEOUT",
+    "STOP_GRACE",
+    "FaultRunError",
+    "FaultRunner",
+    "agent_env",
+    "run_schedule",
+    "stop_process",
+]
 
 #: How many of the agent's last lines of output a failed report shows.
 AGENT_OUTPUT_LINES: Final = 20
@@ -67,7 +76,7 @@ class FaultRunError(FltEmuError):
     not load; the message says what to do."""
 
 
-def _agent_env(address: str) -> dict[str, str]:
+def agent_env(address: str) -> dict[str, str]:
     """FLTEMU_SOCKET, and this virtual environment first on PATH (``python`` has fltuser)."""
     env = {**os.environ, "FLTEMU_SOCKET": address}
     if sys.prefix != sys.base_prefix:
@@ -77,6 +86,21 @@ def _agent_env(address: str) -> dict[str, str]:
         env["VIRTUAL_ENV"] = sys.prefix
         env.pop("PYTHONHOME", None)
     return env
+
+
+async def stop_process(proc: asyncio.subprocess.Process) -> None:
+    """End an agent started in a session of its own: SIGTERM to its process group, SIGKILL
+    after ``STOP_GRACE`` seconds (Wine's processes are in the group too)."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), STOP_GRACE)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
 
 
 class FaultRunner:
@@ -118,7 +142,7 @@ class FaultRunner:
         port = schedule.port or self.layout.port
         if port is None:
             raise ScheduleError(
-                f"schedule {schedule.name}: port = \"\\\\NAME\" is needed: filter "
+                f'schedule {schedule.name}: port = "\\\\NAME" is needed: filter '
                 f"{schedule.filter} is no sample whose port fltemu knows"
             )
         self.port_name = port
@@ -249,7 +273,7 @@ class FaultRunner:
             names = ", ".join(p.name for p in loaded.filter.server_ports) or "none"
             raise FaultRunError(
                 f"filter {self.schedule.filter} has no port {self.port_name} (its ports: "
-                f"{names}); set port = \"...\" in the schedule"
+                f'{names}); set port = "..." in the schedule'
             )
 
     async def _stop_daemon(self) -> None:
@@ -263,7 +287,7 @@ class FaultRunner:
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *self.agent,
-                env=_agent_env(address),
+                env=agent_env(address),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=self._output,
                 stderr=self._output,
@@ -283,17 +307,8 @@ class FaultRunner:
         self._watcher = asyncio.get_running_loop().create_task(watch())
 
     async def _stop_agent(self) -> None:
-        proc = self._proc
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), STOP_GRACE)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+        if self._proc is not None:
+            await stop_process(self._proc)
 
     def _tail(self) -> list[str]:
         output = self._output
@@ -388,9 +403,7 @@ class FaultRunner:
                 if self._proc is not None and self._proc.returncode is not None
                 else f"did not connect to {self.port_name} within {self.start_timeout:g} s"
             )
-            raise FaultRunError(
-                f"the agent {what} before the first fault; its output:\n{tail}"
-            )
+            raise FaultRunError(f"the agent {what} before the first fault; its output:\n{tail}")
         port = self._server_port()
         if port is not None and port.message_notify is None:
             bad = [e for e in self.plan if e.fault == "notify_fault"]
@@ -423,7 +436,9 @@ class FaultRunner:
 
     # --- files -------------------------------------------------------------------------------
 
-    async def _start_files(self, event: PlannedEvent, verdict: EventVerdict, rng: random.Random) -> None:
+    async def _start_files(
+        self, event: PlannedEvent, verdict: EventVerdict, rng: random.Random
+    ) -> None:
         tasks = []
         for n in range(event.files):
             seed = rng.randrange(1 << 32)
@@ -575,9 +590,9 @@ class FaultRunner:
         if not live:
             verdict.notes.append("no connection to close")
             return
-        targets = live if event.params["which"] == "all" else [
-            live[event.params["pick"] % len(live)]
-        ]
+        targets = (
+            live if event.params["which"] == "all" else [live[event.params["pick"] % len(live)]]
+        )
         since = len(self._connects)
         for client_port in targets:
             await self._flt.close_client_port(client_port)
@@ -671,7 +686,7 @@ class FaultRunner:
         client_port = live[-1]
         delivered = client_port.messages_delivered
         late = self._late
-        for _ in range(event.params["count"]):
+        for _number in range(event.params["count"]):
             status, _reply = await self._send(self.layout.message(rng), event.params["timeout"])
             if status == NtStatus.STATUS_TIMEOUT:
                 verdict.timeouts += 1

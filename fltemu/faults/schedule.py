@@ -362,7 +362,7 @@ def _step_from(table: object, number: int) -> Step:
         raise ScheduleError(f"step {number}: a [[step]] table, not {table!r}")
     fault = table.get("fault")
     if not isinstance(fault, str):
-        raise ScheduleError(f"step {number}: every [[step]] needs fault = \"NAME\"")
+        raise ScheduleError(f'step {number}: every [[step]] needs fault = "NAME"')
     repeat = table.get("repeat", 1)
     files = table.get("files", 0)
     for key, value, top in (("repeat", repeat, MAX_REPEAT), ("files", files, MAX_COUNT)):
@@ -420,16 +420,18 @@ def parse_schedule(data: Mapping[str, Any], source: str = "the schedule") -> Sch
     }  # fmt: skip
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ScheduleError(f"{source}: no key {', '.join(unknown)}; keys: {', '.join(sorted(known))}")
+        raise ScheduleError(
+            f"{source}: no key {', '.join(unknown)}; keys: {', '.join(sorted(known))}"
+        )
     flt = data.get("filter")
     if not isinstance(flt, str) or not flt:
-        raise ScheduleError(f"{source}: filter = \"NAME\" (scanner, minispy, avscan or a module)")
+        raise ScheduleError(f'{source}: filter = "NAME" (scanner, minispy, avscan or a module)')
     steps = data.get("step")
     if not isinstance(steps, list) or not steps:
         raise ScheduleError(f"{source}: no [[step]]: a schedule needs at least one fault")
     settings = data.get("settings", {})
     if not isinstance(settings, Mapping) or not all(isinstance(v, str) for v in settings.values()):
-        raise ScheduleError(f"{source}: settings is a table of strings (KEY = \"VALUE\")")
+        raise ScheduleError(f'{source}: settings is a table of strings (KEY = "VALUE")')
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ScheduleError(f"{source}: seed is a whole number")
