@@ -209,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_control_commands(sub)
     _add_bench(sub)
     _add_wine(sub)
+    from ..faults.command import add_parser as add_fault_commands
+
+    add_fault_commands(sub)  # fltemu faults, record, replay
     for name in ("bench", "wine"):
         _add_version(sub.choices[name])
     return parser
@@ -695,6 +698,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command in ("faults", "record", "replay"):
+        from ..faults.command import run_command as run_fault_command
+
+        return run_fault_command(args, agent)
     if agent and args.command not in ("bench", "wine"):
         parser.error("'-- COMMAND' is only for fltemu bench and fltemu wine")
     if args.command == "wine":

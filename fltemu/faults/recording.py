@@ -120,7 +120,7 @@ def record_events(
         line: dict[str, Any] = {"t": round(event.time - first, 6)}
         for name in _FIELDS:
             value = getattr(event, name)
-            if value not in (None, "", 0) or name in ("kind", "status"):
+            if (value is not None and value != "") or name == "status":
                 line[name] = value
         if event.data:
             line["data"] = base64.b64encode(event.data).decode("ascii")
