@@ -367,6 +367,9 @@ class FaultRunner:
             await asyncio.gather(*self._files, return_exceptions=True)
             await self._stop_agent()
             await self._stop_daemon()
+            tail = self._tail()
+            if self._output is not None:
+                self._output.close()
             if tmp is not None:
                 tmp.cleanup()
         report.files_sent = self._files_sent
@@ -387,9 +390,7 @@ class FaultRunner:
                 f"{report.files_wrong} wrong answer(s) (threshold {limits.wrong})"
             )
         if not report.passed:
-            report.output = self._tail()
-        if self._output is not None:
-            self._output.close()
+            report.output = tail
         return report
 
     async def _warm_up(self) -> None:
@@ -687,6 +688,12 @@ class FaultRunner:
         delivered = client_port.messages_delivered
         late = self._late
         for _number in range(event.params["count"]):
+            # Each message waits for a pending get, so that it is taken and its reply is late
+            # (a message no get takes times out undelivered: no reply can come).
+            await self._until(
+                lambda: client_port.queues.getter_count > 0 or not client_port.is_connected,
+                self.thresholds.answer_within,
+            )
             status, _reply = await self._send(self.layout.message(rng), event.params["timeout"])
             if status == NtStatus.STATUS_TIMEOUT:
                 verdict.timeouts += 1

@@ -6,7 +6,9 @@ Flags make it break on purpose, so that a test can show the report catches it:
 * ``--no-reconnect``: exits 0 when its port is disconnected (as scanUser.c does);
 * ``--crash-on-short``: reads BytesToScan without checking the message's length, and dies
   (an uncaught ``struct.error``, exit status 1) on a message shorter than its header;
-* ``--wrong``: answers every notification the wrong way round.
+* ``--wrong``: answers every notification the wrong way round;
+* ``--stop-after N``: stops issuing FilterGetMessage after N messages (it hangs, connected);
+* ``--leak``: connects again without closing the handle of the connection that ended.
 
 Usage: ``python scan_agent.py [--port NAME] [--gets N] [FLAGS]`` (socket: FLTEMU_SOCKET).
 """
@@ -22,12 +24,18 @@ import fltuser
 
 HEADER = struct.Struct("<II")
 BUFFER = fltuser.FILTER_HEADER_BYTES + HEADER.size + 1024
+#: Messages taken so far; handles kept open by --leak.
+seen = [0]
+leaked: list[fltuser.AsyncPort] = []
 
 
 async def serve(port: fltuser.AsyncPort, args: argparse.Namespace) -> None:
     async def worker() -> None:
         while True:
+            if args.stop_after is not None and seen[0] >= args.stop_after:
+                await asyncio.Event().wait()  # hung: connected, no get pending
             msg = await port.get_message(BUFFER)
+            seen[0] += 1
             if args.crash_on_short:
                 (bytes_to_scan, _reserved) = HEADER.unpack_from(msg.data)  # no length check
             elif len(msg.data) < HEADER.size:
@@ -69,7 +77,10 @@ async def main(args: argparse.Namespace) -> int:
         except fltuser.HResultError as exc:
             print(f"disconnected: 0x{exc.hresult:08x}", flush=True)
         finally:
-            await port.aclose()
+            if args.leak:
+                leaked.append(port)
+            else:
+                await port.aclose()
         if args.no_reconnect:
             return 0
 
@@ -81,4 +92,6 @@ if __name__ == "__main__":
     parser.add_argument("--no-reconnect", action="store_true")
     parser.add_argument("--crash-on-short", action="store_true")
     parser.add_argument("--wrong", action="store_true")
+    parser.add_argument("--stop-after", type=int, default=None)
+    parser.add_argument("--leak", action="store_true")
     sys.exit(asyncio.run(main(parser.parse_args())))
