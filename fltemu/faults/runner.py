@@ -176,6 +176,8 @@ class FaultRunner:
         self._base_getters = 0
         self._exit: str | None = None
         self._watcher: asyncio.Task[None] | None = None
+        #: The run is ending: files are no longer sent.
+        self._closing = False
 
     # --- what the kernel tells us ------------------------------------------------------------
 
@@ -213,8 +215,9 @@ class FaultRunner:
                 return False
             waiter: asyncio.Future[None] = loop.create_future()
             self._waiters.append(waiter)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter, min(remaining, _TICK))
+            # asyncio.wait, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # comes as the waiter is resolved, and the run's end must cancel every waiter.
+            await asyncio.wait((waiter,), timeout=min(remaining, _TICK))
         return True
 
     def _exited(self) -> bool:
@@ -362,6 +365,7 @@ class FaultRunner:
                     break
             await self._finish_files(report)
         finally:
+            self._closing = True
             for task in self._files:
                 task.cancel()
             await asyncio.gather(*self._files, return_exceptions=True)
@@ -457,10 +461,10 @@ class FaultRunner:
 
     async def _file(self, name: str, seed: int, verdict: EventVerdict) -> None:
         """One file: sent until the agent answers it (the run's end cancels it: lost)."""
-        while True:
-            await self._until(lambda: bool(self._live()), 3600.0)
+        while not self._closing:
+            await self._until(lambda: bool(self._live()) or self._closing, 3600.0)
             flt = self._flt
-            if flt is None:
+            if flt is None or self._closing:
                 continue
             result = await self.layout.file(
                 flt,
