@@ -772,7 +772,9 @@ class FaultRunner:
             status, _reply = await self._send(msg, self.thresholds.answer_within)
             verdict.statuses.append(f"{kind}: {status.name}")
             if await self._until(self._exited, _TICK * 2):
-                self._note_exit(verdict, f" after a {kind} message ({len(msg.data)} bytes)")
+                self._note_exit(
+                    verdict, f" after a malformed message ({kind}, {len(msg.data)} bytes)"
+                )
                 break
 
 

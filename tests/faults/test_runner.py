@@ -108,7 +108,7 @@ def test_an_agent_that_crashes_on_a_short_message_is_named() -> None:
     report = run(schedule, scan_agent("--crash-on-short"))
     assert not report.passed
     assert report.problems == [
-        "#2 malformed: the agent exited with status 1 after a short message (4 bytes)"
+        "#2 malformed: the agent exited with status 1 after a malformed message (short, 4 bytes)"
     ]
     # Its traceback is in the report's tail of output.
     assert any("struct.error" in line for line in report.output)
