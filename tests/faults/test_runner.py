@@ -211,3 +211,11 @@ def test_an_agent_that_never_connects_is_a_clear_error() -> None:
     assert "no fltuser here" in str(info.value)
     with pytest.raises(FaultRunError, match="cannot start the agent 'no-such-agent-xyz'"):
         run(scanner(Step("pause")), ["no-such-agent-xyz"])
+
+
+def test_the_python_example_of_docs_faults_md_runs_as_written() -> None:
+    text = (ROOT / "docs" / "faults.md").read_text()
+    start = text.index("```python\n") + len("```python\n")
+    code = text[start : text.index("```", start)]
+    assert '"my_agent.py"' in code
+    exec(compile(code.replace('"my_agent.py"', repr(AGENT)), "docs/faults.md", "exec"), {})

@@ -168,3 +168,15 @@ def test_there_is_a_builtin_schedule_for_each_sample() -> None:
     assert sum(e.fault == "unload_reload" for e in reload) == 10
     with pytest.raises(ScheduleError, match="no built-in schedule 'nope'"):
         builtin_schedule("nope")
+
+
+def test_the_layers_below_do_not_import_the_faults() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, fltemu, fltemu.kernel, fltemu.daemon.server, fltuser; "
+        "print([m for m in sys.modules if m.startswith('fltemu.faults')])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
