@@ -37,7 +37,13 @@ from ..kernel import ClientPort
 from ..status import NtStatus
 from ..wire import TraceEvent
 from .report import exit_words
-from .runner import DEFAULT_START_TIMEOUT, FaultRunError, agent_env, stop_process
+from .runner import (
+    DAEMON_GRACE,
+    DEFAULT_START_TIMEOUT,
+    FaultRunError,
+    agent_env,
+    stop_process,
+)
 
 __all__ = [
     "RECORDING_FORMAT",
@@ -57,6 +63,9 @@ RECORDING_FORMAT: Final = 1
 HEADER_KEY: Final = "fltemu_recording"
 #: Seconds a replayed message waits for its reply when the recording's send had no timeout.
 DEFAULT_REPLAY_TIMEOUT: Final = 5.0
+#: The replayed port's connection limit: the agent may hold a few (avscan holds three ports'
+#: worth, a restarted agent its old and new handles) and the limit is not what is tested.
+REPLAY_MAX_CONNECTIONS: Final = 64
 
 _FIELDS: Final = (
     "kind", "port", "connection", "pid", "status", "message_id", "size", "buffer",
@@ -481,7 +490,7 @@ async def replay(
     if address is None:
         tmp = tempfile.TemporaryDirectory(prefix="fltemu-replay-")
         address = os.path.join(tmp.name, "fltemu.sock")
-    daemon = Daemon(address, shutdown_grace=2.0)
+    daemon = Daemon(address, shutdown_grace=DAEMON_GRACE)
     proc: asyncio.subprocess.Process | None = None
     output = tempfile.TemporaryFile()
     try:
@@ -492,7 +501,7 @@ async def replay(
             connect_notify=state.connect_notify,
             disconnect_notify=state.disconnect_notify,
             message_notify=state.message_notify,
-            max_connections=64,
+            max_connections=REPLAY_MAX_CONNECTIONS,
         )
         try:
             proc = await asyncio.create_subprocess_exec(

@@ -42,6 +42,7 @@ from .schedule import PlannedEvent, Schedule, ScheduleError
 
 __all__ = [
     "AGENT_OUTPUT_LINES",
+    "DAEMON_GRACE",
     "DEFAULT_START_TIMEOUT",
     "STOP_GRACE",
     "FaultRunError",
@@ -57,6 +58,9 @@ AGENT_OUTPUT_LINES: Final = 20
 DEFAULT_START_TIMEOUT: Final = 60.0
 #: Seconds the agent has to exit after SIGTERM at the end before it is killed.
 STOP_GRACE: Final = 5.0
+#: The shutdown grace of the runner's daemon (``Daemon(shutdown_grace=)``): a
+#: ``restart_daemon`` must not wait the default 5 s for a callback the agent left hanging.
+DAEMON_GRACE: Final = 2.0
 #: Seconds a waiter sleeps at most between two looks at the state (a safety net: every trace
 #: record and the agent's exit wake it at once).
 _TICK: Final = 0.05
@@ -257,7 +261,7 @@ class FaultRunner:
     # --- the daemon, the filter, the agent ---------------------------------------------------
 
     async def _start_daemon(self, address: str) -> None:
-        daemon = Daemon(address, shutdown_grace=2.0)
+        daemon = Daemon(address, shutdown_grace=DAEMON_GRACE)
         await daemon.start()
         daemon.trace_hub.add_listener(self._listen)
         self._daemon = daemon
