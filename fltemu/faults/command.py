@@ -106,7 +106,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     show.add_argument("name", metavar="NAME", help="a built-in schedule")
     plan = actions.add_parser("plan", help="print the events a schedule and seed give")
     plan.add_argument("schedule", metavar="SCHEDULE", help="a schedule file or built-in name")
-    plan.add_argument("--seed", type=int, help="the seed (default: the schedule's)")
+    plan.add_argument("--seed", type=int, metavar="N", help="the seed (default: the schedule's)")
     run = actions.add_parser(
         "run",
         help="run a schedule against an agent: fltemu faults run SCHEDULE -- AGENT...",
@@ -116,7 +116,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("schedule", metavar="SCHEDULE", help="a schedule file or built-in name")
-    run.add_argument("--seed", type=int, help="the seed (default: the schedule's)")
+    run.add_argument("--seed", type=int, metavar="N", help="the seed (default: the schedule's)")
     run.add_argument("--json", metavar="FILE", help="also write the report as JSON ('-': stdout)")
     run.add_argument("--address", metavar="PATH", help="socket to serve on (default: temporary)")
     run.add_argument(
