@@ -3,6 +3,7 @@ statuses, the text and JSON reports, and files from a later format refused."""
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -220,3 +221,44 @@ def test_a_file_that_is_no_recording_is_refused(tmp_path: Path) -> None:
     path.write_text('{"kind": "message"}\n')
     with pytest.raises(RecordingError, match="is not an fltemu recording"):
         load_recording(path)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_a_recording_pairs_late_deliveries_and_marks_cut_messages(tmp_path: Path) -> None:
+    header = {"fltemu_recording": 1, "port": "\\P"}
+    events = [
+        # Waited for a get: id 0 at the start, its id given when delivered.
+        {"t": 0.0, "kind": "message", "connection": 1, "size": 3, "buffer": 4,
+         "timeout": 2.0, "data": b64(b"abc")},
+        {"t": 0.1, "kind": "deliver", "connection": 1, "message_id": 5, "size": 3,
+         "buffer": 4, "data": b64(b"abc")},
+        # No reply wanted: id 0 throughout.
+        {"t": 0.2, "kind": "message", "connection": 1, "size": 2, "data": b64(b"hi")},
+        {"t": 0.2, "kind": "message_done", "connection": 1, "status": 0, "size": 2},
+        {"t": 0.3, "kind": "message_done", "connection": 1, "status": 0, "message_id": 5,
+         "size": 3, "buffer": 4, "reply_size": 2, "data": b64(b"ok")},
+        # Longer than a trace event carries.
+        {"t": 0.4, "kind": "message", "connection": 1, "message_id": 6, "size": 9000,
+         "buffer": 1, "data": b64(b"x" * 4096)},
+        {"t": 0.5, "kind": "message_done", "connection": 1, "status": 0, "message_id": 6,
+         "size": 9000, "buffer": 1, "reply_size": 1, "data": b64(b"\x01")},
+        {"t": 0.6, "kind": "send", "connection": 1, "status": 0, "size": 1, "reply_size": 8,
+         "data": b64(b"q")},
+        {"t": 0.7, "kind": "dropped", "count": 3},
+        # Started, never ended within the recording.
+        {"t": 0.8, "kind": "message", "connection": 1, "message_id": 7, "size": 1,
+         "buffer": 1, "data": b64(b"z")},
+    ]  # fmt: skip
+    path = tmp_path / "synthetic.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in [header, *events]) + "\n")
+    recording = load_recording(path)
+    assert [(e.data, e.reply_length, e.timeout, e.reply, e.cut) for e in recording.exchanges] == [
+        (b"abc", 4, 2.0, b"ok", False),
+        (b"hi", None, None, None, False),
+        (b"x" * 4096, 1, None, b"\x01", True),
+    ]
+    assert [(s.data, s.status, s.reply_size) for s in recording.sends] == [(b"q", 0, 8)]
+    assert (recording.dropped, recording.unmatched) == (3, 1)
