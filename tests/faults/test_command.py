@@ -3,6 +3,7 @@ statuses, the text and JSON reports, and files from a later format refused."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fltemu.faults.recording import RECORDING_FORMAT, RecordingError, load_recording
+from fltemu.faults.recording import RECORDING_FORMAT, RecordingError, load_recording, replay
 from fltemu.samples.scanner import SCANNER_NOTIFICATION
 from fltemu.testing import DaemonProcess
 
@@ -262,3 +263,40 @@ def test_a_recording_pairs_late_deliveries_and_marks_cut_messages(tmp_path: Path
     ]
     assert [(s.data, s.status, s.reply_size) for s in recording.sends] == [(b"q", 0, 8)]
     assert (recording.dropped, recording.unmatched) == (3, 1)
+
+
+AGENT_THAT_ASKS = """
+import fltuser
+port = fltuser.connect("\\\\P")
+print("answer", len(port.send(b"q", 16)), flush=True)
+try:
+    port.send(b"new", 16)
+except fltuser.HResultError as exc:
+    print("new", hex(exc.hresult), flush=True)
+while True:
+    msg = port.get_message(64)
+    port.reply(msg.message_id, b"ok")
+"""
+
+
+def test_replay_answers_recorded_requests_and_lists_new_ones(tmp_path: Path) -> None:
+    header = {"fltemu_recording": 1, "port": "\\P"}
+    events = [
+        {"t": 0.0, "kind": "send", "connection": 1, "status": 0, "size": 1, "reply_size": 8,
+         "data": b64(b"q")},
+        {"t": 0.1, "kind": "message", "connection": 1, "message_id": 1, "size": 3,
+         "buffer": 4, "data": b64(b"abc")},
+        {"t": 0.2, "kind": "message_done", "connection": 1, "status": 0, "message_id": 1,
+         "size": 3, "buffer": 4, "reply_size": 2, "data": b64(b"ok")},
+    ]  # fmt: skip
+    path = tmp_path / "asks.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in [header, *events]) + "\n")
+    agent = tmp_path / "asks.py"
+    agent.write_text(AGENT_THAT_ASKS)
+    report = asyncio.run(
+        replay(load_recording(path), [sys.executable, str(agent)], pace="fast", source="asks")
+    )
+    assert (report.replayed, report.same) == (1, 1)
+    (difference,) = report.differences
+    assert difference.what.startswith("the agent sent a request the recording never saw: 6e6577")
+    assert not report.passed
