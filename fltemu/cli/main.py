@@ -1,5 +1,6 @@
 """The ``fltemu`` command line: one parser, each sub-command's arguments and work in its own
-module (``serve``, ``ctl`` for the control commands, ``bench``, ``wine``).
+module (``serve``, ``ctl`` for the control commands, ``bench``, ``wine``, ``faults`` for
+``faults``, ``record`` and ``replay``).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from . import bench, ctl, serve, wine
+from . import bench, ctl, faults, serve, wine
 from ._args import add_version
 
 __all__ = ["build_parser", "main"]
@@ -34,6 +35,7 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     commands.update(ctl.add_parsers(sub))
     commands["bench"] = bench.add_parser(sub)
     commands["wine"] = wine.add_parser(sub)
+    faults.add_parser(sub)  # fltemu faults, record, replay
     return parser, commands
 
 
@@ -61,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command in faults.COMMANDS:
+        return faults.run_command(args, agent)
     if agent and args.command not in ("bench", "wine"):
         parser.error("'-- COMMAND' is only for fltemu bench and fltemu wine")
     if args.command == "wine":

@@ -20,7 +20,7 @@ from collections import deque
 from typing import Final, cast
 
 from ..kernel import FilterManager
-from ..kernel.trace import TraceRecord
+from ..kernel.trace import Tracer, TraceRecord
 from ..status import NtStatus
 from ..wire import Goodbye, Trace, TraceEvent, WireConnection
 
@@ -46,6 +46,7 @@ class TraceHub:
     def __init__(self, manager: FilterManager) -> None:
         self._manager = manager
         self._subscribers: set[TraceSubscriber] = set()
+        self._listeners: list[Tracer] = []
 
     @property
     def subscribers(self) -> frozenset[TraceSubscriber]:
@@ -60,13 +61,29 @@ class TraceHub:
     def remove(self, subscriber: TraceSubscriber) -> None:
         """Stop; the last one gone turns tracing off (the kernel's cost is back to nothing)."""
         self._subscribers.discard(subscriber)
-        if not self._subscribers:
+        if not self._subscribers and not self._listeners:
+            self._manager.tracer = None
+
+    def add_listener(self, listener: Tracer) -> None:
+        """Call ``listener`` inline with every record, in the daemon's process (``fltemu
+        faults`` watches the agent this way); it must be quick and must not raise."""
+        self._listeners.append(listener)
+        self._manager.tracer = self.publish
+
+    def remove_listener(self, listener: Tracer) -> None:
+        """Stop calling ``listener``; with no subscriber left either, tracing is off."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+        if not self._subscribers and not self._listeners:
             self._manager.tracer = None
 
     def publish(self, record: TraceRecord) -> None:
-        """Offer one record to every subscriber (called inline by the kernel model)."""
+        """Offer one record to every subscriber and listener (called inline by the kernel
+        model)."""
         for subscriber in self._subscribers:
             subscriber.offer(record)
+        for listener in self._listeners:
+            listener(record)
 
     def close_all(self, reason: str) -> None:
         """End every trace connection (daemon shutdown)."""

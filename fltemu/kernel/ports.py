@@ -222,6 +222,23 @@ class ServerPort:
             message_notify, OUTPUT_BUFFER_ADDRESS
         )
 
+    def set_message_notify(self, message_notify: Callable[..., Any] | None) -> None:
+        """Replace the port's MessageNotify from now on (fault injection: ``fltemu faults``
+        delays it or makes it fail, then puts the filter's own back).
+
+        The new callback is classified as at FltCreateCommunicationPort (plain or coroutine,
+        whether it takes ``output_buffer_address``); calls already running finish with the
+        old one. ``None`` makes later FilterSendMessage calls fail with
+        STATUS_INVALID_DEVICE_REQUEST, as a port created without one.
+        """
+        self.message_notify = message_notify
+        self.message_notify_is_async = message_notify is not None and is_async_callable(
+            message_notify
+        )
+        self.message_notify_takes_address = message_notify is not None and takes_keyword(
+            message_notify, OUTPUT_BUFFER_ADDRESS
+        )
+
     def __repr__(self) -> str:
         return (
             f"<ServerPort '{self.name}' {self.state.value} "

@@ -1,0 +1,302 @@
+"""``fltemu faults``, ``fltemu record`` and ``fltemu replay`` as a user runs them: exit
+statuses, the text and JSON reports, and files from a later format refused."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fltemu.faults.recording import RECORDING_FORMAT, RecordingError, load_recording, replay
+from fltemu.samples.scanner import SCANNER_NOTIFICATION
+from fltemu.testing import DaemonProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+AGENT = str(Path(__file__).parent / "agents" / "scan_agent.py")
+SCANNER_AGENT = str(ROOT / "examples" / "scanner_agent.py")
+
+SHORT = """
+format = 1
+name = "short"
+filter = "scanner"
+seed = 4
+
+[thresholds]
+reconnect_within = 2.0
+answer_within = 2.0
+hang_after = 1.0
+
+[[step]]
+fault = "files"
+files = 2
+
+[[step]]
+fault = "unload_reload"
+delay = [0.01, 0.1]
+files = 1
+"""
+
+
+def fltemu(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fltemu", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+@pytest.fixture
+def schedule_file(tmp_path: Path) -> Path:
+    path = tmp_path / "short.toml"
+    path.write_text(SHORT)
+    return path
+
+
+def test_run_passes_and_writes_json(schedule_file: Path, tmp_path: Path) -> None:
+    report_path = tmp_path / "report.json"
+    done = fltemu(
+        "faults", "run", str(schedule_file), "--json", str(report_path), "--",
+        sys.executable, AGENT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1] == "PASSED"
+    assert "#2 unload_reload" in done.stderr  # the progress line of each event
+    report = json.loads(report_path.read_text())
+    assert report["format"] == 1 and report["passed"] is True and report["seed"] == 4
+    assert [e["fault"] for e in report["events"]] == ["files", "unload_reload"]
+    assert report["events"][1]["reconnect"] is not None
+    assert report["files"] == {"sent": 3, "answered": 3, "wrong": 0, "lost": 0}
+
+
+def test_run_exits_1_and_names_what_broke(schedule_file: Path) -> None:
+    done = fltemu(
+        "faults", "run", str(schedule_file), "--quiet", "--json", "-", "--",
+        sys.executable, AGENT, "--no-reconnect",
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == ""
+    report = json.loads(done.stdout)
+    assert report["passed"] is False
+    assert "#2 unload_reload: did not reconnect within 2 s" in report["problems"]
+    assert report["exit"] == "exited with status 0"
+
+
+def test_plan_prints_the_same_events_for_the_same_seed(schedule_file: Path) -> None:
+    first = fltemu("faults", "plan", str(schedule_file), "--seed", "8")
+    second = fltemu("faults", "plan", str(schedule_file), "--seed", "8")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    assert first.stdout.splitlines()[0] == "schedule short, seed 8:"
+    assert fltemu("faults", "plan", str(schedule_file), "--seed", "9").stdout != first.stdout
+
+
+def test_list_and_show_the_builtin_schedules() -> None:
+    listed = fltemu("faults", "list")
+    assert listed.returncode == 0
+    assert [line.split()[0] for line in listed.stdout.splitlines()] == [
+        "scanner-reload", "scanner-faults", "avscan-faults", "minispy-faults",
+    ]  # fmt: skip
+    shown = fltemu("faults", "show", "scanner-reload")
+    assert shown.stdout.startswith("format = 1\n")
+    assert 'fault = "unload_reload"' in shown.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["faults", "run", "nope.toml", "--", "true"], "no such file, and no built-in schedule"),
+        (["faults", "run", "scanner-reload"], "no agent: fltemu faults run SCHEDULE -- AGENT"),
+        (["faults", "plan", "scanner-reload", "--", "x"], "'-- AGENT' is only for"),
+        (["faults"], "give an action: list, show NAME, plan SCHEDULE, or run"),
+        (["faults", "show", "nope"], "no built-in schedule 'nope'"),
+        (["replay", "missing.jsonl", "--", "true"], "cannot read missing.jsonl"),
+        (["record", "x.jsonl", "--port", "ScannerPort"], "a port name starts with a backslash"),
+    ],
+)
+def test_mistakes_exit_2_with_what_to_do(args: list[str], expected: str) -> None:
+    done = fltemu(*args)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert expected in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_schedule_of_a_later_format_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "later.toml"
+    path.write_text(SHORT.replace("format = 1", "format = 2"))
+    done = fltemu("faults", "run", str(path), "--", sys.executable, AGENT)
+    assert done.returncode == 2
+    assert "is format 2, from a later fltemu; this fltemu reads format 1" in done.stderr
+
+
+def test_help_has_examples() -> None:
+    for command in (["faults", "run"], ["record"], ["replay"]):
+        done = fltemu(*command, "-h")
+        assert done.returncode == 0
+        assert "example" in done.stdout
+
+
+@pytest.fixture
+def recorded(tmp_path: Path) -> Iterator[Path]:
+    """Three scans recorded from the example scanner agent on `fltemu serve`."""
+    path = tmp_path / "scan.jsonl"
+    with DaemonProcess(["--filter", "scanner"]) as daemon:
+        agent = subprocess.Popen(
+            [sys.executable, SCANNER_AGENT, "--address", daemon.address],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            daemon.wait_for_connection("\\ScannerPort")
+            recorder = subprocess.Popen(
+                [
+                    sys.executable, "-m", "fltemu", "record", str(path), "--port",
+                    "\\ScannerPort", "--address", daemon.address, "--count", "3",
+                ],
+                stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+            assert recorder.stderr is not None
+            assert recorder.stderr.readline().startswith("recording \\ScannerPort")
+            for body in (b"some foul text", b"clean text", b"more foul"):
+                message = SCANNER_NOTIFICATION.pack(len(body), 0, body)
+                assert daemon.send("\\ScannerPort", message, reply_length=1).status == 0
+            assert recorder.wait(30) == 0
+            assert "recorded 3 message(s)" in recorder.stderr.read()
+            recorder.stderr.close()
+        finally:
+            agent.terminate()
+            agent.wait(30)
+    yield path
+
+
+def test_record_then_replay_finds_no_difference_with_the_same_agent(
+    recorded: Path, tmp_path: Path
+) -> None:
+    recording = load_recording(recorded)
+    assert recording.port == "\\ScannerPort"
+    assert [e.reply for e in recording.exchanges] == [b"\x00", b"\x01", b"\x00"]
+    for pace in ("recorded", "fast"):
+        done = fltemu("replay", str(recorded), "--pace", pace, "--", sys.executable, SCANNER_AGENT)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "3 messages replayed, 3 replies as recorded, 0 differences" in done.stdout
+
+
+def test_replay_reports_every_reply_that_differs(recorded: Path) -> None:
+    done = fltemu(
+        "replay", str(recorded), "--pace", "fast", "--json", "-", "--",
+        sys.executable, AGENT, "--wrong",
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout)
+    assert report["passed"] is False
+    assert [d["index"] for d in report["differences"]] == [1, 2, 3]
+    assert (
+        "recorded STATUS_SUCCESS 00 (1 bytes), now STATUS_SUCCESS 01 (1 bytes)"
+        in (report["differences"][0]["what"])
+    )
+
+
+def test_a_recording_of_a_later_format_is_refused(recorded: Path, tmp_path: Path) -> None:
+    lines = recorded.read_text().splitlines()
+    header = json.loads(lines[0])
+    header["fltemu_recording"] = RECORDING_FORMAT + 1
+    later = tmp_path / "later.jsonl"
+    later.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    with pytest.raises(RecordingError, match="written by a later fltemu"):
+        load_recording(later)
+    done = fltemu("replay", str(later), "--", sys.executable, SCANNER_AGENT)
+    assert done.returncode == 2
+    assert f"is recording format {RECORDING_FORMAT + 1}, written by a later fltemu" in done.stderr
+    assert "upgrade fltemu" in done.stderr
+
+
+def test_a_file_that_is_no_recording_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "not.jsonl"
+    path.write_text('{"kind": "message"}\n')
+    with pytest.raises(RecordingError, match="is not an fltemu recording"):
+        load_recording(path)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_a_recording_pairs_late_deliveries_and_marks_cut_messages(tmp_path: Path) -> None:
+    header = {"fltemu_recording": 1, "port": "\\P"}
+    events = [
+        # Waited for a get: id 0 at the start, its id given when delivered.
+        {"t": 0.0, "kind": "message", "connection": 1, "size": 3, "buffer": 4,
+         "timeout": 2.0, "data": b64(b"abc")},
+        {"t": 0.1, "kind": "deliver", "connection": 1, "message_id": 5, "size": 3,
+         "buffer": 4, "data": b64(b"abc")},
+        # No reply wanted: id 0 throughout.
+        {"t": 0.2, "kind": "message", "connection": 1, "size": 2, "data": b64(b"hi")},
+        {"t": 0.2, "kind": "message_done", "connection": 1, "status": 0, "size": 2},
+        {"t": 0.3, "kind": "message_done", "connection": 1, "status": 0, "message_id": 5,
+         "size": 3, "buffer": 4, "reply_size": 2, "data": b64(b"ok")},
+        # Longer than a trace event carries.
+        {"t": 0.4, "kind": "message", "connection": 1, "message_id": 6, "size": 9000,
+         "buffer": 1, "data": b64(b"x" * 4096)},
+        {"t": 0.5, "kind": "message_done", "connection": 1, "status": 0, "message_id": 6,
+         "size": 9000, "buffer": 1, "reply_size": 1, "data": b64(b"\x01")},
+        {"t": 0.6, "kind": "send", "connection": 1, "status": 0, "size": 1, "reply_size": 8,
+         "data": b64(b"q")},
+        {"t": 0.7, "kind": "dropped", "count": 3},
+        # Started, never ended within the recording.
+        {"t": 0.8, "kind": "message", "connection": 1, "message_id": 7, "size": 1,
+         "buffer": 1, "data": b64(b"z")},
+    ]  # fmt: skip
+    path = tmp_path / "synthetic.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in [header, *events]) + "\n")
+    recording = load_recording(path)
+    assert [(e.data, e.reply_length, e.timeout, e.reply, e.cut) for e in recording.exchanges] == [
+        (b"abc", 4, 2.0, b"ok", False),
+        (b"hi", None, None, None, False),
+        (b"x" * 4096, 1, None, b"\x01", True),
+    ]
+    assert [(s.data, s.status, s.reply_size) for s in recording.sends] == [(b"q", 0, 8)]
+    assert (recording.dropped, recording.unmatched) == (3, 1)
+
+
+AGENT_THAT_ASKS = """
+import fltuser
+port = fltuser.connect("\\\\P")
+print("answer", len(port.send(b"q", 16)), flush=True)
+try:
+    port.send(b"new", 16)
+except fltuser.HResultError as exc:
+    print("new", hex(exc.hresult), flush=True)
+while True:
+    msg = port.get_message(64)
+    port.reply(msg.message_id, b"ok")
+"""
+
+
+def test_replay_answers_recorded_requests_and_lists_new_ones(tmp_path: Path) -> None:
+    header = {"fltemu_recording": 1, "port": "\\P"}
+    events = [
+        {"t": 0.0, "kind": "send", "connection": 1, "status": 0, "size": 1, "reply_size": 8,
+         "data": b64(b"q")},
+        {"t": 0.1, "kind": "message", "connection": 1, "message_id": 1, "size": 3,
+         "buffer": 4, "data": b64(b"abc")},
+        {"t": 0.2, "kind": "message_done", "connection": 1, "status": 0, "message_id": 1,
+         "size": 3, "buffer": 4, "reply_size": 2, "data": b64(b"ok")},
+    ]  # fmt: skip
+    path = tmp_path / "asks.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in [header, *events]) + "\n")
+    agent = tmp_path / "asks.py"
+    agent.write_text(AGENT_THAT_ASKS)
+    report = asyncio.run(
+        replay(load_recording(path), [sys.executable, str(agent)], pace="fast", source="asks")
+    )
+    assert (report.replayed, report.same) == (1, 1)
+    (difference,) = report.differences
+    assert difference.what.startswith("the agent sent a request the recording never saw: 6e6577")
+    assert not report.passed
