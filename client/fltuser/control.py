@@ -1,6 +1,6 @@
 """fltemu's control connection, from the user side: a blocking client for the daemon's
 ``status``, ``ports``, ``send``, ``disconnect`` and ``unload`` commands and for ``trace``
-(protocol §15-§17), used by the ``fltemu`` command line, ``fltemu.testing`` and the
+(protocol §17), used by the ``fltemu`` command line, ``fltemu.testing`` and the
 benchmarks.
 
 These are fltemu's own calls, not fltlib's: Windows has no FilterConnectCommunicationPort
