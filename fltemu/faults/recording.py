@@ -272,6 +272,12 @@ def load_recording(path: str | Path) -> Recording:
                 )
         except RecordingError as exc:
             raise RecordingError(f"{path}, line {number}: {exc}") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            # A field of the wrong type (a hand-edited or damaged file): named, not a traceback.
+            raise RecordingError(
+                f"{path}, line {number}: a {kind} event with a bad field ({exc}); "
+                "record the file again with fltemu record"
+            ) from None
     recording.unmatched = sum(len(entries) for entries in started.values())
     recording.exchanges.sort(key=lambda e: e.t)
     return recording
@@ -300,7 +306,7 @@ def _finish(recording: Recording, entries: list[list[Any]], done: dict[str, Any]
             float(line["t"]),
             data,
             None if buffer is None else int(buffer),
-            line.get("timeout"),
+            None if line.get("timeout") is None else float(line["timeout"]),
             int(done.get("status") or 0),
             reply,
             cut,

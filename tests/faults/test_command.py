@@ -300,3 +300,43 @@ def test_replay_answers_recorded_requests_and_lists_new_ones(tmp_path: Path) -> 
     (difference,) = report.differences
     assert difference.what.startswith("the agent sent a request the recording never saw: 6e6577")
     assert not report.passed
+
+
+def test_a_file_that_is_not_text_is_no_schedule(tmp_path: Path) -> None:
+    path = tmp_path / "agent.exe"
+    path.write_bytes(b"MZ\x90\x00\xff\xfe\xd0\x00" * 8)
+    done = fltemu("faults", "plan", str(path))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "is not a schedule (not UTF-8 text)" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"size": "x"},
+        {"reply_size": "x"},
+        {"timeout": "soon"},
+        {"status": "x"},
+        {"message_id": [1]},
+    ],
+)
+def test_a_recording_with_a_bad_field_is_refused_by_line(
+    tmp_path: Path, bad: dict[str, object]
+) -> None:
+    header = {"fltemu_recording": 1, "port": "\\P"}
+    message = {"t": 0, "kind": "message", "connection": 1, "message_id": 1, "size": 4,
+               "buffer": 8, "data": b64(b"abcd")}  # fmt: skip
+    done = {"t": 0.1, "kind": "message_done", "connection": 1, "message_id": 1, "size": 4,
+            "buffer": 8, "status": 0, "reply_size": 1, "data": b64(b"\x00")}  # fmt: skip
+    if "timeout" in bad:
+        message.update(bad)
+    else:
+        done.update(bad)
+    path = tmp_path / "bad.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in (header, message, done)))
+    with pytest.raises(RecordingError, match=r"bad\.jsonl, line 3: a message_done event"):
+        load_recording(path)
+    cli = fltemu("replay", str(path), "--", "true")
+    assert cli.returncode == 2, cli.stdout + cli.stderr
+    assert "Traceback" not in cli.stderr
