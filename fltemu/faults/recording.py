@@ -568,6 +568,11 @@ async def replay(
                 )
             )
 
+        if progress is not None:
+            progress(
+                f"the agent is connected to {recording.port}: replaying {len(playable)} "
+                f"message(s) at the {pace} pace"
+            )
         start = loop.time()
         first_t = playable[0].t
         tasks = []

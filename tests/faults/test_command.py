@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -340,3 +342,68 @@ def test_a_recording_with_a_bad_field_is_refused_by_line(
     cli = fltemu("replay", str(path), "--", "true")
     assert cli.returncode == 2, cli.stdout + cli.stderr
     assert "Traceback" not in cli.stderr
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not gone, not a zombie)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("command", ["faults", "replay"])
+def test_sigterm_stops_the_agent_before_fltemu_exits(
+    tmp_path: Path, command: str, recorded: Path
+) -> None:
+    pid_file = tmp_path / "agent.pid"
+    agent = ["sh", "-c", f'echo $$ > "{pid_file}"; exec "$0" "$@"', sys.executable, AGENT]
+    if command == "faults":
+        path = tmp_path / "long.toml"
+        path.write_text(
+            SHORT.replace(
+                'fault = "unload_reload"\ndelay = [0.01, 0.1]\nfiles = 1',
+                'fault = "pause"\ndelay = 3600',
+            )  # fmt: skip
+        )
+        args = ["faults", "run", str(path), "--", *agent]
+        started = "#1 files"  # its progress line: the agent is connected and answering
+    else:
+        # The recording's last message an hour after its first: the replay waits for it.
+        late = {"t": 3600.0, "connection": 99, "message_id": 1, "size": 4, "status": 0}
+        path = tmp_path / "long.jsonl"
+        path.write_text(
+            recorded.read_text()
+            + json.dumps({**late, "kind": "message", "data": b64(b"late")}) + "\n"
+            + json.dumps({**late, "kind": "message_done"}) + "\n"
+        )  # fmt: skip
+        args = ["replay", str(path), "--", *agent]
+        started = "the agent is connected"  # its progress line
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fltemu", *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
+    pid = 0
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if started in line:
+                break
+        pid = int(pid_file.read_text())
+        assert _running(pid)
+        proc.terminate()
+        _out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 143, err
+        assert "terminated (SIGTERM); the agent was stopped" in err
+        assert "Traceback" not in err
+        assert not _running(pid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if pid and _running(pid):
+            os.kill(pid, signal.SIGKILL)
