@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -347,12 +348,20 @@ def _record(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)  # fmt: skip
 
     events = trace(request, address)
+    # --duration ends the recording even when no event comes (the trace's read blocks): a
+    # timer signal interrupts that read.
+    previous_alarm = None
+    if args.duration is not None:
+        previous_alarm = signal.signal(signal.SIGALRM, _duration_over)
+        signal.setitimer(signal.ITIMER_REAL, args.duration)
     try:
         with out:
             done, dropped = record_events(
                 events, out, port=args.port, address=address, count=args.count,
                 deadline=deadline, on_start=started,
             )  # fmt: skip
+    except _DurationOver:
+        done, dropped = _recorded(args.output)
     except ControlError as exc:
         print(f"fltemu record: error: {exc}", file=sys.stderr)
         return 1
@@ -360,12 +369,39 @@ def _record(args: argparse.Namespace) -> int:
         print(f"fltemu record: stopped; {args.output} holds what came so far", file=sys.stderr)
         return 0
     finally:
+        if previous_alarm is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous_alarm)
         close = getattr(events, "close", None)
         if close is not None:
             close()  # the trace connection
     lost = f"; the daemon dropped {dropped} event(s) (too slow to write)" if dropped else ""
     print(f"recorded {done} message(s) into {args.output}{lost}", file=sys.stderr)
     return 0
+
+
+class _DurationOver(Exception):
+    """``fltemu record --duration``'s time is up."""
+
+
+def _duration_over(signum: int, frame: object) -> None:
+    raise _DurationOver
+
+
+def _recorded(path: str) -> tuple[int, int]:
+    """The FltSendMessage calls ended and the events dropped in the recording at ``path``."""
+    done = dropped = 0
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by the end of the time
+            if event.get("kind") == "message_done":
+                done += 1
+            elif event.get("kind") == "dropped":
+                dropped += int(event.get("count", 0))
+    return done, dropped
 
 
 def _replay(args: argparse.Namespace, agent: list[str]) -> int:

@@ -411,3 +411,16 @@ def test_sigterm_stops_the_agent_before_fltemu_exits(
             proc.wait()
         if pid and _running(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_record_ends_after_its_duration_on_a_quiet_port(tmp_path: Path) -> None:
+    # No agent, no message: the trace's read has nothing to return, --duration must end it.
+    path = tmp_path / "quiet.jsonl"
+    with DaemonProcess(["--filter", "scanner"]) as daemon:
+        done = fltemu(
+            "record", str(path), "--port", "\\ScannerPort", "--address", daemon.address,
+            "--duration", "0.5", timeout=30,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"recorded 0 message(s) into {path}" in done.stderr
+    assert json.loads(path.read_text().splitlines()[0])["fltemu_recording"] == RECORDING_FORMAT
