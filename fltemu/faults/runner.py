@@ -780,6 +780,12 @@ class FaultRunner:
             msg = self.layout.malformed(kind, rng)
             status, _reply = await self._send(msg, self.thresholds.answer_within)
             verdict.statuses.append(f"{kind}: {status.name}")
+            if status == NtStatus.STATUS_PORT_DISCONNECTED or not self._live():
+                # Its connection ended: an agent that dies of the message closes it before
+                # its process is reaped (under Wine, well before): its exit, or its reconnect.
+                await self._until(
+                    lambda: self._exited() or bool(self._live()), self.thresholds.reconnect_within
+                )
             if await self._until(self._exited, _TICK * 2):
                 self._note_exit(
                     verdict, f" after a malformed message ({kind}, {len(msg.data)} bytes)"

@@ -119,6 +119,16 @@ def test_an_agent_that_crashes_on_a_short_message_is_named() -> None:
     assert run(schedule, scan_agent()).passed
 
 
+def test_a_crash_on_a_short_message_is_named_when_the_process_ends_late() -> None:
+    # Its connection closes as it dies, its process ends a while later (as under Wine): the
+    # exit is still put down to the malformed message.
+    schedule = scanner(Step("malformed", params={"kind": "short"}))
+    report = run(schedule, scan_agent("--crash-on-short", "--slow-exit", "0.5"))
+    assert report.problems == [
+        "#1 malformed: the agent exited with status 1 after a malformed message (short, 4 bytes)"
+    ]
+
+
 def test_wrong_answers_are_counted_against_the_threshold() -> None:
     report = run(scanner(Step("files", files=4)), scan_agent("--wrong"))
     assert report.files_wrong >= 1
