@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import signal
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, TypeVar
 
 from ..faults.builtin import BUILTIN_SCHEDULES, builtin_schedule, builtin_text
 from ..faults.schedule import Schedule, ScheduleError, load_schedule
@@ -26,6 +29,48 @@ __all__ = ["COMMANDS", "add_parser", "run_command"]
 #: The sub-commands this module adds; each takes the agent's command line after ``--``
 #: except ``record``.
 COMMANDS: Final = ("faults", "record", "replay")
+
+#: The exit status after SIGTERM (128 + 15, as a shell reports a process it ended).
+EXIT_TERMINATED: Final = 128 + signal.SIGTERM
+
+_T = TypeVar("_T")
+
+
+class _Terminated(Exception):
+    """SIGTERM came during a run; the run's cleanup is done."""
+
+
+def _run(coro: Coroutine[Any, Any, _T]) -> _T:
+    """``asyncio.run(coro)``, with SIGTERM handled as Ctrl-C is: the run is cancelled, so its
+    cleanup runs (the agent's process group stopped, the daemon shut down, the temporary
+    socket removed), then ``_Terminated``. Without it SIGTERM ended fltemu at once and left
+    the agent, in a session of its own, running. A second SIGTERM during the cleanup is
+    ignored (the cleanup is bounded: the agent's stop grace and the daemon's).
+    """
+
+    async def main() -> _T:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        terminated: list[bool] = []
+
+        def on_sigterm() -> None:
+            if not terminated:
+                terminated.append(True)
+                task.cancel()
+
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            if terminated:
+                raise _Terminated from None
+            raise
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    return asyncio.run(main())
+
 
 _FAULTS_EPILOG: Final = r"""
 examples:
@@ -40,7 +85,8 @@ temporary one), loads the schedule's filter, starts the agent with FLTEMU_SOCKET
 socket, waits for its first connection, then plays the schedule's events one by one and
 prints a line for each. The same seed gives the same events in the same order. Exit status:
 0 when every threshold held, 1 when one broke (each is named: the event and what the agent
-did), 2 when the schedule, the filter or the agent could not be used.
+did), 2 when the schedule, the filter or the agent could not be used, 130 on Ctrl-C and
+143 on SIGTERM (the agent is stopped first, in both cases).
 The schedule format, the faults and the thresholds: docs/faults.md.
 """
 
@@ -65,7 +111,8 @@ Serves the recorded port on a socket of its own, starts the agent with FLTEMU_SO
 and sends every recorded kernel->user message again, at the recorded pace (default) or each
 as soon as the previous one is answered (--pace fast); every reply that differs from the
 recorded one is listed. Exit status: 0 when every reply is as recorded, 1 when one differs,
-2 when the recording cannot be used (a later format is refused) or the agent never connects.
+2 when the recording cannot be used (a later format is refused) or the agent never connects,
+130 on Ctrl-C and 143 on SIGTERM (the agent is stopped first, in both cases).
 """
 
 
@@ -253,7 +300,7 @@ def _faults(args: argparse.Namespace, agent: list[str]) -> int:
         def progress(line: str) -> None:
             print(line, file=sys.stderr, flush=True)
 
-        report = asyncio.run(
+        report = _run(
             run_schedule(
                 schedule,
                 agent,
@@ -268,6 +315,9 @@ def _faults(args: argparse.Namespace, agent: list[str]) -> int:
     except KeyboardInterrupt:
         print("fltemu faults: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("fltemu faults: terminated (SIGTERM); the agent was stopped", file=sys.stderr)
+        return EXIT_TERMINATED
     failed = _write_json("faults", args.json, report.to_json())
     if args.json != "-":
         print(report.to_text())
@@ -298,12 +348,20 @@ def _record(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)  # fmt: skip
 
     events = trace(request, address)
+    # --duration ends the recording even when no event comes (the trace's read blocks): a
+    # timer signal interrupts that read.
+    previous_alarm = None
+    if args.duration is not None:
+        previous_alarm = signal.signal(signal.SIGALRM, _duration_over)
+        signal.setitimer(signal.ITIMER_REAL, args.duration)
     try:
         with out:
             done, dropped = record_events(
                 events, out, port=args.port, address=address, count=args.count,
                 deadline=deadline, on_start=started,
             )  # fmt: skip
+    except _DurationOver:
+        done, dropped = _recorded(args.output)
     except ControlError as exc:
         print(f"fltemu record: error: {exc}", file=sys.stderr)
         return 1
@@ -311,12 +369,39 @@ def _record(args: argparse.Namespace) -> int:
         print(f"fltemu record: stopped; {args.output} holds what came so far", file=sys.stderr)
         return 0
     finally:
+        if previous_alarm is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous_alarm)
         close = getattr(events, "close", None)
         if close is not None:
             close()  # the trace connection
     lost = f"; the daemon dropped {dropped} event(s) (too slow to write)" if dropped else ""
     print(f"recorded {done} message(s) into {args.output}{lost}", file=sys.stderr)
     return 0
+
+
+class _DurationOver(Exception):
+    """``fltemu record --duration``'s time is up."""
+
+
+def _duration_over(signum: int, frame: object) -> None:
+    raise _DurationOver
+
+
+def _recorded(path: str) -> tuple[int, int]:
+    """The FltSendMessage calls ended and the events dropped in the recording at ``path``."""
+    done = dropped = 0
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by the end of the time
+            if event.get("kind") == "message_done":
+                done += 1
+            elif event.get("kind") == "dropped":
+                dropped += int(event.get("count", 0))
+    return done, dropped
 
 
 def _replay(args: argparse.Namespace, agent: list[str]) -> int:
@@ -331,7 +416,7 @@ def _replay(args: argparse.Namespace, agent: list[str]) -> int:
         def progress(line: str) -> None:
             print(line, file=sys.stderr, flush=True)
 
-        report = asyncio.run(
+        report = _run(
             replay(
                 recording,
                 agent,
@@ -347,6 +432,9 @@ def _replay(args: argparse.Namespace, agent: list[str]) -> int:
     except KeyboardInterrupt:
         print("fltemu replay: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("fltemu replay: terminated (SIGTERM); the agent was stopped", file=sys.stderr)
+        return EXIT_TERMINATED
     failed = _write_json("replay", args.json, report.to_json())
     if args.json != "-":
         print(report.to_text())

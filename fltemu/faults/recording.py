@@ -63,6 +63,9 @@ RECORDING_FORMAT: Final = 1
 HEADER_KEY: Final = "fltemu_recording"
 #: Seconds a replayed message waits for its reply when the recording's send had no timeout.
 DEFAULT_REPLAY_TIMEOUT: Final = 5.0
+#: The largest reply length FltSendMessage takes (FILTER_MESSAGE_HEADER.ReplyLength, a ULONG,
+#: is it plus 16).
+_MAX_REPLY_LENGTH: Final = 0xFFFFFFEF
 #: The replayed port's connection limit: the agent may hold a few (avscan holds three ports'
 #: worth, a restarted agent its old and new handles) and the limit is not what is tested.
 REPLAY_MAX_CONNECTIONS: Final = 64
@@ -272,6 +275,12 @@ def load_recording(path: str | Path) -> Recording:
                 )
         except RecordingError as exc:
             raise RecordingError(f"{path}, line {number}: {exc}") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            # A field of the wrong type (a hand-edited or damaged file): named, not a traceback.
+            raise RecordingError(
+                f"{path}, line {number}: a {kind} event with a bad field ({exc}); "
+                "record the file again with fltemu record"
+            ) from None
     recording.unmatched = sum(len(entries) for entries in started.values())
     recording.exchanges.sort(key=lambda e: e.t)
     return recording
@@ -295,12 +304,18 @@ def _finish(recording: Recording, entries: list[list[Any]], done: dict[str, Any]
     data = _data(line)
     reply = _data(done) if done.get("reply_size") is not None else None
     cut = len(data) < size or (reply is not None and len(reply) < int(done["reply_size"]))
+    timeout = None if line.get("timeout") is None else float(line["timeout"])
+    if timeout is not None and not 0 <= timeout < float("inf"):
+        raise RecordingError(f"timeout {timeout} is not seconds >= 0")
+    reply_length = None if buffer is None else int(buffer)
+    if reply_length is not None and not 0 <= reply_length <= _MAX_REPLY_LENGTH:
+        raise RecordingError(f"buffer {reply_length} is not a reply length (0 to 0xFFFFFFEF)")
     recording.exchanges.append(
         Exchange(
             float(line["t"]),
             data,
-            None if buffer is None else int(buffer),
-            line.get("timeout"),
+            reply_length,
+            timeout,
             int(done.get("status") or 0),
             reply,
             cut,
@@ -562,6 +577,11 @@ async def replay(
                 )
             )
 
+        if progress is not None:
+            progress(
+                f"the agent is connected to {recording.port}: replaying {len(playable)} "
+                f"message(s) at the {pace} pace"
+            )
         start = loop.time()
         first_t = playable[0].t
         tasks = []

@@ -741,10 +741,15 @@ class FaultRunner:
                     self._files_wrong += 1
         verdict.notes.append(f"{answered} of {len(messages)} messages answered")
 
+    def _timeout(self, event: PlannedEvent) -> float:
+        """The event's FltSendMessage timeout: its own (0 polls), else answer_within."""
+        timeout: float | None = event.params["timeout"]
+        return self.thresholds.answer_within if timeout is None else timeout
+
     async def _fault_burst(
         self, event: PlannedEvent, verdict: EventVerdict, rng: random.Random, *_: Any
     ) -> None:
-        timeout = event.params["timeout"] or self.thresholds.answer_within
+        timeout = self._timeout(event)
         messages = [self.layout.message(rng) for _ in range(event.params["count"])]
         self._queued_peak = 0
         await self._sends(messages, timeout, verdict)
@@ -753,7 +758,7 @@ class FaultRunner:
     async def _fault_rate(
         self, event: PlannedEvent, verdict: EventVerdict, rng: random.Random, *_: Any
     ) -> None:
-        timeout = event.params["timeout"] or self.thresholds.answer_within
+        timeout = self._timeout(event)
         rate: float = event.params["rate"]
         total = max(1, int(event.params["duration"] * rate))
         messages = [self.layout.message(rng) for _ in range(total)]
@@ -775,6 +780,12 @@ class FaultRunner:
             msg = self.layout.malformed(kind, rng)
             status, _reply = await self._send(msg, self.thresholds.answer_within)
             verdict.statuses.append(f"{kind}: {status.name}")
+            if status == NtStatus.STATUS_PORT_DISCONNECTED or not self._live():
+                # Its connection ended: an agent that dies of the message closes it before
+                # its process is reaped (under Wine, well before): its exit, or its reconnect.
+                await self._until(
+                    lambda: self._exited() or bool(self._live()), self.thresholds.reconnect_within
+                )
             if await self._until(self._exited, _TICK * 2):
                 self._note_exit(
                     verdict, f" after a malformed message ({kind}, {len(msg.data)} bytes)"

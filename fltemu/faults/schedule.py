@@ -457,12 +457,17 @@ def load_schedule(path: str | Path) -> Schedule:
     """Read a schedule file (TOML, ``docs/faults.md``).
 
     Raises:
-        ScheduleError: the file cannot be read, is not TOML, or is not a valid schedule.
+        ScheduleError: the file cannot be read, is not UTF-8 TOML, or is not a valid schedule.
     """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ScheduleError(f"cannot read the schedule {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError:
+        raise ScheduleError(
+            f"{path} is not a schedule (not UTF-8 text): give a TOML schedule file "
+            "(fltemu faults show NAME prints one)"
+        ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -300,3 +302,125 @@ def test_replay_answers_recorded_requests_and_lists_new_ones(tmp_path: Path) -> 
     (difference,) = report.differences
     assert difference.what.startswith("the agent sent a request the recording never saw: 6e6577")
     assert not report.passed
+
+
+def test_a_file_that_is_not_text_is_no_schedule(tmp_path: Path) -> None:
+    path = tmp_path / "agent.exe"
+    path.write_bytes(b"MZ\x90\x00\xff\xfe\xd0\x00" * 8)
+    done = fltemu("faults", "plan", str(path))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "is not a schedule (not UTF-8 text)" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"size": "x"},
+        {"reply_size": "x"},
+        {"timeout": "soon"},
+        {"status": "x"},
+        {"message_id": [1]},
+        {"timeout": -1},
+        {"timeout": float("inf")},
+        {"buffer": -1},
+        {"buffer": 1 << 32},
+    ],
+)
+def test_a_recording_with_a_bad_field_is_refused_by_line(
+    tmp_path: Path, bad: dict[str, object]
+) -> None:
+    header = {"fltemu_recording": 1, "port": "\\P"}
+    message = {"t": 0, "kind": "message", "connection": 1, "message_id": 1, "size": 4,
+               "buffer": 8, "data": b64(b"abcd")}  # fmt: skip
+    done = {"t": 0.1, "kind": "message_done", "connection": 1, "message_id": 1, "size": 4,
+            "buffer": 8, "status": 0, "reply_size": 1, "data": b64(b"\x00")}  # fmt: skip
+    if "timeout" in bad or "buffer" in bad:
+        message.update(bad)
+    if "timeout" not in bad:
+        done.update(bad)
+    path = tmp_path / "bad.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in (header, message, done)))
+    with pytest.raises(RecordingError, match=r"bad\.jsonl, line 3: "):
+        load_recording(path)
+    cli = fltemu("replay", str(path), "--", "true")
+    assert cli.returncode == 2, cli.stdout + cli.stderr
+    assert "Traceback" not in cli.stderr
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not gone, not a zombie)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("command", ["faults", "replay"])
+def test_sigterm_stops_the_agent_before_fltemu_exits(
+    tmp_path: Path, command: str, recorded: Path
+) -> None:
+    pid_file = tmp_path / "agent.pid"
+    agent = ["sh", "-c", f'echo $$ > "{pid_file}"; exec "$0" "$@"', sys.executable, AGENT]
+    if command == "faults":
+        path = tmp_path / "long.toml"
+        path.write_text(
+            SHORT.replace(
+                'fault = "unload_reload"\ndelay = [0.01, 0.1]\nfiles = 1',
+                'fault = "pause"\ndelay = 3600',
+            )  # fmt: skip
+        )
+        args = ["faults", "run", str(path), "--", *agent]
+        started = "#1 files"  # its progress line: the agent is connected and answering
+    else:
+        # The recording's last message an hour after its first: the replay waits for it.
+        late = {"t": 3600.0, "connection": 99, "message_id": 1, "size": 4, "status": 0}
+        path = tmp_path / "long.jsonl"
+        path.write_text(
+            recorded.read_text()
+            + json.dumps({**late, "kind": "message", "data": b64(b"late")}) + "\n"
+            + json.dumps({**late, "kind": "message_done"}) + "\n"
+        )  # fmt: skip
+        args = ["replay", str(path), "--", *agent]
+        started = "the agent is connected"  # its progress line
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fltemu", *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
+    pid = 0
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if started in line:
+                break
+        pid = int(pid_file.read_text())
+        assert _running(pid)
+        proc.terminate()
+        _out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 143, err
+        assert "terminated (SIGTERM); the agent was stopped" in err
+        assert "Traceback" not in err
+        assert not _running(pid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if pid and _running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_record_ends_after_its_duration_on_a_quiet_port(tmp_path: Path) -> None:
+    # No agent, no message: the trace's read has nothing to return, --duration must end it.
+    path = tmp_path / "quiet.jsonl"
+    with DaemonProcess(["--filter", "scanner"]) as daemon:
+        done = fltemu(
+            "record", str(path), "--port", "\\ScannerPort", "--address", daemon.address,
+            "--duration", "0.5", timeout=30,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"recorded 0 message(s) into {path}" in done.stderr
+    assert json.loads(path.read_text().splitlines()[0])["fltemu_recording"] == RECORDING_FORMAT

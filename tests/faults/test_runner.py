@@ -119,6 +119,16 @@ def test_an_agent_that_crashes_on_a_short_message_is_named() -> None:
     assert run(schedule, scan_agent()).passed
 
 
+def test_a_crash_on_a_short_message_is_named_when_the_process_ends_late() -> None:
+    # Its connection closes as it dies, its process ends a while later (as under Wine): the
+    # exit is still put down to the malformed message.
+    schedule = scanner(Step("malformed", params={"kind": "short"}))
+    report = run(schedule, scan_agent("--crash-on-short", "--slow-exit", "0.5"))
+    assert report.problems == [
+        "#1 malformed: the agent exited with status 1 after a malformed message (short, 4 bytes)"
+    ]
+
+
 def test_wrong_answers_are_counted_against_the_threshold() -> None:
     report = run(scanner(Step("files", files=4)), scan_agent("--wrong"))
     assert report.files_wrong >= 1
@@ -223,3 +233,15 @@ def test_the_python_example_of_docs_faults_md_runs_as_written() -> None:
     code = text[start : text.index("```", start)]
     assert '"my_agent.py"' in code
     exec(compile(code.replace('"my_agent.py"', repr(AGENT)), "docs/faults.md", "exec"), {})
+
+
+@pytest.mark.parametrize("fault", ["burst", "rate"])
+def test_a_timeout_of_0_polls_in_bursts_and_rates(fault: str) -> None:
+    # timeout = 0 is FltSendMessage's poll (§2.8): no message can be answered in time. It was
+    # taken for "not given" and replaced by answer_within, so every message was answered.
+    params = {"count": 5} if fault == "burst" else {"rate": 50, "duration": 0.1}
+    schedule = scanner(Step(fault, params={**params, "timeout": 0}), thresholds=ROOMY)
+    report = run(schedule, scan_agent())
+    (event,) = report.events
+    assert event.timeouts == 5, report.to_text()
+    assert "0 of 5 messages answered" in event.notes

@@ -8,7 +8,9 @@ Flags make it break on purpose, so that a test can show the report catches it:
   (an uncaught ``struct.error``, exit status 1) on a message shorter than its header;
 * ``--wrong``: answers every notification the wrong way round;
 * ``--stop-after N``: stops issuing FilterGetMessage after N messages (it hangs, connected);
-* ``--leak``: connects again without closing the handle of the connection that ended.
+* ``--leak``: connects again without closing the handle of the connection that ended;
+* ``--slow-exit S``: with ``--crash-on-short``, its process ends S seconds after its
+  connection was closed (as a Wine process takes a while to end).
 
 Usage: ``python scan_agent.py [--port NAME] [--gets N] [FLAGS]`` (socket: FLTEMU_SOCKET).
 """
@@ -19,6 +21,7 @@ import argparse
 import asyncio
 import struct
 import sys
+import time
 
 import fltuser
 
@@ -94,4 +97,10 @@ if __name__ == "__main__":
     parser.add_argument("--wrong", action="store_true")
     parser.add_argument("--stop-after", type=int, default=None)
     parser.add_argument("--leak", action="store_true")
-    sys.exit(asyncio.run(main(parser.parse_args())))
+    parser.add_argument("--slow-exit", type=float, default=0.0)
+    arguments = parser.parse_args()
+    try:
+        sys.exit(asyncio.run(main(arguments)))
+    except struct.error:
+        time.sleep(arguments.slow_exit)  # its connection is closed already
+        raise
