@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -248,7 +249,13 @@ def run_command(args: argparse.Namespace, agent: list[str]) -> int:
     Emulates no Windows function (see ``run_schedule``, ``record_events``, ``replay``).
     """
     if args.command == "faults":
-        return _faults(args, agent)
+        try:
+            return _faults(args, agent)
+        except BrokenPipeError:
+            # Its reader stopped early (``fltemu faults plan ... | head``): not an error. What
+            # is left in stdout's buffer goes nowhere, so the exit does not fail on it.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
     if args.command == "record":
         if agent:
             return _error("record", "record takes no agent command ('-- ...'); it records a "
@@ -310,6 +317,8 @@ def _faults(args: argparse.Namespace, agent: list[str]) -> int:
                 progress=None if args.quiet else progress,
             )
         )
+    except BrokenPipeError:
+        raise  # stdout's reader went away (run_command)
     except (ScheduleError, FaultRunError, OSError) as exc:
         return _error("faults", str(exc))
     except KeyboardInterrupt:
@@ -338,16 +347,25 @@ def _record(args: argparse.Namespace) -> int:
                       "backslash (quote it in your shell: '\\ScannerPort')")  # fmt: skip
     deadline = None if args.duration is None else time.monotonic() + args.duration
     request = Trace(PROTOCOL_VERSION, args.port, None, (), 0xFFFFFFFF)
+    events = trace(request, address)
+    try:
+        # Connected first: no file is written (or emptied) when no daemon answers.
+        first = next(events)
+    except ControlError as exc:
+        print(f"fltemu record: error: {exc}", file=sys.stderr)
+        return 1
+    except StopIteration:
+        first = None
     try:
         out = open(args.output, "w", encoding="utf-8")  # noqa: SIM115 - closed below
     except OSError as exc:
+        getattr(events, "close", lambda: None)()  # the trace connection
         return _error("record", f"cannot write {args.output}: {exc.strerror or exc}")
 
     def started(text: str) -> None:
         print(f"recording {args.port} on {address} ({text}) into {args.output}; Ctrl-C stops",
               file=sys.stderr, flush=True)  # fmt: skip
 
-    events = trace(request, address)
     # --duration ends the recording even when no event comes (the trace's read blocks): a
     # timer signal interrupts that read.
     previous_alarm = None
@@ -357,9 +375,14 @@ def _record(args: argparse.Namespace) -> int:
     try:
         with out:
             done, dropped = record_events(
-                events, out, port=args.port, address=address, count=args.count,
-                deadline=deadline, on_start=started,
-            )  # fmt: skip
+                itertools.chain([] if first is None else [first], events),
+                out,
+                port=args.port,
+                address=address,
+                count=args.count,
+                deadline=deadline,
+                on_start=started,
+            )
     except _DurationOver:
         done, dropped = _recorded(args.output)
     except ControlError as exc:

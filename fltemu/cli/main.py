@@ -59,6 +59,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         commands["wine"].error(
             "fltemu wine needs the program to run after '--': fltemu wine -- agent.exe"
         )
+    if (arguments[:1] == ["replay"] or arguments[:2] == ["faults", "run"]) and not agent:
+        # `fltemu faults run SCHEDULE python agent.py` (no --): say where the agent goes.
+        args, extra = parser.parse_known_args(arguments)
+        if extra:
+            given = shlex.join(arguments[: len(arguments) - len(extra)])
+            parser.error(f"put the agent after '--': fltemu {given} -- {shlex.join(extra)}")
     args = parser.parse_args(arguments)
     if args.command is None:
         parser.print_help()
@@ -66,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in faults.COMMANDS:
         return faults.run_command(args, agent)
     if agent and args.command not in ("bench", "wine"):
-        parser.error("'-- COMMAND' is only for fltemu bench and fltemu wine")
+        parser.error("'-- COMMAND' is only for fltemu bench, wine, faults run and replay")
     if args.command == "wine":
         from ..wine import run_command as run_wine
 

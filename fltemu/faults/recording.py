@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import os
 import tempfile
@@ -545,8 +544,13 @@ async def replay(
 
         while not ready() and loop.time() < deadline:
             state.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(state.changed.wait(), 0.05)
+            # asyncio.wait, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # comes as the event is set.
+            changed = asyncio.ensure_future(state.changed.wait())
+            try:
+                await asyncio.wait((changed,), timeout=0.05)
+            finally:
+                changed.cancel()
         if state.live() is None:
             what = (
                 exit_words(proc.returncode)

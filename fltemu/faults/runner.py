@@ -222,6 +222,9 @@ class FaultRunner:
             # asyncio.wait, not wait_for: on 3.11 wait_for can swallow a cancellation that
             # comes as the waiter is resolved, and the run's end must cancel every waiter.
             await asyncio.wait((waiter,), timeout=min(remaining, _TICK))
+            if not waiter.done():  # timed out: nothing resolves it now
+                waiter.cancel()
+                self._waiters.remove(waiter)
         return True
 
     def _exited(self) -> bool:
@@ -368,6 +371,12 @@ class FaultRunner:
                 if self._exited():
                     break
             await self._finish_files(report)
+            proc = self._proc
+            if proc is not None and proc.returncode is not None and self._exit is None:
+                # It exited after the last event (while its files were finishing).
+                self._exit = exit_words(proc.returncode)
+                if not self.thresholds.exit_allowed:
+                    report.problems.append(f"the agent {self._exit} after the last event")
         finally:
             self._closing = True
             for task in self._files:

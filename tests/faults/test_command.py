@@ -121,6 +121,11 @@ def test_list_and_show_the_builtin_schedules() -> None:
         (["faults", "show", "nope"], "no built-in schedule 'nope'"),
         (["replay", "missing.jsonl", "--", "true"], "cannot read missing.jsonl"),
         (["record", "x.jsonl", "--port", "ScannerPort"], "a port name starts with a backslash"),
+        (
+            ["faults", "run", "scanner-reload", "python3", "agent.py"],
+            "put the agent after '--': fltemu faults run scanner-reload -- python3 agent.py",
+        ),
+        (["replay", "r.jsonl", "./agent"], "put the agent after '--': fltemu replay r.jsonl --"),
     ],
 )
 def test_mistakes_exit_2_with_what_to_do(args: list[str], expected: str) -> None:
@@ -424,3 +429,32 @@ def test_record_ends_after_its_duration_on_a_quiet_port(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert f"recorded 0 message(s) into {path}" in done.stderr
     assert json.loads(path.read_text().splitlines()[0])["fltemu_recording"] == RECORDING_FORMAT
+
+
+def test_record_with_no_daemon_writes_no_file(tmp_path: Path) -> None:
+    # It connects before it opens its file: a mistake leaves an existing file as it was.
+    out = tmp_path / "kept.jsonl"
+    out.write_text("an earlier recording\n")
+    done = fltemu(
+        "record", str(out), "--port", "\\ScannerPort", "--address", str(tmp_path / "none.sock")
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "no fltemu daemon is listening" in done.stderr
+    assert out.read_text() == "an earlier recording\n"
+
+
+def test_plan_into_a_reader_that_stops_early_is_no_error() -> None:
+    # fltemu faults plan ... | head -1: the rest of the plan goes nowhere, quietly.
+    with subprocess.Popen(
+        [sys.executable, "-m", "fltemu", "faults", "plan", "scanner-reload"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline().startswith(b"schedule scanner-reload")
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=60) == 0, err
+    assert "Error" not in err and "error" not in err
