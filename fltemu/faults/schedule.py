@@ -450,6 +450,11 @@ def parse_schedule(data: Mapping[str, Any], source: str = "the schedule") -> Sch
         description=data.get("description", ""),
     )
     schedule.plan()  # every step's keys and values checked now, not in the middle of a run
+    for number, step in enumerate(schedule.steps, 1):
+        # And every choice of a random step, not only the one this seed draws.
+        for choice in step.params.get("choices", ()) if step.fault == "random" else ():
+            params = {k: v for k, v in step.params.items() if k in FAULTS[choice]}
+            _draw_step(replace(step, fault=choice, params=params), random.Random(0), number)
     return schedule
 
 

@@ -134,6 +134,22 @@ def test_a_mistake_is_named_with_where_it_is(
     assert expected in str(info.value)
 
 
+def test_every_choice_of_a_random_step_is_checked_whatever_the_seed(tmp_path: Path) -> None:
+    # A bad value for the choice the seed does not draw is still named before a run.
+    text = """format = 1
+filter = "scanner"
+seed = 1
+
+[[step]]
+fault = "random"
+choices = ["pause", "burst"]
+count = -5
+"""
+    for seed in range(8):
+        with pytest.raises(ScheduleError, match="count: -5 is outside"):
+            load_schedule(write(tmp_path, text.replace("seed = 1", f"seed = {seed}")))
+
+
 def test_not_toml_and_no_file_are_errors_too(tmp_path: Path) -> None:
     with pytest.raises(ScheduleError, match="is not valid TOML"):
         load_schedule(write(tmp_path, "format = = 1"))
