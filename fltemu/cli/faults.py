@@ -19,11 +19,15 @@ import sys
 import time
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from ..faults.builtin import BUILTIN_SCHEDULES, builtin_schedule, builtin_text
 from ..faults.schedule import Schedule, ScheduleError, load_schedule
 from ._args import Subparsers
+
+if TYPE_CHECKING:  # loaded only when a run starts
+    from ..faults.recording import ReplayReport
+    from ..faults.report import Report
 
 __all__ = ["COMMANDS", "add_parser", "run_command"]
 
@@ -243,6 +247,25 @@ def _write_json(command: str, path: str | None, text: str) -> int | None:
     return None
 
 
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _stopped(command: str, how: str, status: int) -> int:
+    print(f"fltemu {command}: {how}", file=sys.stderr)
+    return status
+
+
+def _print_report(command: str, json_path: str | None, report: Report | ReplayReport) -> int:
+    # The report as text (unless the JSON goes to stdout), the JSON where asked; 0 if passed.
+    failed = _write_json(command, json_path, report.to_json())
+    if json_path != "-":
+        print(report.to_text())
+    if failed is not None:
+        return failed
+    return 0 if report.passed else 1
+
+
 def run_command(args: argparse.Namespace, agent: list[str]) -> int:
     """Run ``fltemu faults``, ``record`` or ``replay``; the exit status.
 
@@ -304,9 +327,6 @@ def _faults(args: argparse.Namespace, agent: list[str]) -> int:
         if not agent:
             return _error("faults", "no agent: fltemu faults run SCHEDULE -- AGENT [ARGS...]")
 
-        def progress(line: str) -> None:
-            print(line, file=sys.stderr, flush=True)
-
         report = _run(
             run_schedule(
                 schedule,
@@ -314,7 +334,7 @@ def _faults(args: argparse.Namespace, agent: list[str]) -> int:
                 seed=args.seed,
                 address=args.address,
                 start_timeout=args.start_timeout,
-                progress=None if args.quiet else progress,
+                progress=None if args.quiet else _progress,
             )
         )
     except BrokenPipeError:
@@ -322,17 +342,10 @@ def _faults(args: argparse.Namespace, agent: list[str]) -> int:
     except (ScheduleError, FaultRunError, OSError) as exc:
         return _error("faults", str(exc))
     except KeyboardInterrupt:
-        print("fltemu faults: interrupted", file=sys.stderr)
-        return 130
+        return _stopped("faults", "interrupted", 130)
     except _Terminated:
-        print("fltemu faults: terminated (SIGTERM); the agent was stopped", file=sys.stderr)
-        return EXIT_TERMINATED
-    failed = _write_json("faults", args.json, report.to_json())
-    if args.json != "-":
-        print(report.to_text())
-    if failed is not None:
-        return failed
-    return 0 if report.passed else 1
+        return _stopped("faults", "terminated (SIGTERM); the agent was stopped", EXIT_TERMINATED)
+    return _print_report("faults", args.json, report)
 
 
 def _record(args: argparse.Namespace) -> int:
@@ -436,9 +449,6 @@ def _replay(args: argparse.Namespace, agent: list[str]) -> int:
     try:
         recording = load_recording(args.recording)
 
-        def progress(line: str) -> None:
-            print(line, file=sys.stderr, flush=True)
-
         report = _run(
             replay(
                 recording,
@@ -447,20 +457,13 @@ def _replay(args: argparse.Namespace, agent: list[str]) -> int:
                 pace=args.pace,
                 address=args.address,
                 start_timeout=args.start_timeout,
-                progress=progress,
+                progress=_progress,
             )  # fmt: skip
         )
     except (RecordingError, FaultRunError, OSError) as exc:
         return _error("replay", str(exc))
     except KeyboardInterrupt:
-        print("fltemu replay: interrupted", file=sys.stderr)
-        return 130
+        return _stopped("replay", "interrupted", 130)
     except _Terminated:
-        print("fltemu replay: terminated (SIGTERM); the agent was stopped", file=sys.stderr)
-        return EXIT_TERMINATED
-    failed = _write_json("replay", args.json, report.to_json())
-    if args.json != "-":
-        print(report.to_text())
-    if failed is not None:
-        return failed
-    return 0 if report.passed else 1
+        return _stopped("replay", "terminated (SIGTERM); the agent was stopped", EXIT_TERMINATED)
+    return _print_report("replay", args.json, report)
